@@ -1,0 +1,53 @@
+"""The project's exception hierarchy.
+
+Every error raised on purpose by landslide-mapper derives from :class:`LandslideError`
+and, like rasterio's, also from the built-in type a caller would naturally catch
+(``ValueError`` for bad input, ``FileNotFoundError`` for missing files, ``OSError`` for
+I/O failures). Messages name the offending value and say what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class LandslideError(Exception):
+    """Base class of all landslide-mapper errors."""
+
+
+class InputError(LandslideError, ValueError):
+    """Invalid user input: a value, a file's content or a configuration."""
+
+
+class ConfigError(InputError):
+    """An invalid configuration value."""
+
+
+class CRSError(InputError):
+    """A missing, unknown or unusable coordinate reference system."""
+
+
+class BandError(InputError):
+    """An unknown band name, or a band a source or model lacks."""
+
+
+class RegionError(InputError):
+    """An area of interest that is empty, invalid, or outside the data."""
+
+
+class GeometryError(InputError):
+    """Empty or unrepairable vector geometry."""
+
+
+class NoDataError(InputError):
+    """Input that holds no valid pixels (all NaN or nodata)."""
+
+
+class DataNotFoundError(LandslideError, FileNotFoundError):
+    """A file, object or dataset that does not exist."""
+
+
+class SourceError(LandslideError, OSError):
+    """A failure reading from an imagery source (file, bucket, Earth Engine)."""
+
+
+class OutputError(LandslideError, OSError):
+    """A failure writing outputs (unwritable folder or bucket, full disk)."""

@@ -1,0 +1,160 @@
+"""File access for local paths and ``gs://`` URLs, with atomic, idempotent writes.
+
+Local writes go to a temporary file in the destination folder, then ``os.replace``: a
+reader never sees a half-written file. ``gs://`` writes are single-object uploads through
+Beam's ``FileSystems`` (which honours ``STORAGE_EMULATOR_HOST``), so an object is either
+complete or absent. Beam is imported only when a ``gs://`` path is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import DataNotFoundError, OutputError
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for URLs handled by Beam's FileSystems (gs://, s3://...)."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _fs():  # noqa: ANN202 - lazy import of a heavy module
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """Join path parts for local paths and URLs alike."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(base, *parts))
+
+
+def exists(path: str | Path) -> bool:
+    if is_remote(path):
+        return bool(_fs().exists(str(path)))
+    return Path(path).exists()
+
+
+def makedirs(path: str | Path) -> None:
+    """Create a local folder (a no-op for object stores, which have no folders)."""
+    if not is_remote(path):
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Cannot create output folder {str(path)!r}: {exc}") from exc
+
+
+def read_bytes(path: str | Path) -> bytes:
+    if not exists(path):
+        raise DataNotFoundError(f"{str(path)!r} does not exist.")
+    if is_remote(path):
+        with _fs().open(str(path)) as f:
+            return f.read()
+    return Path(path).read_bytes()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically (temp + rename locally, one upload on object stores)."""
+    try:
+        if is_remote(path):
+            with _fs().create(str(path)) as f:
+                f.write(data)
+            return
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise OutputError(f"Cannot write {str(path)!r}: {exc}") from exc
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+
+def put_file(local: str | Path, dest: str | Path) -> None:
+    """Move/copy a finished local file to ``dest`` atomically."""
+    try:
+        if is_remote(dest):
+            with open(local, "rb") as src, _fs().create(str(dest)) as dst:
+                shutil.copyfileobj(src, dst, length=8 << 20)
+            return
+        d = Path(dest)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d.parent, prefix=f".{d.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, d)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise OutputError(f"Cannot write {str(dest)!r}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def local_copy(path: str | Path) -> Iterator[str]:
+    """Yield a local path holding ``path``'s content (downloaded if remote)."""
+    if not is_remote(path):
+        if not Path(path).exists():
+            raise DataNotFoundError(f"{str(path)!r} does not exist.")
+        yield str(path)
+        return
+    suffix = "".join(Path(str(path)).suffixes)
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, "obj" + suffix)
+        with open(local, "wb") as f:
+            f.write(read_bytes(path))
+        yield local
+
+
+@contextlib.contextmanager
+def staged_output(dest: str | Path, suffix: str = "") -> Iterator[str]:
+    """Yield a local temp path to write; on success it is published to ``dest`` atomically.
+
+    On error nothing is published and any previous ``dest`` is left untouched.
+    """
+    with tempfile.TemporaryDirectory(prefix="landslides-") as d:
+        local = os.path.join(d, "out" + (suffix or "".join(Path(str(dest)).suffixes)))
+        yield local
+        put_file(local, dest)
+
+
+def glob(pattern: str) -> list[str]:
+    """Expand a glob for local paths and URLs; sorted."""
+    if is_remote(pattern):
+        res = _fs().match([pattern])[0]
+        return sorted(m.path for m in res.metadata_list)
+    import glob as _glob
+
+    return sorted(_glob.glob(pattern))
+
+
+def open_binary(path: str | Path) -> io.BufferedIOBase:
+    """Open for reading (a stream), local or remote."""
+    if is_remote(path):
+        return _fs().open(str(path))
+    return open(path, "rb")

@@ -1,0 +1,1 @@
+"""Pure geospatial building blocks: grids, bands, terrain, inventories, COGs. No Beam."""

@@ -1,0 +1,46 @@
+"""Packaging for landslide-mapper.
+
+Installs the ``pipelines`` and ``model`` packages and the ``landslides`` console script.
+Also usable as Dataflow's ``--setup_file`` (workers install the same packages).
+"""
+
+from setuptools import find_packages, setup
+
+# Runtime requirements, kept loose enough for Dataflow's worker images; the exact pins
+# used locally and in CI live in requirements.txt.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]>=2.77,<3",
+    "earthengine-api>=1.7.35,<1.8",
+    "google-cloud-storage>=3.17,<4",
+    "keras>=3.15,<4",
+    "rasterio>=1.4.4,<1.5",
+    "rio-cogeo>=7.0,<8",
+    "geopandas>=1.2,<2",
+    "pyogrio>=0.10",
+    "shapely>=2.0",
+    "pyproj>=3.6",
+    "pyarrow>=15",
+    "h5py>=3.10",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+]
+
+setup(
+    name="landslide-mapper",
+    version="0.1.0",
+    description="Distributed, cloud-native landslide mapping from satellite imagery.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "model", "model.*"]),
+    package_data={"pipelines": ["data/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        # TensorFlow is needed to train and predict; workers that only export can skip it.
+        "tf": ["tensorflow-cpu>=2.21,<2.22"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "mypy", "gcp-storage-emulator"],
+    },
+    entry_points={"console_scripts": ["landslides=pipelines.cli:main"]},
+)
