@@ -26,7 +26,7 @@ def is_remote(path: str | Path) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
-def _fs():  # noqa: ANN202 - lazy import of a heavy module
+def _fs():  # lazy: Beam is heavy to import
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems

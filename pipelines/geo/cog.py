@@ -87,17 +87,16 @@ def write_cog(
     if profile.predictor is not None:
         opts["predictor"] = str(profile.predictor)
     try:
-        with fsio.staged_output(path, suffix=".tif") as local:
-            with rasterio.open(
-                local, "w", width=grid.width, height=grid.height, count=arr.shape[0],
-                dtype=arr.dtype, crs=grid.crs, transform=grid.affine, nodata=nodata, **opts,
-            ) as dst:
-                dst.write(arr)
-                if band_names:
-                    for i, name in enumerate(band_names, start=1):
-                        dst.set_band_description(i, name)
-                if tags:
-                    dst.update_tags(**tags)
+        with fsio.staged_output(path, suffix=".tif") as local, rasterio.open(
+            local, "w", width=grid.width, height=grid.height, count=arr.shape[0],
+            dtype=arr.dtype, crs=grid.crs, transform=grid.affine, nodata=nodata, **opts,
+        ) as dst:
+            dst.write(arr)
+            if band_names:
+                for i, name in enumerate(band_names, start=1):
+                    dst.set_band_description(i, name)
+            if tags:
+                dst.update_tags(**tags)
     except rasterio.errors.RasterioIOError as exc:
         raise OutputError(f"Cannot write COG {path!r}: {exc}") from exc
     return path

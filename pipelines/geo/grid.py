@@ -84,7 +84,7 @@ class PixelGrid:
 
     def subgrid(self, window: Window) -> PixelGrid:
         """The grid of ``window`` (row/col offsets in this grid's pixels)."""
-        t = self.affine * Affine.translation(window.col_off, window.row_off)
+        t = self.affine @ Affine.translation(window.col_off, window.row_off)
         return PixelGrid.from_affine(self.crs, t, int(window.width), int(window.height))
 
     def to_dict(self) -> dict:
@@ -93,7 +93,8 @@ class PixelGrid:
 
     @classmethod
     def from_dict(cls, d: dict) -> PixelGrid:
-        return cls(d["crs"], tuple(d["transform"]), int(d["width"]), int(d["height"]))  # type: ignore[arg-type]
+        t = tuple(float(v) for v in d["transform"])
+        return cls(d["crs"], t, int(d["width"]), int(d["height"]))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- chunk keys
@@ -256,7 +257,7 @@ def split_by_utm_zone(region: BaseGeometry) -> dict[int, BaseGeometry]:
     Returns:
         ``{epsg: part_in_that_utm_crs}`` for every zone the region overlaps with area.
     """
-    minx, miny, maxx, maxy = region.bounds
+    minx, _, maxx, _ = region.bounds
     parts: dict[int, BaseGeometry] = {}
     for zone in range(utm_zone(minx), utm_zone(maxx) + 1):
         west = -180.0 + 6.0 * (zone - 1)
