@@ -1,0 +1,46 @@
+"""Beam pipeline options shared by every Beam stage."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> PipelineOptions
+    """Pipeline options from the Beam arguments that follow a stage's own.
+
+    Defaults to the DirectRunner. On Dataflow, ships this project to the workers with
+    ``--setup_file`` (unless given) and names the job.
+    """
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        PipelineOptions,
+        SetupOptions,
+        StandardOptions,
+    )
+
+    opts = PipelineOptions(list(beam_args or []))
+    std = opts.view_as(StandardOptions)
+    if not std.runner:
+        std.runner = "DirectRunner"
+    if "Dataflow" in str(std.runner):
+        setup = opts.view_as(SetupOptions)
+        if not setup.setup_file and not setup.requirements_file:
+            candidate = Path(__file__).resolve().parents[1] / "setup.py"
+            if candidate.exists():
+                setup.setup_file = str(candidate)
+                log.info("Shipping the project to Dataflow workers with %s", candidate)
+        gco = opts.view_as(GoogleCloudOptions)
+        if not gco.job_name:
+            gco.job_name = job_name.replace("_", "-").lower()
+    return opts
+
+
+def is_direct(opts) -> bool:  # noqa: ANN001
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return "Direct" in str(opts.view_as(StandardOptions).runner) or "Prism" in str(
+        opts.view_as(StandardOptions).runner)

@@ -1,0 +1,290 @@
+"""Pure patch logic shared by export and import: cut, select, split, summarise.
+
+No Beam here: the export PTransforms only wire these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+
+from pipelines.errors import ConfigError
+from pipelines.geo import bands as bandreg
+from pipelines.geo.grid import Chunk, ChunkKey, PixelGrid, patch_windows
+
+SPLITS = ("train", "val", "test")
+#: Label value for pixels without valid imagery (ignored by losses and metrics).
+IGNORE = 255
+
+
+def stable_unit(*parts: object) -> float:
+    """A deterministic pseudo-random number in [0, 1) from ``parts`` (no global RNG)."""
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+# --------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class SplitPlan:
+    """Spatially blocked split: blocks of ``block`` x ``block`` chunks go to one split.
+
+    Attributes:
+        fractions: Target fractions for train/val/test (sum to 1).
+        block: Block side in chunks (patches in a block, and so neighbouring chunks, share a
+            split, which keeps spatially autocorrelated patches out of different splits).
+        seed: Seed of the deterministic assignment.
+        polygons: Optional explicit split areas ``{split: WKB in WGS84}``; a chunk whose
+            centre lies in one goes to that split, others to train.
+    """
+
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    block: int = 2
+    seed: int = 0
+    polygons: Mapping[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions):
+            raise ConfigError(f"Split fractions must be three values >= 0, got {self.fractions}.")
+        if abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ConfigError(f"Split fractions {self.fractions} must sum to 1.")
+        if self.block < 1:
+            raise ConfigError(f"Split block must be >= 1 chunk, got {self.block}.")
+        unknown = set(self.polygons) - set(SPLITS)
+        if unknown:
+            raise ConfigError(f"Unknown split names {sorted(unknown)}; use {SPLITS}.")
+
+    def block_of(self, key: ChunkKey) -> tuple[int, int, int]:
+        return (key.epsg, key.row // self.block, key.col // self.block)
+
+    def assign(self, chunks: Sequence[Chunk]) -> dict[ChunkKey, str]:
+        """Assign every chunk to a split, deterministically for a seed.
+
+        Blocks are ordered by a seeded hash and filled in that order until each split's
+        share of *chunks* reaches its fraction, so small regions still get every split
+        with a non-zero fraction when they have enough blocks.
+        """
+        out: dict[ChunkKey, str] = {}
+        rest = list(chunks)
+        if self.polygons:
+            from pipelines.geo.grid import WGS84, to_crs
+
+            geoms = {s: shapely.from_wkb(w) for s, w in self.polygons.items()}
+            rest = []
+            for c in chunks:
+                centre = shapely.box(*c.grid.bounds).centroid
+                centre_ll = to_crs(centre, c.grid.crs, WGS84, densify_deg=0)
+                hit = next((s for s, g in geoms.items() if g.contains(centre_ll)), None)
+                out[c.key] = hit or "train"
+            return out
+        blocks: dict[tuple[int, int, int], list[ChunkKey]] = {}
+        for c in rest:
+            blocks.setdefault(self.block_of(c.key), []).append(c.key)
+        order = sorted(blocks, key=lambda b: stable_unit("split", self.seed, *b))
+        total = len(rest)
+        targets = [f * total for f in self.fractions]
+        taken = [0.0, 0.0, 0.0]
+        for b in order:
+            # the split furthest below its target takes the block
+            deficits = [t - k if t > 0 else -np.inf for t, k in zip(targets, taken)]
+            i = int(np.argmax(deficits))
+            for key in blocks[b]:
+                out[key] = SPLITS[i]
+            taken[i] += len(blocks[b])
+        return out
+
+
+# --------------------------------------------------------------------------- patches
+@dataclass(frozen=True)
+class PatchRules:
+    """Which patches to keep.
+
+    Attributes:
+        size: Patch side in pixels (64, 128 or 256).
+        stride: Step between patches (``None``: ``size``, no overlap).
+        negative_fraction: Fraction of patches without landslide pixels that are kept
+            (0 drops them all, as in studies that delete zero-valued patches; 1 keeps all).
+            The choice per patch is a seeded hash of its key, so reruns keep the same ones.
+        max_nodata_fraction: Patches with more invalid pixels than this are dropped.
+        seed: Seed of the negative selection.
+    """
+
+    size: int = 128
+    stride: int | None = None
+    negative_fraction: float = 0.25
+    max_nodata_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size not in (32, 64, 128, 256):
+            raise ConfigError(f"Patch size must be 64, 128 or 256 (32 for tests), got {self.size}.")
+        if self.stride is not None and not 0 < self.stride <= self.size:
+            raise ConfigError(f"Stride must be in 1..{self.size}, got {self.stride}.")
+        if not 0.0 <= self.negative_fraction <= 1.0:
+            raise ConfigError(f"negative_fraction must be in [0, 1], got {self.negative_fraction}.")
+        if not 0.0 <= self.max_nodata_fraction <= 1.0:
+            raise ConfigError(
+                f"max_nodata_fraction must be in [0, 1], got {self.max_nodata_fraction}."
+            )
+
+
+@dataclass(frozen=True)
+class CutPatch:
+    """One selected patch: pixels, labels and where it lies."""
+
+    key: str
+    image: np.ndarray  # (h, w, c) float32, NaN replaced by 0
+    mask: np.ndarray  # (h, w) uint8, IGNORE where invalid
+    grid: PixelGrid
+    positive: bool
+
+
+@dataclass
+class CutStats:
+    """Counts from cutting one chunk (feeds Beam counters and the manifest)."""
+
+    candidates: int = 0
+    kept_positive: int = 0
+    kept_negative: int = 0
+    dropped_nodata: int = 0
+    dropped_negative: int = 0
+
+
+def cut_patches(
+    chunk_key: ChunkKey,
+    data: np.ndarray,
+    valid: np.ndarray,
+    mask: np.ndarray,
+    grid: PixelGrid,
+    rules: PatchRules,
+) -> tuple[list[CutPatch], CutStats]:
+    """Cut a chunk's arrays into patches and select them by the rules.
+
+    Args:
+        chunk_key: The chunk's key (patch keys are ``<chunk>/<row>_<col>``).
+        data: ``(bands, h, w)`` float32 on ``grid``.
+        valid: ``(h, w)`` bool valid-pixel mask.
+        mask: ``(h, w)`` uint8 labels (0 background, >0 landslide classes).
+        grid: The chunk grid (without halo).
+        rules: Selection rules.
+    """
+    stats = CutStats()
+    out: list[CutPatch] = []
+    for w in patch_windows(grid.height, grid.width, rules.size, rules.stride):
+        stats.candidates += 1
+        rs = slice(w.row_off, w.row_off + w.height)
+        cs = slice(w.col_off, w.col_off + w.width)
+        v = valid[rs, cs]
+        if 1.0 - float(v.mean()) > rules.max_nodata_fraction:
+            stats.dropped_nodata += 1
+            continue
+        m = mask[rs, cs].copy()
+        positive = bool((m[v] > 0).any())
+        key = f"{chunk_key}/{w.row_off:05d}_{w.col_off:05d}"
+        if not positive and stable_unit("neg", rules.seed, key) >= rules.negative_fraction:
+            stats.dropped_negative += 1
+            continue
+        img = np.moveaxis(data[:, rs, cs], 0, -1).astype(np.float32, copy=True)
+        img[~v] = 0.0
+        img[~np.isfinite(img)] = 0.0
+        m[~v] = IGNORE
+        out.append(CutPatch(key, img, m, grid.subgrid(w), positive))
+        if positive:
+            stats.kept_positive += 1
+        else:
+            stats.kept_negative += 1
+    return out, stats
+
+
+# --------------------------------------------------------------------------- statistics
+_HIST_BINS = 1024
+
+
+def _hist_range(band: str) -> tuple[float, float]:
+    lo, hi = bandreg.get(band).valid_range
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        return (-100.0, 100.0) if band == "curvature" else (-1.0, 1.0)
+    return (lo, hi)
+
+
+@dataclass
+class BandStats:
+    """Mergeable per-band statistics (a Beam combiner's accumulator).
+
+    Mean/std/min/max are exact; percentiles come from a fixed-range histogram of
+    1,024 bins over each band's declared valid range (resolution = range / 1024).
+    """
+
+    bands: tuple[str, ...]
+    count: np.ndarray = field(default=None)  # type: ignore[assignment]
+    total: np.ndarray = field(default=None)  # type: ignore[assignment]
+    total_sq: np.ndarray = field(default=None)  # type: ignore[assignment]
+    minimum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    maximum: np.ndarray = field(default=None)  # type: ignore[assignment]
+    hist: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        n = len(self.bands)
+        if self.count is None:
+            self.count = np.zeros(n, np.int64)
+            self.total = np.zeros(n, np.float64)
+            self.total_sq = np.zeros(n, np.float64)
+            self.minimum = np.full(n, np.inf)
+            self.maximum = np.full(n, -np.inf)
+            self.hist = np.zeros((n, _HIST_BINS), np.int64)
+
+    def add(self, image: np.ndarray, valid: np.ndarray) -> BandStats:
+        """Add the valid pixels of an ``(h, w, c)`` image."""
+        px = image[valid].astype(np.float64)  # (n, c)
+        if px.size == 0:
+            return self
+        self.count += px.shape[0]
+        self.total += px.sum(0)
+        self.total_sq += (px * px).sum(0)
+        self.minimum = np.minimum(self.minimum, px.min(0))
+        self.maximum = np.maximum(self.maximum, px.max(0))
+        for i, b in enumerate(self.bands):
+            lo, hi = _hist_range(b)
+            h, _ = np.histogram(np.clip(px[:, i], lo, hi), bins=_HIST_BINS, range=(lo, hi))
+            self.hist[i] += h
+        return self
+
+    def merge(self, other: BandStats) -> BandStats:
+        if other.bands != self.bands:
+            raise ValueError(f"Cannot merge stats of bands {other.bands} into {self.bands}.")
+        self.count += other.count
+        self.total += other.total
+        self.total_sq += other.total_sq
+        self.minimum = np.minimum(self.minimum, other.minimum)
+        self.maximum = np.maximum(self.maximum, other.maximum)
+        self.hist += other.hist
+        return self
+
+    def summary(self, percentiles: Sequence[float] = (1, 2, 50, 98, 99)) -> dict[str, dict]:
+        """JSON-able ``{band: {count, mean, std, min, max, p1, ...}}``."""
+        out: dict[str, dict] = {}
+        for i, b in enumerate(self.bands):
+            n = int(self.count[i])
+            if n == 0:
+                out[b] = {"count": 0}
+                continue
+            mean = self.total[i] / n
+            var = max(self.total_sq[i] / n - mean * mean, 0.0)
+            lo, hi = _hist_range(b)
+            edges = np.linspace(lo, hi, _HIST_BINS + 1)
+            cdf = np.cumsum(self.hist[i]) / max(self.hist[i].sum(), 1)
+            d = {"count": n, "mean": float(mean), "std": float(np.sqrt(var)),
+                 "min": float(self.minimum[i]), "max": float(self.maximum[i])}
+            for p in percentiles:
+                j = int(np.searchsorted(cdf, p / 100.0))
+                d[f"p{p:g}"] = float(np.clip(edges[min(j + 1, _HIST_BINS)], d["min"], d["max"]))
+            out[b] = d
+        return out
+
+
+def iter_stats_inputs(patches: Sequence[CutPatch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for p in patches:
+        yield p.image, p.mask != IGNORE

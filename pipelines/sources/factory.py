@@ -1,0 +1,130 @@
+"""Build a :class:`~pipelines.sources.base.Source` from a JSON-able spec.
+
+Specs travel inside pipeline configurations (and so to Beam workers) as plain dicts;
+the source object itself is created on the launcher for validation and on every worker
+in ``setup``. Kinds:
+
+``{"kind": "synthetic", "world": DIR}``
+    The synthetic world; the year comes from the date window's start (or ``"year"``).
+``{"kind": "geotiff", "images": [GLOB, ...], "dem": PATH?, "band_map": {..}?,
+"scale": "auto"|float, "nodata": float?, "mask_zero": bool}``
+    GeoTIFF/COG files (``{year}`` in a path is replaced by the window's year), plus
+    terrain bands computed from ``dem`` when given.
+``{"kind": "earthengine", ...EEConfig fields}``
+    Earth Engine; the date window fills ``start``/``end``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.errors import ConfigError
+from pipelines.sources.base import Source
+
+KINDS = ("synthetic", "geotiff", "earthengine")
+
+
+def window_year(start: str | None, end: str | None) -> int | None:
+    """The year a date window is about (its start's year), or ``None`` without a window."""
+    if not start:
+        return None
+    return parse_date(start, "start").year
+
+
+def parse_date(text: str, what: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(str(text)[:10])
+    except ValueError as exc:
+        raise ConfigError(f"Bad {what} date {text!r}: use YYYY-MM-DD.") from exc
+
+
+def check_window(start: str | None, end: str | None) -> None:
+    """Reject a date window that is half-given or empty (end not after start)."""
+    if (start is None) != (end is None):
+        raise ConfigError("Give both --start and --end (or neither).")
+    if start and end and parse_date(end, "end") <= parse_date(start, "start"):
+        raise ConfigError(
+            f"Empty date window {start} .. {end}: the end must be after the start."
+        )
+
+
+def make_source(spec: Mapping[str, Any], start: str | None = None,
+                end: str | None = None) -> Source:
+    """Create the source described by ``spec`` for the date window ``start``..``end``."""
+    check_window(start, end)
+    kind = spec.get("kind")
+    year = spec.get("year") or window_year(start, end)
+    if kind == "synthetic":
+        from pipelines.sources.synthetic import SyntheticSource
+
+        if "world" not in spec:
+            raise ConfigError("The synthetic source needs the world folder (--world DIR).")
+        if year is None:
+            raise ConfigError("The synthetic source needs a year: give --start/--end.")
+        return SyntheticSource(spec["world"], int(year))
+    if kind == "geotiff":
+        from pipelines.sources.geotiff import GeoTIFFSource, StackSource, TerrainSource
+
+        images = [str(p).replace("{year}", str(year)) if year else str(p)
+                  for p in spec.get("images", [])]
+        if "{year}" in "".join(images):
+            raise ConfigError("Image paths hold {year}: give --start/--end to fill it.")
+        parts: list[Source] = []
+        if images:
+            parts.append(GeoTIFFSource(images, band_map=spec.get("band_map"),
+                                       scale=spec.get("scale", "auto"),
+                                       nodata=spec.get("nodata"),
+                                       mask_zero_pixels=bool(spec.get("mask_zero", False))))
+        if spec.get("dem"):
+            parts.append(TerrainSource(spec["dem"], nodata=spec.get("dem_nodata")))
+        if not parts:
+            raise ConfigError("The geotiff source needs --images and/or --dem.")
+        return parts[0] if len(parts) == 1 else StackSource(parts)
+    if kind == "earthengine":
+        from pipelines.sources.earthengine import EarthEngineSource, EEConfig
+
+        if not (start and end):
+            raise ConfigError("The Earth Engine source needs a date window: --start and --end.")
+        fields = {k: v for k, v in spec.items() if k not in {"kind", "bands"}}
+        return EarthEngineSource(EEConfig(start=start, end=end, **fields))
+    raise ConfigError(f"Unknown source kind {kind!r}; choose one of {', '.join(KINDS)}.")
+
+
+def spec_from_args(source: str, world: str | None = None, images: list[str] | None = None,
+                   dem: str | None = None, band_map: str | None = None,
+                   scale: str | None = None, nodata: float | None = None,
+                   mask_zero: bool = False, dem_nodata: float | None = None,
+                   ee_project: str | None = None, ee_dem: str | None = None,
+                   ee_cloud_mask: str | None = None, ee_high_volume: bool = False,
+                   ee_endpoint: str | None = None,
+                   ee_max_concurrency: int | None = None) -> dict[str, Any]:
+    """Assemble a source spec from CLI-style arguments (unset values are left out)."""
+    if source == "synthetic":
+        return {"kind": "synthetic", "world": world}
+    if source == "geotiff":
+        spec: dict[str, Any] = {"kind": "geotiff", "images": list(images or []), "dem": dem,
+                                "mask_zero": mask_zero}
+        if band_map:
+            from pipelines.sources.geotiff import parse_band_map
+
+            spec["band_map"] = parse_band_map(band_map)
+        if scale not in (None, "auto"):
+            spec["scale"] = float(scale)  # type: ignore[arg-type]
+        if nodata is not None:
+            spec["nodata"] = nodata
+        if dem_nodata is not None:
+            spec["dem_nodata"] = dem_nodata
+        return spec
+    if source == "earthengine":
+        spec = {"kind": "earthengine", "project": ee_project, "high_volume": ee_high_volume,
+                "endpoint": ee_endpoint}
+        if ee_dem:
+            spec["dem"] = ee_dem
+        if ee_cloud_mask:
+            spec["cloud_mask"] = ee_cloud_mask
+        if ee_max_concurrency:
+            spec["max_concurrency"] = ee_max_concurrency
+        return spec
+    raise ConfigError(f"Unknown source kind {source!r}; choose one of {', '.join(KINDS)}.")

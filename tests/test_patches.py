@@ -1,0 +1,139 @@
+"""Patch cutting, selection, spatially blocked splits and mergeable band statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import box
+
+from pipelines.errors import ConfigError
+from pipelines.geo.grid import WGS84, ChunkKey, GridSpec, Region, parse_bbox, plan_chunks, to_crs
+from pipelines.geo.patches import IGNORE, SPLITS, BandStats, PatchRules, SplitPlan, cut_patches
+
+SPEC = GridSpec(32645, 10.0, 256, 0)
+KEY = ChunkKey(32645, 1340, 60)
+
+
+def _chunks():
+    return plan_chunks(parse_bbox("85.20,28.10,85.40,28.30"), 10, 256, 0)
+
+
+def test_split_is_deterministic_blocked_and_near_target():
+    chunks = _chunks()
+    plan = SplitPlan((0.6, 0.2, 0.2), block=2, seed=7)
+    a = plan.assign(chunks)
+    assert a == plan.assign(list(reversed(chunks)))
+    assert a != SplitPlan((0.6, 0.2, 0.2), block=2, seed=8).assign(chunks)
+    # every chunk of a 2x2 block shares the split
+    for c in chunks:
+        mates = [d for d in chunks if plan.block_of(d.key) == plan.block_of(c.key)]
+        assert {a[d.key] for d in mates} == {a[c.key]}
+    n = len(chunks)
+    for split, frac in zip(SPLITS, plan.fractions):
+        share = sum(1 for v in a.values() if v == split) / n
+        assert share == pytest.approx(frac, abs=4 / n + 0.02)
+
+
+def test_split_patches_never_overlap_across_splits():
+    chunks = _chunks()
+    a = SplitPlan((0.5, 0.25, 0.25), block=1, seed=1).assign(chunks)
+    boxes = {s: shapely.union_all([box(*c.grid.bounds) for c in chunks if a[c.key] == s])
+             for s in SPLITS}
+    for i, s in enumerate(SPLITS):
+        for t in SPLITS[i + 1:]:
+            assert boxes[s].intersection(boxes[t]).area == 0
+
+
+def test_split_polygons_assign_by_chunk_centre():
+    chunks = _chunks()
+    first = chunks[0]
+    centre = to_crs(box(*first.grid.bounds).centroid, first.grid.crs, WGS84, 0)
+    val = Region.from_geometry("v", centre.buffer(1e-4))
+    a = SplitPlan(polygons={"val": shapely.to_wkb(val.geometry)}).assign(chunks)
+    assert a[first.key] == "val"
+    assert sum(v == "val" for v in a.values()) == 1
+    assert set(a.values()) == {"train", "val"}
+
+
+def test_bad_split_and_rules():
+    with pytest.raises(ConfigError, match="sum to 1"):
+        SplitPlan((0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="Unknown split"):
+        SplitPlan(polygons={"holdout": b""})
+    with pytest.raises(ConfigError, match="Patch size"):
+        PatchRules(size=100)
+    with pytest.raises(ConfigError, match="negative_fraction"):
+        PatchRules(negative_fraction=1.5)
+
+
+def _arrays(rng):
+    data = rng.random((3, 256, 256), dtype=np.float32)
+    valid = np.ones((256, 256), bool)
+    mask = np.zeros((256, 256), np.uint8)
+    mask[10:20, 10:20] = 1  # landslide in patch (0, 0) of 64 px
+    valid[128:, 128:] = False  # patch (2,2),(2,3),(3,2),(3,3) are all nodata
+    valid[64:70, 64:128] = False  # 6/64 rows invalid in patch (1,1): ~9% nodata
+    return data, valid, mask
+
+
+def test_cut_patches_selection_counts_and_georeferencing(rng):
+    data, valid, mask = _arrays(rng)
+    grid = SPEC.chunk_grid(KEY)
+    rules = PatchRules(size=64, negative_fraction=0.0, max_nodata_fraction=0.1)
+    patches, stats = cut_patches(KEY, data, valid, mask, grid, rules)
+    assert stats.candidates == 16
+    assert stats.dropped_nodata == 4
+    assert [p.key for p in patches] == [f"{KEY}/00000_00000"]
+    assert stats.kept_positive == 1 and stats.kept_negative == 0 and stats.dropped_negative == 11
+    p = patches[0]
+    assert p.positive and p.image.shape == (64, 64, 3) and p.mask.sum() == 100
+    np.testing.assert_array_equal(p.image[..., 1], data[1, :64, :64])
+    assert p.grid.transform == grid.transform
+    # keep every negative: invalid pixels become IGNORE in the mask and 0 in the image
+    all_p, st = cut_patches(KEY, data, valid, mask, grid, PatchRules(size=64, negative_fraction=1))
+    assert st.kept_negative == 11 and len(all_p) == 12
+    p11 = next(q for q in all_p if q.key.endswith("00064_00064"))
+    assert (p11.mask[:6] == IGNORE).all() and (p11.image[:6] == 0).all()
+    assert p11.grid.transform[2] == grid.transform[2] + 640
+    assert p11.grid.transform[5] == grid.transform[5] - 640
+
+
+def test_negative_selection_is_seeded_fraction(rng):
+    data = rng.random((1, 256, 256), dtype=np.float32)
+    valid = np.ones((256, 256), bool)
+    mask = np.zeros((256, 256), np.uint8)
+    grid = SPEC.chunk_grid(KEY)
+    kept = []
+    for seed in range(40):
+        rules = PatchRules(size=32, negative_fraction=0.3, seed=seed)
+        ps, st = cut_patches(KEY, data, valid, mask, grid, rules)
+        kept.append(st.kept_negative / st.candidates)
+        again, _ = cut_patches(KEY, data, valid, mask, grid, rules)
+        assert [p.key for p in ps] == [p.key for p in again]
+    assert np.mean(kept) == pytest.approx(0.3, abs=0.03)
+
+
+def test_band_stats_merge_equals_whole(rng):
+    bands = ("B4", "DEM")
+    imgs = [np.stack([rng.random((32, 32)) * 0.3, 2000 + rng.random((32, 32)) * 900], -1)
+            for _ in range(5)]
+    valids = [rng.random((32, 32)) > 0.1 for _ in range(5)]
+    a = BandStats(bands)
+    for im, v in zip(imgs[:2], valids[:2]):
+        a.add(im, v)
+    b = BandStats(bands)
+    for im, v in zip(imgs[2:], valids[2:]):
+        b.add(im, v)
+    merged = a.merge(b).summary()
+    px = np.concatenate([im[v] for im, v in zip(imgs, valids)])
+    for i, band in enumerate(bands):
+        assert merged[band]["count"] == px.shape[0]
+        assert merged[band]["mean"] == pytest.approx(px[:, i].mean(), rel=1e-9)
+        assert merged[band]["std"] == pytest.approx(px[:, i].std(), rel=1e-6)
+        assert merged[band]["min"] == pytest.approx(px[:, i].min())
+        assert merged[band]["max"] == pytest.approx(px[:, i].max())
+        lo, hi = (-0.2, 2.0) if band == "B4" else (-500.0, 9000.0)
+        tol = (hi - lo) / 1024 * 1.01
+        assert merged[band]["p50"] == pytest.approx(np.percentile(px[:, i], 50), abs=tol)
+        assert merged[band]["p99"] == pytest.approx(np.percentile(px[:, i], 99), abs=tol)
