@@ -121,6 +121,8 @@ def _spacing(res: Res, nrows: int) -> tuple[float | np.ndarray, float]:
         ``(dx, dy)``; ``dx`` is a float or an array of shape ``(nrows - 2, 1)`` holding the
         spacing of each interior row.
     """
+    rx: object
+    ry: object
     if np.isscalar(res):
         rx, ry = res, res
     else:
@@ -175,7 +177,10 @@ def _compute(dem: np.ndarray, res: Res, products: Iterable[str] | str, z_factor:
     d, e, f = z[1:-1, :-2], z[1:-1, 1:-1], z[1:-1, 2:]
     g, hh, i = z[2:, :-2], z[2:, 1:-1], z[2:, 2:]
     valid = _valid_interior(z)
-    results: dict[str, np.ndarray] = {}
+
+    def put(name: str, values: np.ndarray) -> None:
+        # store as float32 at once so that float64 results do not pile up
+        np.copyto(out[name][1:-1, 1:-1], values, where=valid, casting="unsafe")
 
     if {"slope", "aspect", "hillshade"} & set(names):
         # Horn's gradient, in elevation units per metre (x eastwards, y northwards).
@@ -183,26 +188,24 @@ def _compute(dem: np.ndarray, res: Res, products: Iterable[str] | str, z_factor:
         q = ((a + 2 * b + c) - (g + 2 * hh + i)) * (z_factor / (8 * dy))
         grad2 = p * p + q * q
         if "slope" in names:
-            results["slope"] = np.degrees(np.arctan(np.sqrt(grad2)))
+            put("slope", np.degrees(np.arctan(np.sqrt(grad2))))
         if "aspect" in names:
             # The slope faces the steepest descent, (-p, -q); azimuth clockwise from north.
             asp = np.mod(np.degrees(np.arctan2(-p, -q)), 360.0)
             asp[(p == 0) & (q == 0)] = flat_value
-            results["aspect"] = asp
+            put("aspect", asp)
+            del asp
         if "hillshade" in names:
             az, alt = math.radians(azimuth), math.radians(altitude)
             cos_i = (math.sin(alt) - math.cos(alt) * (p * math.sin(az) + q * math.cos(az)))
             cos_i /= np.sqrt(1.0 + grad2)
-            results["hillshade"] = 1.0 + 254.0 * np.maximum(cos_i, 0.0)
+            put("hillshade", 1.0 + 254.0 * np.maximum(cos_i, 0.0))
+            del cos_i
         del p, q, grad2
     if "curvature" in names:
         dd = ((d + f) / 2 - e) / (dx * dx)
-        ee = ((b + hh) / 2 - e) / (dy * dy)
-        results["curvature"] = -2.0 * (dd + ee) * 100.0 * z_factor + 0.0  # no -0.0
-
-    for name, values in results.items():
-        interior = out[name][1:-1, 1:-1]
-        np.copyto(interior, values, where=valid, casting="unsafe")
+        dd += ((b + hh) / 2 - e) / (dy * dy)
+        put("curvature", -200.0 * z_factor * dd + 0.0)  # + 0.0: no -0.0
     if "aspect" in out:
         # float32 rounding can turn 359.99999999 into 360.0; keep [0, 360).
         asp32 = out["aspect"]
@@ -413,6 +416,7 @@ def _write_from(src: rasterio.io.DatasetReader, dem: str, out: str, names: tuple
              ", ".join(names), nblocks)
 
     with tempfile.TemporaryDirectory(prefix="landslides-terrain-") as tmp:
+        results: dict[str, np.ndarray]
         if blocked:
             results = {p: np.lib.format.open_memmap(str(Path(tmp, f"{p}.npy")), mode="w+",
                                                     dtype=np.float32, shape=(h, w))
