@@ -64,7 +64,7 @@ UNITS = {
 OUT_NODATA = -9999.0
 
 #: DEMs with more pixels than this are processed in row blocks.
-MAX_WHOLE_PIXELS = 50_000_000
+MAX_WHOLE_PIXELS = 4_000_000  # measured: row blocks are faster and leaner even at 16 Mpx
 
 #: Pixels per row block in block mode (bounds the float64 temporaries to a few 100 MB).
 BLOCK_PIXELS = 4_000_000
