@@ -68,7 +68,7 @@ def _normalization(
         )
     return keras.layers.Normalization(
         axis=-1, mean=mean_arr.tolist(), variance=(std_arr**2).tolist(),
-        name=NORMALIZATION_LAYER,
+        name=NORMALIZATION_LAYER, dtype="float32",  # float16 would round elevations
     )
 
 

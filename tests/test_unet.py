@@ -67,6 +67,7 @@ def test_normalisation_inside_the_model(rng):
     norm = model.get_layer(unet.NORMALIZATION_LAYER)
     np.testing.assert_allclose(np.ravel(norm.mean), mean, rtol=1e-6)
     np.testing.assert_allclose(np.ravel(norm.variance), np.square(std), rtol=1e-6)
+    assert norm.compute_dtype == "float32"  # also under mixed precision
     x = rng.random((1, 8, 8, 3), dtype=np.float32) * 30
     normalised = keras.Model(model.input, norm.output).predict(x, verbose=0)
     np.testing.assert_allclose(normalised, (x - mean) / std, rtol=1e-4, atol=1e-4)
