@@ -84,8 +84,8 @@ def _bytes_feature(values: Sequence[bytes]) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
 
 
-def _text(name: str, value: object) -> bytes:
-    if not isinstance(value, str) or not value:
+def _text(name: str, value: object, allow_empty: bool = False) -> bytes:
+    if not isinstance(value, str) or not (value or allow_empty):
         raise SchemaError(f"patch {name} must be a non-empty string, got {value!r}")
     return value.encode("utf-8")
 
@@ -191,9 +191,11 @@ def encode_patch(
         "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=[h, w, c])),
         "bands": _bytes_feature([n.encode("utf-8") for n in names]),
         "key": _bytes_feature([_text("key", key)]),
-        "crs": _bytes_feature([_text("crs", crs)]),
+        # "" = not georeferenced (e.g. Landslide4Sense patches carry no coordinates)
+        "crs": _bytes_feature([_text("crs", crs, allow_empty=True)]),
         "transform": _bytes_feature([np.asarray(coeffs, dtype="<f8").tobytes()]),
-        "date": _bytes_feature([_text("date", date)]),
+        # "" = no acquisition window known (e.g. undated GeoTIFF mosaics)
+        "date": _bytes_feature([_text("date", date, allow_empty=True)]),
         "format": _bytes_feature([FORMAT.encode()]),
     }
     example = tf.train.Example(features=tf.train.Features(feature=feature))

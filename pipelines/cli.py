@@ -30,6 +30,8 @@ def _call(target: str, **fixed: object) -> Handler:
         fn = getattr(importlib.import_module(modname), fname)
         kwargs = {k: v for k, v in vars(args).items()
                   if k not in {"command", "handler", "verbose", "quiet", "accepts_extra"}}
+        if "source" in kwargs and "world" in kwargs:  # source arguments travel together
+            kwargs = _group_source_args(kwargs)
         kwargs.update(fixed)
         if getattr(args, "accepts_extra", False):
             kwargs["beam_args"] = extra
@@ -37,6 +39,16 @@ def _call(target: str, **fixed: object) -> Handler:
         return result if isinstance(result, int) else 0
 
     return handler
+
+
+_SOURCE_KEYS = ("world", "images", "dem", "dem_nodata", "band_map", "scale", "nodata",
+                "mask_zero", "ee_project", "ee_dem", "ee_cloud_mask", "ee_high_volume",
+                "ee_endpoint", "ee_max_concurrency")
+
+
+def _group_source_args(kwargs: dict) -> dict:
+    """Keep the source arguments as keyword arguments (the callee passes them on)."""
+    return {k: v for k, v in kwargs.items() if k not in _SOURCE_KEYS or v not in (None, False)}
 
 
 # ----------------------------------------------------------------------------- commands
@@ -66,11 +78,115 @@ def _terrain(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_call("pipelines.geo.terrain:write_terrain_cli"))
 
 
+def _source_args(p: argparse.ArgumentParser) -> None:
+    """Arguments that choose and configure an imagery source (export, predict, scan)."""
+    g = p.add_argument_group("imagery source")
+    g.add_argument("--source", choices=["synthetic", "geotiff", "earthengine"],
+                   default="synthetic", help="Imagery source (default synthetic).")
+    g.add_argument("--world", help="Synthetic world folder (from `landslides synth`).")
+    g.add_argument("--images", action="append",
+                   help="GeoTIFF/COG paths or globs (repeatable; {year} is filled from --start).")
+    g.add_argument("--dem", help="DEM raster for the terrain bands (geotiff source).")
+    g.add_argument("--dem-nodata", type=float, help="Treat this DEM value as nodata.")
+    g.add_argument("--band-map", help="Band name to file band, e.g. B4=1,B3=2,B2=3,B8=4.")
+    g.add_argument("--scale", help="Multiplier to physical units (auto: integer S2 DNs x 1e-4).")
+    g.add_argument("--nodata", type=float, help="Image nodata value (overrides the files').")
+    g.add_argument("--mask-zero", action="store_true",
+                   help="Treat pixels that are 0 in every band as nodata.")
+    g.add_argument("--ee-project", help="Earth Engine cloud project.")
+    g.add_argument("--ee-dem", choices=["glo30", "aw3d30", "srtm", "3dep10"],
+                   help="Earth Engine DEM (default glo30).")
+    g.add_argument("--ee-cloud-mask", choices=["scl", "cloud_prob", "none"],
+                   help="Sentinel-2 cloud masking (default scl).")
+    g.add_argument("--ee-high-volume", action="store_true",
+                   help="Use Earth Engine's high-volume endpoint.")
+    g.add_argument("--ee-endpoint", help="Earth Engine API base URL (tests, private endpoints).")
+    g.add_argument("--ee-max-concurrency", type=int,
+                   help="Concurrent Earth Engine requests per worker (default 8).")
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="Output folder for shards (local or gs://).")
+    p.add_argument("--aoi", required=True,
+                   help="Area of interest: vector file or minlon,minlat,maxlon,maxlat.")
+    p.add_argument("--inventory", help="Landslide polygons (any vector format).")
+    p.add_argument("--start", help="Date window start, YYYY-MM-DD.")
+    p.add_argument("--end", help="Date window end, YYYY-MM-DD.")
+    p.add_argument("--bands", help="Comma-separated bands (default B2,B3,B4,B8,B11,B12,DEM,slope).")
+    p.add_argument("--pixel-size", type=float, default=10.0, help="Metres (default 10).")
+    p.add_argument("--chunk-size", type=int, default=512, help="Chunk side in pixels (512).")
+    p.add_argument("--patch-size", type=int, default=128, help="Patch side: 64, 128 or 256.")
+    p.add_argument("--stride", type=int, help="Step between patches (default: patch size).")
+    p.add_argument("--negative-fraction", type=float, default=0.25,
+                   help="Fraction of landslide-free patches kept (0 drops them; default 0.25).")
+    p.add_argument("--max-nodata", type=float, default=0.1,
+                   help="Drop patches with more invalid pixels than this fraction (0.1).")
+    p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions.")
+    p.add_argument("--split-block", type=int, default=2,
+                   help="Spatial split block side in chunks (default 2).")
+    p.add_argument("--split-polygons", help="Explicit split areas: val=a.geojson,test=b.geojson.")
+    p.add_argument("--seed", type=int, default=0, help="Seed for splits and selection.")
+    p.add_argument("--class-attribute", help="Inventory attribute with class values.")
+    p.add_argument("--classes", help="Class strings to ids, e.g. scarp=1,deposit=2.")
+    p.add_argument("--num-shards", type=int, default=0, help="Shards per split (0: auto).")
+    p.add_argument("--epsg", type=int, help="Use one projected CRS instead of UTM zones.")
+    _source_args(p)
+    p.set_defaults(handler=_call("pipelines.export:export_cli"), accepts_extra=True)
+
+
+def _import_l4s(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", required=True, help="Folder with img/image_N.h5 (+ mask/).")
+    p.add_argument("--out", required=True, help="Output folder for shards (local or gs://).")
+    p.add_argument("--bands", help="Comma-separated subset of the 14 L4S bands (default all).")
+    p.add_argument("--split", default="0.8,0.2,0.0", help="train,val,test fractions.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the per-patch split.")
+    p.add_argument("--num-shards", type=int, default=0, help="Shards per split (0: auto).")
+    p.set_defaults(handler=_call("pipelines.sources.landslide4sense:import_l4s_cli"),
+                   accepts_extra=True)
+
+
+def _compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", required=True,
+                   help="Reference inventory: vector file, mask COG/VRT or glob of chunk COGs; "
+                        "may hold {year}.")
+    p.add_argument("--predicted",
+                   help="Predicted inventory (same forms); omit for statistics only.")
+    p.add_argument("--aoi", help="Area of interest: vector file or minlon,minlat,maxlon,maxlat "
+                                 "(default: the union of the inputs' extents).")
+    p.add_argument("--years", help="Years filling {year}: 2013-2019, 2013,2015 or both.")
+    p.add_argument("--out", required=True, help="Output folder for the report (local or gs://).")
+    p.add_argument("--resolution", type=float, default=5.0,
+                   help="Pixel size in metres of the common grid (default 5).")
+    p.add_argument("--min-overlap", type=float, default=0.1,
+                   help="Object match threshold in (0, 1] (default 0.1).")
+    p.add_argument("--match", choices=["overlap", "iou"], default="overlap",
+                   help="Object match criterion (default overlap).")
+    p.add_argument("--min-area", type=float, default=0.0,
+                   help="Ignore polygons smaller than this many m2 (default 0).")
+    p.add_argument("--background", help="Raster under the overlay maps (hillshade or RGB COG).")
+    p.add_argument("--epsg", type=int, help="Projected CRS to compare in (default: from inputs).")
+    p.add_argument("--tile-size", type=int, default=2048,
+                   help="Tile side in pixels of the streaming pixel metrics (default 2048).")
+    p.add_argument("--connectivity", type=int, choices=[4, 8], default=4,
+                   help="Pixel connectivity when vectorising raster inputs (default 4).")
+    p.add_argument("--bins-per-decade", type=int, default=10,
+                   help="Log bins per decade of the frequency-area distributions (10).")
+    p.add_argument("--a-min", type=float,
+                   help="Lower bound (m2) of the power-law tail fit (default: the rollover).")
+    p.add_argument("--kde-bandwidth", type=float,
+                   help="Kernel width in metres of the density maps (default: extent / 25).")
+    p.set_defaults(handler=_call("pipelines.compare:compare_cli"))
+
+
 #: name -> (help, parser builder). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "synth": ("Generate the synthetic mountain-valley world (imagery, DEM, inventories).",
               _synth),
     "terrain": ("Compute slope, aspect, curvature and hillshade COGs from a DEM.", _terrain),
+    "export": ("Export training patches (TFRecord shards + manifest) with Beam.", _export),
+    "import-l4s": ("Convert a Landslide4Sense h5 folder into shards + manifest.", _import_l4s),
+    "compare": ("Compare landslide inventories: metrics, statistics, maps and a report.",
+                _compare),
 }
 
 

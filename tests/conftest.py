@@ -20,6 +20,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["NO_GCE_CHECK"] = "true"
 os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
 
+
+def _beam_anonymous() -> None:
+    """Make Beam's GCS client anonymous at once in this process.
+
+    Beam retries the failing default-credentials lookup with backoff (~29 s per process)
+    before falling back to an anonymous client; the emulator needs no credentials, so the
+    test session seeds Beam's credential cache with that fallback directly.
+    """
+    try:
+        from apache_beam.internal.gcp import auth
+    except ImportError:  # pragma: no cover - beam is a pinned dependency
+        return
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials_init = True
+        auth._Credentials._credentials = None
+
+
+_beam_anonymous()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LANDSLIDES_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -196,7 +196,8 @@ def test_detect_format_rejects_foreign_bytes(rng):
         ({"mask": np.full((4, 4), 300)}, "0..255"),
         ({"mask": np.zeros((4, 5), np.uint8)}, "mask shape"),
         ({"transform": (10.0, 0.0, 1.0)}, "6 finite"),
-        ({"crs": ""}, "crs"),
+        ({"crs": None}, "crs"),
+        ({"key": ""}, "key"),
     ],
 )
 def test_encode_rejects_bad_input(rng, change, message):

@@ -79,6 +79,10 @@ REGISTRY: dict[str, Band] = {
     )
     for name, desc, wl, res in _S2
 }
+# B10 (cirrus) is absent from L2A products but present in L1C-derived datasets such as
+# Landslide4Sense, so it is known without being one of SENTINEL2_BANDS.
+REGISTRY["B10"] = Band("B10", "Sentinel-2 B10 (Cirrus, 1375 nm)", "reflectance", scale=1e-4,
+                       nodata=0, wavelength_nm=1375.0, resolution_m=60.0, valid_range=(-0.2, 2.0))
 REGISTRY.update(
     {
         "DEM": Band("DEM", "Elevation", "m", nodata=-32768, kind="terrain",
@@ -98,7 +102,7 @@ REGISTRY.update(
 _ALIASES = {
     "elevation": "DEM", "dem": "DEM", "srtm": "DEM",
     "b01": "B1", "b02": "B2", "b03": "B3", "b04": "B4", "b05": "B5", "b06": "B6",
-    "b07": "B7", "b08": "B8", "b8a": "B8A", "b09": "B9",
+    "b07": "B7", "b08": "B8", "b8a": "B8A", "b09": "B9", "b10": "B10",
     "red": "B4", "green": "B3", "blue": "B2", "nir": "B8",
     "swir1": "B11", "swir2": "B12",
 }

@@ -1,0 +1,425 @@
+"""Export: imagery + a landslide inventory -> TFRecord training shards + manifest.json.
+
+The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
+
+    chunks of the AOI (planned on the launcher, split assigned by spatial blocks)
+      | Reshuffle
+      | CutChunk: read the chunk once from the source, rasterise the inventory, cut and
+      |           select patches, encode them (model.schema), per-band stats of train
+      |           patches; chunks that fail go to a dead-letter output
+      +-> per split: WriteToTFRecord(out/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz)
+      +-> counts, stats (combiners) -> manifest.json
+      +-> failed_chunks.jsonl
+
+Everything the pipeline needs is validated on the launcher before it starts: the AOI,
+the date window, the source's bands, the inventory, and that the output is writable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import fsio
+from pipelines.errors import ConfigError, OutputError, RegionError
+from pipelines.geo import bands as bandreg
+from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
+from pipelines.geo.patches import SPLITS, PatchRules, SplitPlan
+from pipelines.sources.base import Source
+from pipelines.sources.factory import check_window, make_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "B11", "B12", "DEM", "slope")
+MANIFEST = "manifest.json"
+FAILED = "failed_chunks.jsonl"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything an export needs; saved as ``export_config.json`` beside the shards.
+
+    Attributes:
+        source: Source spec (see :mod:`pipelines.sources.factory`).
+        aoi: Area of interest: a vector file or ``minlon,minlat,maxlon,maxlat``.
+        out: Output folder, local or ``gs://``.
+        inventory: Landslide polygons (any vector format); ``None`` writes unlabelled
+            patches (all negatives) for inference-style exports.
+        start: Date window start (YYYY-MM-DD).
+        end: Date window end.
+        bands: Bands to export, in this order.
+        pixel_size: Metres.
+        chunk_size: Chunk side in pixels (a multiple of the patch size is best).
+        patch: Patch selection rules.
+        split: Spatially blocked train/val/test split.
+        class_attribute: Inventory attribute with class values (scarp/deposit...).
+        classes: Mapping of class strings to ids when ``class_attribute`` holds strings.
+        num_shards: TFRecord shards per split (0 lets Beam decide).
+        epsg: Force one projected CRS instead of per-UTM-zone chunks.
+    """
+
+    source: dict[str, Any]
+    aoi: str
+    out: str
+    inventory: str | None = None
+    start: str | None = None
+    end: str | None = None
+    bands: tuple[str, ...] = DEFAULT_BANDS
+    pixel_size: float = 10.0
+    chunk_size: int = 512
+    patch: PatchRules = field(default_factory=PatchRules)
+    split: SplitPlan = field(default_factory=SplitPlan)
+    class_attribute: str | None = None
+    classes: dict[str, int] | None = None
+    num_shards: int = 0
+    epsg: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bands", bandreg.resolve(self.bands))
+        check_window(self.start, self.end)
+        if self.chunk_size < self.patch.size:
+            raise ConfigError(
+                f"chunk_size {self.chunk_size} is smaller than the patch size {self.patch.size}."
+            )
+        if self.num_shards < 0:
+            raise ConfigError(f"num_shards must be >= 0, got {self.num_shards}.")
+
+    @property
+    def date(self) -> str:
+        return f"{self.start}/{self.end}" if self.start else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["split"]["polygons"] = sorted(self.split.polygons)
+        return d
+
+
+# ----------------------------------------------------------------------------- DoFn
+def _make_dofns():
+    import apache_beam as beam
+    import numpy as np
+    from apache_beam.metrics import Metrics
+
+    from pipelines.geo import inventory as inv
+    from pipelines.geo.patches import BandStats, cut_patches
+    from pipelines.progress import Progress
+
+    class CutChunk(beam.DoFn):
+        """Read one chunk, label it, cut and encode patches; dead-letter failures."""
+
+        def __init__(self, config: ExportConfig, source: Source, total: int) -> None:
+            self.config = config
+            self.source = source  # built once on the launcher, pickled without clients
+            self.total = total
+
+        def setup(self) -> None:
+            from model import schema
+
+            self._schema = schema
+            self.source.open()
+            self.inventory = (inv.read_inventory(self.config.inventory)
+                              if self.config.inventory else None)
+            self._by_crs: dict[str, Any] = {}
+            self.progress = Progress(self.total, "export", "chunks")
+            self.counters = {n: Metrics.counter("export", n) for n in (
+                "chunks_done", "chunks_failed", "patches_candidates", "patches_positive",
+                "patches_negative", "dropped_nodata", "dropped_negative")}
+
+        def teardown(self) -> None:
+            self.source.close()
+
+        def _labels(self, grid) -> np.ndarray:
+            if self.inventory is None:
+                return np.zeros(grid.shape, np.uint8)
+            gdf = self._by_crs.get(grid.crs)
+            if gdf is None:
+                gdf = self.inventory.to_crs(grid.crs)
+                self._by_crs[grid.crs] = gdf
+            sub = gdf.iloc[gdf.sindex.query(_box(grid.bounds))]
+            return inv.rasterize(sub, grid, attribute=self.config.class_attribute,
+                                 classes=self.config.classes)
+
+        def process(self, element: tuple[str, str, bytes, dict]):
+            key_text, split, region_wkb, spec_d = element
+            key = ChunkKey.parse(key_text)
+            spec = GridSpec(**spec_d)
+            chunk = Chunk(key, spec, region_wkb)
+            try:
+                raster = self.source.read(chunk.grid, self.config.bands)
+                valid = raster.valid & chunk.region_mask()
+                labels = self._labels(chunk.grid)
+                patches, stats = cut_patches(key, raster.data, valid, labels, chunk.grid,
+                                             self.config.patch)
+            except Exception as exc:  # dead-letter: recorded, counted, never silent
+                log.warning("chunk %s failed: %s", key, exc)
+                self.counters["chunks_failed"].inc()
+                yield beam.pvalue.TaggedOutput("failed", json.dumps(
+                    {"chunk": key_text, "split": split, "error": f"{type(exc).__name__}: {exc}"}))
+                return
+            self.counters["chunks_done"].inc()
+            self.counters["patches_candidates"].inc(stats.candidates)
+            self.counters["patches_positive"].inc(stats.kept_positive)
+            self.counters["patches_negative"].inc(stats.kept_negative)
+            self.counters["dropped_nodata"].inc(stats.dropped_nodata)
+            self.counters["dropped_negative"].inc(stats.dropped_negative)
+            bstats = BandStats(self.config.bands) if split == "train" else None
+            for p in patches:
+                rec = self._schema.encode_patch(
+                    p.image, p.mask, self.config.bands, p.key, p.grid.crs, p.grid.transform,
+                    self.config.date)
+                yield (split, rec)
+                if bstats is not None:
+                    bstats.add(p.image, p.mask != 255)
+            counts = dataclasses.asdict(stats)
+            counts.update({"chunks": 1, f"{split}_patches": len(patches),
+                           f"{split}_positive": stats.kept_positive})
+            yield beam.pvalue.TaggedOutput("counts", counts)
+            if bstats is not None:
+                yield beam.pvalue.TaggedOutput("stats", bstats)
+            self.progress.update()
+
+    class MergeStats(beam.CombineFn):
+        def __init__(self, bands: tuple[str, ...]) -> None:
+            self.bands = bands
+
+        def create_accumulator(self) -> BandStats:
+            return BandStats(self.bands)
+
+        def add_input(self, acc: BandStats, item: BandStats) -> BandStats:
+            return acc.merge(item)
+
+        def merge_accumulators(self, accs):
+            accs = list(accs)
+            out = accs[0]
+            for a in accs[1:]:
+                out.merge(a)
+            return out
+
+        def extract_output(self, acc: BandStats) -> dict:
+            return acc.summary()
+
+    return CutChunk, MergeStats, sum_dicts
+
+
+def sum_dicts(dicts) -> dict:
+    """Combine function: add up dicts of counts."""
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+def merge_stats_fn(bands: tuple[str, ...]):
+    """A Beam CombineFn merging :class:`BandStats` into a JSON summary."""
+    return _make_dofns()[1](bands)
+
+
+def _box(bounds):
+    from shapely.geometry import box
+
+    return box(*bounds)
+
+
+# ----------------------------------------------------------------------------- launcher
+@dataclass
+class ExportPlan:
+    """What the launcher decided: chunks and their splits, checked inputs."""
+
+    region: Region
+    chunks: list[Chunk]
+    splits: dict[ChunkKey, str]
+    landslides_in_aoi: int | None
+    source: Source
+
+
+def plan_export(config: ExportConfig) -> ExportPlan:
+    """Validate inputs and plan chunks and splits on the launcher (no Beam)."""
+    region = load_region(config.aoi)
+    source = make_source(config.source, config.start, config.end)
+    bandreg.require(source.bands, config.bands, f"{source.kind} source")
+    covers = getattr(source, "check_covers", None)
+    if covers is not None:
+        covers(region)
+    n_in_aoi: int | None = None
+    if config.inventory:
+        from pipelines.geo import inventory as inv
+
+        gdf = inv.read_inventory(config.inventory, region=region)
+        n_in_aoi = len(gdf)
+        if n_in_aoi == 0:
+            if config.patch.negative_fraction == 0:
+                raise RegionError(
+                    f"No landslide of {config.inventory!r} lies inside the AOI {region.name!r}, "
+                    f"and negative_fraction is 0, so there is nothing to export. Check the AOI "
+                    f"and the inventory's extent, or keep negatives with --negative-fraction."
+                )
+            log.warning("No landslide of %s inside the AOI %s: exporting negatives only.",
+                        config.inventory, region.name)
+    chunks = plan_chunks(region, config.pixel_size, config.chunk_size, halo=0, epsg=config.epsg)
+    splits = config.split.assign(chunks)
+    return ExportPlan(region, chunks, splits, n_in_aoi, source)
+
+
+def _check_writable(out: str) -> None:
+    probe = fsio.join(out, ".write-probe")
+    try:
+        fsio.makedirs(out)
+        fsio.write_bytes(probe, b"ok")
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"Output {out!r} is not writable: {exc}") from exc
+    if fsio.is_remote(probe):
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.delete([probe])
+    else:
+        import os
+
+        os.unlink(probe)
+
+
+def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> dict:
+    """Run the export pipeline; returns the manifest (also written to ``out``).
+
+    Raises:
+        InputError: bad configuration or input, before anything is launched.
+        OutputError: the output folder or bucket cannot be written.
+    """
+    import apache_beam as beam
+    from apache_beam.io.tfrecordio import WriteToTFRecord
+
+    from pipelines.beam_util import pipeline_options
+
+    plan = plan_export(config)
+    _check_writable(config.out)
+    fsio.write_json(fsio.join(config.out, "export_config.json"), config.to_dict())
+    by_split = {s: sum(1 for v in plan.splits.values() if v == s) for s in SPLITS}
+    log.info("Exporting %d chunks (train %d, val %d, test %d) of %s to %s",
+             len(plan.chunks), by_split["train"], by_split["val"], by_split["test"],
+             plan.region.name, config.out)
+    CutChunk, MergeStats, sum_dicts = _make_dofns()
+    elements = [(str(c.key), plan.splits[c.key], c.region_wkb, c.spec.to_dict())
+                for c in plan.chunks]
+    opts = pipeline_options(beam_args, "landslides-export")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    with beam.Pipeline(options=opts) as p:
+        res = (p
+               | "Chunks" >> beam.Create(elements)
+               | "Spread" >> beam.Reshuffle()
+               | "Cut" >> beam.ParDo(CutChunk(config, plan.source, len(elements)))
+               .with_outputs("failed", "counts", "stats", main="patches"))
+        files = {}
+        for split in SPLITS:
+            files[split] = (
+                res.patches
+                | f"Only{split}" >> beam.Filter(lambda e, s=split: e[0] == s)
+                | f"Bytes{split}" >> beam.Map(lambda e: e[1])
+                | f"Write{split}" >> WriteToTFRecord(
+                    fsio.join(config.out, split, split), file_name_suffix=".tfrecord.gz",
+                    num_shards=config.num_shards))
+        all_files = tuple(files.values()) | "AllFiles" >> beam.Flatten()
+        counts = res.counts | "Count" >> beam.CombineGlobally(sum_dicts)
+        stats = res.stats | "Stats" >> beam.CombineGlobally(MergeStats(config.bands))
+        failed = res.failed | "FailedList" >> beam.combiners.ToList()
+        _ = (p
+             | "One" >> beam.Create([None])
+             | "Manifest" >> beam.Map(
+                 _write_manifest, config=config, plan_info={
+                     "region": plan.region.name, "chunks": len(plan.chunks),
+                     "chunks_per_split": by_split, "landslides_in_aoi": plan.landslides_in_aoi,
+                     "source": plan.source.describe(), "started": started},
+                 counts=beam.pvalue.AsSingleton(counts),
+                 stats=beam.pvalue.AsSingleton(stats),
+                 files=beam.pvalue.AsList(all_files),
+                 failed=beam.pvalue.AsSingleton(failed)))
+    manifest = fsio.read_json(fsio.join(config.out, MANIFEST))
+    n_failed = manifest["chunks_failed"]
+    if n_failed:
+        log.error("%d chunk(s) failed; see %s", n_failed, fsio.join(config.out, FAILED))
+    log.info("Wrote %s patches: %s", sum(manifest["patches"].values()), manifest["patches"])
+    return manifest
+
+
+def _write_manifest(_: None, config: ExportConfig, plan_info: dict, counts: dict, stats: dict,
+                    files: list[str], failed: list[str]) -> None:
+    from pipelines.geo.patches import IGNORE
+
+    files = sorted(files)
+    manifest = {
+        "format": "lsm/v1",
+        "bands": list(config.bands),
+        "band_units": {b: bandreg.get(b).unit for b in config.bands},
+        "patch_size": config.patch.size,
+        "pixel_size": config.pixel_size,
+        "ignore_value": IGNORE,
+        "classes": _classes(config),
+        "date": config.date,
+        "patches": {s: int(counts.get(f"{s}_patches", 0)) for s in SPLITS},
+        "positive_patches": {s: int(counts.get(f"{s}_positive", 0)) for s in SPLITS},
+        "dropped": {"nodata": int(counts.get("dropped_nodata", 0)),
+                    "negative": int(counts.get("dropped_negative", 0))},
+        "candidates": int(counts.get("candidates", 0)),
+        "chunks_done": int(counts.get("chunks", 0)),
+        "chunks_failed": len(failed),
+        "files": {s: [f for f in files if f"/{s}/" in f.replace("\\", "/")] for s in SPLITS},
+        "stats": stats,
+        "config": config.to_dict(),
+        **plan_info,
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    if failed:
+        fsio.write_bytes(fsio.join(config.out, FAILED), ("\n".join(failed) + "\n").encode())
+    fsio.write_json(fsio.join(config.out, MANIFEST), manifest)
+
+
+def _classes(config: ExportConfig) -> dict[str, int]:
+    if config.classes:
+        return {"background": 0, **config.classes}
+    return {"background": 0, "landslide": 1}
+
+
+# ----------------------------------------------------------------------------- CLI
+def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
+               start: str | None = None, end: str | None = None, bands: str | None = None,
+               pixel_size: float = 10.0, chunk_size: int = 512, patch_size: int = 128,
+               stride: int | None = None, negative_fraction: float = 0.25,
+               max_nodata: float = 0.1, split: str = "0.7,0.15,0.15", split_block: int = 2,
+               split_polygons: str | None = None, seed: int = 0,
+               class_attribute: str | None = None, classes: str | None = None,
+               num_shards: int = 0, epsg: int | None = None, beam_args: list[str] | None = None,
+               **source_args: Any) -> int:
+    """``landslides export``: parse CLI values into an :class:`ExportConfig` and run it."""
+    from pipelines.sources.factory import spec_from_args
+
+    fractions = tuple(float(v) for v in split.split(","))
+    if len(fractions) != 3:
+        raise ConfigError(f"--split needs three fractions train,val,test; got {split!r}.")
+    polygons: dict[str, bytes] = {}
+    if split_polygons:
+        import shapely
+
+        for item in split_polygons.split(","):
+            name, _, path = item.partition("=")
+            polygons[name.strip()] = shapely.to_wkb(load_region(path.strip()).geometry)
+    class_map = None
+    if classes:
+        class_map = {k.strip(): int(v) for k, v in
+                     (item.split("=") for item in classes.split(","))}
+    config = ExportConfig(
+        source=spec_from_args(source, **source_args), aoi=aoi, out=out, inventory=inventory,
+        start=start, end=end,
+        bands=tuple(b.strip() for b in bands.split(",")) if bands else DEFAULT_BANDS,
+        pixel_size=pixel_size, chunk_size=chunk_size,
+        patch=PatchRules(patch_size, stride, negative_fraction, max_nodata, seed),
+        split=SplitPlan(fractions, split_block, seed, polygons),  # type: ignore[arg-type]
+        class_attribute=class_attribute, classes=class_map, num_shards=num_shards, epsg=epsg,
+    )
+    manifest = run_export(config, beam_args)
+    return 1 if manifest["chunks_failed"] else 0
