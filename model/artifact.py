@@ -1,0 +1,285 @@
+"""The self-describing model artifact: what training writes and inference loads.
+
+A directory (local, or ``gs://`` through TensorFlow's file system support)::
+
+    artifact.json     bands in order, normalisation, patch size, classes, threshold,
+                      training config, validation metrics, the manifest it was trained on
+    model.keras       the Keras model (loaded with safe_mode=True: nothing is unpickled)
+    saved_model/      a TensorFlow SavedModel export for serving (optional for loading)
+
+Inputs to the model are float32 pixels in physical units, in ``bands`` order; the
+normalisation lives inside the model, so callers cannot mismatch it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lsm-artifact/v1"
+META = "artifact.json"
+KERAS_FILE = "model.keras"
+SAVED_MODEL = "saved_model"
+
+
+@dataclass
+class Artifact:
+    """A loaded model artifact.
+
+    Attributes:
+        path: Where it was loaded from.
+        model: The Keras model (not compiled).
+        meta: The full ``artifact.json`` content.
+    """
+
+    path: str
+    model: Any
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.meta["bands"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.meta["patch_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+    @property
+    def classes(self) -> dict[str, int]:
+        return dict(self.meta.get("classes", {"background": 0, "landslide": 1}))
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.meta.get("n_classes", 1))
+
+    @property
+    def model_id(self) -> str:
+        return str(self.meta["model_id"])
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (2 ** (depth - 1))."""
+        return int(self.meta.get("size_multiple", 16))
+
+    def predict(self, batch: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Landslide probability for a batch of ``(n, h, w, c)`` physical-unit pixels.
+
+        Returns ``(n, h, w)`` float32: the sigmoid output, or for a multi-class model
+        the probability of any landslide class (1 - P(background)).
+        """
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim != 4 or x.shape[-1] != len(self.bands):
+            raise ArtifactError(
+                f"Expected input (n, h, w, {len(self.bands)}) for bands {self.bands}, "
+                f"got {x.shape}."
+            )
+        y = self.model.predict(x, batch_size=batch_size, verbose=0)
+        y = np.asarray(y, dtype=np.float32)
+        if y.shape[-1] == 1:
+            return y[..., 0]
+        return 1.0 - y[..., 0]
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def model_id_of(meta: Mapping[str, Any], weights_digest: str) -> str:
+    """A short deterministic id from the training config and the weights."""
+    h = hashlib.sha256()
+    h.update(json.dumps(meta.get("training", {}), sort_keys=True, default=_json_default).encode())
+    h.update(weights_digest.encode())
+    return f"lsm-{h.hexdigest()[:12]}"
+
+
+def _weights_digest(model: Any) -> str:
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def save_artifact(
+    model: Any,
+    out: str,
+    bands: Sequence[str],
+    patch_size: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Mapping[str, int] | None = None,
+    threshold: float = 0.5,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    pixel_size: float | None = None,
+    size_multiple: int = 16,
+    saved_model: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """Write the artifact directory; returns the ``artifact.json`` content.
+
+    Files are written into a local temporary folder first and then moved (or copied to
+    ``gs://`` with ``tf.io.gfile``), with ``artifact.json`` last, so a reader that finds
+    ``artifact.json`` finds a complete artifact.
+    """
+    import keras
+
+    classes = dict(classes or {"background": 0, "landslide": 1})
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "bands": list(bands),
+        "patch_size": int(patch_size),
+        "pixel_size": pixel_size,
+        "normalization": {"mean": list(map(float, mean)) if mean is not None else None,
+                          "std": list(map(float, std)) if std is not None else None,
+                          "inside_model": True},
+        "classes": classes,
+        "n_classes": 1 if len(classes) <= 2 else len(classes),
+        "threshold": float(threshold),
+        "size_multiple": int(size_multiple),
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+        "manifest": dict(manifest or {}),
+        "versions": {"keras": keras.__version__, "backend": keras.backend.backend()},
+        **dict(extra or {}),
+    }
+    meta["model_id"] = model_id_of(meta, _weights_digest(model))
+    with tempfile.TemporaryDirectory(prefix="lsm-artifact-") as tmp:
+        model.save(os.path.join(tmp, KERAS_FILE))
+        files = [KERAS_FILE]
+        if saved_model:
+            try:
+                model.export(os.path.join(tmp, SAVED_MODEL), format="tf_saved_model",
+                             verbose=False)
+                files.append(SAVED_MODEL)
+            except Exception as exc:  # serving export is optional; the Keras file is the truth
+                log.warning("SavedModel export failed (%s); the artifact has model.keras only",
+                            exc)
+        meta["files"] = files
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+        _publish(tmp, out, [*files, META])
+    log.info("Saved model artifact %s to %s", meta["model_id"], out)
+    return meta
+
+
+def _publish(tmp: str, out: str, names: Sequence[str]) -> None:
+    if _is_remote(out):
+        import tensorflow as tf
+
+        for name in names:
+            src = os.path.join(tmp, name)
+            if os.path.isdir(src):
+                for root, _, fs in os.walk(src):
+                    for fn in fs:
+                        rel = os.path.relpath(os.path.join(root, fn), tmp)
+                        tf.io.gfile.makedirs(os.path.dirname(f"{out.rstrip('/')}/{rel}"))
+                        tf.io.gfile.copy(os.path.join(root, fn), f"{out.rstrip('/')}/{rel}",
+                                         overwrite=True)
+            else:
+                tf.io.gfile.copy(src, f"{out.rstrip('/')}/{name}", overwrite=True)
+        return
+    os.makedirs(out, exist_ok=True)
+    for name in names:  # artifact.json is last: its presence means "complete"
+        dst = os.path.join(out, name)
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)
+        staging = dst + ".partial"
+        if os.path.isdir(os.path.join(tmp, name)):
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(os.path.join(tmp, name), staging)
+        else:
+            shutil.copyfile(os.path.join(tmp, name), staging)
+        os.replace(staging, dst)
+
+
+def read_meta(path: str) -> dict:
+    """Read and check ``artifact.json`` without loading the model."""
+    import tensorflow as tf
+
+    meta_path = f"{path.rstrip('/')}/{META}"
+    if not tf.io.gfile.exists(meta_path):
+        raise ArtifactError(
+            f"{path!r} is not a model artifact: {META} is missing. Train one with "
+            f"`landslides train`, or point at the folder that holds {META}."
+        )
+    try:
+        with tf.io.gfile.GFile(meta_path, "r") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{meta_path!r} is corrupt ({exc}); re-export the artifact.") from exc
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(
+            f"{meta_path!r} has format {meta.get('format')!r}; this version reads {FORMAT!r}."
+        )
+    for key in ("bands", "patch_size", "model_id"):
+        if key not in meta:
+            raise ArtifactError(f"{meta_path!r} lacks {key!r}; the artifact is incomplete.")
+    return meta
+
+
+def load_artifact(path: str) -> Artifact:
+    """Load an artifact with Keras safe mode (no pickled code is executed).
+
+    Raises:
+        ArtifactError: missing, corrupt or incompatible artifact.
+    """
+    import keras
+    import tensorflow as tf
+
+    # importing these registers the custom layers/losses/metrics for safe deserialisation
+    import model.losses  # noqa: F401
+    import model.metrics  # noqa: F401
+    import model.unet  # noqa: F401
+
+    meta = read_meta(path)
+    keras_path = f"{path.rstrip('/')}/{KERAS_FILE}"
+    with tempfile.TemporaryDirectory(prefix="lsm-load-") as tmp:
+        local = keras_path
+        if _is_remote(path):
+            local = os.path.join(tmp, KERAS_FILE)
+            tf.io.gfile.copy(keras_path, local, overwrite=True)
+        if not os.path.exists(local):
+            raise ArtifactError(f"{keras_path!r} is missing; the artifact is incomplete.")
+        try:
+            mdl = keras.saving.load_model(local, compile=False, safe_mode=True)
+        except Exception as exc:
+            raise ArtifactError(
+                f"Cannot load the Keras model {keras_path!r}: {type(exc).__name__}: {exc}. "
+                f"The file is corrupt or was written by an incompatible version "
+                f"({meta.get('versions')})."
+            ) from exc
+    n_in = mdl.inputs[0].shape[-1]
+    if n_in != len(meta["bands"]):
+        raise ArtifactError(
+            f"{path!r}: the model takes {n_in} bands but artifact.json lists "
+            f"{len(meta['bands'])} ({meta['bands']}); the artifact is inconsistent."
+        )
+    return Artifact(path=path, model=mdl, meta=meta)
