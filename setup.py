@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "pyyaml>=6",
     "tqdm>=4.66",
+    "pystac>=1.10",
 ]
 
 setup(
