@@ -374,6 +374,57 @@ def test_gcs_objects_are_downloaded_once_and_cleaned_up(gcs_bucket, anonymous_gc
     np.testing.assert_array_equal(r.data[0, :, 30:], full[:, 30:] + 1000)
 
 
+def test_http_urls_are_read_through_vsicurl(two_tiles, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pa, _, full, _ = two_tiles
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # A separate process: GDAL holds the GIL while it fetches, so no in-process server.
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/{Path(pa).name}"
+        src = GeoTIFFSource(url, resampling="nearest")
+        r = src.read(grid_of(pa), ["DEM"])
+        np.testing.assert_array_equal(r.data[0], full[:, :30])
+        with pytest.raises(DataNotFoundError, match="missing.tif"):
+            _ = GeoTIFFSource(f"http://127.0.0.1:{port}/missing.tif").bands
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_open_datasets_are_bounded_and_scans_keep_none(tmp_path, rng, monkeypatch):
+    import pipelines.sources.geotiff as geotiff
+
+    paths = [write_tif(tmp_path / f"t{i}.tif", rng.integers(1, 99, (1, 10, 10)).astype(np.int16),
+                       from_origin(X0 + 100 * i, Y0, 10, 10), descriptions=["DEM"])
+             for i in range(4)]
+    src = GeoTIFFSource(str(tmp_path / "t*.tif"), resampling="nearest")
+    assert src.bands == ("DEM",) and len(src._handles) == 0  # launcher-side scan
+    monkeypatch.setattr(geotiff, "MAX_OPEN_FILES", 2)
+    grid = PixelGrid(UTM45, (10.0, 0.0, X0, 0.0, -10.0, Y0), 40, 10)
+    with src:
+        r = src.read(grid, ["DEM"])
+        assert len(src._handles) == 2
+    for i, p in enumerate(paths):
+        with rasterio.open(p) as ds:
+            np.testing.assert_array_equal(r.data[0, :, 10 * i:10 * i + 10], ds.read(1))
+
+
 # ----------------------------------------------------------------------------- terrain
 def plane_dem(tmp_path, gx=0.3, gy=-0.1, res=30.0, shape=(40, 40)) -> tuple[str, Callable]:
     """A tilted plane z = 1000 + gx * dx + gy * dy (metres east/north of the origin)."""
@@ -422,8 +473,8 @@ def test_terrain_on_the_real_jiuzhaigou_dem(jiuzhaigou_dir):
     # Pixels are valid where every requested band is: here the slope's 3 x 3 window.
     np.testing.assert_allclose(r.band("DEM")[r.valid], raw[r.valid], atol=1e-2)
     assert np.isnan(r.data[:, ~r.valid]).all()
-    ref = terrain.terrain_products(raw, (native.transform[0], -native.transform[4]),
-                                   ("slope", "hillshade"))
+    res = (native.transform[0], -native.transform[4])  # 29.997 x 30.002 m
+    ref = {"slope": terrain.slope(raw, res), "hillshade": terrain.hillshade(raw, res)}
     interior = (slice(1, -1), slice(1, -1))
     for name in ("slope", "hillshade"):
         got, exp = r.band(name)[interior], ref[name][interior]

@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,9 @@ SIDECAR_SUFFIXES = (".tfw", ".tfwx", ".wld", ".aux.xml", ".ovr", ".msk", ".prj",
 #: default (0.125) makes a pixel's value depend on the window it is warped in; this keeps
 #: reads of overlapping chunks consistent (nearest picks the same source pixel) at ~no cost.
 TOLERANCE = 1e-3
+
+#: Datasets kept open at once per source (least recently used ones are closed).
+MAX_OPEN_FILES = 64
 
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -271,6 +275,11 @@ class GeoTIFFSource(Source):
         mask_zero_pixels: Treat pixels where *all* bands of a file are 0 as invalid (files
             whose empty areas are zeros without a nodata flag).
 
+    The first use of :attr:`bands`, :meth:`footprint` or :meth:`read` scans every file's
+    header once (for ``gs://`` objects this downloads them); the result is plain data that
+    is pickled with the source, so touch :attr:`bands` on the launcher and workers will not
+    scan again.
+
     Raises:
         ConfigError: bad ``scale``, ``nodata`` or ``resampling``.
         BandError: a malformed ``band_map``.
@@ -321,7 +330,7 @@ class GeoTIFFSource(Source):
     # ---- runtime state (never pickled)
     def _init_runtime(self) -> None:
         self._lock = threading.RLock()
-        self._handles: dict[str, rasterio.io.DatasetReader] = {}
+        self._handles: OrderedDict[str, rasterio.io.DatasetReader] = OrderedDict()
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._local: dict[str, str] = {}
         self._opened = False
@@ -340,7 +349,12 @@ class GeoTIFFSource(Source):
         return f"GeoTIFFSource(paths={list(self.paths)!r}, band_map={self.band_map!r})"
 
     def open(self) -> None:
-        """Prepare reading (a cache folder for ``gs://`` downloads). Idempotent."""
+        """Start a reading session (once per worker). Idempotent.
+
+        Until :meth:`close`, datasets stay open between reads (at most
+        :data:`MAX_OPEN_FILES`) and each ``gs://`` object is downloaded once, when first
+        needed, into a temporary folder.
+        """
         with self._lock:
             self._opened = True
 
@@ -390,6 +404,7 @@ class GeoTIFFSource(Source):
         """The open dataset of ``path`` (opened once and kept until :meth:`close`)."""
         ds = self._handles.get(path)
         if ds is not None:
+            self._handles.move_to_end(path)
             return ds
         local = self._local_path(path)
         try:
@@ -405,6 +420,9 @@ class GeoTIFFSource(Source):
             raise SourceError(f"Cannot read raster {path!r}: {text}. Is it a valid "
                               f"GeoTIFF/COG?") from exc
         self._handles[path] = ds
+        while len(self._handles) > MAX_OPEN_FILES:  # large mosaics: bound open descriptors
+            _, oldest = self._handles.popitem(last=False)
+            oldest.close()
         return ds
 
     # ---- scanning
@@ -438,21 +456,22 @@ class GeoTIFFSource(Source):
             raise CRSError(f"Raster {path!r} has no CRS; assign one (e.g. gdal_edit.py -a_srs "
                            f"EPSG:32645 {Path(path).name}) or use a georeferenced copy.")
         descriptions = tuple(ds.descriptions)
-        band_index = self._band_index(path, ds.count, descriptions)
+        info = _FileInfo(path=path, crs=_crs_string(ds.crs), bounds=tuple(ds.bounds),
+                         transform=tuple(ds.transform)[:6], width=ds.width,
+                         height=ds.height, count=ds.count, dtype=ds.dtypes[0],
+                         nodata=ds.nodata,
+                         band_index=tuple(self._band_index(path, ds.count,
+                                                           descriptions).items()))
         if not self._opened:
             # Scanning outside open()/close() (e.g. on the launcher): keep neither handles
             # nor downloaded copies.
-            ds.close()
             self._handles.pop(path, None)
+            ds.close()
             local = self._local.pop(path, None)
             if local:
                 with contextlib.suppress(OSError):
                     os.unlink(local)
-        return _FileInfo(path=path, crs=_crs_string(ds.crs), bounds=tuple(ds.bounds),
-                         transform=tuple(ds.transform)[:6], width=ds.width,
-                         height=ds.height, count=ds.count,
-                         dtype=ds.dtypes[0], nodata=ds.nodata,
-                         band_index=tuple(band_index.items()))
+        return info
 
     def _band_index(self, path: str, count: int,
                     descriptions: tuple[str | None, ...]) -> dict[str, int]:
@@ -552,13 +571,16 @@ class GeoTIFFSource(Source):
         if cached is not None:
             return cached
         rows = []
+        transformers: dict[str, Transformer] = {}
         for f in self._scan():
             t = Affine(*f.transform)
             pts = [t @ (f.width / 2 + dc, f.height / 2 + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
             if f.crs != crs:
                 try:
-                    xs, ys = Transformer.from_crs(f.crs, crs, always_xy=True).transform(
-                        [p[0] for p in pts], [p[1] for p in pts])
+                    if f.crs not in transformers:
+                        transformers[f.crs] = Transformer.from_crs(f.crs, crs, always_xy=True)
+                    xs, ys = transformers[f.crs].transform([p[0] for p in pts],
+                                                           [p[1] for p in pts])
                     pts = list(zip(xs, ys))
                 except (ProjError, ValueError):
                     rows.append((math.nan, math.nan))
@@ -626,8 +648,14 @@ class GeoTIFFSource(Source):
                 if not hit:
                     continue
                 r0, r1, c0, c1 = _window_of(grid, bounds)
-                if r1 <= r0 or c1 <= c0 or valid[r0:r1, c0:c1].all():
+                if r1 <= r0 or c1 <= c0:
                     continue
+                # Warp only the box around pixels that earlier files left empty.
+                todo = ~valid[r0:r1, c0:c1]
+                rows, cols = np.flatnonzero(todo.any(axis=1)), np.flatnonzero(todo.any(axis=0))
+                if not len(rows):
+                    continue
+                r0, r1, c0, c1 = r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
                 sub = grid.subgrid(Window(c0, r0, c1 - c0, r1 - r0))
                 data = self._warp(info, sub, bands, _scales(res, grid))
                 done = valid[r0:r1, c0:c1]  # a view: updated in place below
