@@ -1,0 +1,95 @@
+"""Landslide4Sense import on h5 files written in the published layout."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from pipelines import cli
+from pipelines.errors import ConfigError, DataNotFoundError, InputError
+from pipelines.sources.landslide4sense import L4S_BANDS
+
+
+@pytest.fixture(scope="module")
+def l4s_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("l4s")
+    (d / "img").mkdir()
+    (d / "mask").mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(1, 13):
+        img = rng.normal(0, 1, (128, 128, 14)).astype(np.float32)
+        mask = np.zeros((128, 128), np.uint8)
+        if n % 3 == 0:
+            mask[40:60, 50:90] = 1
+        img[..., 3] += mask * 2.0  # landslides brighter in B4
+        if n == 5:
+            img[0, 0, 7] = np.nan  # a NaN pixel: becomes ignore
+        with h5py.File(d / "img" / f"image_{n}.h5", "w") as f:
+            f["img"] = img
+        if n <= 10:  # the last two are unlabelled (like the L4S test split)
+            with h5py.File(d / "mask" / f"mask_{n}.h5", "w") as f:
+                f["mask"] = mask
+    return d
+
+
+def _records(out):
+    import tensorflow as tf
+
+    from model import schema
+
+    out_recs = {}
+    for split in ("train", "val", "test"):
+        files = sorted(glob.glob(os.path.join(out, split, "*.tfrecord.gz")))
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP") if files else []
+        out_recs[split] = [schema.decode_patch(r.numpy()) for r in ds]
+    return out_recs
+
+
+def test_import_roundtrip_bands_masks_and_manifest(l4s_dir, tmp_path):
+    out = tmp_path / "shards"
+    assert cli.main(["import-l4s", "--data-dir", str(l4s_dir), "--out", str(out),
+                     "--bands", "B2,B3,B4,B8,slope,DEM", "--split", "0.5,0.5,0"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    recs = _records(str(out))
+    assert sum(len(v) for v in recs.values()) == 12
+    assert manifest["patches"] == {s: len(recs[s]) for s in recs}
+    assert manifest["bands"] == ["B2", "B3", "B4", "B8", "slope", "DEM"]
+    assert manifest["labelled_patches"] == 10 and manifest["georeferenced"] is False
+    idx = [L4S_BANDS.index(b) for b in manifest["bands"]]
+    for p in (p for ps in recs.values() for p in ps):
+        n = int(p.key.split("_")[-1])
+        with h5py.File(l4s_dir / "img" / f"image_{n}.h5") as f:
+            src = np.asarray(f["img"])[..., idx]
+        ok = np.isfinite(src).all(-1)
+        np.testing.assert_array_equal(p.image[ok], src[ok])
+        assert p.crs == "" and p.date == ""
+        if n > 10:
+            assert (p.mask == 255).all()
+        else:
+            assert ((p.mask == 1).sum() > 0) == (n % 3 == 0)
+        if n == 5:
+            assert p.mask[0, 0] == 255 and p.image[0, 0, 3] == 0
+    # statistics cover labelled pixels that are not ignored, and all pixels of unlabelled patches
+    px = np.concatenate([p.image[(p.mask != 255) | (int(p.key.split("_")[-1]) > 10)]
+                         for p in recs["train"]])
+    assert manifest["stats"]["B4"]["mean"] == pytest.approx(px[:, 2].mean(), rel=1e-5)
+
+
+def test_bad_l4s_inputs(l4s_dir, tmp_path):
+    from pipelines.sources.landslide4sense import import_l4s
+
+    with pytest.raises(DataNotFoundError, match="img/"):
+        import_l4s(str(tmp_path), str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="B8A"):
+        import_l4s(str(l4s_dir), str(tmp_path / "o"), bands=("B8A",))
+    bad = tmp_path / "bad"
+    (bad / "img").mkdir(parents=True)
+    with h5py.File(bad / "img" / "image_1.h5", "w") as f:
+        f["img"] = np.zeros((128, 128, 3), np.float32)
+    with pytest.raises(InputError, match=r"\(h, w, 14\)"):
+        import_l4s(str(bad), str(tmp_path / "o2"))
