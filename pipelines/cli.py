@@ -175,6 +175,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
                    help="Lower bound (m2) of the power-law tail fit (default: the rollover).")
     p.add_argument("--kde-bandwidth", type=float,
                    help="Kernel width in metres of the density maps (default: extent / 25).")
+    p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="Draw the PNG figures (default on; --no-figures for tables only).")
     p.set_defaults(handler=_call("pipelines.compare:compare_cli"))
 
 

@@ -1,0 +1,327 @@
+"""`landslides compare` on the real Rasuwa inventory, on sweep-like chunk COGs, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import box
+
+from pipelines import fsio
+from pipelines.cli import main
+from pipelines.compare import (
+    CompareConfig,
+    merge_across_edges,
+    parse_years,
+    resolve_input,
+    run_compare,
+)
+from pipelines.errors import ConfigError, CRSError, DataNotFoundError
+from pipelines.geo.cog import CATEGORICAL, write_cog
+from pipelines.geo.grid import GridSpec, PixelGrid
+from pipelines.geo.inventory import rasterize, read_inventory, vectorize
+
+UTM = "EPSG:32645"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def eroded_copies(rasuwa_dir: Path, out: Path, years, crs: dict | None = None) -> str:
+    """Write Rasuwa's layers shrunk by 5 m as GeoPackages; returns the ``{year}`` template."""
+    out.mkdir(parents=True, exist_ok=True)
+    for y in years:
+        g = read_inventory(str(rasuwa_dir / f"{y}.shp"))
+        g = gpd.GeoDataFrame(geometry=g.buffer(-5.0), crs=g.crs)
+        g = g[~g.geometry.is_empty]
+        if crs and y in crs:
+            g = g.to_crs(crs[y])
+        g.to_file(out / f"{y}.gpkg")
+    return str(out / "{year}.gpkg")
+
+
+# --------------------------------------------------------------------------- configuration
+def test_parse_years_and_config_validation(tmp_path):
+    assert parse_years("2013-2016") == (2013, 2014, 2015, 2016)
+    assert parse_years("2015, 2013,2013") == (2013, 2015)
+    assert parse_years("2013-2014,2018") == (2013, 2014, 2018)
+    assert parse_years(None) is None
+    for bad in ("2019-2013", "13-19", "2013..2019", "2013,x"):
+        with pytest.raises(ConfigError, match="year"):
+            parse_years(bad)
+    out = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"holds \{year\} but no years"):
+        CompareConfig(reference="inv/{year}.shp", out=out)
+    with pytest.raises(ConfigError, match="resolution"):
+        CompareConfig(reference="a.shp", out=out, resolution=0)
+    with pytest.raises(ConfigError, match="min_overlap"):
+        CompareConfig(reference="a.shp", out=out, min_overlap=1.5)
+    with pytest.raises(ConfigError, match="match"):
+        CompareConfig(reference="a.shp", out=out, match="dice")
+    with pytest.raises(CRSError, match="not a projected CRS"):
+        CompareConfig(reference="a.shp", out=out, epsg=4326)
+    cfg = CompareConfig(reference="r/{year}.tif", out=out, years="2013-2014")
+    assert cfg.years == (2013, 2014) and cfg.mode == "stats-only"
+    assert CompareConfig(**{**cfg.to_dict(), "years": tuple(cfg.years)}) == cfg
+
+
+def test_resolve_input_names_template_and_year(tmp_path):
+    (tmp_path / "mask").mkdir()
+    with pytest.raises(DataNotFoundError) as err:
+        resolve_input(str(tmp_path / "{year}.shp"), 2016, "predicted")
+    assert "2016.shp" in str(err.value) and "{year}" in str(err.value)
+    assert "year 2016" in str(err.value)
+    with pytest.raises(DataNotFoundError, match="No file matches"):
+        resolve_input(str(tmp_path / "mask" / "*.tif"), None)
+    (tmp_path / "mask" / "a.tif").write_bytes(b"")
+    res = resolve_input(str(tmp_path / "mask" / "*.tif"), None)
+    assert res.kind == "raster" and len(res.paths) == 1
+
+
+# --------------------------------------------------------------------------- real data
+def test_stats_only_rasuwa_through_the_cli(rasuwa_dir, tmp_path):
+    out = tmp_path / "stats"
+    rc = main(["-q", "compare", "--reference", str(rasuwa_dir / "{year}.shp"),
+               "--years", "2013-2019", "--out", str(out), "--resolution", "10"])
+    assert rc == 0
+    metrics = read_json(out / "metrics.json")
+    assert metrics["status"] == "ok" and metrics["mode"] == "stats-only"
+    assert metrics["crs"] == UTM
+    rows = {int(r["year"]): r for r in read_csv(out / "stats.csv")}
+    assert sorted(rows) == list(range(2013, 2020))
+    counts = {y: int(r["count"]) for y, r in rows.items()}
+    assert all(c > 0 for c in counts.values())
+    # The Gorkha earthquake (April 2015): many more landslides than the year before.
+    assert counts[2015] > 3 * counts[2014]
+    assert metrics["multitemporal"]["peak_year"]["reference"] == 2015
+    mt_rows = {r["year"]: r for r in metrics["multitemporal"]["rows"]}
+    assert mt_rows[2015]["reference_count_change"] == counts[2015] - counts[2014]
+    # The invalid geometries of 2015 are repaired and counted, the other years have none.
+    reps = metrics["inputs"]["reference"]
+    assert reps["2015"]["n_invalid_repaired"] >= 1
+    assert all(reps[str(y)]["n_invalid_repaired"] == 0 for y in range(2013, 2020) if y != 2015)
+    assert int(rows[2015]["n_invalid_repaired"]) >= 1
+    assert any("invalid" in p["message"] and p["year"] == 2015 for p in metrics["problems"])
+    # Areas from the geometry, checked against an independent read (GDAL + make_valid).
+    raw = gpd.read_file(rasuwa_dir / "2015.shp")
+    total = float(shapely.area(shapely.make_valid(raw.geometry.values)).sum())
+    assert float(rows[2015]["total_area_m2"]) == pytest.approx(total, rel=1e-3)
+    # Density over the common extent, the same area for every year.
+    dens = metrics["density_area"]
+    assert dens["basis"].startswith("extent") and dens["area_km2"] > 1
+    assert float(rows[2015]["density_per_km2"]) == pytest.approx(counts[2015] / dens["area_km2"])
+    # Frequency-area fit where there are enough landslides.
+    assert 1.1 < float(rows[2015]["beta"]) < 3.5
+    assert float(rows[2015]["rollover_m2"]) > 0
+    # Figures and the report.
+    figs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figs == sorted([*(f"density_{y}.png" for y in range(2013, 2020)),
+                           "frequency_area.png", "trends.png"])
+    html = (out / "report.html").read_text()
+    for f in figs:
+        assert f'src="figures/{f}"' in html
+    assert read_json(out / "compare_config.json")["years"] == list(range(2013, 2020))
+
+
+def test_compare_rasuwa_with_eroded_copy(rasuwa_dir, tmp_path):
+    """Reference vs a copy shrunk by 5 m: no false alarms, partial recall, per-year rows.
+
+    2015 is stored in WGS 84 (reprojected on the fly) and 2016 is missing from the
+    prediction (reported from the reference alone).
+    """
+    pred = eroded_copies(rasuwa_dir, tmp_path / "pred", (2013, 2014, 2015),
+                         crs={2015: "EPSG:4326"})
+    out = tmp_path / "cmp"
+    m = run_compare(CompareConfig(reference=str(rasuwa_dir / "{year}.shp"), predicted=pred,
+                                  out=str(out), years=(2013, 2014, 2015, 2016),
+                                  resolution=10.0))
+    assert m["status"] == "ok" and m["mode"] == "comparison"
+    for y in ("2013", "2014", "2015"):
+        pix, obj = m["years"][y]["pixel"], m["years"][y]["object"]
+        # Pixel centres inside a polygon shrunk by 5 m are inside the original: no FP.
+        assert pix["fp_px"] == 0 and pix["precision"] == 1.0
+        assert 0.3 < pix["recall"] < 0.95
+        assert pix["iou"] == pytest.approx(pix["recall"])
+        assert pix["tp_area_m2"] + pix["fn_area_m2"] == pytest.approx(pix["reference_area_m2"])
+        assert obj["precision"] == 1.0 and obj["n_false_alarms"] == 0
+        assert 0.6 < obj["recall"] <= 1.0
+        assert obj["fragmentation"] >= 1.0
+        stats = m["years"][y]["stats"]
+        assert stats["predicted"]["total_area_m2"] < stats["reference"]["total_area_m2"]
+    assert m["inputs"]["predicted"]["2015"]["reprojected_from"] == "EPSG:4326"
+    assert m["missing_years"] == {"reference": [], "predicted": ["2016"]}
+    y16 = m["years"]["2016"]
+    assert y16["pixel"] is None and y16["object"] is None
+    assert list(y16["stats"]) == ["reference"]
+    assert any(p["year"] == 2016 and "2016.gpkg" in p["message"] and p["level"] == "warning"
+               for p in m["problems"])
+    mt = m["multitemporal"]
+    assert mt["years_with_both"] == [2013, 2014, 2015]
+    assert mt["pearson_count"]["r"] > 0.9  # eroding keeps the landslides, year after year
+    assert mt["pearson_total_area"]["n"] == 3
+    figs = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"overlay_2013.png", "overlay_2015.png", "area_scatter.png", "trends.png"} <= figs
+    assert "overlay_2016.png" not in figs
+    matches = read_csv(out / "matches.csv")
+    assert len(matches) == sum(m["years"][y]["object"]["n_found"]
+                               for y in ("2013", "2014", "2015"))
+    assert read_json(out / "metrics.json")["years"]["2014"]["pixel"]["tp_px"] == \
+        m["years"]["2014"]["pixel"]["tp_px"]
+
+
+def test_aoi_clips_and_sets_the_density_area(rasuwa_dir, tmp_path):
+    ref = read_inventory(str(rasuwa_dir / "2015.shp"))
+    # The western half of the inventory's extent, as a lon/lat bbox.
+    minx, miny, maxx, maxy = ref.total_bounds
+    west = gpd.GeoSeries([box(minx, miny, (minx + maxx) / 2, maxy)], crs=UTM).to_crs(4326)
+    aoi = ",".join(f"{v:.6f}" for v in west.total_bounds)
+    m = run_compare(CompareConfig(reference=str(rasuwa_dir / "2015.shp"), out=str(tmp_path),
+                                  aoi=aoi, resolution=10.0, figures=False))
+    st = m["years"]["all"]["stats"]["reference"]
+    assert 0 < st["count"] < len(ref)
+    assert m["density_area"]["basis"] == "aoi"
+    aoi_utm = gpd.GeoSeries([box(*west.total_bounds)], crs=4326).to_crs(UTM)
+    assert m["density_area"]["area_km2"] == pytest.approx(aoi_utm.area.iloc[0] / 1e6, rel=1e-3)
+    assert st["density_per_km2"] == pytest.approx(st["count"] / m["density_area"]["area_km2"])
+
+
+# --------------------------------------------------------------------------- sweep outputs
+def write_chunks(gdf: gpd.GeoDataFrame, folder: Path, chunk: int = 256, res: float = 10.0,
+                 nodata_chunk: bool = False) -> list[str]:
+    """Rasterise ``gdf`` into sweep-like chunk mask COGs (uint8, 255 = no data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = GridSpec(32645, res, chunk, 0)
+    keys = spec.keys_covering(box(*gdf.total_bounds))
+    paths = []
+    for i, key in enumerate(keys):
+        grid = spec.chunk_grid(key)
+        mask = rasterize(gdf, grid)
+        if nodata_chunk and i == 0:
+            mask[:] = 255
+        p = folder / f"{key}.tif"
+        write_cog(str(p), mask, grid, nodata=255, profile=CATEGORICAL, overviews=False)
+        paths.append(str(p))
+    return paths
+
+
+def test_sweep_chunk_cogs_equal_the_vector_comparison(rasuwa_dir, tmp_path):
+    pred_t = eroded_copies(rasuwa_dir, tmp_path / "pred", (2015,))
+    pred = read_inventory(pred_t.format(year=2015))
+    chunks = write_chunks(pred, tmp_path / "sweep" / "mask")
+    assert len(chunks) > 4
+    ref = str(rasuwa_dir / "2015.shp")
+    common = {"reference": ref, "resolution": 10.0, "tile_size": 300, "figures": False}
+    vv = run_compare(CompareConfig(predicted=pred_t.format(year=2015),
+                                   out=str(tmp_path / "vv"), **common))["years"]["all"]
+    rv = run_compare(CompareConfig(predicted=str(tmp_path / "sweep" / "mask" / "*.tif"),
+                                   out=str(tmp_path / "rv"), **common))["years"]["all"]
+    # On the chunks' own 10 m grid the pixel metrics are identical.
+    for k in ("tp_px", "fp_px", "fn_px", "precision", "recall", "f1", "iou"):
+        assert rv["pixel"][k] == pytest.approx(vv["pixel"][k]), k
+    # Objects: the vectorised chunks, merged across chunk edges, match the vector polygons
+    # within rasterisation (thin parts of a polygon may split at 10 m).
+    assert rv["object"]["recall"] == pytest.approx(vv["object"]["recall"], abs=0.1)
+    assert rv["object"]["precision"] == pytest.approx(vv["object"]["precision"], abs=0.05)
+    assert rv["stats"]["predicted"]["total_area_m2"] == pytest.approx(
+        vv["stats"]["predicted"]["total_area_m2"], rel=0.1)
+    # Polygons cut by chunk edges are merged: as many as vectorising the mosaic at once.
+    mosaic = PixelGrid(UTM, (10.0, 0.0, 322_560.0, 0.0, -10.0, 3_115_520.0), 1024, 1024)
+    whole = vectorize(rasterize(pred, mosaic), mosaic, min_area_m2=0.0)
+    assert rv["stats"]["predicted"]["count"] == len(whole)
+    # At 5 m the chunk masks are resampled: the metrics stay within rasterisation error.
+    rv5 = run_compare(CompareConfig(predicted=str(tmp_path / "sweep" / "mask" / "*.tif"),
+                                    out=str(tmp_path / "rv5"), reference=ref, resolution=5.0,
+                                    tile_size=512, figures=False))["years"]["all"]["pixel"]
+    assert rv5["f1"] == pytest.approx(vv["pixel"]["f1"], abs=0.05)
+
+
+def test_raster_nodata_is_excluded_and_windows_merge(tmp_path, rng):
+    """A single mask COG read in small windows; its no-data chunk is not counted."""
+    geoms = [box(330_000 + x, 3_110_000 - y - h, 330_000 + x + w, 3_110_000 - y)
+             for x, y, w, h in rng.integers(0, 2000, size=(40, 4)) // [1, 1, 4, 4] + 30]
+    ref = gpd.GeoDataFrame(geometry=geoms, crs=UTM)
+    ref = gpd.GeoDataFrame(geometry=list(shapely.get_parts(ref.union_all())), crs=UTM)
+    ref.to_file(tmp_path / "ref.gpkg")
+    grid = PixelGrid(UTM, (10.0, 0.0, 329_900.0, 0.0, -10.0, 3_110_100.0), 300, 300)
+    mask = rasterize(ref, grid)
+    mask[:100, :100] = 255  # a block of no data
+    write_cog(str(tmp_path / "mask.tif"), mask, grid, nodata=255, profile=CATEGORICAL,
+              overviews=False)
+    m = run_compare(CompareConfig(reference=str(tmp_path / "ref.gpkg"),
+                                  predicted=str(tmp_path / "mask.tif"), out=str(tmp_path / "o"),
+                                  resolution=10.0, tile_size=64, figures=False))
+    pix = m["years"]["all"]["pixel"]
+    assert pix["fp_px"] == 0 and pix["fn_px"] == 0  # identical where both have data
+    assert pix["valid_area_m2"] == pytest.approx((300 * 300 - 100 * 100) * 100.0)
+    # Vectorised window by window (64 px), merged back: one polygon per region.
+    expect = vectorize(np.where(mask == 1, 1, 0), grid, min_area_m2=0.0)
+    assert m["years"]["all"]["stats"]["predicted"]["count"] == len(expect)
+
+
+def test_merge_across_edges_joins_shared_edges_only():
+    a = box(0, 0, 10, 10)
+    b = box(10, 0, 20, 10)  # shares an edge with a (other piece)
+    c = box(20, 10, 30, 20)  # touches b at a corner only
+    d = box(40, 0, 50, 10)
+    g = gpd.GeoDataFrame({"piece": [0, 1, 2, 2]}, geometry=[a, b, c, d], crs=UTM)
+    four = merge_across_edges(g, connectivity=4)
+    assert sorted(four.area.tolist()) == [100.0, 100.0, 200.0]
+    eight = merge_across_edges(g, connectivity=8)
+    assert sorted(eight.area.tolist()) == [100.0, 300.0]
+
+
+# --------------------------------------------------------------------------- bad input
+def test_aoi_outside_the_data_still_writes_the_report(rasuwa_dir, tmp_path, capsys):
+    out = tmp_path / "far"
+    rc = main(["-q", "compare", "--reference", str(rasuwa_dir / "2015.shp"),
+               "--aoi", "10.0,10.0,10.1,10.1", "--out", str(out), "--resolution", "10"])
+    assert rc == 2
+    assert "does not intersect" in capsys.readouterr().err
+    metrics = read_json(out / "metrics.json")
+    assert metrics["status"] == "failed"
+    assert any(p["type"] == "RegionError" for p in metrics["problems"])
+    assert "does not intersect" in (out / "report.html").read_text()
+
+
+def test_missing_file_and_empty_inventory(rasuwa_dir, tmp_path, capsys):
+    rc = main(["-q", "compare", "--reference", str(tmp_path / "nope" / "{year}.shp"),
+               "--years", "2015", "--out", str(tmp_path / "o1")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "nope/2015.shp" in err and "{year}" in err
+    # An empty prediction: statistics with count 0, recall 0, a warning, nothing fails.
+    empty = gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=UTM), crs=UTM)
+    empty.to_file(tmp_path / "empty.gpkg")
+    m = run_compare(CompareConfig(reference=str(rasuwa_dir / "2014.shp"),
+                                  predicted=str(tmp_path / "empty.gpkg"),
+                                  out=str(tmp_path / "o2"), resolution=10.0, figures=False))
+    y = m["years"]["all"]
+    assert m["status"] == "ok"
+    assert y["stats"]["predicted"]["count"] == 0
+    assert y["pixel"]["recall"] == 0.0 and y["pixel"]["precision"] == 0.0
+    assert y["pixel"]["fn_px"] > 0
+    assert y["object"]["recall"] == 0.0 and y["object"]["n_missed"] == 21
+    assert any("holds no landslides" in p["message"] for p in m["problems"])
+
+
+def test_output_to_a_bucket(rasuwa_dir, tmp_path, gcs_bucket):
+    out = fsio.join(gcs_bucket, "cmp")
+    m = run_compare(CompareConfig(reference=str(rasuwa_dir / "2018.shp"), out=out,
+                                  resolution=10.0))
+    assert m["status"] == "ok"
+    assert fsio.read_json(fsio.join(out, "metrics.json"))["years"]["all"]["stats"][
+        "reference"]["count"] == 12
+    names = fsio.glob(fsio.join(out, "**"))
+    assert fsio.join(out, "report.html") in names
+    assert fsio.join(out, "figures", "density_all.png") in names
