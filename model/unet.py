@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 
 #: Name of the in-model normalisation layer (read by the artifact code).
 NORMALIZATION_LAYER = "normalization"
+#: Prefix of every encoder layer's name (``enc{level}_conv1`` ...), for freezing the encoder.
+ENCODER_PREFIX = "enc"
+
+
+def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The encoder's layers (convolutions, batch norms, pooling) of a :func:`build_unet` model."""
+    return [layer for layer in model.layers if layer.name.startswith(ENCODER_PREFIX)]
 
 
 def size_multiple(depth: int) -> int:
@@ -29,7 +36,8 @@ def size_multiple(depth: int) -> int:
 
 
 def _conv_block(
-    x: keras.KerasTensor, filters: int, batch_norm: bool, dropout: float, name: str
+    x: keras.KerasTensor, filters: int, batch_norm: bool, dropout: float, name: str,
+    bn_momentum: float = 0.99,
 ) -> keras.KerasTensor:
     """Two (conv 3x3 - [batch norm] - ReLU) units with dropout between them."""
     for i in (1, 2):
@@ -38,7 +46,7 @@ def _conv_block(
             kernel_initializer="he_normal", name=f"{name}_conv{i}",
         )(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn{i}")(x)
         x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
         if i == 1 and dropout > 0:
             x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
@@ -83,6 +91,7 @@ def build_unet(
     std: Sequence[float] | None = None,
     patch_size: int | None = None,
     name: str = "unet",
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """Build the U-Net.
 
@@ -107,6 +116,9 @@ def build_unet(
             ``2**(depth-1)``. The model input stays ``(None, None, C)``: it runs on any size
             that is such a multiple.
         name: Model name.
+        bn_momentum: Momentum of the batch-norm moving statistics (Keras' 0.99 suits long
+            runs; short runs and fine-tuning need a lower value such as 0.9 for the
+            inference statistics to catch up with the weights).
 
     Returns:
         An uncompiled ``keras.Model`` mapping ``(B, H, W, C)`` float32 to ``(B, H, W,
@@ -126,6 +138,8 @@ def build_unet(
         raise ConfigError(f"n_classes must be a positive integer, got {n_classes!r}")
     if not (0.0 <= dropout < 1.0) or math.isnan(dropout):
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not (0.0 <= bn_momentum < 1.0) or math.isnan(bn_momentum):
+        raise ConfigError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
     multiple = size_multiple(depth)
     if patch_size is not None and (patch_size <= 0 or patch_size % multiple):
         nearest = max(multiple, round(patch_size / multiple) * multiple)
@@ -140,13 +154,14 @@ def build_unet(
     for level in range(depth):
         if level:
             x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
-        x = _conv_block(x, base_filters * 2**level, batch_norm, dropout, f"enc{level}")
+        x = _conv_block(x, base_filters * 2**level, batch_norm, dropout, f"{ENCODER_PREFIX}{level}",
+                        bn_momentum)
         skips.append(x)
     for level in reversed(range(depth - 1)):
         filters = base_filters * 2**level
         x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"dec{level}_up")(x)
         x = keras.layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = _conv_block(x, filters, batch_norm, dropout, f"dec{level}")
+        x = _conv_block(x, filters, batch_norm, dropout, f"dec{level}", bn_momentum)
     logits = keras.layers.Conv2D(n_classes, 1, name="head")(x)
     activation = "sigmoid" if n_classes == 1 else "softmax"
     outputs = keras.layers.Activation(activation, dtype="float32", name="probability")(logits)
