@@ -607,3 +607,37 @@ def test_a_pixel_value_does_not_depend_on_the_window_it_is_read_in(tmp_path, rng
                                                          win.toslices()[1]],
                                    atol=1e-4 * float(np.ptp(z)), equal_nan=True)
         assert part.valid.any()
+
+
+@pytest.mark.parametrize("mask_zero", [False, True])
+def test_aligned_fast_path_equals_the_warper(tmp_path, monkeypatch, mask_zero):
+    """Files already on the target lattice skip the warper; the pixels must not change."""
+    import rasterio as rio
+
+    from pipelines.geo.grid import PixelGrid as PG
+    from pipelines.sources import geotiff as gt
+
+    rng = np.random.default_rng(11)
+    data = rng.integers(1, 5000, (3, 60, 70)).astype("uint16")
+    data[:, 5:9, 5:9] = 0  # all-zero pixels
+    data[1, 20:25, 30:35] = 0  # one band's nodata only
+    path = tmp_path / "aligned.tif"
+    tr = (10.0, 0.0, 500000.0, 0.0, -10.0, 3100000.0)
+    with rio.open(path, "w", driver="GTiff", width=70, height=60, count=3, dtype="uint16",
+                  crs="EPSG:32645", transform=rio.Affine(*tr),
+                  nodata=None if mask_zero else 0) as dst:
+        dst.write(data)
+        for i, b in enumerate(("B2", "B3", "B4"), 1):
+            dst.set_band_description(i, b)
+    # a grid shifted by whole pixels and hanging over two edges of the file
+    grid = PG("EPSG:32645", (10.0, 0.0, 500000.0 - 30, 0.0, -10.0, 3100000.0 - 200), 50, 80)
+    src = gt.GeoTIFFSource([str(path)], mask_zero_pixels=mask_zero)
+    src.open()
+    assert gt._aligned_offset(src._dataset(str(path)), grid) == (20, -3)
+    fast = src.read(grid, ["B2", "B3", "B4"])
+    monkeypatch.setattr(gt, "_aligned_offset", lambda ds, g: None)
+    slow = gt.GeoTIFFSource([str(path)], mask_zero_pixels=mask_zero).read(grid, ["B2", "B3", "B4"])
+    np.testing.assert_array_equal(fast.valid, slow.valid)
+    np.testing.assert_array_equal(np.isnan(fast.data), np.isnan(slow.data))
+    np.testing.assert_allclose(fast.data[:, fast.valid], slow.data[:, slow.valid], rtol=1e-7)
+    assert fast.valid.any() and not fast.valid.all()

@@ -681,6 +681,11 @@ class GeoTIFFSource(Source):
             extra["UNIFIED_SRC_NODATA"] = "NO"  # per-band nodata
             zero_check = self.mask_zero_pixels and nodata != 0
         indexes = [info.index(b) for b in bands]
+        offset = _aligned_offset(ds, grid)
+        if offset is not None:
+            data = self._read_aligned(info, ds, grid, indexes, offset, nodata,
+                                      unified=extra["UNIFIED_SRC_NODATA"] == "YES")
+            return self._finish(info, bands, data, zero_check)
         try:
             with WarpedVRT(ds, crs=grid.crs, transform=grid.affine, width=grid.width,
                            height=grid.height, resampling=_resampling(self.resampling),
@@ -692,6 +697,41 @@ class GeoTIFFSource(Source):
                 raise
             raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
                               f"{grid.bounds}: {_error_text(exc)}") from exc
+        return self._finish(info, bands, data, zero_check)
+
+    def _read_aligned(self, info: _FileInfo, ds: Any, grid: PixelGrid, indexes: list[int],
+                      offset: tuple[int, int], nodata: float | None,
+                      unified: bool) -> np.ndarray:
+        """Fast path: the file already lies on ``grid``'s lattice, so read a window as is.
+
+        Same pixels as the warper gives on an aligned grid (every target pixel centre is a
+        source pixel centre), without resampling work.
+        """
+        row0, col0 = offset
+        out = np.full((len(indexes), grid.height, grid.width), np.nan, dtype=np.float32)
+        r0, c0 = max(row0, 0), max(col0, 0)
+        r1, c1 = min(row0 + grid.height, ds.height), min(col0 + grid.width, ds.width)
+        if r1 <= r0 or c1 <= c0:
+            return out
+        try:
+            raw = ds.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
+        except Exception as exc:
+            if not _is_gdal_error(exc):
+                raise
+            raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
+                              f"{grid.bounds}: {_error_text(exc)}") from exc
+        data = raw.astype(np.float32)
+        if nodata is not None:
+            bad = raw == nodata if not np.isnan(nodata) else np.isnan(raw)
+            if unified:
+                data[:, bad.all(axis=0)] = np.nan
+            else:
+                data[bad] = np.nan
+        out[:, r0 - row0:r1 - row0, c0 - col0:c1 - col0] = data
+        return out
+
+    def _finish(self, info: _FileInfo, bands: tuple[str, ...], data: np.ndarray,
+                zero_check: bool) -> np.ndarray:
         if zero_check:
             data[:, (data == 0).all(axis=0)] = np.nan
         for k, band in enumerate(bands):
@@ -717,6 +757,26 @@ class GeoTIFFSource(Source):
                 "Band %s of %s is float with values up to %g, far above reflectance; "
                 "scale='auto' keeps float values as they are. If these are digital numbers, "
                 "pass scale=1e-4 (CLI: --scale 1e-4).", band, info.path, vmax)
+
+
+def _aligned_offset(ds: Any, grid: PixelGrid) -> tuple[int, int] | None:
+    """``(row, col)`` of ``grid``'s origin in ``ds``'s pixels when both share one lattice.
+
+    Same CRS, same north-up pixel size and an integer pixel offset; otherwise ``None``
+    (the file must be warped).
+    """
+    a, b, c, d, e, f = grid.transform
+    t = ds.transform
+    if b or d or t.b or t.d or ds.crs is None:
+        return None
+    if not (math.isclose(a, t.a, rel_tol=1e-9) and math.isclose(e, t.e, rel_tol=1e-9)):
+        return None
+    col, row = (c - t.c) / t.a, (f - t.f) / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    if _crs_string(ds.crs) != grid.crs and rasterio.crs.CRS.from_user_input(grid.crs) != ds.crs:
+        return None
+    return int(round(row)), int(round(col))
 
 
 def _window_of(grid: PixelGrid, bounds: np.ndarray) -> tuple[int, int, int, int]:
