@@ -355,6 +355,13 @@ class RasterMask:
         self.files = files
         self.crs = crs
         self.bounds_in_crs = [_bounds_in(f.grid.bounds, f.crs, crs) for f in files]
+        # Which files meet a tile: an R-tree over the footprints (a sweep has many chunks).
+        self._index = shapely.STRtree([box(*b) for b in self.bounds_in_crs])
+
+    def files_meeting(self, bounds: tuple[float, float, float, float]) -> list[int]:
+        """Positions of the files whose footprint overlaps ``bounds`` (in :attr:`crs`)."""
+        hits = self._index.query(box(*bounds))
+        return sorted(int(i) for i in hits if _intersects(self.bounds_in_crs[i], bounds))
 
     @classmethod
     def open(cls, paths: tuple[str, ...], stack: contextlib.ExitStack) -> list[RasterFile]:
@@ -396,9 +403,8 @@ class RasterMask:
         """Landslide and valid masks of this raster on ``grid`` (nearest neighbour)."""
         mask = np.zeros(grid.shape, dtype=bool)
         valid = np.zeros(grid.shape, dtype=bool)
-        for f, b in zip(self.files, self.bounds_in_crs):
-            if not _intersects(b, grid.bounds):
-                continue
+        for i in self.files_meeting(grid.bounds):
+            f = self.files[i]
             dst = np.full(grid.shape, np.nan, dtype="float32")
             with rasterio.open(f.local) as src:
                 reproject(rasterio.band(src, 1), dst, src_transform=src.transform,
@@ -603,11 +609,20 @@ def streaming_pixel_counts(reference: Layer, predicted: Layer, grid: PixelGrid,
                 progress.update()
                 continue
             valid = geometry_mask([aoi], out_shape=sub.shape, transform=sub.affine, invert=True)
-        ref, ref_valid = reference.burn(sub)
-        pred, pred_valid = predicted.burn(sub)
-        for v in (ref_valid, pred_valid):
+        # Rasters first: a tile where a raster side has no data at all is skipped unburnt.
+        burnt: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for i in sorted((0, 1), key=lambda k: not isinstance((reference, predicted)[k],
+                                                              RasterMask)):
+            burnt[i] = (reference, predicted)[i].burn(sub)
+            v = burnt[i][1]
             if v is not None:
                 valid &= v
+            if not valid.any():
+                break
+        if not valid.any():
+            progress.update()
+            continue
+        (ref, _), (pred, _) = burnt[0], burnt[1]
         total = total + cm.pixel_counts(ref, pred, valid, pixel_area)
         if overview is not None:
             overview.add(window, ref, pred, valid)
@@ -764,12 +779,12 @@ def run_compare(config: CompareConfig) -> dict:
 
     with contextlib.ExitStack() as stack:
         # 1. Resolve and read every input in its own CRS.
-        natives: dict[tuple[str, int | None], tuple[object, str, dict]] = {}
+        natives: dict[tuple[str, int | None], tuple[ResolvedInput, object, str, dict]] = {}
         for year in years:
             for role in roles:
                 try:
                     res = resolve_input(str(templates[role]), year, role)
-                    natives[(role, year)] = (res, *_native(res, stack))  # type: ignore[assignment]
+                    natives[(role, year)] = (res, *_native(res, stack))
                 except DataNotFoundError as exc:
                     missing[role].append(year)
                     other = [r for r in roles if r != role]
@@ -779,14 +794,18 @@ def run_compare(config: CompareConfig) -> dict:
                                  exc)
                 except errors.LandslideError as exc:
                     problems.add("error", str(exc), role, year, exc)
-        flat = {k: (v[1], v[2], v[3]) for k, v in natives.items()}  # type: ignore[index]
+        for role in roles:
+            if config.years and len(missing[role]) == len(years):
+                problems.add("error", f"no {role} file was found for any year: check the "
+                             f"template {templates[role]!r}", role)
+        flat = {k: (v[1], v[2], v[3]) for k, v in natives.items()}
         crs, crs_reason = _choose_crs(config, flat, region)
         logger.info("comparing in %s (%s)", crs, crs_reason)
         aoi = to_crs(region.geometry, WGS84, crs) if region is not None else None
 
         # 2. Common CRS, AOI clip, area filter.
         sides: dict[tuple[str, int | None], Side] = {}
-        for (role, year), (res, native, native_crs, rep) in natives.items():  # type: ignore[misc]
+        for (role, year), (res, native, native_crs, rep) in natives.items():
             try:
                 side = _to_common(role, year, res, native, native_crs, rep, crs, aoi, config)
             except errors.LandslideError as exc:

@@ -32,9 +32,9 @@ def _save(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-def _extent_km(bounds: Sequence[float]) -> list[float]:
+def _extent_km(bounds: Sequence[float]) -> tuple[float, float, float, float]:
     left, bottom, right, top = bounds
-    return [left / 1e3, right / 1e3, bottom / 1e3, top / 1e3]
+    return (left / 1e3, right / 1e3, bottom / 1e3, top / 1e3)
 
 
 def _map_axes(ax, crs: str) -> None:
@@ -125,7 +125,8 @@ def density_figure(maps: Mapping[str, np.ndarray], bounds: Sequence[float], path
                 ax.plot(np.asarray(x) / 1e3, np.asarray(y) / 1e3, color="#444444", lw=0.8)
         _map_axes(ax, crs)
         ax.set_title(role)
-    fig.colorbar(im, ax=list(axes), label="landslides / km²", shrink=0.85)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes), label="landslides / km²", shrink=0.85)
     cap = f" (Gaussian kernel, sigma = {bandwidth_m:.0f} m)" if bandwidth_m else ""
     fig.suptitle(f"{title}{cap}", fontsize=10)
     _save(fig, path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import geopandas as gpd
@@ -244,6 +246,25 @@ def test_sweep_chunk_cogs_equal_the_vector_comparison(rasuwa_dir, tmp_path):
                                     out=str(tmp_path / "rv5"), reference=ref, resolution=5.0,
                                     tile_size=512, figures=False))["years"]["all"]["pixel"]
     assert rv5["f1"] == pytest.approx(vv["pixel"]["f1"], abs=0.05)
+
+
+@pytest.mark.skipif(shutil.which("gdalbuildvrt") is None, reason="gdal-bin is not installed")
+def test_vrt_mosaic_equals_the_chunk_glob(rasuwa_dir, tmp_path):
+    """A sweep's VRT mosaic (read in windows across chunk edges) == its chunk COGs."""
+    pred = read_inventory(eroded_copies(rasuwa_dir, tmp_path / "pred", (2017,)).format(year=2017))
+    chunks = write_chunks(pred, tmp_path / "mask", chunk=128, nodata_chunk=True)
+    vrt = tmp_path / "mosaic.vrt"
+    subprocess.run(["gdalbuildvrt", "-q", str(vrt), *chunks], check=True, timeout=60)
+    common = {"reference": str(rasuwa_dir / "2017.shp"), "resolution": 10.0, "tile_size": 200,
+              "figures": False}
+    a = run_compare(CompareConfig(predicted=str(vrt), out=str(tmp_path / "a"), **common))
+    b = run_compare(CompareConfig(predicted=str(tmp_path / "mask" / "*.tif"),
+                                  out=str(tmp_path / "b"), **common))
+    pa, pb = a["years"]["all"]["pixel"], b["years"]["all"]["pixel"]
+    assert (pa["tp_px"], pa["fp_px"], pa["fn_px"], pa["tn_px"]) == (
+        pb["tp_px"], pb["fp_px"], pb["fn_px"], pb["tn_px"])
+    assert pa["tp_px"] > 0
+    assert a["years"]["all"]["object"] == b["years"]["all"]["object"]
 
 
 def test_raster_nodata_is_excluded_and_windows_merge(tmp_path, rng):
