@@ -1015,7 +1015,8 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
                 f"Landslide density ({_year_key(year)})",
                 lambda p, m=m, y=year: rpt.density_figure(
                     m, ext, p, vmax=vmax, bandwidth_m=kde["bandwidth_m"],
-                    title=f"Landslide density, {_year_key(y)} (landslides/km²)", aoi=aoi))
+                    title=f"Landslide density, {_year_key(y)} (landslides/km²)", aoi=aoi,
+                    crs=crs))
 
         # Frequency-area distributions, matched-area scatter, trends.
         if any(stats.values()):
