@@ -43,7 +43,7 @@ def _call(target: str, **fixed: object) -> Handler:
 
 _SOURCE_KEYS = ("world", "images", "dem", "dem_nodata", "band_map", "scale", "nodata",
                 "mask_zero", "ee_project", "ee_dem", "ee_cloud_mask", "ee_high_volume",
-                "ee_endpoint", "ee_max_concurrency")
+                "ee_endpoint", "ee_max_concurrency", "ee_token_env")
 
 
 def _group_source_args(kwargs: dict) -> dict:
@@ -103,6 +103,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ee-endpoint", help="Earth Engine API base URL (tests, private endpoints).")
     g.add_argument("--ee-max-concurrency", type=int,
                    help="Concurrent Earth Engine requests per worker (default 8).")
+    g.add_argument("--ee-token-env", metavar="VAR",
+                   help="Read an Earth Engine access token from environment variable VAR.")
 
 
 def _export(p: argparse.ArgumentParser) -> None:
@@ -130,6 +132,8 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="Class strings to ids, e.g. scarp=1,deposit=2.")
     p.add_argument("--num-shards", type=int, default=0, help="Shards per split (0: auto).")
     p.add_argument("--epsg", type=int, help="Use one projected CRS instead of UTM zones.")
+    p.add_argument("--compression", choices=["gzip", "none"], default="gzip",
+                   help="Shard compression (gzip: smaller; none: ~5x less write CPU).")
     _source_args(p)
     p.set_defaults(handler=_call("pipelines.export:export_cli"), accepts_extra=True)
 
@@ -180,6 +184,84 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_call("pipelines.compare:compare_cli"))
 
 
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """Training settings shared by train and tune; unset flags keep the YAML's values."""
+    g = p.add_argument_group("training settings (override --config)")
+    g.add_argument("--bands", help="Comma-separated input bands (default: the manifest's).")
+    g.add_argument("--depth", type=int, help="U-Net encoder blocks (default 5).")
+    g.add_argument("--dropout", type=float, help="Dropout rate (default 0.1).")
+    g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="Batch normalisation (default on).")
+    g.add_argument("--bn-momentum", type=float, help="Batch-norm momentum (default 0.9).")
+    g.add_argument("--n-classes", type=int,
+                   help="1: binary sigmoid; K: softmax classes (default: from the manifest).")
+    g.add_argument("--loss", choices=["tversky", "focal_tversky", "dice", "bce", "bce_dice"],
+                   help="Loss (default tversky).")
+    g.add_argument("--alpha", type=float, help="Tversky false-positive weight (0.3).")
+    g.add_argument("--beta", type=float, help="Tversky false-negative weight (0.7).")
+    g.add_argument("--gamma", type=float, help="Focal Tversky exponent (0.75).")
+    g.add_argument("--epochs", type=int, help="Maximum epochs (default 50).")
+    g.add_argument("--steps-per-epoch", type=int, help="Batches per epoch (default: all).")
+    g.add_argument("--patience", type=int, help="Early-stopping patience (10; 0: off).")
+    g.add_argument("--augment",
+                   help="none, or e.g. flip_h,flip_v,rot90,rot45,shear=0.2,blur=0.3,sharpen=0.3.")
+    g.add_argument("--seed", type=int, help="Seed (default 0).")
+    g.add_argument("--init-from", help="Start from this model artifact (fine-tuning).")
+    g.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="Keep the encoder of --init-from fixed.")
+    g.add_argument("--mixed-precision",
+                   choices=["auto", "off", "float32", "mixed_float16", "mixed_bfloat16"],
+                   help="auto: mixed precision on GPU/TPU only (default).")
+    g.add_argument("--strategy", choices=["auto", "default", "mirrored", "tpu", "multiworker"],
+                   help="tf.distribute strategy (auto: from the devices and TF_CONFIG).")
+    g.add_argument("--tpu", help="TPU name or address (implies --strategy tpu).")
+    g.add_argument("--cache", choices=["auto", "memory", "none"],
+                   help="Cache parsed patches in memory (auto: when under 1 GiB).")
+    g.add_argument("--label", help="Label band of Earth Engine TFRecord exports.")
+    g.add_argument("--saved-model", action=argparse.BooleanOptionalAction, default=None,
+                   help="Also export a SavedModel into the artifact (default on).")
+
+
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True,
+                   help="Export folder (manifest.json + train/val/) or glob of TFRecord shards.")
+    p.add_argument("--out", required=True, help="Model artifact folder (local or gs://).")
+    p.add_argument("--config", help="YAML file of training settings (flags override it).")
+    p.add_argument("--val-data", help="Validation shards (default: the val split of --data).")
+    p.add_argument("--base-filters", type=int, help="Filters of the first block (16).")
+    p.add_argument("--lr", type=float, help="Adam learning rate (1e-3; 1e-4 with --init-from).")
+    p.add_argument("--batch-size", type=int, help="Global batch size (default 32).")
+    _train_options(p)
+    p.set_defaults(handler=_call("model.train:train_cli"))
+
+
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Model artifact folder.")
+    p.add_argument("--data", required=True,
+                   help="Export folder (scored: --split) or glob of shards (all scored).")
+    p.add_argument("--split", default="test", help="Split of an export folder (test).")
+    p.add_argument("--out", help="evaluation.json path or folder (default: the artifact).")
+    p.add_argument("--threshold", type=float,
+                   help="Decision threshold (default: the artifact's calibrated one).")
+    p.add_argument("--batch-size", type=int, default=16, help="Patches per batch (16).")
+    p.add_argument("--label", help="Label band of Earth Engine TFRecord exports.")
+    p.set_defaults(handler=_call("model.train:evaluate_cli"))
+
+
+def _tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True,
+                   help="Export folder (manifest.json + train/val/) or glob of TFRecord shards.")
+    p.add_argument("--out", required=True,
+                   help="Folder for trials/, tuning.csv (sorted by val F1) and best/.")
+    p.add_argument("--config", help="YAML settings; its `tune:` mapping may hold the grid.")
+    p.add_argument("--val-data", help="Validation shards (default: the val split of --data).")
+    p.add_argument("--lr", help="Learning rates, e.g. 1e-3,1e-4.")
+    p.add_argument("--filters", help="Base filters, e.g. 8,16,32.")
+    p.add_argument("--batch-size", help="Batch sizes, e.g. 16,32.")
+    _train_options(p)
+    p.set_defaults(handler=_call("model.train:tune_cli"))
+
+
 #: name -> (help, parser builder). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "synth": ("Generate the synthetic mountain-valley world (imagery, DEM, inventories).",
@@ -189,6 +271,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "import-l4s": ("Convert a Landslide4Sense h5 folder into shards + manifest.", _import_l4s),
     "compare": ("Compare landslide inventories: metrics, statistics, maps and a report.",
                 _compare),
+    "train": ("Train the U-Net on export shards and write a model artifact.", _train),
+    "evaluate": ("Score a model artifact on shards: precision, recall, F1, IoU, confusion.",
+                 _evaluate),
+    "tune": ("Grid search (lr x filters x batch size), ranked by validation F1.", _tune),
 }
 
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "B11", "B12", "DEM", "slope")
 MANIFEST = "manifest.json"
+#: compression name -> shard file suffix (readers pick GZIP for .gz files)
+COMPRESSIONS = {"gzip": ".tfrecord.gz", "none": ".tfrecord"}
 FAILED = "failed_chunks.jsonl"
 
 
@@ -61,6 +63,9 @@ class ExportConfig:
         classes: Mapping of class strings to ids when ``class_attribute`` holds strings.
         num_shards: TFRecord shards per split (0 lets Beam decide).
         epsg: Force one projected CRS instead of per-UTM-zone chunks.
+        compression: ``gzip`` (default: smaller shards) or ``none``. Measured here on
+            float32 imagery, gzip saves ~15-25% of the bytes for ~5x the write CPU
+            (``bench/export.py``); choose ``none`` when export CPU matters more than storage.
     """
 
     source: dict[str, Any]
@@ -78,6 +83,7 @@ class ExportConfig:
     classes: dict[str, int] | None = None
     num_shards: int = 0
     epsg: int | None = None
+    compression: str = "gzip"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", bandreg.resolve(self.bands))
@@ -88,6 +94,10 @@ class ExportConfig:
             )
         if self.num_shards < 0:
             raise ConfigError(f"num_shards must be >= 0, got {self.num_shards}.")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"compression must be one of {sorted(COMPRESSIONS)}, got {self.compression!r}."
+            )
 
     @property
     def date(self) -> str:
@@ -167,20 +177,18 @@ def _make_dofns():
             self.counters["patches_negative"].inc(stats.kept_negative)
             self.counters["dropped_nodata"].inc(stats.dropped_nodata)
             self.counters["dropped_negative"].inc(stats.dropped_negative)
-            bstats = BandStats(self.config.bands) if split == "train" else None
             for p in patches:
-                rec = self._schema.encode_patch(
+                yield beam.pvalue.TaggedOutput(split, self._schema.encode_patch(
                     p.image, p.mask, self.config.bands, p.key, p.grid.crs, p.grid.transform,
-                    self.config.date)
-                yield (split, rec)
-                if bstats is not None:
-                    bstats.add(p.image, p.mask != 255)
+                    self.config.date))
+            if split == "train" and patches:  # one stats update per chunk, not per patch
+                yield beam.pvalue.TaggedOutput("stats", BandStats(self.config.bands).add(
+                    np.stack([p.image for p in patches]),
+                    np.stack([p.mask != 255 for p in patches])))
             counts = dataclasses.asdict(stats)
             counts.update({"chunks": 1, f"{split}_patches": len(patches),
                            f"{split}_positive": stats.kept_positive})
             yield beam.pvalue.TaggedOutput("counts", counts)
-            if bstats is not None:
-                yield beam.pvalue.TaggedOutput("stats", bstats)
             self.progress.update()
 
     class MergeStats(beam.CombineFn):
@@ -241,7 +249,7 @@ class ExportPlan:
 def plan_export(config: ExportConfig) -> ExportPlan:
     """Validate inputs and plan chunks and splits on the launcher (no Beam)."""
     region = load_region(config.aoi)
-    source = make_source(config.source, config.start, config.end)
+    source = make_source(config.source, config.start, config.end, bands=config.bands)
     bandreg.require(source.bands, config.bands, f"{source.kind} source")
     covers = getattr(source, "check_covers", None)
     if covers is not None:
@@ -314,15 +322,14 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
                | "Chunks" >> beam.Create(elements)
                | "Spread" >> beam.Reshuffle()
                | "Cut" >> beam.ParDo(CutChunk(config, plan.source, len(elements)))
-               .with_outputs("failed", "counts", "stats", main="patches"))
+               .with_outputs("failed", "counts", "stats", *SPLITS))
         files = {}
         for split in SPLITS:
             files[split] = (
-                res.patches
-                | f"Only{split}" >> beam.Filter(lambda e, s=split: e[0] == s)
-                | f"Bytes{split}" >> beam.Map(lambda e: e[1])
+                res[split]
                 | f"Write{split}" >> WriteToTFRecord(
-                    fsio.join(config.out, split, split), file_name_suffix=".tfrecord.gz",
+                    fsio.join(config.out, split, split),
+                    file_name_suffix=COMPRESSIONS[config.compression],
                     num_shards=config.num_shards))
         all_files = tuple(files.values()) | "AllFiles" >> beam.Flatten()
         counts = res.counts | "Count" >> beam.CombineGlobally(sum_dicts)
@@ -354,6 +361,7 @@ def _write_manifest(_: None, config: ExportConfig, plan_info: dict, counts: dict
     files = sorted(files)
     manifest = {
         "format": "lsm/v1",
+        "compression": config.compression,
         "bands": list(config.bands),
         "band_units": {b: bandreg.get(b).unit for b in config.bands},
         "patch_size": config.patch.size,
@@ -393,7 +401,8 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
                max_nodata: float = 0.1, split: str = "0.7,0.15,0.15", split_block: int = 2,
                split_polygons: str | None = None, seed: int = 0,
                class_attribute: str | None = None, classes: str | None = None,
-               num_shards: int = 0, epsg: int | None = None, beam_args: list[str] | None = None,
+               num_shards: int = 0, epsg: int | None = None, compression: str = "gzip",
+               beam_args: list[str] | None = None,
                **source_args: Any) -> int:
     """``landslides export``: parse CLI values into an :class:`ExportConfig` and run it."""
     from pipelines.sources.factory import spec_from_args
@@ -420,6 +429,7 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
         patch=PatchRules(patch_size, stride, negative_fraction, max_nodata, seed),
         split=SplitPlan(fractions, split_block, seed, polygons),  # type: ignore[arg-type]
         class_attribute=class_attribute, classes=class_map, num_shards=num_shards, epsg=epsg,
+        compression=compression,
     )
     manifest = run_export(config, beam_args)
     return 1 if manifest["chunks_failed"] else 0

@@ -248,8 +248,10 @@ class BandStats:
         self.maximum = np.maximum(self.maximum, px.max(0))
         for i, b in enumerate(self.bands):
             lo, hi = _hist_range(b)
-            h, _ = np.histogram(np.clip(px[:, i], lo, hi), bins=_HIST_BINS, range=(lo, hi))
-            self.hist[i] += h
+            # same bins as np.histogram over [lo, hi] (last bin closed), ~5x faster
+            idx = ((px[:, i] - lo) * (_HIST_BINS / (hi - lo))).astype(np.int64)
+            np.clip(idx, 0, _HIST_BINS - 1, out=idx)
+            self.hist[i] += np.bincount(idx, minlength=_HIST_BINS)
         return self
 
     def merge(self, other: BandStats) -> BandStats:

@@ -17,10 +17,12 @@ in ``setup``. Kinds:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import functools
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, SourceError
 from pipelines.sources.base import Source
 
 KINDS = ("synthetic", "geotiff", "earthengine")
@@ -50,9 +52,31 @@ def check_window(start: str | None, end: str | None) -> None:
         )
 
 
+def token_from_env(var: str) -> Any:
+    """OAuth credentials from an access token in environment variable ``var``.
+
+    For batch jobs and CI that mint a token outside (``gcloud auth print-access-token``).
+    Module level, so a source holding ``functools.partial(token_from_env, VAR)`` pickles.
+    """
+    from google.oauth2.credentials import Credentials
+
+    token = os.environ.get(var)
+    if not token:
+        raise SourceError(
+            f"Environment variable {var} holds no Earth Engine access token. Set it, e.g. "
+            f"`export {var}=$(gcloud auth print-access-token)`, or drop --ee-token-env to use "
+            f"the stored or application default credentials."
+        )
+    return Credentials(token)
+
+
 def make_source(spec: Mapping[str, Any], start: str | None = None,
-                end: str | None = None) -> Source:
-    """Create the source described by ``spec`` for the date window ``start``..``end``."""
+                end: str | None = None, bands: Sequence[str] | None = None) -> Source:
+    """Create the source described by ``spec`` for the date window ``start``..``end``.
+
+    ``bands`` are the bands the caller will read; sources that build an expression up
+    front (Earth Engine) build it for exactly these.
+    """
     check_window(start, end)
     kind = spec.get("kind")
     year = spec.get("year") or window_year(start, end)
@@ -87,8 +111,16 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
 
         if not (start and end):
             raise ConfigError("The Earth Engine source needs a date window: --start and --end.")
-        fields = {k: v for k, v in spec.items() if k not in {"kind", "bands"}}
-        return EarthEngineSource(EEConfig(start=start, end=end, **fields))
+        fields = {k: v for k, v in spec.items()
+                  if k not in {"kind", "bands", "token_env"} and v is not None}
+        factory = None
+        if spec.get("token_env"):
+            token_from_env(spec["token_env"])  # fail on the launcher, before any launch
+            factory = functools.partial(token_from_env, spec["token_env"])
+        kwargs: dict[str, Any] = {"credentials_factory": factory}
+        if bands:
+            kwargs["bands"] = tuple(bands)
+        return EarthEngineSource(EEConfig(start=start, end=end, **fields), **kwargs)
     raise ConfigError(f"Unknown source kind {kind!r}; choose one of {', '.join(KINDS)}.")
 
 
@@ -99,7 +131,8 @@ def spec_from_args(source: str, world: str | None = None, images: list[str] | No
                    ee_project: str | None = None, ee_dem: str | None = None,
                    ee_cloud_mask: str | None = None, ee_high_volume: bool = False,
                    ee_endpoint: str | None = None,
-                   ee_max_concurrency: int | None = None) -> dict[str, Any]:
+                   ee_max_concurrency: int | None = None,
+                   ee_token_env: str | None = None) -> dict[str, Any]:
     """Assemble a source spec from CLI-style arguments (unset values are left out)."""
     if source == "synthetic":
         return {"kind": "synthetic", "world": world}
@@ -126,5 +159,7 @@ def spec_from_args(source: str, world: str | None = None, images: list[str] | No
             spec["cloud_mask"] = ee_cloud_mask
         if ee_max_concurrency:
             spec["max_concurrency"] = ee_max_concurrency
+        if ee_token_env:
+            spec["token_env"] = ee_token_env
         return spec
     raise ConfigError(f"Unknown source kind {source!r}; choose one of {', '.join(KINDS)}.")
