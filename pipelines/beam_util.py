@@ -39,7 +39,7 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> Pipe
     return opts
 
 
-def is_direct(opts) -> bool:  # noqa: ANN001
+def is_direct(opts) -> bool:
     from apache_beam.options.pipeline_options import StandardOptions
 
     return "Direct" in str(opts.view_as(StandardOptions).runner) or "Prism" in str(
