@@ -262,6 +262,50 @@ def _tune(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_call("model.train:tune_cli"))
 
 
+def _predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Model artifact folder (local or gs://).")
+    p.add_argument("--out", required=True, help="Output folder (local or gs://).")
+    g = p.add_argument_group("area of interest (exactly one)")
+    g.add_argument("--aoi", help="Vector file or minlon,minlat,maxlon,maxlat.")
+    g.add_argument("--point", help="LAT,LON: map a square around a place (see --buffer-m).")
+    g.add_argument("--events", help="CSV event catalogue (e.g. NASA GLC: event_id, event_date, "
+                                    "latitude, longitude): one AOI per event in out/<id>/.")
+    p.add_argument("--buffer-m", type=float, default=1000.0,
+                   help="Half-side in metres of the square around --point or each event (1000).")
+    p.add_argument("--days-before", type=int, default=0,
+                   help="Event window start, days before each event date (0).")
+    p.add_argument("--days-after", type=int, default=90,
+                   help="Event window end, days after each event date (90).")
+    p.add_argument("--start", help="Date window start, YYYY-MM-DD.")
+    p.add_argument("--end", help="Date window end, YYYY-MM-DD.")
+    p.add_argument("--window", type=int, help="Window side in pixels (default: the model's).")
+    p.add_argument("--overlap", type=float, default=0.5, help="Window overlap in [0, 1) (0.5).")
+    p.add_argument("--chunk-size", type=int, default=512, help="Chunk side in pixels (512).")
+    p.add_argument("--pixel-size", type=float, help="Metres (default: the model's, else 10).")
+    p.add_argument("--batch-size", type=int, default=16, help="Windows per model call (16).")
+    p.add_argument("--chunks-per-batch", type=int, default=1,
+                   help="Chunks per RunInference batch (1).")
+    p.add_argument("--threshold", type=float, help="Mask threshold (default: the model's).")
+    p.add_argument("--min-area", type=float, default=200.0,
+                   help="Smallest landslide polygon kept, m2 (200).")
+    p.add_argument("--connectivity", type=int, choices=[4, 8], default=4,
+                   help="Pixel connectivity of polygons (4).")
+    p.add_argument("--prob-dtype", choices=["uint8", "float32"], default="uint8",
+                   help="Probability COGs: uint8 (p*250, 255 nodata) or float32 (NaN nodata).")
+    p.add_argument("--merge-max-px", type=int, default=50_000_000,
+                   help="Also write one merged COG per mosaic up to this many pixels.")
+    p.add_argument("--retries", type=int, default=3, help="Read retries per chunk (3).")
+    p.add_argument("--retry-delay", type=float, default=2.0,
+                   help="First retry delay in seconds, doubling (2).")
+    p.add_argument("--epsg", type=int, help="Use one projected CRS instead of UTM zones.")
+    p.add_argument("--stac", action=argparse.BooleanOptionalAction, default=True,
+                   help="Write the STAC catalog (default on).")
+    p.add_argument("--large-model", action="store_true",
+                   help="Share one model per machine across worker processes.")
+    _source_args(p)
+    p.set_defaults(handler=_call("pipelines.predict:predict_cli"), accepts_extra=True)
+
+
 #: name -> (help, parser builder). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "synth": ("Generate the synthetic mountain-valley world (imagery, DEM, inventories).",
@@ -275,6 +319,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "evaluate": ("Score a model artifact on shards: precision, recall, F1, IoU, confusion.",
                  _evaluate),
     "tune": ("Grid search (lr x filters x batch size), ranked by validation F1.", _tune),
+    "predict": ("Sweep a region with a model: probability/mask COGs, mosaic, inventory, STAC.",
+                _predict),
 }
 
 

@@ -1,0 +1,184 @@
+"""Areas of interest for a sweep: polygons, a bbox, a point, or an event catalogue.
+
+An AOI is a polygon file or bbox, a point with a buffer, or one square per event of a
+catalogue, each with its own date window.
+
+The event catalogue is a CSV of points with dates such as NASA's Global Landslide Catalog
+(columns ``event_id``, ``event_date``, ``latitude``, ``longitude``); common variants of the
+column names (``id``, ``date``, ``lat``, ``lon``...) are accepted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipelines import fsio
+from pipelines.errors import ConfigError, DataNotFoundError, InputError
+from pipelines.geo.grid import Region, load_region, point_region
+
+log = logging.getLogger(__name__)
+
+#: Accepted column names (lower case, spaces/dashes as underscores), in priority order.
+LAT_COLUMNS = ("latitude", "lat", "y")
+LON_COLUMNS = ("longitude", "lon", "lng", "long", "x")
+DATE_COLUMNS = ("event_date", "date", "event_time", "datetime", "time", "eventdate")
+ID_COLUMNS = ("event_id", "id", "objectid", "eventid", "name")
+
+
+@dataclass(frozen=True)
+class AOI:
+    """One area to sweep.
+
+    Attributes:
+        name: Folder-safe name (event id, region name); ``""`` for a single AOI.
+        region: The area (WGS 84).
+        start: Date window start (YYYY-MM-DD) or ``None``.
+        end: Date window end or ``None``.
+        event_date: The event's date for catalogue AOIs (YYYY-MM-DD), else ``None``.
+    """
+
+    name: str
+    region: Region
+    start: str | None
+    end: str | None
+    event_date: str | None = None
+
+
+def safe_name(text: str) -> str:
+    """A name usable as a folder in a path or bucket (letters, digits, ``._-``)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text).strip()).strip("._")
+    return s[:80] or "aoi"
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """Parse ``"LAT,LON"`` (decimal degrees) into ``(lat, lon)``.
+
+    Raises:
+        ConfigError: not two numbers, or out of range.
+    """
+    try:
+        lat, lon = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"Bad --point {text!r}: expected 'LAT,LON' in decimal degrees, "
+                          f"e.g. 28.16,85.36.") from None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise ConfigError(f"Bad --point {text!r}: latitude must be in [-90, 90] and longitude "
+                          f"in [-180, 180] (the order is LAT,LON).")
+    return lat, lon
+
+
+def _norm(col: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(col).strip().lower())
+
+
+def _pick(columns: dict[str, str], names: Sequence[str], what: str, path: str,
+          required: bool = True) -> str | None:
+    for n in names:
+        if n in columns:
+            return columns[n]
+    if required:
+        raise InputError(
+            f"The event catalogue {path!r} has no {what} column: expected one of "
+            f"{', '.join(names)}; it has {', '.join(columns.values())}."
+        )
+    return None
+
+
+def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: int = 90,
+                limit: int | None = None) -> list[AOI]:
+    """One AOI per event of a CSV catalogue.
+
+    Each event gets a square of half-side ``buffer_m`` around its point and the date
+    window ``[date - days_before, date + days_after]``.
+
+    Raises:
+        DataNotFoundError: no such file.
+        InputError: missing columns, unparseable rows (naming the row), or no events.
+        ConfigError: a window that would be empty.
+    """
+    import pandas as pd
+
+    if days_before < 0 or days_after < 0 or days_before + days_after < 1:
+        raise ConfigError(
+            f"--days-before {days_before} / --days-after {days_after} give an empty window: "
+            f"both must be >= 0 and together at least 1 day."
+        )
+    if not fsio.exists(path):
+        raise DataNotFoundError(f"Event catalogue {path!r} does not exist.")
+    try:
+        with fsio.local_copy(path) as local:
+            df = pd.read_csv(local, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises several parser errors
+        raise InputError(f"Cannot read the event catalogue {path!r} as CSV: {exc}") from exc
+    columns = {_norm(c): c for c in df.columns}
+    lat_c = _pick(columns, LAT_COLUMNS, "latitude", path)
+    lon_c = _pick(columns, LON_COLUMNS, "longitude", path)
+    date_c = _pick(columns, DATE_COLUMNS, "date", path)
+    id_c = _pick(columns, ID_COLUMNS, "id", path, required=False)
+    if df.empty:
+        raise InputError(f"The event catalogue {path!r} holds no events.")
+    aois: list[AOI] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
+        rec = dict(zip(df.columns, row))
+        try:
+            lat, lon = float(rec[lat_c]), float(rec[lon_c])
+        except ValueError:
+            raise InputError(f"{path!r} row {i}: latitude {rec[lat_c]!r} / longitude "
+                             f"{rec[lon_c]!r} are not numbers.") from None
+        when = pd.to_datetime(rec[date_c], errors="coerce", format="mixed")
+        if pd.isna(when):
+            raise InputError(f"{path!r} row {i}: cannot read the date {rec[date_c]!r} "
+                             f"(use e.g. 2015-04-25 or 2015/04/25 06:11:00).")
+        day = when.date()
+        raw_id = rec[id_c] if id_c and str(rec[id_c]).strip() else f"event-{i - 1}"
+        name = safe_name(raw_id)
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}-{seen[name]}"
+        else:
+            seen[name] = 0
+        try:
+            region = point_region(lat, lon, buffer_m)
+        except InputError as exc:
+            raise InputError(f"{path!r} row {i}: {exc}") from exc
+        region = Region(f"event {raw_id}", region.wkb)
+        aois.append(AOI(name, region, (day - dt.timedelta(days=days_before)).isoformat(),
+                        (day + dt.timedelta(days=days_after)).isoformat(), day.isoformat()))
+        if limit is not None and len(aois) >= limit:
+            break
+    log.info("Read %d events from %s", len(aois), path)
+    return aois
+
+
+def resolve_aois(aoi: str | None, point: str | None, buffer_m: float, events: str | None,
+                 start: str | None, end: str | None, days_before: int = 0,
+                 days_after: int = 90) -> list[AOI]:
+    """The AOIs of a sweep from exactly one of ``aoi``, ``point`` or ``events``.
+
+    Raises:
+        ConfigError: none or several of them given, or a date window given with events.
+    """
+    given = [n for n, v in (("--aoi", aoi), ("--point", point), ("--events", events)) if v]
+    if len(given) != 1:
+        raise ConfigError(
+            f"Give exactly one of --aoi FILE|BBOX, --point LAT,LON (with --buffer-m) or "
+            f"--events CSV; got {', '.join(given) or 'none'}."
+        )
+    if events:
+        if start or end:
+            raise ConfigError("--events gives each event its own date window "
+                              "(--days-before/--days-after); drop --start/--end.")
+        return read_events(events, buffer_m, days_before, days_after)
+    if point:
+        lat, lon = parse_point(point)
+        return [AOI("", point_region(lat, lon, buffer_m), start, end)]
+    assert aoi is not None
+    return [AOI("", load_region(aoi), start, end)]
+
+
+__all__ = ["AOI", "parse_point", "read_events", "resolve_aois", "safe_name"]

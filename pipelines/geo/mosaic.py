@@ -1,0 +1,369 @@
+"""Put chunk outputs back together: mosaics, merged COGs, polygons, a STAC catalog.
+
+VRT mosaics and merged COGs of the chunk rasters, landslide polygons joined across chunk
+edges, and a STAC catalog of everything a sweep wrote.
+
+Nothing here holds more than one output raster in memory: a VRT only references the
+chunk COGs (written as XML, with paths relative to the VRT so the folder can be moved or
+served from ``gs://``), and a merged COG is made only below a pixel budget the caller sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
+
+import numpy as np
+import shapely
+
+from pipelines import fsio
+from pipelines.errors import InputError, OutputError
+from pipelines.geo.grid import WGS84, PixelGrid, to_crs
+
+log = logging.getLogger(__name__)
+
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+
+
+# ----------------------------------------------------------------------------- VRT
+def mosaic_grid(grids: Sequence[PixelGrid]) -> PixelGrid:
+    """The smallest grid holding every one of ``grids`` (same CRS, same aligned pixels).
+
+    Raises:
+        InputError: no grids, grids in several CRSs, or pixels that do not line up.
+    """
+    if not grids:
+        raise InputError("A mosaic needs at least one raster.")
+    crs = grids[0].crs
+    a, _, _, _, e, _ = grids[0].transform
+    for g in grids:
+        if g.crs != crs:
+            raise InputError(f"Cannot mosaic rasters in {crs} and {g.crs} into one grid; "
+                             f"make one mosaic per CRS.")
+        if g.transform[0] != a or g.transform[4] != e or g.transform[1] or g.transform[3]:
+            raise InputError(f"Cannot mosaic pixels {g.transform} with {grids[0].transform}.")
+    left = min(g.bounds[0] for g in grids)
+    top = max(g.bounds[3] for g in grids)
+    right = max(g.bounds[2] for g in grids)
+    bottom = min(g.bounds[1] for g in grids)
+    width = round((right - left) / a)
+    height = round((top - bottom) / -e)
+    return PixelGrid(crs, (a, 0.0, left, 0.0, e, top), width, height)
+
+
+def _offset(outer: PixelGrid, inner: PixelGrid) -> tuple[int, int]:
+    a, e = outer.transform[0], outer.transform[4]
+    col = (inner.transform[2] - outer.transform[2]) / a
+    row = (inner.transform[5] - outer.transform[5]) / e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        raise InputError(f"Raster at {inner.transform[2]}, {inner.transform[5]} is not aligned "
+                         f"with the mosaic's pixels.")
+    return round(row), round(col)
+
+
+def vrt_xml(sources: Sequence[tuple[str, PixelGrid]], dtype: str, nodata: float | None,
+            description: str = "", scale: float | None = None, offset: float | None = None,
+            block: int = 256) -> str:
+    """A GDAL VRT mosaic of single-band rasters on one aligned pixel grid.
+
+    Args:
+        sources: ``(href, grid)`` per raster; hrefs are written relative to the VRT.
+        dtype: numpy name of the data type (``uint8``, ``float32``...).
+        nodata: The band's nodata value.
+        description: Band description.
+        scale: Optional ``<Scale>`` (physical = stored * scale + offset).
+        offset: Optional ``<Offset>``.
+        block: Block size of the sources (for GDAL's cache).
+    """
+    if dtype not in _GDAL_TYPES:
+        raise InputError(f"Unsupported VRT data type {dtype!r}.")
+    grids = [g for _, g in sources]
+    outer = mosaic_grid(grids)
+    from rasterio.crs import CRS
+
+    wkt = CRS.from_user_input(outer.crs).to_wkt()
+    a, b, c, d, e, f = outer.transform
+    gdt = _GDAL_TYPES[dtype]
+    lines = [f'<VRTDataset rasterXSize="{outer.width}" rasterYSize="{outer.height}">',
+             f"  <SRS>{escape(wkt)}</SRS>",
+             f"  <GeoTransform>{c!r}, {a!r}, {b!r}, {f!r}, {d!r}, {e!r}</GeoTransform>",
+             f'  <VRTRasterBand dataType="{gdt}" band="1">']
+    if description:
+        lines.append(f"    <Description>{escape(description)}</Description>")
+    if nodata is not None:
+        nd = "nan" if isinstance(nodata, float) and np.isnan(nodata) else repr(nodata)
+        lines.append(f"    <NoDataValue>{nd}</NoDataValue>")
+    if offset is not None:
+        lines.append(f"    <Offset>{offset!r}</Offset>")
+    if scale is not None:
+        lines.append(f"    <Scale>{scale!r}</Scale>")
+    lines.append("    <ColorInterp>Gray</ColorInterp>")
+    for href, g in sources:
+        row, col = _offset(outer, g)
+        bw, bh = min(block, g.width), min(block, g.height)
+        lines += [
+            "    <SimpleSource>",
+            f'      <SourceFilename relativeToVRT="1">{escape(href)}</SourceFilename>',
+            "      <SourceBand>1</SourceBand>",
+            f'      <SourceProperties RasterXSize="{g.width}" RasterYSize="{g.height}" '
+            f'DataType="{gdt}" BlockXSize="{bw}" BlockYSize="{bh}" />',
+            f'      <SrcRect xOff="0" yOff="0" xSize="{g.width}" ySize="{g.height}" />',
+            f'      <DstRect xOff="{col}" yOff="{row}" xSize="{g.width}" ySize="{g.height}" />',
+            "    </SimpleSource>",
+        ]
+    lines += ["  </VRTRasterBand>", "</VRTDataset>", ""]
+    return "\n".join(lines)
+
+
+def relative_href(target: str, start_dir: str) -> str:
+    """``target`` relative to the folder ``start_dir`` (local paths and URLs alike)."""
+    if fsio.is_remote(target) or fsio.is_remote(start_dir):
+        return posixpath.relpath(target.split("://", 1)[1], start_dir.split("://", 1)[1])
+    return os.path.relpath(target, start_dir).replace(os.sep, "/")
+
+
+def write_vrt(path: str, sources: Sequence[tuple[str, PixelGrid]], dtype: str,
+              nodata: float | None, **kwargs) -> str:
+    """Write a VRT mosaic of ``sources`` (absolute paths/URLs) at ``path`` atomically."""
+    folder = path.rsplit("/", 1)[0] if fsio.is_remote(path) else os.path.dirname(
+        os.path.abspath(path))
+    rel = [(relative_href(p, folder), g) for p, g in sources]
+    fsio.write_bytes(path, vrt_xml(rel, dtype, nodata, **kwargs).encode("utf-8"))
+    return path
+
+
+def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
+                 tags: Mapping[str, str] | None = None, categorical: bool = False,
+                 description: str | None = None) -> str:
+    """Merge aligned single-band COGs (local or ``gs://``) into one COG at ``dest``.
+
+    The caller bounds the size (see ``merge_max_px`` in the predict configuration): the
+    whole mosaic is held in memory once.
+    """
+    import rasterio
+    from rasterio.merge import merge
+
+    from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, write_cog
+
+    if not files:
+        raise InputError(f"Nothing to merge into {dest!r}.")
+    with contextlib.ExitStack() as stack:
+        datasets = [stack.enter_context(rasterio.open(stack.enter_context(fsio.local_copy(f))))
+                    for f in files]
+        crs = str(datasets[0].crs)
+        arr, transform = merge(datasets, nodata=nodata)
+    grid = PixelGrid.from_affine(crs, transform, arr.shape[2], arr.shape[1])
+    write_cog(dest, arr, grid, nodata=nodata, band_names=[description] if description else None,
+              profile=CATEGORICAL if categorical else CONTINUOUS, tags=dict(tags or {}))
+    return dest
+
+
+# ----------------------------------------------------------------------------- polygons
+def merge_chunk_polygons(gdf, connectivity: int = 4, tolerance: float = 1e-6):
+    """Join polygons that continue across chunk edges into one polygon each.
+
+    Args:
+        gdf: GeoDataFrame in one projected CRS with columns ``chunk`` (the chunk each
+            polygon came from), ``edge`` (it touches its chunk's border), ``area_m2``,
+            ``n_pixels`` and optionally ``prob_mean``/``prob_max``.
+        connectivity: 4: polygons of different chunks join when they share a boundary
+            segment; 8: touching at a corner is enough (as the mask's pixel connectivity).
+        tolerance: Smallest shared boundary length (CRS units) that counts for 4.
+
+    Returns:
+        A GeoDataFrame with one row per landslide: ``area_m2`` and ``n_pixels`` summed,
+        ``prob_mean`` pixel-weighted, ``prob_max`` the maximum, ``chunks`` the number of
+        chunks it spans; in the order of each group's first polygon.
+    """
+    import geopandas as gpd
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(gdf)
+    cols = [c for c in ("area_m2", "n_pixels", "prob_mean", "prob_max") if c in gdf.columns]
+    if n == 0:
+        out = gdf.drop(columns=[c for c in ("chunk", "edge") if c in gdf.columns])
+        out = out.copy()
+        out["chunks"] = np.zeros(0, dtype="int64")
+        return out
+    geoms = np.asarray(gdf.geometry.values, dtype=object)
+    chunk = np.asarray(gdf["chunk"].astype(str))
+    edge_idx = np.flatnonzero(np.asarray(gdf["edge"], dtype=bool))
+    rows: list[np.ndarray] = []
+    cols_: list[np.ndarray] = []
+    if len(edge_idx) > 1:
+        eg = geoms[edge_idx]
+        tree = shapely.STRtree(eg)
+        a, b = tree.query(eg, predicate="intersects")
+        keep = (a < b) & (chunk[edge_idx[a]] != chunk[edge_idx[b]])
+        a, b = edge_idx[a[keep]], edge_idx[b[keep]]
+        if connectivity == 4 and len(a):
+            shared = shapely.length(shapely.intersection(geoms[a], geoms[b]))
+            a, b = a[shared > tolerance], b[shared > tolerance]
+        rows.append(a)
+        cols_.append(b)
+    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    c = np.concatenate(cols_) if cols_ else np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # order groups by their first member
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first, kind="stable")
+    group_ids = labels[first[order]]
+    out_geoms: list = []
+    out: dict[str, list] = {k: [] for k in [*cols, "chunks"]}
+    npx = np.asarray(gdf["n_pixels"], dtype=np.float64) if "n_pixels" in gdf else np.ones(n)
+    for g in group_ids:
+        members = np.flatnonzero(labels == g)
+        if len(members) == 1:
+            out_geoms.append(geoms[members[0]])
+        else:
+            merged = shapely.union_all(geoms[members], grid_size=None)
+            out_geoms.append(merged)
+        for col in cols:
+            vals = np.asarray(gdf[col].to_numpy()[members], dtype=np.float64)
+            if col == "prob_mean":
+                w = npx[members]
+                ok = np.isfinite(vals)
+                out[col].append(float(np.sum(vals[ok] * w[ok]) / np.sum(w[ok])) if ok.any()
+                                else float("nan"))
+            elif col == "prob_max":
+                out[col].append(float(np.nanmax(vals)) if np.isfinite(vals).any()
+                                else float("nan"))
+            elif col == "n_pixels":
+                out[col].append(int(vals.sum()))
+            else:
+                out[col].append(float(vals.sum()))
+        out["chunks"].append(len(set(chunk[members])))
+    return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(out_geoms, crs=gdf.crs), crs=gdf.crs)
+
+
+# ----------------------------------------------------------------------------- STAC
+@dataclass(frozen=True)
+class StacAsset:
+    """One file of a STAC item.
+
+    Attributes:
+        path: The file's path or URL (made relative to the item when written).
+        title: Human-readable title.
+        media_type: IANA media type (see :class:`pystac.MediaType`).
+        roles: STAC asset roles (``data``, ``metadata``...).
+    """
+
+    path: str
+    title: str
+    media_type: str
+    roles: tuple[str, ...] = ("data",)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StacItem:
+    """One STAC item: a chunk's outputs or the whole sweep's mosaics and inventory.
+
+    Attributes:
+        id: Item id (a chunk key, or ``mosaic``).
+        grid: Its pixel grid (footprint, projection extension); ``None`` with ``geometry``.
+        assets: Asset key to :class:`StacAsset`.
+        properties: Extra item properties.
+        geometry: WGS 84 footprint when ``grid`` is ``None``.
+    """
+
+    id: str
+    grid: PixelGrid | None
+    assets: dict[str, StacAsset]
+    properties: dict = field(default_factory=dict)
+    geometry: object | None = None
+
+
+def _footprint(grid: PixelGrid):
+    from shapely.geometry import box
+
+    b = box(*grid.bounds)
+    b = shapely.segmentize(b, max(grid.res * max(grid.width, grid.height) / 8.0, grid.res))
+    return to_crs(b, grid.crs, WGS84)
+
+
+def write_stac_catalog(folder: str, catalog_id: str, description: str,
+                       items: Sequence[StacItem], start: str | None, end: str | None,
+                       title: str | None = None) -> str:
+    """Write a self-contained STAC catalog to ``folder`` (local or ``gs://``).
+
+    Items live at ``<folder>/<id>/<id>.json``; asset hrefs are relative, so the outputs can
+    be moved or served as they are. Written to a temporary folder first and published
+    file by file (``catalog.json`` last), so a reader finding the catalog finds its items.
+
+    Returns:
+        The href of ``catalog.json``.
+    """
+    import datetime as dt
+
+    import pystac
+    from pystac.extensions.projection import ProjectionExtension
+    from shapely.geometry import mapping
+
+    if start and end:
+        t0 = dt.datetime.fromisoformat(str(start)[:10]).replace(tzinfo=dt.UTC)
+        t1 = dt.datetime.fromisoformat(str(end)[:10]).replace(tzinfo=dt.UTC)
+        when: dict = {"datetime": None, "start_datetime": t0, "end_datetime": t1}
+    else:
+        today = dt.datetime.combine(dt.date.today(), dt.time(), tzinfo=dt.UTC)
+        when = {"datetime": today}
+    with tempfile.TemporaryDirectory(prefix="landslides-stac-") as tmp:
+        cat = pystac.Catalog(id=catalog_id, description=description, title=title)
+        for spec in items:
+            geom = _footprint(spec.grid) if spec.grid is not None else spec.geometry
+            if geom is None:
+                raise InputError(f"STAC item {spec.id!r} has neither a grid nor a geometry.")
+            item = pystac.Item(id=spec.id, geometry=mapping(geom), bbox=list(geom.bounds),
+                               properties=dict(spec.properties), **when)
+            if spec.grid is not None:
+                proj = ProjectionExtension.ext(item, add_if_missing=True)
+                proj.code = spec.grid.crs
+                proj.shape = [spec.grid.height, spec.grid.width]
+                proj.transform = list(spec.grid.transform)
+            item_dir = os.path.join(tmp, spec.id)
+            for key, asset in spec.assets.items():
+                href = relative_href(asset.path, fsio.join(folder, spec.id))
+                item.add_asset(key, pystac.Asset(href=href, title=asset.title,
+                                                 media_type=asset.media_type,
+                                                 roles=list(asset.roles),
+                                                 extra_fields=dict(asset.extra)))
+            item.set_self_href(os.path.join(item_dir, f"{spec.id}.json"))
+            cat.add_item(item)
+        cat.normalize_hrefs(tmp)
+        cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        written = []
+        for root, _, names in os.walk(tmp):
+            for name in names:
+                rel = os.path.relpath(os.path.join(root, name), tmp)
+                written.append(rel)
+        written.sort(key=lambda r: (r == "catalog.json", r))  # the catalog last
+        try:
+            for rel in written:
+                fsio.put_file(os.path.join(tmp, rel), fsio.join(folder, *rel.split(os.sep)))
+        except OutputError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"Cannot write the STAC catalog to {folder!r}: {exc}") from exc
+    return fsio.join(folder, "catalog.json")
+
+
+__all__ = [
+    "StacAsset",
+    "StacItem",
+    "merge_chunk_polygons",
+    "merge_to_cog",
+    "mosaic_grid",
+    "relative_href",
+    "vrt_xml",
+    "write_stac_catalog",
+    "write_vrt",
+]
