@@ -4,6 +4,8 @@ Installs the ``pipelines`` and ``model`` packages and the ``landslides`` console
 Also usable as Dataflow's ``--setup_file`` (workers install the same packages).
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 # Runtime requirements, kept loose enough for Dataflow's worker images; the exact pins
@@ -32,7 +34,7 @@ setup(
     name="landslide-mapper",
     version="0.1.0",
     description="Distributed, cloud-native landslide mapping from satellite imagery.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["pipelines", "pipelines.*", "model", "model.*"]),

@@ -52,7 +52,8 @@ def make_scene(d: str, size: int) -> tuple[str, str, str, str]:
             os.path.join(d, "aoi.geojson"))
 
 
-def plain_read(s2: str, dem: str, aoi: str, chunk: int, patch: int, bands: list[int]) -> tuple[int, float]:
+def plain_read(s2: str, dem: str, aoi: str, chunk: int, patch: int,
+               bands: list[int]) -> tuple[int, float]:
     """Read the same chunk windows with rasterio only (no reprojection, no labels, no encoding)."""
     from pipelines.geo.grid import load_region
 

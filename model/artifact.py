@@ -255,8 +255,8 @@ def load_artifact(path: str) -> Artifact:
     import tensorflow as tf
 
     # importing these registers the custom layers/losses/metrics for safe deserialisation
-    import model.losses  # noqa: F401
-    import model.metrics  # noqa: F401
+    import model.losses
+    import model.metrics
     import model.unet  # noqa: F401
 
     meta = read_meta(path)

@@ -83,20 +83,20 @@ def exported(scene, tmp_path_factory):
 
 
 def test_records_parse_back_with_exact_georeferencing_and_values(scene, exported):
-    out, recs, manifest = exported
+    _, recs, manifest = exported
     spec = GridSpec(32645, 10.0, 128, 0)
     n = 0
-    for split, patches in recs.items():
+    for patches in recs.values():
         for p in patches:
             n += 1
             chunk, _, offs = p.key.partition("/")
-            r, c = (int(v) for v in offs.split("_"))
+            r, c = map(int, offs.split("_"))
             g = spec.chunk_grid(ChunkKey.parse(chunk))
             a, b, x0, d, e, y0 = g.transform
             assert p.crs == "EPSG:32645" and p.bands == ("B2", "B3", "B4", "B8", "DEM", "slope")
             assert p.transform == (a, b, x0 + c * a, d, e, y0 + r * e)  # exact, float64
-            row0 = int(round((TOP - p.transform[5]) / 10))
-            col0 = int(round((p.transform[2] - LEFT) / 10))
+            row0 = round((TOP - p.transform[5]) / 10)
+            col0 = round((p.transform[2] - LEFT) / 10)
             dn = scene["dn"][:, row0:row0 + 64, col0:col0 + 64]
             valid = p.mask != 255  # valid imagery inside the AOI
             assert not valid[(dn == 0).all(0)].any()  # source nodata is never valid

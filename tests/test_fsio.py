@@ -57,9 +57,8 @@ def test_gcs_roundtrip_through_beam_filesystems(gcs_bucket):
     assert fsio.read_json(url) == {"k": [1, 2, 3]}
     fsio.write_bytes(fsio.join(gcs_bucket, "a", "c.bin"), b"xyz")
     assert fsio.glob(fsio.join(gcs_bucket, "a", "*")) == [url, fsio.join(gcs_bucket, "a", "c.bin")]
-    with fsio.local_copy(url) as local:
-        with open(local) as f:
-            assert f.read().startswith("{")
+    with fsio.local_copy(url) as local, open(local) as f:
+        assert f.read().startswith("{")
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])

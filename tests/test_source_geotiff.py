@@ -614,7 +614,6 @@ def test_aligned_fast_path_equals_the_warper(tmp_path, monkeypatch, mask_zero):
     """Files already on the target lattice skip the warper; the pixels must not change."""
     import rasterio as rio
 
-    from pipelines.geo.grid import PixelGrid as PG
     from pipelines.sources import geotiff as gt
 
     rng = np.random.default_rng(11)
@@ -630,7 +629,7 @@ def test_aligned_fast_path_equals_the_warper(tmp_path, monkeypatch, mask_zero):
         for i, b in enumerate(("B2", "B3", "B4"), 1):
             dst.set_band_description(i, b)
     # a grid shifted by whole pixels and hanging over two edges of the file
-    grid = PG("EPSG:32645", (10.0, 0.0, 500000.0 - 30, 0.0, -10.0, 3100000.0 - 200), 50, 80)
+    grid = PixelGrid("EPSG:32645", (10.0, 0.0, 500000.0 - 30, 0.0, -10.0, 3100000.0 - 200), 50, 80)
     src = gt.GeoTIFFSource([str(path)], mask_zero_pixels=mask_zero)
     src.open()
     assert gt._aligned_offset(src._dataset(str(path)), grid) == (20, -3)

@@ -214,7 +214,9 @@ class Chunk:
 
     @property
     def region(self) -> BaseGeometry:
-        return shapely.from_wkb(self.region_wkb) if self.region_wkb else self.spec.chunk_box(self.key)
+        if self.region_wkb:
+            return shapely.from_wkb(self.region_wkb)
+        return self.spec.chunk_box(self.key)
 
     def region_mask(self, halo: bool = False) -> np.ndarray:
         """Boolean mask of the chunk's pixels whose centres lie inside the region."""

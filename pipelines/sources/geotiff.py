@@ -776,7 +776,7 @@ def _aligned_offset(ds: Any, grid: PixelGrid) -> tuple[int, int] | None:
         return None
     if _crs_string(ds.crs) != grid.crs and rasterio.crs.CRS.from_user_input(grid.crs) != ds.crs:
         return None
-    return int(round(row)), int(round(col))
+    return round(row), round(col)
 
 
 def _window_of(grid: PixelGrid, bounds: np.ndarray) -> tuple[int, int, int, int]:
