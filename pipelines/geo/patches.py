@@ -219,22 +219,21 @@ class BandStats:
     """
 
     bands: tuple[str, ...]
-    count: np.ndarray = field(default=None)  # type: ignore[assignment]
-    total: np.ndarray = field(default=None)  # type: ignore[assignment]
-    total_sq: np.ndarray = field(default=None)  # type: ignore[assignment]
-    minimum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    maximum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    hist: np.ndarray = field(default=None)  # type: ignore[assignment]
+    count: np.ndarray = field(init=False)
+    total: np.ndarray = field(init=False)
+    total_sq: np.ndarray = field(init=False)
+    minimum: np.ndarray = field(init=False)
+    maximum: np.ndarray = field(init=False)
+    hist: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.bands)
-        if self.count is None:
-            self.count = np.zeros(n, np.int64)
-            self.total = np.zeros(n, np.float64)
-            self.total_sq = np.zeros(n, np.float64)
-            self.minimum = np.full(n, np.inf)
-            self.maximum = np.full(n, -np.inf)
-            self.hist = np.zeros((n, _HIST_BINS), np.int64)
+        self.count = np.zeros(n, np.int64)
+        self.total = np.zeros(n, np.float64)
+        self.total_sq = np.zeros(n, np.float64)
+        self.minimum = np.full(n, np.inf)
+        self.maximum = np.full(n, -np.inf)
+        self.hist = np.zeros((n, _HIST_BINS), np.int64)
 
     def add(self, image: np.ndarray, valid: np.ndarray) -> BandStats:
         """Add the valid pixels of an ``(h, w, c)`` image."""
