@@ -1,0 +1,143 @@
+"""Where training runs: the ``tf.distribute`` strategy and the mixed-precision policy.
+
+* ``default``: the one-device default strategy (CPU, or a single GPU).
+* ``mirrored``: :class:`tf.distribute.MirroredStrategy` over every local GPU.
+* ``tpu``: :class:`tf.distribute.TPUStrategy` on the TPU named by ``tpu`` (a name, a
+  ``grpc://`` address, or ``local``/empty for a TPU VM).
+* ``multiworker``: :class:`tf.distribute.MultiWorkerMirroredStrategy`, the cluster read from
+  the ``TF_CONFIG`` environment variable (set by Vertex AI and Kubernetes operators).
+* ``auto``: ``tpu`` when a TPU is named, ``multiworker`` when ``TF_CONFIG`` describes more
+  than one worker, ``mirrored`` with more than one GPU, else ``default``.
+
+Mixed precision (``auto``) is only switched on where it pays: ``mixed_float16`` on GPUs,
+``mixed_bfloat16`` on TPUs; CPUs train in float32. The U-Net keeps its normalisation and
+its output activation in float32 either way (see :mod:`model.unet`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+
+import keras
+import tensorflow as tf
+
+from model.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
+PRECISIONS = ("auto", "off", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def tf_config_workers(environ: dict[str, str] | None = None) -> int:
+    """Number of workers (chief included) that ``TF_CONFIG`` describes; 0 without it.
+
+    Raises:
+        ConfigError: when ``TF_CONFIG`` is set but is not the JSON cluster spec.
+    """
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not raw.strip():
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+        return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise ConfigError(
+            f"TF_CONFIG is not a JSON cluster spec ({exc}): expected "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from exc
+
+
+def choose_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
+    """Create the distribution strategy ``name`` (see the module docstring).
+
+    Args:
+        name: One of :data:`STRATEGIES`.
+        tpu: TPU name or address for ``tpu`` (``None``/``local`` on a TPU VM).
+
+    Raises:
+        ConfigError: for an unknown name, ``multiworker`` without ``TF_CONFIG``, or a TPU
+            that cannot be reached.
+    """
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    if name == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        if tpu:
+            name = "tpu"
+        elif tf_config_workers() > 1:
+            name = "multiworker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu="" if tpu in (None, "local") else tpu
+            )
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as exc:
+            raise ConfigError(
+                f"cannot reach the TPU {tpu!r} ({exc}): pass --tpu NAME (or run on a TPU VM), "
+                "or train with --strategy default"
+            ) from exc
+        strategy: tf.distribute.Strategy = tf.distribute.TPUStrategy(resolver)
+    elif name == "multiworker":
+        if tf_config_workers() == 0:
+            raise ConfigError(
+                "strategy 'multiworker' needs the TF_CONFIG environment variable describing "
+                "the cluster; set it or use --strategy mirrored/default"
+            )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif name == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    logger.info("distribution strategy %s with %d replica(s)", type(strategy).__name__,
+                strategy.num_replicas_in_sync)
+    return strategy
+
+
+def accelerator(strategy: tf.distribute.Strategy) -> str | None:
+    """``"tpu"``, ``"gpu"`` or ``None`` (CPU) for the devices ``strategy`` runs on."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "tpu"
+    if tf.config.list_physical_devices("GPU"):
+        return "gpu"
+    return None
+
+
+def precision_policy(setting: str, strategy: tf.distribute.Strategy) -> str:
+    """The Keras dtype policy name for ``setting`` (one of :data:`PRECISIONS`) on ``strategy``.
+
+    ``auto`` gives ``mixed_float16`` on GPUs, ``mixed_bfloat16`` on TPUs and ``float32``
+    on CPUs; ``off`` is ``float32``; a policy name is taken as is (a mixed policy on a CPU is
+    allowed, with a warning: it is slower there).
+    """
+    if setting not in PRECISIONS:
+        raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {setting!r}")
+    device = accelerator(strategy)
+    if setting == "auto":
+        return {"gpu": "mixed_float16", "tpu": "mixed_bfloat16"}.get(device or "", "float32")
+    if setting == "off":
+        return "float32"
+    if setting != "float32" and device is None:
+        logger.warning("mixed precision %s on a CPU is slower than float32", setting)
+    return setting
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Set Keras' global dtype policy inside the block and restore the previous one after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -1,0 +1,248 @@
+"""Training, evaluation, tuning, resume and fine-tuning through the real CLI on tiny shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from model import train as trainer
+from model.artifact import load_artifact
+from model.errors import ConfigError
+from model.metrics import confusion_counts, scores
+from model.schema import decode_patch
+from model.unet import encoder_layers
+from pipelines.cli import main
+from tests.test_data import BANDS, write_shards
+
+# tiny and fast: 32 px patches, 3 bands, a 3-level U-Net with 4 base filters
+TINY = ["--base-filters", "4", "--depth", "3", "--batch-size", "8", "--lr", "0.01",
+        "--patience", "0", "--no-saved-model"]
+
+
+def history(out: Path) -> list[dict]:
+    with open(out / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "artifact"
+    code = main(["train", "--data", str(shards), "--out", str(out), "--epochs", "4",
+                 *TINY[:-1]])  # this one exports the SavedModel too
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_calibrated_artifact(trained, shards):
+    art = load_artifact(str(trained))
+    meta = art.meta
+    assert art.bands == BANDS and art.patch_size == 32 and art.size_multiple == 4
+    assert (trained / "saved_model" / "saved_model.pb").is_file()
+    assert not (trained / "_backup").exists()
+    assert [int(r["epoch"]) for r in history(trained)] == [0, 1, 2, 3]
+    assert (trained / "logs" / "validation").is_dir()
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert meta["normalization"]["mean"] == [manifest["stats"][b]["mean"] for b in BANDS]
+    assert meta["training"]["base_filters"] == 4 and meta["training"]["lr"] == 0.01
+    assert meta["training"]["normalization_from"] == "manifest"
+    val = meta["metrics"]["val"]
+    assert 0 < art.threshold < 1 and val["threshold"] == art.threshold
+    # the stored metrics are those of the artifact's model at its threshold on val
+    images, masks = zip(*[(p.image, p.mask) for p in map(decode_patch, _records(shards, "val"))])
+    counts = confusion_counts(np.stack(masks), art.predict(np.stack(images)), art.threshold)
+    assert counts == {k: val[k] for k in ("tp", "fp", "fn", "tn")}
+    # clearly better than the trivial "everything is a landslide" baseline
+    truth = np.stack(masks)
+    positive = np.count_nonzero(truth == 1) / np.count_nonzero(truth != 255)
+    trivial_f1 = 2 * positive / (1 + positive)
+    assert val["f1"] > max(0.7, trivial_f1 + 0.4), (val, trivial_f1)
+
+
+def _records(root: Path, split: str) -> list[bytes]:
+    files = sorted(str(p) for p in (root / split).glob("*.tfrecord.gz"))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_evaluate_matches_numpy_metrics(trained, shards, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(trained), "--data", str(shards), "--split", "test",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "evaluation.json").read_text())
+    art = load_artifact(str(trained))
+    patches = [decode_patch(r) for r in _records(shards, "test")]
+    masks = np.stack([p.mask for p in patches])
+    prob = art.predict(np.stack([p.image for p in patches]))
+    counts = confusion_counts(masks, prob, art.threshold)
+    assert {k: result[k] for k in counts} == counts
+    for key, value in scores(counts).items():
+        assert result[key] == pytest.approx(value)
+    assert result["confusion_matrix"]["matrix"] == [[counts["tn"], counts["fp"]],
+                                                    [counts["fn"], counts["tp"]]]
+    assert result["patches"] == 16 and result["threshold"] == art.threshold
+    assert result["ignored_pixels"] == np.count_nonzero(masks == 255) == 16 * 2 * 32
+    assert f"F1 {result['f1']:.4f}" in printed and str(counts["tp"]) in printed
+    # another threshold, on a glob of files, written to a named file
+    assert main(["evaluate", "--model", str(trained), "--data", str(shards / "test" / "*.gz"),
+                 "--threshold", "0.5", "--out", str(tmp_path / "half.json")]) == 0
+    half = json.loads((tmp_path / "half.json").read_text())
+    assert {k: half[k] for k in counts} == confusion_counts(masks, prob, 0.5)
+
+
+def test_tune_ranks_trials_by_validation_f1(shards, tmp_path, capsys):
+    out = tmp_path / "tune"
+    config = tmp_path / "tune.yaml"
+    config.write_text(yaml.safe_dump({"base_filters": 4, "depth": 3, "epochs": 1,
+                                      "patience": 0, "saved_model": False,
+                                      "augment": {"rot90": False}}))
+    args = ["tune", "--data", str(shards), "--out", str(out), "--config", str(config),
+            "--lr", "0.01,0.0001", "--filters", "4", "--batch-size", "8"]
+    assert main(args) == 0
+    with open(out / "tuning.csv") as f:
+        rows = list(csv.DictReader(f))
+    f1s = [float(r["val_f1"]) for r in rows]
+    assert len(rows) == 2 and f1s == sorted(f1s, reverse=True) and [r["rank"] for r in rows] == [
+        "1", "2"]
+    assert {r["lr"] for r in rows} == {"0.01", "0.0001"}
+    for row in rows:
+        meta = json.loads((Path(row["path"]) / "artifact.json").read_text())
+        assert meta["metrics"]["val"]["f1"] == pytest.approx(float(row["val_f1"]), abs=1e-6)
+        assert meta["training"]["lr"] == float(row["lr"]) and meta["training"]["epochs"] == 1
+    best = load_artifact(str(out / "best"))
+    assert best.model_id == rows[0]["model_id"]
+    # a second run keeps the finished trials instead of training them again
+    capsys.readouterr()
+    before = (Path(rows[0]["path"]) / "artifact.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (Path(rows[0]["path"]) / "artifact.json").stat().st_mtime_ns == before
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated preemption after the second epoch")
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(shards, tmp_path):
+    out = tmp_path / "resumed"
+    settings = {"base_filters": 4, "depth": 3, "batch_size": 8, "lr": 0.01, "epochs": 4,
+                "patience": 0, "saved_model": False}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(settings))
+    config, _ = trainer.load_config(str(tmp_path / "train.yaml"))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(str(shards), str(out), config, callbacks=[_Interrupt()])
+    state = json.loads((out / "_backup" / "state.json").read_text())
+    assert state["epoch"] == 2 and (out / "_backup" / "last.weights.h5").is_file()
+    first = history(out)
+    assert [int(r["epoch"]) for r in first] == [0, 1]
+    assert not (out / "artifact.json").exists()
+    # a different setting must not silently continue this run
+    code = main(["train", "--data", str(shards), "--out", str(out), "--config",
+                 str(tmp_path / "train.yaml"), "--base-filters", "8"])
+    assert code == 2
+    assert main(["train", "--data", str(shards), "--out", str(out), "--config",
+                 str(tmp_path / "train.yaml")]) == 0
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[:2] == first  # epochs 0 and 1 were not trained again
+    meta = json.loads((out / "artifact.json").read_text())
+    assert meta["metrics"]["epochs_run"] == 4 and not (out / "_backup").exists()
+
+
+def test_init_from_fine_tunes_with_a_frozen_encoder(trained, shards, tmp_path):
+    out = tmp_path / "tuned"
+    assert main(["train", "--data", str(shards), "--out", str(out), "--init-from", str(trained),
+                 "--freeze-encoder", "--epochs", "2", "--batch-size", "8", "--patience", "0",
+                 "--no-saved-model", "--lr", "0.01"]) == 0
+    base, tuned = load_artifact(str(trained)), load_artifact(str(out))
+    assert tuned.meta["training"]["init_from"] == str(trained)
+    assert tuned.meta["training"]["base_filters"] == 4  # the artifact's architecture
+    assert tuned.meta["normalization"] == base.meta["normalization"]
+    frozen = [layer.name for layer in encoder_layers(base.model) if layer.weights]
+    assert "enc0_conv1" in frozen and "enc2_bn2" in frozen
+    for name in frozen:  # encoder weights (and batch-norm statistics) are unchanged
+        for a, b in zip(base.model.get_layer(name).get_weights(),
+                        tuned.model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in zip(
+        base.model.get_layer("dec0_conv1").get_weights(),
+        tuned.model.get_layer("dec0_conv1").get_weights())]
+    assert any(changed)
+    assert tuned.meta["metrics"]["val"]["f1"] > 0.7  # starts from a trained model
+
+
+def test_earth_engine_shards_train(tmp_path):
+    patches = write_shards(tmp_path / "ee", {"train": 24, "val": 8}, manifest=False, fmt="ee")
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(tmp_path / "ee"), "--out", str(out), "--bands",
+                 "slope,B4", "--epochs", "1", *TINY]) == 0
+    meta = json.loads((out / "artifact.json").read_text())
+    assert meta["bands"] == ["slope", "B4"]
+    assert meta["training"]["normalization_from"] == "computed"
+    pixels = np.concatenate([im[m != 255] for im, m in patches["train"]]).astype(np.float64)
+    np.testing.assert_allclose(meta["normalization"]["mean"], pixels[:, [2, 0]].mean(0),
+                               rtol=1e-5)
+
+
+def test_bad_inputs_give_clear_errors(shards, tmp_path, capsys):
+    def error(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["train", *args, "--out", str(tmp_path / "never"), *TINY]) == 2
+        return capsys.readouterr().err
+
+    write_shards(tmp_path / "ee", {"train": 2, "val": 1}, manifest=False, fmt="ee",
+                 shards_per_split=1)
+    assert "--bands" in error("--data", str(tmp_path / "ee"))
+    assert "band(s) ['B12'] are not in the shards" in error("--data", str(shards), "--bands",
+                                                           "B4,B12")
+    write_shards(tmp_path / "noval", {"train": 2}, shards_per_split=1)
+    assert "no shards for split 'val'" in error("--data", str(tmp_path / "noval"))
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "artifact.json").write_text("{broken")
+    message = error("--data", str(shards), "--init-from", str(tmp_path / "corrupt"))
+    assert "--init-from" in message and "corrupt" in message
+    message = error("--data", str(shards), "--augment", "flip_h,twirl")
+    assert "unknown augmentation 'twirl'" in message
+    (tmp_path / "bad.yaml").write_text("epochs: -3\n")
+    assert "epochs must be a positive integer" in error("--data", str(shards), "--config",
+                                                        str(tmp_path / "bad.yaml"))
+    (tmp_path / "typo.yaml").write_text("learning_rate: 0.1\n")
+    assert "unknown training setting(s) ['learning_rate']" in error(
+        "--data", str(shards), "--config", str(tmp_path / "typo.yaml"))
+    assert not (tmp_path / "never").exists()
+
+
+def test_init_from_refuses_other_bands(trained, shards):
+    config = trainer.TrainConfig(init_from=str(trained), bands=("B4", "B8"), epochs=1)
+    with pytest.raises(ConfigError, match=r"lack \['slope'\] and add \[\]"):
+        trainer.train(str(shards), "/nonexistent/never", config)
+
+
+def test_config_yaml_and_flags():
+    config, grid = trainer.load_config(None, {"lr": 0.01, "augment": trainer.parse_augment(
+        "flip_h,rot45,shear=0.1,blur")})
+    assert config.lr == 0.01 and config.batch_size == 32 and config.depth == 5 and not grid
+    assert config.augment.flip_h and not config.augment.flip_v and config.augment.rot45
+    assert config.augment.shear == 0.1 and config.augment.blur == 0.5
+    assert not trainer.parse_augment("none").enabled
+    assert trainer.TrainConfig.from_dict({"lr": "1e-3", "augment": {"rot45": True}}).lr == 1e-3
+    with pytest.raises(ConfigError, match="dropout must be a number"):
+        trainer.TrainConfig(dropout="lots")
+    with pytest.raises(ConfigError, match="freeze_encoder needs init_from"):
+        trainer.TrainConfig(freeze_encoder=True)
+    with pytest.raises(ConfigError, match="loss must be one of"):
+        trainer.TrainConfig(loss="l2")
