@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import rasterio.windows
 import shapely
 from rasterio import features
 from rio_cogeo.cogeo import cog_validate
@@ -334,6 +335,27 @@ def test_synthetic_source_rejects_missing_year_and_world(world: tuple[Path, dict
         SyntheticSource(str(w), 2012)
     with pytest.raises(DataNotFoundError, match="landslides synth"):
         SyntheticSource(str(tmp_path), 2015)
+
+
+def test_world_in_a_bucket(gcs_bucket: str, tmp_path: Path) -> None:
+    from pipelines import fsio
+
+    cfg = WorldConfig(seed=5, size_km=1.5, years=(2015, 2016))
+    out = fsio.join(gcs_bucket, "worlds", "w1")
+    meta = generate_world(out, cfg)
+    assert meta == generate_world(str(tmp_path / "local"), cfg)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fsio.glob(fsio.join(out, "*")))
+    assert names == sorted(p.name for p in (tmp_path / "local").iterdir())
+    src = SyntheticSource(out, 2016)
+    grid = PixelGrid("EPSG:32645", tuple(meta["transform"]), 150, 150).subgrid(
+        rasterio.windows.Window(20, 30, 64, 64))
+    with src:
+        r = src.read(grid, ["B4", "B8", "DEM", "slope"])
+    assert r.valid.all() and np.isfinite(r.data).all()
+    local = SyntheticSource(str(tmp_path / "local"), 2016)
+    with local:
+        np.testing.assert_array_equal(local.read(grid, ["B4", "B8", "DEM", "slope"]).data,
+                                      r.data)
 
 
 # ----------------------------------------------------------------------------- config, CLI

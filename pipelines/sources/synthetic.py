@@ -284,7 +284,11 @@ def world_grid(config: WorldConfig) -> PixelGrid:
     tr = Transformer.from_crs(WGS84, f"EPSG:{config.epsg}", always_xy=True)
     cx, cy = tr.transform(config.center_lon, config.center_lat)
     ratio = 60.0 / ps
-    align = 60.0 if abs(ratio - round(ratio)) < 1e-9 else ps * math.ceil(1.0 / ps)
+    if abs(ratio - round(ratio)) < 1e-9:
+        align = 60.0  # on Sentinel-2's 60 m grid: coarse bands line up with whole pixels
+    else:  # the smallest multiple of the pixel size that is a whole number of metres
+        align = next((k * ps for k in range(1, 1001) if abs(k * ps - round(k * ps)) < 1e-9),
+                     ps)
     n = config.size_px
     half = n * ps / 2.0
     left = math.floor((cx - half) / align) * align
@@ -627,7 +631,8 @@ def _make_landcover(frame: _Frame, T: _Terrain, seed: int) -> _Land:
     if weight.sum() > 0:
         g = np.log(np.maximum(weight.ravel(), 1e-300)) + rng.gumbel(size=weight.size)
         g[weight.ravel() <= 0] = -np.inf
-        for flat in np.argsort(g)[::-1][: 50 * want]:
+        top = np.argpartition(-g, min(50 * want, g.size - 1))[: 50 * want]
+        for flat in top[np.argsort(-g[top], kind="stable")]:
             if not np.isfinite(g[flat]) or len(centres) >= want:
                 break
             r, c = divmod(int(flat), n)
