@@ -267,9 +267,13 @@ class Sweep:
         except (ValueError, OSError) as exc:
             log.warning("Ignoring unreadable done-record %s (%s); redoing the chunk", path, exc)
             return None
-        for rel in rec.get("files", {}).values():
-            if not fsio.exists(job.path(rel)):
-                log.warning("Done-record %s names missing %s; redoing the chunk", path, rel)
+        sizes = rec.get("sizes", {})
+        for name, rel in rec.get("files", {}).items():
+            size = _size(job.path(rel))
+            if size is None or size != sizes.get(name):
+                log.warning("Done-record %s names %s, which is missing or not the file it "
+                            "wrote (%s bytes, expected %s); redoing the chunk", path, rel, size,
+                            sizes.get(name))
                 return None
         return rec
 
@@ -349,6 +353,7 @@ class Sweep:
         polygons = self._polygons(grid, mask, prob, valid)
         rec = self._record(job, chunk, tiles.signature, "done", valid, files, polygons,
                            positive=int(mask.sum()))
+        rec["sizes"] = {name: _size(job.path(rel)) for name, rel in files.items()}
         fsio.write_json(job.path("done", f"{tiles.key}.json"), rec)  # last: "complete"
         return {**rec, "action": "computed"}
 
@@ -577,6 +582,24 @@ class Sweep:
         return write_stac_catalog(job.path("stac"), f"landslides-{job.label}"[:100],
                                   f"Landslide predictions of {job.label} by model "
                                   f"{self.meta['model_id']}", items, job.start, job.end)
+
+
+def _size(path: str) -> int | None:
+    """Size in bytes of a file or object, ``None`` when it does not exist."""
+    if fsio.is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            found = FileSystems.match([path])[0].metadata_list
+        except Exception:  # Beam raises BeamIOError for a missing object
+            return None
+        return int(found[0].size_in_bytes) if found else None
+    import os
+
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def _delete(path: str) -> None:

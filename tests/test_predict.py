@@ -1,0 +1,551 @@
+"""Predict end to end on a small UTM scene: seams, nodata, polygons across chunk edges,
+COGs, mosaics, STAC, resume, dead letters, multi-process, gs:// and bad inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import apache_beam as beam
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+from pyproj import Transformer
+from shapely.geometry import box
+
+from pipelines import cli, fsio
+from pipelines.errors import (
+    BandError,
+    ConfigError,
+    DataNotFoundError,
+    InputError,
+    NoDataError,
+    OutputError,
+    RegionError,
+)
+from pipelines.geo.aoi_inputs import parse_point, read_events
+from pipelines.geo.blend import window_weight
+from pipelines.geo.grid import PixelGrid
+from pipelines.geo.mosaic import merge_chunk_polygons
+from pipelines.predict import PredictConfig, run_predict
+from pipelines.transforms.inference import KerasModelHandler
+
+LEFT, TOP, N = 320000.0, 3120000.0, 256  # aligned with 64-px chunks of 10 m
+GRID = PixelGrid("EPSG:32645", (10.0, 0.0, LEFT, 0.0, -10.0, TOP), N, N)
+BANDS = ("B4", "B8")
+START, END = "2020-06-01", "2020-09-30"
+HOLE = (slice(200, 211), slice(20, 61))  # nodata rows/cols
+THRESH_DN = 3000  # the handcrafted model's B8 threshold (0.3 reflectance)
+
+
+def _write_tif(path, dn, nodata=0):
+    with rasterio.open(path, "w", driver="GTiff", width=N, height=N, count=2, dtype="uint16",
+                       crs=GRID.crs, transform=GRID.affine, nodata=nodata, tiled=True,
+                       blockxsize=128, blockysize=128, compress="deflate") as dst:
+        dst.write(dn)
+        for i, b in enumerate(BANDS, 1):
+            dst.set_band_description(i, b)
+
+
+def _save_threshold_model(out: Path, bands=BANDS, k=40.0, t=0.3):
+    """A handcrafted artifact: p = sigmoid(k * (B8 - t)) per pixel, so predictions are known."""
+    import keras
+
+    from model.artifact import save_artifact
+
+    inp = keras.Input((None, None, len(bands)))
+    out_t = keras.layers.Conv2D(1, 1, activation="sigmoid", name="score")(inp)
+    m = keras.Model(inp, out_t)
+    kernel = np.zeros((1, 1, len(bands), 1), np.float32)
+    kernel[0, 0, list(bands).index("B8") if "B8" in bands else 0, 0] = k
+    m.get_layer("score").set_weights([kernel, np.array([-k * t], np.float32)])
+    save_artifact(m, str(out), bands, patch_size=32, size_multiple=1, threshold=0.5,
+                  saved_model=False, training={"handcrafted": f"sigmoid({k}*(B8-{t}))"})
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """Two-band S2 DNs with landslide-like B8 blobs, a nodata hole, an AOI and two models."""
+    import keras
+
+    from model.artifact import save_artifact
+    from model.unet import build_unet
+
+    d = tmp_path_factory.mktemp("predict_scene")
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:N, 0:N]
+    b4 = 900 + (xx * 3 + yy * 2) % 600 + rng.integers(0, 80, (N, N))
+    b8 = 1500 + (xx * 5 + yy * 3) % 800 + rng.integers(0, 80, (N, N))
+    blob_a = ((yy - 128) / 20.0) ** 2 + ((xx - 64) / 30.0) ** 2 <= 1.0  # spans 4 chunks
+    b8[blob_a] = 5000
+    b8[40, 127:129] = 5000  # 2 px across the col-128 chunk edge: 100 + 100 m2
+    b8[40, 100] = 5000  # 1 px: below the 200 m2 minimum
+    blob_d = np.zeros((N, N), bool)
+    blob_d[190:220, 50:70] = True  # partly inside the nodata hole
+    b8[blob_d] = 5000
+    dn = np.stack([b4, b8]).astype("uint16")
+    dn[:, HOLE[0], HOLE[1]] = 0
+    _write_tif(d / "s2.tif", dn)
+    aoi = gpd.GeoDataFrame(geometry=[box(LEFT + 1, TOP - N * 10 + 1, LEFT + N * 10 - 1, TOP - 1)],
+                           crs=GRID.crs).to_crs("EPSG:4326")
+    aoi.to_file(d / "aoi.geojson")
+    keras.utils.set_random_seed(3)
+    mean, std = [0.12, 0.2], [0.03, 0.05]
+    unet = build_unet(BANDS, base_filters=4, depth=3, mean=mean, std=std)
+    save_artifact(unet, str(d / "unet"), BANDS, patch_size=32, mean=mean, std=std,
+                  size_multiple=4, saved_model=False)
+    thr = _save_threshold_model(d / "thr")
+    valid = (dn != 0).any(axis=0)
+    expected = (b8 >= THRESH_DN) & valid
+    return {"dir": d, "dn": dn, "valid": valid, "expected": expected, "unet": str(d / "unet"),
+            "thr": thr, "aoi": str(d / "aoi.geojson"), "blob_a": blob_a, "blob_d": blob_d}
+
+
+def _config(scene, out, **kw) -> PredictConfig:
+    args = dict(model=scene["thr"], source={"kind": "geotiff",
+                                            "images": [str(scene["dir"] / "s2.tif")]},
+                out=str(out), aoi=scene["aoi"], start=START, end=END, chunk_size=64,
+                retries=1, retry_delay_s=0.01)
+    args.update(kw)
+    return PredictConfig(**args)
+
+
+def _read(path) -> np.ndarray:
+    with fsio.local_copy(str(path)) as local, rasterio.open(local) as src:
+        return src.read(1)
+
+
+@pytest.fixture(scope="module")
+def swept(scene, tmp_path_factory):
+    """The handcrafted model swept in 16 chunks of 64 px (uint8 probabilities)."""
+    out = tmp_path_factory.mktemp("swept")
+    runs = run_predict(_config(scene, out))
+    return out, runs[0]
+
+
+# ----------------------------------------------------------------------------- seams
+def test_sweep_in_chunks_equals_whole_raster_prediction(scene, tmp_path):
+    """A U-Net swept in 64-px chunks equals one whole-raster pass with the same windows."""
+    from model.artifact import load_artifact
+    from pipelines.sources.geotiff import GeoTIFFSource
+
+    run_predict(_config(scene, tmp_path, model=scene["unet"], prob_dtype="float32"))
+    got = _read(tmp_path / "mosaic" / "prob.vrt")
+    assert got.shape == (N, N)
+    # reference: read once with a window of context, run every lattice window, blend
+    art = load_artifact(scene["unet"])
+    W, s = 32, 16
+    big = GRID.buffered(W)
+    img = GeoTIFFSource(str(scene["dir"] / "s2.tif")).read(big, BANDS)
+    x = np.moveaxis(img.data, 0, -1)
+    x = np.where(np.isfinite(x), x, np.asarray([0.12, 0.2], np.float32))
+    starts = range(-s, N, s)  # every window touching the scene (its origin is on the lattice)
+    wins = [(r, c) for r in starts for c in starts]
+    probs = art.predict(np.stack([x[W + r:W + r + W, W + c:W + c + W] for r, c in wins]))
+    weight = window_weight(W).astype(np.float64)
+    acc = np.zeros((N + 2 * W, N + 2 * W))
+    wsum = np.zeros_like(acc)
+    for (r, c), p in zip(wins, probs):
+        acc[W + r:W + r + W, W + c:W + c + W] += weight * p
+        wsum[W + r:W + r + W, W + c:W + c + W] += weight
+    ref = acc[W:W + N, W:W + N] / wsum[W:W + N, W:W + N]
+    valid = scene["valid"]
+    assert np.isnan(got[~valid]).all()
+    assert np.isfinite(got[valid]).all()
+    diff = np.abs(got[valid] - ref[valid])
+    assert diff.max() < 1e-3, diff.max()
+    assert got[valid].std() > 0.01  # a real, varying prediction, not a constant
+    # chunk COGs: valid COGs whose pixels are exactly the mosaic's
+    from rio_cogeo.cogeo import cog_validate
+
+    for tif in sorted((tmp_path / "prob").glob("*.tif"))[:3]:
+        ok, errors, _ = cog_validate(str(tif))
+        assert ok, errors
+        with rasterio.open(tif) as src:
+            r0 = round((TOP - src.transform.f) / 10)
+            c0 = round((src.transform.c - LEFT) / 10)
+            np.testing.assert_array_equal(src.read(1), got[r0:r0 + 64, c0:c0 + 64])
+            assert src.tags()["model_id"] == art.model_id
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_masks_probabilities_and_nodata(scene, swept):
+    out, run = swept
+    mask = _read(out / "mosaic" / "mask.tif")
+    prob = _read(out / "mosaic" / "prob.tif")
+    valid = scene["valid"]
+    assert (mask[~valid] == 255).all() and (prob[~valid] == 255).all()
+    assert set(np.unique(mask[valid])) <= {0, 1}
+    np.testing.assert_array_equal(mask[valid] == 1, scene["expected"][valid])
+    p = 1.0 / (1.0 + np.exp(-40.0 * (scene["dn"][1] * 1e-4 - 0.3)))  # the known model
+    assert np.abs(prob[valid].astype(int) - np.rint(p[valid] * 250)).max() <= 1
+    assert (prob[scene["expected"]] == 250).all()  # sigmoid(8) = 0.9997
+    np.testing.assert_array_equal(_read(out / "mosaic" / "mask.vrt"), mask)
+    assert run["status"] == "ok"
+    c = run["counts"]
+    assert c["chunks_total"] == c["chunks_computed"] == 16 and c["chunks_failed"] == 0
+    assert c["valid_px"] == int(valid.sum())
+    assert c["landslide_px"] == int(scene["expected"].sum())
+    with rasterio.open(out / "mosaic" / "prob.vrt") as src:
+        assert src.scales[0] == pytest.approx(1 / 250) and src.nodata == 255
+
+
+def test_landslides_crossing_chunk_edges_are_one_polygon(scene, swept):
+    out, run = swept
+    gdf = gpd.read_file(out / "inventory.gpkg")
+    parquet = gpd.read_parquet(out / "inventory.parquet")
+    assert len(gdf) == len(parquet) == run["counts"]["polygons"] == 3
+    assert gdf.crs.to_epsg() == 32645
+    assert set(gdf.columns) >= {"area_m2", "prob_mean", "prob_max", "date", "model_id",
+                                "n_pixels", "chunks"}
+    assert (gdf["date"] == f"{START}/{END}").all()
+    assert (gdf["model_id"] == run["model"]["model_id"]).all()
+    by_area = gdf.sort_values("area_m2").reset_index(drop=True)
+    # the 2-px landslide split by a chunk edge: two 100 m2 parts joined, then kept
+    assert by_area.loc[0, "area_m2"] == pytest.approx(200.0)
+    assert by_area.loc[0, "chunks"] == 2
+    a = gdf.loc[gdf["chunks"].idxmax()]
+    assert a["chunks"] == 4 and a.geometry.geom_type == "Polygon"
+    assert a["area_m2"] == pytest.approx(scene["blob_a"].sum() * 100.0)
+    assert a["prob_mean"] > 0.99 and a["prob_max"] <= 1.0
+    # nothing inside the nodata hole; the blob around it keeps only its valid pixels
+    hole = box(LEFT + 20 * 10, TOP - 211 * 10, LEFT + 61 * 10, TOP - 200 * 10)
+    assert not any(g.intersection(hole).area > 1e-6 for g in gdf.geometry)
+    d_valid = int((scene["blob_d"] & scene["valid"]).sum())
+    assert any(abs(v - d_valid * 100.0) < 1e-6 for v in gdf["area_m2"])
+
+
+def test_cogs_mosaics_and_stac_catalog(scene, swept):
+    import pystac
+    from rio_cogeo.cogeo import cog_validate
+
+    out, _run = swept
+    for tif in [out / "mosaic" / "prob.tif", out / "mosaic" / "mask.tif",
+                *sorted((out / "mask").glob("*.tif"))[:2]]:
+        ok, errors, _ = cog_validate(str(tif))
+        assert ok, (tif, errors)
+    with rasterio.open(out / "mosaic" / "prob.vrt") as vrt:
+        assert vrt.crs.to_epsg() == 32645 and vrt.transform == GRID.affine
+    cat = pystac.Catalog.from_file(str(out / "stac" / "catalog.json"))
+    items = list(cat.get_items(recursive=True))
+    assert len(items) == 16 + 1  # one per chunk with data, plus the mosaic/inventory item
+    for item in items:
+        for asset in item.assets.values():
+            assert Path(asset.get_absolute_href()).exists(), asset.href
+            assert not Path(asset.href).is_absolute()
+    chunk_item = next(i for i in items if i.id != "mosaic")
+    assert chunk_item.properties["proj:code"] == "EPSG:32645"
+    assert chunk_item.properties["start_datetime"].startswith(START)
+    mosaic = next(i for i in items if i.id == "mosaic")
+    assert {"inventory_gpkg", "prob_vrt", "mask_cog"} <= set(mosaic.assets)
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every output file's content, without the run record and inventory containers whose
+    bytes carry write times (their content is compared separately)."""
+    skip = {"run.json", "predict_config.json", "inventory.gpkg", "inventory.parquet"}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in skip}
+
+
+def test_resume_after_a_kill_gives_the_same_outputs(scene, swept, tmp_path):
+    out, _ = swept
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    keys = sorted(p.stem for p in (out / "done").glob("*.json"))
+    for key in keys[:3]:  # killed before anything of these chunks was published
+        for sub in ("done", "prob", "mask"):
+            (resumed / sub / f"{key}.{'json' if sub == 'done' else 'tif'}").unlink()
+    (resumed / "done" / f"{keys[5]}.json").unlink()  # killed after the COGs, before done
+    (resumed / "prob" / f"{keys[7]}.tif").write_bytes(b"half")  # done, but a file broken
+    for sub in ("mosaic", "stac"):
+        shutil.rmtree(resumed / sub)
+    (resumed / "inventory.gpkg").unlink()
+    runs = run_predict(_config(scene, resumed))
+    c = runs[0]["counts"]
+    assert (c["chunks_computed"], c["chunks_skipped"]) == (5, 11)
+    # keys[7]: its done-record names a file of another size, so it was redone too
+    a, b = _tree(out), _tree(resumed)
+    assert a.keys() == b.keys()
+    diff = [k for k in a if a[k] != b[k]]
+    assert diff == [], diff
+    ga = gpd.read_file(out / "inventory.gpkg")
+    gb = gpd.read_file(resumed / "inventory.gpkg")
+    assert ga.drop(columns="geometry").equals(gb.drop(columns="geometry"))
+    assert all(x.equals_exact(y, 0) for x, y in zip(ga.geometry, gb.geometry))
+    # an unchanged rerun recomputes nothing
+    again = run_predict(_config(scene, resumed))[0]["counts"]
+    assert (again["chunks_computed"], again["chunks_skipped"]) == (0, 16)
+
+
+# ----------------------------------------------------------------------------- failures
+def _corrupt_first_tile(path: Path) -> None:
+    """Overwrite the first compressed tile's stream header: the file still opens."""
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+
+
+def _cli_args(scene, out, *extra, images=None):
+    return ["predict", "--model", scene["thr"], "--out", str(out), "--source", "geotiff",
+            "--images", str(images or scene["dir"] / "s2.tif"), "--start", START, "--end", END,
+            "--retries", "1", "--retry-delay", "0.01", *extra]
+
+
+def test_failed_chunks_are_dead_lettered_and_a_rerun_completes(scene, swept, tmp_path, caplog):
+    swept_out, _ = swept
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(scene["dir"] / "s2.tif", images / "s2.tif")
+    _corrupt_first_tile(images / "s2.tif")
+    out = tmp_path / "out"
+    args = _cli_args(scene, out, "--aoi", scene["aoi"], "--chunk-size", "64",
+                     images=images / "s2.tif")
+    assert cli.main(args) == 1
+    failed = [json.loads(line) for line in (out / "failed_chunks.jsonl").read_text().splitlines()]
+    run = json.loads((out / "run.json").read_text())
+    n = run["counts"]["chunks_failed"]
+    assert n == len(failed) == 9  # every chunk whose read area meets the broken tile
+    assert all(f["stage"] == "read" and f["reason"] == "SourceError" for f in failed)
+    assert "Cannot read raster" in failed[0]["error"]
+    assert f"{n} chunk(s) failed" in caplog.text and "SourceError" in caplog.text
+    assert run["status"] == "partial" and run["counts"]["chunks_computed"] == 16 - n
+    for f in failed:  # failed chunks leave no trace that a rerun could mistake for done
+        assert not (out / "done" / f"{f['chunk']}.json").exists()
+        assert not (out / "prob" / f"{f['chunk']}.tif").exists()
+    # the rest is written and mosaicked: the VRT lists only the chunks that succeeded
+    assert len(list((out / "prob").glob("*.tif"))) == 16 - n
+    # repair the input and run the same command again: only the failed chunks are done
+    shutil.copy(scene["dir"] / "s2.tif", images / "s2.tif")
+    assert cli.main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert (run["counts"]["chunks_computed"], run["counts"]["chunks_skipped"]) == (n, 16 - n)
+    assert not (out / "failed_chunks.jsonl").exists()
+    for name in ("mask.tif", "prob.tif"):
+        np.testing.assert_array_equal(_read(out / "mosaic" / name),
+                                      _read(swept_out / "mosaic" / name))
+    a, b = gpd.read_file(swept_out / "inventory.gpkg"), gpd.read_file(out / "inventory.gpkg")
+    assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+
+
+def test_unwritable_outputs_fail_cleanly(scene, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match="file.txt"):
+        run_predict(_config(scene, blocker / "out"))
+    # a folder that breaks half way (a full disk, a lost mount): chunks are dead-lettered,
+    # nothing half-written is published and nothing written before is touched
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mask").write_text("the mask folder cannot be created")
+    run = run_predict(_config(scene, out, chunk_size=128))[0]
+    assert run["counts"]["chunks_failed"] == 4 and run["status"] == "partial"
+    failed = [json.loads(x) for x in (out / "failed_chunks.jsonl").read_text().splitlines()]
+    assert {f["reason"] for f in failed} == {"OutputError"} and failed[0]["stage"] == "write"
+    assert not list(out.glob("done/*.json"))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert (out / "mask").read_text() == "the mask folder cannot be created"
+
+
+def test_bad_inputs_are_refused_before_launch(scene, tmp_path):
+    art = _save_threshold_model(tmp_path / "b11", bands=("B4", "B11"))
+    with pytest.raises(BandError, match="B11") as err:
+        run_predict(_config(scene, tmp_path / "o1", model=art))
+    assert "model lsm-" in str(err.value)
+    assert cli.main(_cli_args(scene, tmp_path / "o1", "--aoi", scene["aoi"], "--model",
+                              art)) == 2
+    with pytest.raises(RegionError, match="outside the data"):
+        run_predict(_config(scene, tmp_path / "o2", aoi="10.0,45.0,10.01,45.01"))
+    with pytest.raises(ConfigError, match="end must be after the start"):
+        _config(scene, tmp_path / "o3", start="2020-06-01", end="2020-05-01")
+    with pytest.raises(DataNotFoundError, match="2020"):
+        run_predict(_config(scene, tmp_path / "o4", source={
+            "kind": "geotiff", "images": [str(scene["dir"] / "s2_{year}.tif")]}))
+    bad = tmp_path / "bad_model"
+    shutil.copytree(scene["thr"], bad)
+    (bad / "model.keras").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(InputError, match="Cannot load the Keras model"):
+        run_predict(_config(scene, tmp_path / "o5", model=str(bad)))
+    with pytest.raises(ConfigError, match="exactly one of"):
+        run_predict(_config(scene, tmp_path / "o6", point="29.0,85.0"))
+    with pytest.raises(ConfigError, match="not a multiple of 4"):
+        run_predict(_config(scene, tmp_path / "o7", model=scene["unet"], window=30))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
+
+
+def test_a_window_without_imagery_is_a_clear_error(scene, tmp_path):
+    empty = tmp_path / "empty.tif"
+    _write_tif(empty, np.zeros((2, N, N), np.uint16))
+    cfg = _config(scene, tmp_path / "out", source={"kind": "geotiff", "images": [str(empty)]},
+                  chunk_size=128)
+    with pytest.raises(NoDataError, match="No valid imagery"):
+        run_predict(cfg)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "no_data" and run["counts"]["chunks_empty"] == 4
+    assert not (tmp_path / "out" / "prob").exists()
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_keras_model_handler_in_run_inference(scene):
+    from model.artifact import load_artifact
+    from pipelines.predict import ChunkTiles
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.1, 0.5, (3, 32, 32, 2)).astype(np.float32)
+    b = rng.uniform(0.1, 0.5, (5, 32, 32, 2)).astype(np.float32)
+    tiles = ChunkTiles(0, "k", {}, b"", "sig", np.zeros((5, 2), int), np.ones((4, 4), bool), b)
+    art = load_artifact(scene["thr"])
+    want = {"a": art.predict(a), "b": art.predict(b)}
+    handler = KerasModelHandler(scene["thr"], batch_size=2, max_chunks_per_batch=2)
+    assert handler.get_num_bytes([a, tiles]) == a.nbytes + b.nbytes
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 2}
+
+    def check(results):
+        got = dict(results)
+        assert set(got) == {"a", "b"}
+        for key, res in got.items():
+            assert res.model_id == art.model_id
+            np.testing.assert_allclose(res.inference, want[key], atol=1e-6)
+            expected = 1 / (1 + np.exp(-40 * ((a if key == "a" else b)[..., 1] - 0.3)))
+            np.testing.assert_allclose(res.inference, expected, atol=1e-5)
+
+    with TestPipeline() as p:
+        out = (p | beam.Create([("a", a), ("b", tiles)])
+               | RunInference(KeyedModelHandler(handler)))
+        assert_that(out, check)
+
+
+def test_merge_chunk_polygons_joins_across_edges_only():
+    sq = lambda x0, y0, x1, y1: box(x0, y0, x1, y1)  # noqa: E731
+    gdf = gpd.GeoDataFrame({
+        "chunk": ["a", "b", "b", "c", "a"],
+        "edge": [True, True, True, True, False],
+        "area_m2": [200.0, 100.0, 100.0, 100.0, 300.0],
+        "n_pixels": [2, 1, 1, 1, 3],
+        "prob_mean": [0.9, 0.6, 0.7, 0.8, 0.5],
+        "prob_max": [0.95, 0.6, 0.99, 0.8, 0.5],
+    }, geometry=[sq(0, 0, 20, 10), sq(20, 0, 30, 10),    # a|b share an edge
+                 sq(30, 10, 40, 20),                     # b: touches b's first at a corner
+                 sq(40, 20, 50, 30),                     # c: touches b's second at a corner
+                 sq(100, 0, 130, 10)], crs="EPSG:32645")
+    four = merge_chunk_polygons(gdf, connectivity=4)
+    assert len(four) == 4  # only the shared edge joins
+    first = four.iloc[0]
+    assert first["area_m2"] == 300.0 and first["n_pixels"] == 3 and first["chunks"] == 2
+    assert first["prob_mean"] == pytest.approx((0.9 * 2 + 0.6) / 3)
+    assert first["prob_max"] == 0.95 and first.geometry.equals(sq(0, 0, 30, 10))
+    eight = merge_chunk_polygons(gdf, connectivity=8)
+    # corners join different chunks (b-c), never two pieces of the same chunk (b-b)
+    assert sorted(eight["n_pixels"]) == [2, 3, 3]
+    assert merge_chunk_polygons(gdf.iloc[:0], 4).empty
+
+
+def test_event_catalogue_and_point_parsing(tmp_path):
+    csv = tmp_path / "glc.csv"
+    csv.write_text("Event ID,Event Date,Latitude,Longitude,event_title\n"
+                   "ev 1,2015/04/25 06:11:00,28.2,85.4,Gorkha\n"
+                   "ev 1,04/26/2015 12:00:00 AM,28.3,85.5,again\n")
+    aois = read_events(str(csv), buffer_m=500, days_before=5, days_after=30)
+    assert [a.name for a in aois] == ["ev_1", "ev_1-1"]
+    assert (aois[0].start, aois[0].end, aois[0].event_date) == (
+        "2015-04-20", "2015-05-25", "2015-04-25")
+    assert aois[1].event_date == "2015-04-26"
+    minx, miny, maxx, maxy = aois[0].region.geometry.bounds
+    assert minx < 85.4 < maxx and miny < 28.2 < maxy and (maxy - miny) * 111e3 == \
+        pytest.approx(1000, rel=0.02)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,date,lat,lon\n1,2015-04-25,28.2,85.4\n2,someday,28.2,85.4\n")
+    with pytest.raises(InputError, match="row 3: cannot read the date 'someday'"):
+        read_events(str(bad), 500)
+    nolat = tmp_path / "nolat.csv"
+    nolat.write_text("id,date,lon\n1,2015-04-25,85.4\n")
+    with pytest.raises(InputError, match="no latitude column"):
+        read_events(str(nolat), 500)
+    with pytest.raises(ConfigError, match="empty window"):
+        read_events(str(csv), 500, days_before=0, days_after=0)
+    assert parse_point("28.16, 85.36") == (28.16, 85.36)
+    with pytest.raises(ConfigError, match="LAT,LON"):
+        parse_point("128.1,85.36")  # swapped: LON,LAT
+
+
+def _lat_lon(row: float, col: float) -> tuple[float, float]:
+    lon, lat = Transformer.from_crs(GRID.crs, "EPSG:4326", always_xy=True).transform(
+        LEFT + col * 10, TOP - row * 10)
+    return lat, lon
+
+
+def test_events_make_one_sweep_per_event(scene, swept, tmp_path, caplog):
+    lat, lon = _lat_lon(128, 64)  # landslide A
+    csv = tmp_path / "events.csv"
+    csv.write_text("event_id,event_date,latitude,longitude\n"
+                   f"gorkha-A,2020/06/15 00:00:00,{lat},{lon}\n"
+                   "far-away,2020-06-20,45.0,10.0\n")
+    out = tmp_path / "out"
+    runs = run_predict(_config(scene, out, aoi=None, events=str(csv), start=None, end=None,
+                               buffer_m=400, days_after=60, chunk_size=128))
+    assert len(runs) == 1 and "far-away" in caplog.text
+    run = json.loads((out / "gorkha-A" / "run.json").read_text())
+    assert (run["aoi"]["start"], run["aoi"]["end"], run["aoi"]["date"]) == (
+        "2020-06-15", "2020-08-14", "2020-06-15")
+    inv = gpd.read_file(out / "gorkha-A" / "inventory.gpkg")
+    assert len(inv) == 1 and (inv["date"] == "2020-06-15").all()
+    # the whole landslide lies inside the 800 m square: same polygon as the full sweep
+    full = gpd.read_file(swept[0] / "inventory.gpkg")
+    assert inv.loc[0, "area_m2"] == full["area_m2"].max()
+    summary = json.loads((out / "events.json").read_text())
+    assert [e["name"] for e in summary["events"]] == ["gorkha-A"]
+    assert not (out / "far-away").exists()
+
+
+def test_gcs_output_and_resume(scene, swept, gcs_bucket):
+    out = f"{gcs_bucket}/sweep"
+    run = run_predict(_config(scene, out, chunk_size=128))[0]
+    assert run["counts"]["chunks_computed"] == 4
+    names = {p.split("/sweep/", 1)[1] for p in fsio.glob(f"{out}/**")}
+    assert {"run.json", "inventory.gpkg", "inventory.parquet", "mosaic/mask.vrt",
+            "mosaic/mask.tif", "stac/catalog.json", "done/32645_r5375_c250.json",
+            "prob/32645_r5375_c250.tif"} <= names
+    np.testing.assert_array_equal(_read(f"{out}/mosaic/mask.tif"),
+                                  _read(swept[0] / "mosaic" / "mask.tif"))
+    from rio_cogeo.cogeo import cog_validate
+
+    with fsio.local_copy(f"{out}/prob/32645_r5375_c250.tif") as local:
+        assert cog_validate(local)[0]
+    again = run_predict(_config(scene, out, chunk_size=128))[0]
+    assert (again["counts"]["chunks_computed"], again["counts"]["chunks_skipped"]) == (0, 4)
+    assert again["counts"]["polygons"] == run["counts"]["polygons"] == 3
+    with pytest.raises(OutputError, match="not writable|Cannot"):
+        run_predict(_config(scene, "gs://no-such-bucket-for-landslides/x", chunk_size=128))
+
+
+@pytest.mark.slow
+def test_cli_point_in_multiprocess_direct_runner(scene, swept, tmp_path):
+    lat, lon = _lat_lon(128, 128)
+    out = tmp_path / "mp"
+    args = _cli_args(scene, out, "--point", f"{lat},{lon}", "--buffer-m", "1100",
+                     "--chunk-size", "128", "--direct_num_workers", "2",
+                     "--direct_running_mode", "multi_processing")
+    assert cli.main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["chunks_computed"] == 4 and run["aoi"]["name"].startswith("point(")
+    full_mask = _read(swept[0] / "mosaic" / "mask.tif")
+    full_prob = _read(swept[0] / "mosaic" / "prob.tif")
+    with rasterio.open(out / "mosaic" / "mask.tif") as src:
+        assert src.transform == GRID.affine  # the 2 x 2 chunks around the scene's centre
+        mask = src.read(1)
+    prob = _read(out / "mosaic" / "prob.tif")
+    inside = mask != 255
+    assert 0.6 < inside.mean() < 0.8  # the 2.2 km square inside the 2.56 km chunks
+    np.testing.assert_array_equal(mask[inside], full_mask[inside])
+    assert np.abs(prob[inside].astype(int) - full_prob[inside]).max() <= 1
+    # pixels outside the AOI are nodata even where imagery exists
+    assert (full_mask[~inside] != 255).any()
