@@ -232,6 +232,14 @@ def test_init_from_refuses_other_bands(trained, shards):
         trainer.train(str(shards), "/nonexistent/never", config)
 
 
+def test_example_config_is_valid():
+    path = Path(__file__).resolve().parents[1] / "model" / "configs" / "train.yaml"
+    config, grid = trainer.load_config(str(path), {"epochs": 3})
+    assert config.epochs == 3 and config.lr == 1e-3 and config.beta == 0.7
+    assert config.depth == 5 and config.batch_size == 32 and config.augment.rot90
+    assert grid == {"lr": [1e-3, 1e-4], "base_filters": [8, 16], "batch_size": [16, 32]}
+
+
 def test_config_yaml_and_flags():
     config, grid = trainer.load_config(None, {"lr": 0.01, "augment": trainer.parse_augment(
         "flip_h,rot45,shear=0.1,blur")})
