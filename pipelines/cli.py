@@ -306,8 +306,17 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_call("pipelines.predict:predict_cli"), accepts_extra=True)
 
 
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-out", help="Output folder (default demo-out).")
+    p.add_argument("--quick", action="store_true",
+                   help="A smaller world and shorter training (a few minutes).")
+    p.add_argument("--seed", type=int, default=42, help="Seed of the world and training.")
+    p.set_defaults(handler=_call("pipelines.demo:demo_cli"))
+
+
 #: name -> (help, parser builder). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "demo": ("Run the whole multi-temporal study on the synthetic world.", _demo),
     "synth": ("Generate the synthetic mountain-valley world (imagery, DEM, inventories).",
               _synth),
     "terrain": ("Compute slope, aspect, curvature and hillshade COGs from a DEM.", _terrain),

@@ -1,0 +1,179 @@
+"""``landslides demo``: a multi-temporal landslide study on the synthetic world, end to end.
+
+It reproduces the design of the multi-temporal U-Net study (pre-, co- and post-earthquake
+inventories, transfer learning) with nothing to download:
+
+1. generate the world (2013-2019, earthquake in 2015);
+2. export training patches from the training area (outside the investigation area) for
+   one post-event year, and train a U-Net;
+3. fine-tune that artifact on part of the investigation area for the same year
+   (transfer learning) and evaluate both models on the rest of it;
+4. sweep the investigation area for every year;
+5. compare the predicted and reference inventories for every year and write the report.
+
+Every stage records what it did in ``<out>/stages/<name>.json`` with a fingerprint of its
+configuration; a re-run skips stages whose record matches, so an interrupted demo resumes
+and a finished one returns at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import fsio
+from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs.
+
+    Attributes:
+        out: Output folder.
+        quick: A smaller world and shorter training (used by the tests, < 3 minutes).
+        seed: Seed of the world and of training.
+        train_year: The post-event year used for training and fine-tuning.
+        years: Years swept and compared.
+    """
+
+    out: str = "demo-out"
+    quick: bool = False
+    seed: int = 42
+    train_year: int = 2016
+    years: tuple[int, ...] = tuple(range(2013, 2020))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.train_year not in self.years:
+            raise ConfigError(f"train_year {self.train_year} must be one of {self.years}.")
+
+    @property
+    def size_km(self) -> float:
+        return 6.0 if self.quick else 12.0
+
+    def path(self, *parts: str) -> str:
+        return fsio.join(self.out, *parts)
+
+
+@dataclass
+class Stage:
+    """One step of the demo: a name, what it depends on, and the function that runs it."""
+
+    name: str
+    run: Callable[[DemoConfig], dict]
+    weight: float = 1.0  # rough relative duration, for the ETA
+    fingerprint: dict = field(default_factory=dict)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageRunner:
+    """Runs stages in order, skipping those already done with the same fingerprint."""
+
+    def __init__(self, config: DemoConfig, stages: list[Stage]) -> None:
+        self.config = config
+        self.stages = stages
+        self.total_weight = sum(s.weight for s in stages)
+
+    def record_path(self, stage: Stage) -> str:
+        return self.config.path("stages", f"{stage.name}.json")
+
+    def fingerprint(self, stage: Stage) -> str:
+        cfg = dataclasses.asdict(self.config)
+        cfg.pop("out")
+        return _digest({"stage": stage.name, "config": cfg, **stage.fingerprint})
+
+    def is_done(self, stage: Stage) -> bool:
+        path = self.record_path(stage)
+        if not fsio.exists(path):
+            return False
+        try:
+            return fsio.read_json(path).get("fingerprint") == self.fingerprint(stage)
+        except (ValueError, OSError):
+            return False
+
+    def run(self) -> dict[str, dict]:
+        results: dict[str, dict] = {}
+        started = time.monotonic()
+        done_weight = 0.0
+        for i, stage in enumerate(self.stages, 1):
+            head = f"[{i}/{len(self.stages)}] {stage.name}"
+            if self.is_done(stage):
+                results[stage.name] = fsio.read_json(self.record_path(stage))["result"]
+                log.info("%s: already done, reusing %s", head, self.record_path(stage))
+                done_weight += stage.weight
+                continue
+            log.info("%s ...", head)
+            t0 = time.monotonic()
+            result = stage.run(self.config)
+            took = time.monotonic() - t0
+            done_weight += stage.weight
+            results[stage.name] = result
+            fsio.write_json(self.record_path(stage), {
+                "stage": stage.name, "fingerprint": self.fingerprint(stage),
+                "seconds": round(took, 1), "result": result})
+            elapsed = time.monotonic() - started
+            rate = done_weight / elapsed if elapsed > 0 else 0
+            eta = (self.total_weight - done_weight) / rate if rate > 0 else 0
+            log.info("%s done in %.0f s (%.0f%% of the demo, ETA %.0f s)", head, took,
+                     100 * done_weight / self.total_weight, eta)
+        return results
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_world(cfg: DemoConfig) -> dict:
+    from pipelines.sources.synthetic import WorldConfig, generate_world
+
+    world = generate_world(cfg.path("world"), WorldConfig(seed=cfg.seed, size_km=cfg.size_km,
+                                                          years=cfg.years))
+    counts = {str(y): world["landslides"][str(y)]["visible"] for y in cfg.years} \
+        if "landslides" in world else {}
+    return {"world": cfg.path("world"), "landslides_visible": counts}
+
+
+def stage_terrain(cfg: DemoConfig) -> dict:
+    from pipelines.geo.terrain import write_terrain
+
+    paths = write_terrain(cfg.path("world", "dem.tif"), cfg.path("terrain"))
+    return {"terrain": paths}
+
+
+def stages(cfg: DemoConfig) -> list[Stage]:
+    """The demo's stages, in order."""
+    return [
+        Stage("world", stage_world, weight=1.0),
+        Stage("terrain", stage_terrain, weight=0.2),
+    ]
+
+
+def run_demo(config: DemoConfig) -> dict[str, dict]:
+    """Run (or resume) the demo; returns each stage's result."""
+    fsio.makedirs(config.out)
+    results = StageRunner(config, stages(config)).run()
+    return results
+
+
+def demo_cli(out: str, quick: bool, seed: int) -> int:
+    """``landslides demo``: run the study and say where the outputs are."""
+    results = run_demo(DemoConfig(out=out, quick=quick, seed=seed))
+    lines = [f"Demo finished in {out}:"]
+    for name, res in results.items():
+        for key, value in res.items():
+            if isinstance(value, str):
+                lines.append(f"  {name}: {key} -> {value}")
+    report = results.get("compare", {}).get("report")
+    if report:
+        lines.append(f"Open the report: {report}")
+    log.info("\n".join(lines))
+    return 0
