@@ -369,6 +369,9 @@ class Sweep:
 
         if not mask.any():
             return []
+        mask = self._drop_small(mask, grid)
+        if not mask.any():
+            return []
         gdf = vectorize(mask, grid, min_area_m2=0.0, probability=prob,
                         connectivity=self.config.connectivity, valid=valid)
         left, bottom, right, top = grid.bounds
@@ -386,6 +389,24 @@ class Sweep:
                         "prob_mean": float(pmean), "prob_max": float(pmax), "edge": edge})
         return out
 
+    def _drop_small(self, mask: np.ndarray, grid: PixelGrid) -> np.ndarray:
+        """Clear regions below the minimum area that do not touch the chunk's border.
+
+        Their area is final, so noisy masks are not polygonised pixel by pixel.
+        """
+        from scipy import ndimage
+
+        structure = ndimage.generate_binary_structure(2, 1 if self.config.connectivity == 4
+                                                      else 2)
+        lab, n = ndimage.label(mask, structure=structure)
+        if n == 0:
+            return mask
+        keep = np.bincount(lab.ravel(), minlength=n + 1) * grid.res ** 2 \
+            >= self.config.min_area_m2
+        keep[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+        keep[0] = False
+        return keep[lab]
+
     def _record(self, job: SweepJob, chunk: Chunk, sig: str, state: str, valid: np.ndarray,
                 files: dict | None, polygons: list[dict], positive: int = 0) -> dict:
         return {"format": FORMAT, "key": str(chunk.key), "signature": sig, "state": state,
@@ -393,11 +414,17 @@ class Sweep:
                 "valid_px": int(valid.sum()), "positive_px": positive,
                 "files": files or {}, "polygons": polygons}
 
-    def failure(self, job_i: int, key: str, stage: str, exc: BaseException | str) -> dict:
+    def failure(self, job_i: int, key: str, stage: str, exc: BaseException | str,
+                reason: str | None = None) -> dict:
+        """A dead-letter record: which chunk, at which stage, and why."""
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        job = self.jobs[job_i]
-        return {"aoi": job.label, "chunk": key, "stage": stage, "error": text,
-                "reason": text.split(":", 1)[0], "retries": self.config.retries}
+        if reason is None:
+            reason = type(exc).__name__ if not isinstance(exc, str) else text.split(":", 1)[0]
+        rec = {"aoi": self.jobs[job_i].label, "chunk": key, "stage": stage, "error": text,
+               "reason": reason}
+        if stage == "read":
+            rec["retries"] = self.config.retries
+        return rec
 
     # ---- per job, once every chunk is through
     def finalize(self, job_i: int, results: list[dict], failures: list[dict]) -> dict:
@@ -473,7 +500,7 @@ class Sweep:
         import shapely
 
         from pipelines.geo.grid import WGS84
-        from pipelines.geo.mosaic import merge_chunk_polygons
+        from pipelines.geo.mosaic import merge_across_zones, merge_chunk_polygons
 
         parts = []
         for epsg in job.epsgs:
@@ -487,13 +514,11 @@ class Sweep:
                  "prob_mean": np.asarray([p["prob_mean"] for _, p in rows], dtype=np.float64),
                  "prob_max": np.asarray([p["prob_max"] for _, p in rows], dtype=np.float64)},
                 geometry=gpd.GeoSeries(geoms, crs=f"EPSG:{epsg}"), crs=f"EPSG:{epsg}")
-            merged = merge_chunk_polygons(gdf, self.config.connectivity)
-            merged = merged[merged["area_m2"] >= self.config.min_area_m2]
-            parts.append(merged)
+            parts.append(merge_chunk_polygons(gdf, self.config.connectivity))
+        # one zone: its UTM CRS (exact pixel outlines); several: WGS 84, joined at zone limits
         crs = f"EPSG:{job.epsgs[0]}" if len(job.epsgs) == 1 else WGS84
-        parts = [p.to_crs(crs) for p in parts]
-        gdf = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=crs) if parts else \
-            gpd.GeoDataFrame({"area_m2": []}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+        gdf = merge_across_zones(parts, self.pixel_size, crs)
+        gdf = gdf[gdf["area_m2"] >= self.config.min_area_m2].reset_index(drop=True)
         gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
         gdf["date"] = job.date
         gdf["model_id"] = str(self.meta["model_id"])

@@ -549,3 +549,34 @@ def test_cli_point_in_multiprocess_direct_runner(scene, swept, tmp_path):
     assert np.abs(prob[inside].astype(int) - full_prob[inside]).max() <= 1
     # pixels outside the AOI are nodata even where imagery exists
     assert (full_mask[~inside] != 255).any()
+
+
+def test_region_across_utm_zones(tmp_path):
+    """A lon/lat scene across 84 E: chunks in zones 44 and 45, one landslide on the limit."""
+    from rasterio.transform import from_origin
+
+    n, res = 400, 0.0001
+    yy, xx = np.mgrid[0:n, 0:n]
+    b8 = 1500 + (xx * 5 + yy * 3) % 800
+    slide = ((yy - 200) / 40.0) ** 2 + ((xx - 200) / 60.0) ** 2 <= 1.0  # centred on 84.0 E
+    b8[slide] = 5000
+    with rasterio.open(tmp_path / "ll.tif", "w", driver="GTiff", width=n, height=n, count=2,
+                       dtype="uint16", crs="EPSG:4326", transform=from_origin(83.98, 28.02,
+                                                                             res, res),
+                       nodata=0) as dst:
+        dst.write(np.stack([1000 + xx % 300, b8]).astype("uint16"))
+        dst.descriptions = BANDS
+    model = _save_threshold_model(tmp_path / "thr")
+    run = run_predict(PredictConfig(
+        model=model, source={"kind": "geotiff", "images": [str(tmp_path / "ll.tif")]},
+        out=str(tmp_path / "out"), aoi="83.985,27.985,84.015,28.015", chunk_size=256))[0]
+    assert run["aoi"]["epsg"] == [32644, 32645]
+    assert set(run["outputs"]["mosaics"]) == {"prob_32644", "prob_32645", "mask_32644",
+                                              "mask_32645"}
+    inv = gpd.read_file(tmp_path / "out" / "inventory.gpkg")
+    assert inv.crs.to_epsg() == 4326
+    assert len(inv) == 1  # joined across the zone limit
+    px_area = (res * 111320 * np.cos(np.radians(28.0))) * (res * 110700)
+    assert inv.loc[0, "area_m2"] == pytest.approx(slide.sum() * px_area, rel=0.03)
+    assert inv.geometry[0].geom_type == "Polygon"
+    assert inv.geometry[0].bounds[0] < 84.0 < inv.geometry[0].bounds[2]

@@ -182,12 +182,7 @@ def merge_chunk_polygons(gdf, connectivity: int = 4, tolerance: float = 1e-6):
         ``prob_mean`` pixel-weighted, ``prob_max`` the maximum, ``chunks`` the number of
         chunks it spans; in the order of each group's first polygon.
     """
-    import geopandas as gpd
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = len(gdf)
-    cols = [c for c in ("area_m2", "n_pixels", "prob_mean", "prob_max") if c in gdf.columns]
     if n == 0:
         out = gdf.drop(columns=[c for c in ("chunk", "edge") if c in gdf.columns])
         out = out.copy()
@@ -211,24 +206,45 @@ def merge_chunk_polygons(gdf, connectivity: int = 4, tolerance: float = 1e-6):
         cols_.append(b)
     r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     c = np.concatenate(cols_) if cols_ else np.zeros(0, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    return _combine(gdf, _groups(n, r, c), shapely.union_all)
+
+
+def _groups(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Connected components of the pairs ``(a[i], b[i])`` over ``n`` items.
+
+    Returns:
+        Each group's members (ascending), groups ordered by their first member.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    # order groups by their first member
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first, kind="stable")
-    group_ids = labels[first[order]]
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return sorted(np.split(order, cuts), key=lambda g: int(g[0]))
+
+
+def _combine(gdf, groups: list[np.ndarray], union) -> object:
+    """One row per group: geometries joined with ``union``, attributes aggregated."""
+    import geopandas as gpd
+
+    geoms = np.asarray(gdf.geometry.values, dtype=object)
+    cols = [c for c in ("area_m2", "n_pixels", "prob_mean", "prob_max") if c in gdf.columns]
+    values = {col: np.asarray(gdf[col].to_numpy(), dtype=np.float64) for col in cols}
+    n = len(gdf)
+    npx = values["n_pixels"] if "n_pixels" in values else np.ones(n)
+    if "chunks" in gdf.columns:  # already merged parts: add up their chunk counts
+        chunk_count = lambda m: int(np.asarray(gdf["chunks"].to_numpy())[m].sum())  # noqa: E731
+    else:
+        chunk = np.asarray(gdf["chunk"].astype(str))
+        chunk_count = lambda m: len(set(chunk[m]))  # noqa: E731
     out_geoms: list = []
     out: dict[str, list] = {k: [] for k in [*cols, "chunks"]}
-    npx = np.asarray(gdf["n_pixels"], dtype=np.float64) if "n_pixels" in gdf else np.ones(n)
-    for g in group_ids:
-        members = np.flatnonzero(labels == g)
-        if len(members) == 1:
-            out_geoms.append(geoms[members[0]])
-        else:
-            merged = shapely.union_all(geoms[members], grid_size=None)
-            out_geoms.append(merged)
+    for members in groups:
+        out_geoms.append(geoms[members[0]] if len(members) == 1 else union(geoms[members]))
         for col in cols:
-            vals = np.asarray(gdf[col].to_numpy()[members], dtype=np.float64)
+            vals = values[col][members]
             if col == "prob_mean":
                 w = npx[members]
                 ok = np.isfinite(vals)
@@ -241,8 +257,72 @@ def merge_chunk_polygons(gdf, connectivity: int = 4, tolerance: float = 1e-6):
                 out[col].append(int(vals.sum()))
             else:
                 out[col].append(float(vals.sum()))
-        out["chunks"].append(len(set(chunk[members])))
+        out["chunks"].append(chunk_count(members))
     return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(out_geoms, crs=gdf.crs), crs=gdf.crs)
+
+
+def _zone_edges(epsg: int, bounds: tuple[float, float, float, float]):
+    """The limits of UTM zone ``epsg`` near ``bounds`` (lon/lat), in that zone's CRS.
+
+    The limits are the zone's meridians and the equator (or the UTM latitude limits).
+    """
+    from shapely.geometry import box
+
+    zone, south = epsg % 100, epsg // 100 == 327
+    west = -180.0 + 6.0 * (zone - 1)
+    lat0, lat1 = (-80.0, 0.0) if south else (0.0, 84.0)
+    _, miny, _, maxy = bounds
+    zone_box = box(west, max(lat0, miny - 0.1), west + 6.0, min(lat1, maxy + 0.1))
+    return to_crs(zone_box.boundary, WGS84, f"EPSG:{epsg}")
+
+
+def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
+    """Join landslides split by a UTM zone limit, then put every zone's polygons in ``crs``.
+
+    Each zone is swept on its own grid, so the two sides of a landslide on a zone limit
+    come within a pixel of each other without sharing edges. Polygons of different zones
+    that lie within 2 pixels of their zone's limit and within 1.5 pixels of each other
+    are joined (their gap closed morphologically); areas and pixel counts are summed.
+
+    Args:
+        parts: Per-zone GeoDataFrames in their UTM CRS (from :func:`merge_chunk_polygons`).
+        pixel_size: Pixel size in metres.
+        crs: CRS of the result.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return gpd.GeoDataFrame({"area_m2": []}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+    if len(parts) == 1:
+        return parts[0].to_crs(crs).reset_index(drop=True)
+    metric = parts[0].crs
+    frames, zone_of, near = [], [], []
+    for z, part in enumerate(parts):
+        ll_bounds = tuple(part.to_crs(WGS84).total_bounds)
+        edge = _zone_edges(int(part.crs.to_epsg()), ll_bounds)
+        near.append(shapely.dwithin(np.asarray(part.geometry.values), edge, 2.0 * pixel_size))
+        zone_of.append(np.full(len(part), z))
+        frames.append(part.to_crs(metric))
+    allm = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=metric)
+    zone = np.concatenate(zone_of)
+    cand = np.flatnonzero(np.concatenate(near))
+    a = b = np.zeros(0, dtype=np.int64)
+    if len(cand) > 1:
+        geoms = np.asarray(allm.geometry.values, dtype=object)[cand]
+        i, j = shapely.STRtree(geoms).query(geoms, predicate="dwithin",
+                                            distance=1.5 * pixel_size)
+        keep = (i < j) & (zone[cand[i]] != zone[cand[j]])
+        a, b = cand[i[keep]], cand[j[keep]]
+    d = float(pixel_size)
+
+    def close(geoms: np.ndarray):
+        grown = shapely.union_all(shapely.buffer(geoms, d, join_style="mitre"))
+        return shapely.buffer(grown, -d, join_style="mitre")
+
+    merged = _combine(allm, _groups(len(allm), a, b), close)
+    return merged.to_crs(crs).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- STAC
@@ -359,6 +439,7 @@ def write_stac_catalog(folder: str, catalog_id: str, description: str,
 __all__ = [
     "StacAsset",
     "StacItem",
+    "merge_across_zones",
     "merge_chunk_polygons",
     "merge_to_cog",
     "mosaic_grid",

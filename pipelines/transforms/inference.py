@@ -171,11 +171,12 @@ def inference_failures(item: tuple[Any, Any], sweep: Sweep) -> Iterable[tuple[in
     """Turn one RunInference dead-letter item ``(batch, error)`` into chunk failures."""
     batch, err = item
     if isinstance(err, tuple) and len(err) >= 2:  # (type, repr(exception), traceback)
-        text = str(err[1])
+        reason = getattr(err[0], "__name__", str(err[0]))
+        text = f"{reason}: {err[1]}"
     else:
-        text = str(err)
+        reason, text = type(err).__name__, str(err)
     for (job, key), _ in (batch if isinstance(batch, list | tuple) else [batch]):
-        yield job, sweep.failure(job, key, "inference", text)
+        yield job, sweep.failure(job, key, "inference", text, reason=reason)
 
 
 def finalize_job(item: tuple[int, dict[str, list]], sweep: Sweep) -> str:
