@@ -33,6 +33,7 @@ import functools
 import io
 import itertools
 import json
+import os
 import logging
 import math
 import sys
@@ -384,6 +385,9 @@ def _join(*parts: str) -> str:
 def _write_text(path: str, text: str) -> None:
     """Write a small text file atomically (temp + rename; one object on GCS)."""
     tmp = f"{path}.partial"
+    parent = os.path.dirname(path)
+    if parent and not tf.io.gfile.exists(parent):
+        tf.io.gfile.makedirs(parent)
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)

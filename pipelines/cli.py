@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pipelines import __version__
+from model.errors import ModelError
 from pipelines.errors import LandslideError
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         code = args.handler(args, extra)
-    except LandslideError as exc:
+    except (LandslideError, ModelError) as exc:
         print(f"landslides {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

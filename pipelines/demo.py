@@ -149,11 +149,142 @@ def stage_terrain(cfg: DemoConfig) -> dict:
     return {"terrain": paths}
 
 
+BANDS = ("B2", "B3", "B4", "B8", "B11", "B12", "DEM", "slope")
+
+
+def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
+    if cfg.quick:
+        return {"base_filters": 8, "depth": 3, "epochs": 4, "patience": 0, "batch_size": 16}
+    return {"base_filters": 16, "depth": 4, "epochs": 25, "patience": 6, "batch_size": 32}
+
+
+def stage_areas(cfg: DemoConfig) -> dict:
+    """Split the investigation area: a northern strip to fine-tune on, the rest to evaluate."""
+    import shapely
+    from shapely.geometry import box
+
+    from pipelines.geo.grid import load_region
+
+    study = load_region(cfg.path("world", "study_area.geojson")).geometry
+    minx, miny, maxx, maxy = study.bounds
+    cut = maxy - 0.4 * (maxy - miny)
+    tune = study.intersection(box(minx, cut, maxx, maxy))
+    rest = study.intersection(box(minx, miny, maxx, cut))
+    out = {}
+    for name, geom in (("finetune_area", tune), ("eval_area", rest)):
+        path = cfg.path("areas", f"{name}.geojson")
+        fsio.write_json(path, {"type": "FeatureCollection", "features": [{
+            "type": "Feature", "properties": {"name": name},
+            "geometry": json.loads(shapely.to_geojson(geom))}]})
+        out[name] = path
+    return out
+
+
+def _export(cfg: DemoConfig, aoi: str, out: str, fractions: tuple[float, float, float],
+            negative_fraction: float, stride: int | None) -> dict:
+    from pipelines.export import ExportConfig, run_export
+    from pipelines.geo.patches import PatchRules, SplitPlan
+
+    y = cfg.train_year
+    manifest = run_export(ExportConfig(
+        source={"kind": "synthetic", "world": cfg.path("world")}, aoi=aoi, out=out,
+        inventory=cfg.path("world", f"inventory_{y}.gpkg"), start=f"{y}-01-01",
+        end=f"{y}-12-31", bands=BANDS, chunk_size=128,
+        patch=PatchRules(64, stride=stride, negative_fraction=negative_fraction,
+                         max_nodata_fraction=0.3, seed=cfg.seed),
+        split=SplitPlan(fractions, block=1, seed=cfg.seed), compression="none"))
+    return {"shards": out, "patches": manifest["patches"],
+            "positive_patches": manifest["positive_patches"]}
+
+
+def stage_export_train(cfg: DemoConfig) -> dict:
+    return _export(cfg, cfg.path("world", "train_area.geojson"), cfg.path("shards", "train"),
+                   (0.8, 0.2, 0.0), 0.3, 32)
+
+
+def stage_train(cfg: DemoConfig) -> dict:
+    from model.train import TrainConfig, train
+
+    meta = train(cfg.path("shards", "train"), cfg.path("models", "base"),
+                 TrainConfig(seed=cfg.seed, **_train_settings(cfg)))
+    return {"model": cfg.path("models", "base"), "model_id": meta["model_id"],
+            "val_metrics": meta.get("metrics", {})}
+
+
+def stage_export_finetune(cfg: DemoConfig) -> dict:
+    areas = _areas(cfg)
+    tune = _export(cfg, areas["finetune_area"], cfg.path("shards", "finetune"), (0.7, 0.3, 0.0),
+                   0.5, 32)
+    held = _export(cfg, areas["eval_area"], cfg.path("shards", "eval"), (0.0, 0.0, 1.0), 1.0,
+                   None)
+    return {"finetune": tune, "eval": held}
+
+
+def _areas(cfg: DemoConfig) -> dict:
+    return fsio.read_json(cfg.path("stages", "areas.json"))["result"]
+
+
+def stage_finetune(cfg: DemoConfig) -> dict:
+    from model.train import TrainConfig, train
+
+    settings = _train_settings(cfg)
+    settings["epochs"] = max(2, settings["epochs"] // 2)
+    meta = train(cfg.path("shards", "finetune"), cfg.path("models", "finetuned"),
+                 TrainConfig(seed=cfg.seed, init_from=cfg.path("models", "base"), **settings))
+    return {"model": cfg.path("models", "finetuned"), "model_id": meta["model_id"]}
+
+
+def stage_evaluate(cfg: DemoConfig) -> dict:
+    from model.train import evaluate
+
+    out = {}
+    for name in ("base", "finetuned"):
+        res = evaluate(cfg.path("models", name), cfg.path("shards", "eval"), split="test",
+                       out=cfg.path("evaluation", f"{name}.json"))
+        out[name] = {k: res[k] for k in ("precision", "recall", "f1", "iou") if k in res}
+    return out
+
+
+def stage_sweep(cfg: DemoConfig) -> dict:
+    from pipelines.predict import PredictConfig, run_predict
+
+    out = {}
+    for y in cfg.years:
+        runs = run_predict(PredictConfig(
+            model=cfg.path("models", "finetuned"),
+            source={"kind": "synthetic", "world": cfg.path("world")},
+            out=cfg.path("sweeps", str(y)), aoi=cfg.path("world", "study_area.geojson"),
+            start=f"{y}-01-01", end=f"{y}-12-31", chunk_size=256))
+        counts = runs[0].get("counts", {}) if runs else {}
+        out[str(y)] = {"polygons": counts.get("polygons"), "chunks": counts.get("chunks")}
+    return out
+
+
+def stage_compare(cfg: DemoConfig) -> dict:
+    from pipelines.compare import CompareConfig, run_compare
+
+    metrics = run_compare(CompareConfig(
+        reference=cfg.path("world", "inventory_{year}.gpkg"),
+        predicted=cfg.path("sweeps", "{year}", "inventory.gpkg"),
+        aoi=cfg.path("world", "study_area.geojson"), years=cfg.years,
+        out=cfg.path("report"), resolution=10.0, min_area=200.0,
+        background=cfg.path("terrain", "hillshade.tif")))
+    return {"report": cfg.path("report", "report.html"), "status": metrics.get("status")}
+
+
 def stages(cfg: DemoConfig) -> list[Stage]:
     """The demo's stages, in order."""
     return [
         Stage("world", stage_world, weight=1.0),
-        Stage("terrain", stage_terrain, weight=0.2),
+        Stage("terrain", stage_terrain, weight=0.1),
+        Stage("areas", stage_areas, weight=0.05),
+        Stage("export_train", stage_export_train, weight=1.0),
+        Stage("train", stage_train, weight=6.0, fingerprint={"bands": BANDS}),
+        Stage("export_finetune", stage_export_finetune, weight=1.0),
+        Stage("finetune", stage_finetune, weight=3.0),
+        Stage("evaluate", stage_evaluate, weight=0.5),
+        Stage("sweep", stage_sweep, weight=4.0),
+        Stage("compare", stage_compare, weight=1.0),
     ]
 
 
