@@ -420,8 +420,8 @@ class Sweep:
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         if reason is None:
             reason = type(exc).__name__ if not isinstance(exc, str) else text.split(":", 1)[0]
-        rec = {"aoi": self.jobs[job_i].label, "chunk": key, "stage": stage, "error": text,
-               "reason": reason}
+        rec: dict[str, Any] = {"aoi": self.jobs[job_i].label, "chunk": key, "stage": stage,
+                               "error": text, "reason": reason}
         if stage == "read":
             rec["retries"] = self.config.retries
         return rec
@@ -771,16 +771,16 @@ def build_pipeline(p, sweep: Sweep, elements: Sequence[tuple]) -> None:
     )
 
     cfg = sweep.config
-    handler = KeyedModelHandler(KerasModelHandler(
+    handler: KeyedModelHandler = KeyedModelHandler(KerasModelHandler(
         cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
         large_model=cfg.large_model))
     read = (p
             | "Chunks" >> beam.Create(list(elements))
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadChunk(sweep)).with_outputs("result", "failed",
-                                                                  main="tiles"))
+            | "Read" >> beam.ParDo(ReadChunk(sweep, len(elements))).with_outputs(
+                "result", "failed", main="tiles"))
     preds, dlq = read.tiles | "Infer" >> RunInference(handler).with_exception_handling()
-    written = preds | "BlendWrite" >> beam.ParDo(BlendWrite(sweep, len(elements))).with_outputs(
+    written = preds | "BlendWrite" >> beam.ParDo(BlendWrite(sweep)).with_outputs(
         "failed", main="result")
     inf_failed = dlq.failed_inferences | "InferFailed" >> beam.FlatMap(inference_failures,
                                                                        sweep=sweep)
@@ -866,7 +866,7 @@ def predict_cli(model: str, out: str, aoi: str | None = None, point: str | None 
     failed = [(r, r["failures"]) for r in runs if r["failures"]["count"]]
     if failed:
         n = sum(r["counts"]["chunks_failed"] for r, _ in failed)
-        reasons = Counter()
+        reasons: Counter[str] = Counter()
         for _, f in failed:
             reasons.update(f["reasons"])
         why = ", ".join(f"{k} x{v}" for k, v in reasons.most_common())

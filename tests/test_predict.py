@@ -395,9 +395,10 @@ def test_a_window_without_imagery_is_a_clear_error(scene, tmp_path):
 
 
 # ----------------------------------------------------------------------------- pieces
-def test_keras_model_handler_in_run_inference(scene):
+def test_keras_model_handler_in_run_inference(scene, tmp_path):
     from model.artifact import load_artifact
-    from pipelines.predict import ChunkTiles
+    from pipelines.predict import ChunkTiles, plan_predict
+    from pipelines.transforms.inference import inference_failures
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0.1, 0.5, (3, 32, 32, 2)).astype(np.float32)
@@ -405,9 +406,14 @@ def test_keras_model_handler_in_run_inference(scene):
     tiles = ChunkTiles(0, "k", {}, b"", "sig", np.zeros((5, 2), int), np.ones((4, 4), bool), b)
     art = load_artifact(scene["thr"])
     want = {"a": art.predict(a), "b": art.predict(b)}
-    handler = KerasModelHandler(scene["thr"], batch_size=2, max_chunks_per_batch=2)
-    assert handler.get_num_bytes([a, tiles]) == a.nbytes + b.nbytes
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 2}
+    two = KerasModelHandler(scene["thr"], batch_size=2, max_chunks_per_batch=2)
+    assert two.get_num_bytes([a, tiles]) == a.nbytes + b.nbytes
+    assert two.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 2}
+    both = two.run_inference([a, tiles], two.load_model())  # each example on its own
+    assert both[1].example is tiles
+    np.testing.assert_allclose(both[0].inference, want["a"], atol=1e-6)
+    np.testing.assert_allclose(both[1].inference, want["b"], atol=1e-6)
+    handler = KerasModelHandler(scene["thr"], batch_size=2)  # one chunk per batch
 
     def check(results):
         got = dict(results)
@@ -418,10 +424,22 @@ def test_keras_model_handler_in_run_inference(scene):
             expected = 1 / (1 + np.exp(-40 * ((a if key == "a" else b)[..., 1] - 0.3)))
             np.testing.assert_allclose(res.inference, expected, atol=1e-5)
 
+    def check_failed(items):
+        assert len(items) == 1
+        job, rec = items[0]
+        assert (job, rec["chunk"], rec["stage"], rec["reason"]) == (
+            0, "c", "inference", "ArtifactError")
+        assert "(n, h, w, 2)" in rec["error"]
+
+    sweep, _ = plan_predict(_config(scene, tmp_path))
+    bad = np.zeros((2, 32, 32, 3), np.float32)  # three bands for a two-band model
     with TestPipeline() as p:
-        out = (p | beam.Create([("a", a), ("b", tiles)])
-               | RunInference(KeyedModelHandler(handler)))
-        assert_that(out, check)
+        out, dlq = (p | beam.Create([((0, "a"), a), ((0, "b"), tiles), ((0, "c"), bad)])
+                    | RunInference(KeyedModelHandler(handler)).with_exception_handling())
+        good = out | beam.MapTuple(lambda key, res: (key[1], res))
+        assert_that(good, check)
+        failed = dlq.failed_inferences | beam.FlatMap(inference_failures, sweep=sweep)
+        assert_that(failed, check_failed, label="failed")
 
 
 def test_merge_chunk_polygons_joins_across_edges_only():

@@ -225,7 +225,7 @@ def _groups(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
     return sorted(np.split(order, cuts), key=lambda g: int(g[0]))
 
 
-def _combine(gdf, groups: list[np.ndarray], union) -> object:
+def _combine(gdf, groups: list[np.ndarray], union):
     """One row per group: geometries joined with ``union``, attributes aggregated."""
     import geopandas as gpd
 
@@ -402,7 +402,8 @@ def write_stac_catalog(folder: str, catalog_id: str, description: str,
             geom = _footprint(spec.grid) if spec.grid is not None else spec.geometry
             if geom is None:
                 raise InputError(f"STAC item {spec.id!r} has neither a grid nor a geometry.")
-            item = pystac.Item(id=spec.id, geometry=mapping(geom), bbox=list(geom.bounds),
+            bounds = shapely.bounds(geom).tolist()
+            item = pystac.Item(id=spec.id, geometry=mapping(geom), bbox=bounds,
                                properties=dict(spec.properties), **when)
             if spec.grid is not None:
                 proj = ProjectionExtension.ext(item, add_if_missing=True)

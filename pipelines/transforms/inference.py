@@ -104,11 +104,17 @@ class ReadChunk(beam.DoFn):
     ``(job, record)`` of skipped and empty chunks. Tagged ``failed``: ``(job, failure)``.
     """
 
-    def __init__(self, sweep: Sweep) -> None:
+    def __init__(self, sweep: Sweep, total: int) -> None:
         self.sweep = sweep  # sources built once on the launcher, pickled without clients
+        self.total = total
 
     def setup(self) -> None:
+        from pipelines.progress import Progress
+
         self.sweep.open()
+        # Elements are handed on one at a time (the read, inference and write steps are
+        # fused), so chunks handled here are chunks done but for the one in flight.
+        self.progress = Progress(self.total, "predict", "chunks")
         self.counters = {n: Metrics.counter(METRICS_NAMESPACE, n)
                          for n in ("chunks_skipped", "chunks_empty", "chunks_read_failed",
                                    "windows")}
@@ -118,6 +124,7 @@ class ReadChunk(beam.DoFn):
 
     def process(self, element: tuple[int, str, bytes, dict]):
         job, key = element[0], element[1]
+        self.progress.update()
         try:
             outcome = self.sweep.prepare(*element)
         except Exception as exc:  # dead letter: recorded, counted, never silent
@@ -138,22 +145,18 @@ class ReadChunk(beam.DoFn):
 class BlendWrite(beam.DoFn):
     """Blend a chunk's window predictions, write its COGs, polygons and done-record."""
 
-    def __init__(self, sweep: Sweep, total: int) -> None:
+    def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
-        self.total = total
 
     def setup(self) -> None:
-        from pipelines.progress import Progress
-
-        self.progress = Progress(self.total, "predict", "chunks")
         self.done = Metrics.counter(METRICS_NAMESPACE, "chunks_done")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "chunks_write_failed")
 
     def process(self, element: tuple[tuple[int, str], PredictionResult]):
         (job, key), result = element
-        tiles = result.example
+        tiles: Any = result.example
         try:
-            record = self.sweep.finish(tiles, result.inference)
+            record = self.sweep.finish(tiles, np.asarray(result.inference))
         except Exception as exc:
             log.warning("chunk %s (%s) failed: %s", key, self.sweep.jobs[job].label, exc)
             self.failed.inc()
@@ -163,7 +166,6 @@ class BlendWrite(beam.DoFn):
         finally:
             tiles.windows = None  # free the window stack as soon as possible
         self.done.inc()
-        self.progress.update()
         yield (job, record)
 
 
