@@ -53,8 +53,8 @@ def _write_tif(path, dn, nodata=0):
             dst.set_band_description(i, b)
 
 
-def _save_threshold_model(out: Path, bands=BANDS, k=40.0, t=0.3):
-    """A handcrafted artifact: p = sigmoid(k * (B8 - t)) per pixel, so predictions are known."""
+def _save_threshold_model(out: Path, bands=BANDS, k=40.0, t=0.3, on="B8"):
+    """A handcrafted artifact: p = sigmoid(k * (band - t)) per pixel: predictions are known."""
     import keras
 
     from model.artifact import save_artifact
@@ -63,10 +63,10 @@ def _save_threshold_model(out: Path, bands=BANDS, k=40.0, t=0.3):
     out_t = keras.layers.Conv2D(1, 1, activation="sigmoid", name="score")(inp)
     m = keras.Model(inp, out_t)
     kernel = np.zeros((1, 1, len(bands), 1), np.float32)
-    kernel[0, 0, list(bands).index("B8") if "B8" in bands else 0, 0] = k
+    kernel[0, 0, list(bands).index(on) if on in bands else 0, 0] = k
     m.get_layer("score").set_weights([kernel, np.array([-k * t], np.float32)])
     save_artifact(m, str(out), bands, patch_size=32, size_multiple=1, threshold=0.5,
-                  saved_model=False, training={"handcrafted": f"sigmoid({k}*(B8-{t}))"})
+                  saved_model=False, training={"handcrafted": f"sigmoid({k}*({on}-{t}))"})
     return str(out)
 
 
@@ -598,3 +598,40 @@ def test_region_across_utm_zones(tmp_path):
     assert inv.loc[0, "area_m2"] == pytest.approx(slide.sum() * px_area, rel=0.03)
     assert inv.geometry[0].geom_type == "Polygon"
     assert inv.geometry[0].bounds[0] < 84.0 < inv.geometry[0].bounds[2]
+
+
+def run_area(out: Path) -> float:
+    return json.loads((out / "run.json").read_text())["aoi"]["area_km2"]
+
+
+def test_sweep_from_earth_engine(tmp_path, monkeypatch):
+    """The loopback Earth Engine endpoint answers with coordinate-coded bands (B1 = x mod
+    1 km): a model thresholding B1 at 500 m must map exact 500 m stripes, seamlessly."""
+    from scipy import ndimage
+
+    from tests.ee_server import EEServer, Faults
+
+    monkeypatch.setenv("LSM_TEST_EE_TOKEN", "test-token")
+    model = _save_threshold_model(tmp_path / "thr", bands=("B1", "B2"), k=0.05, t=500.0,
+                                  on="B1")
+    out = tmp_path / "out"
+    with EEServer() as server:
+        server.configure(faults=Faults(status=429, every=4))  # throttled now and then
+        assert cli.main([
+            "predict", "--model", model, "--out", str(out), "--source", "earthengine",
+            "--ee-endpoint", server.url, "--ee-project", "test-project",
+            "--ee-token-env", "LSM_TEST_EE_TOKEN", "--start", "2021-03-01",
+            "--end", "2021-06-01", "--aoi", "85.300,28.100,85.309,28.106",
+            "--chunk-size", "32", "--min-area", "0"]) == 0
+    with rasterio.open(out / "mosaic" / "mask.vrt") as src:
+        mask = src.read(1)
+        x = src.transform.c + (np.arange(src.width)[None, :] + 0.5) * src.transform.a
+        x = np.broadcast_to(x, mask.shape)
+    inside = mask != 255  # the ~880 x 660 m AOI in 4 x 4 chunks of 320 m
+    assert inside.sum() * 100 == pytest.approx(run_area(out) * 1e6, rel=0.01)
+    np.testing.assert_array_equal(mask[inside] == 1, (np.mod(x, 1000.0) >= 500.0)[inside])
+    inv = gpd.read_file(out / "inventory.gpkg")
+    _, stripes = ndimage.label(mask == 1)
+    assert len(inv) == stripes >= 1 and inv["chunks"].max() >= 4  # one per stripe
+    run = json.loads((out / "run.json").read_text())
+    assert run["source"]["kind"] == "earthengine" and run["counts"]["chunks_failed"] == 0
