@@ -28,6 +28,7 @@ from pipelines.errors import (
     NoDataError,
     OutputError,
     RegionError,
+    SourceError,
 )
 from pipelines.geo.aoi_inputs import parse_point, read_events
 from pipelines.geo.blend import window_weight
@@ -370,6 +371,11 @@ def test_bad_inputs_are_refused_before_launch(scene, tmp_path):
     with pytest.raises(DataNotFoundError, match="2020"):
         run_predict(_config(scene, tmp_path / "o4", source={
             "kind": "geotiff", "images": [str(scene["dir"] / "s2_{year}.tif")]}))
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 64)  # a TIFF signature, then nothing
+    with pytest.raises(SourceError, match="broken.tif"):
+        run_predict(_config(scene, tmp_path / "o8", source={
+            "kind": "geotiff", "images": [str(scene["dir"] / "s2.tif"), str(broken)]}))
     bad = tmp_path / "bad_model"
     shutil.copytree(scene["thr"], bad)
     (bad / "model.keras").write_bytes(b"PK\x03\x04garbage")
@@ -379,7 +385,7 @@ def test_bad_inputs_are_refused_before_launch(scene, tmp_path):
         run_predict(_config(scene, tmp_path / "o6", point="29.0,85.0"))
     with pytest.raises(ConfigError, match="not a multiple of 4"):
         run_predict(_config(scene, tmp_path / "o7", model=scene["unet"], window=30))
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
 
 
 def test_a_window_without_imagery_is_a_clear_error(scene, tmp_path):
