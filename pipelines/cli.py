@@ -14,8 +14,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pipelines import __version__
 from model.errors import ModelError
+from pipelines import __version__
 from pipelines.errors import LandslideError
 
 log = logging.getLogger(__name__)
