@@ -307,6 +307,19 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_call("pipelines.predict:predict_cli"), accepts_extra=True)
 
 
+def _scan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True,
+                   help="Scan YAML (local or gs://): region, source, model, out, periods, "
+                        "reference, predict/compare options.")
+    p.add_argument("--periods", help="Only these periods, e.g. 2019,2020 (default: all).")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Print the plan (periods to do / skipped) without running.")
+    p.add_argument("--submit-only", action="store_true",
+                   help="Submit sweeps without waiting; compare the finished ones (detached "
+                        "runs, Flex Template launches).")
+    p.set_defaults(handler=_call("pipelines.scan:scan_cli"), accepts_extra=True)
+
+
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", help="Output folder (default demo-out).")
     p.add_argument("--quick", action="store_true",
@@ -331,6 +344,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "tune": ("Grid search (lr x filters x batch size), ranked by validation F1.", _tune),
     "predict": ("Sweep a region with a model: probability/mask COGs, mosaic, inventory, STAC.",
                 _predict),
+    "scan": ("Scheduled regional scan: predict + compare per period, trends, STAC.", _scan),
 }
 
 

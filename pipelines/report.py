@@ -204,9 +204,14 @@ def scatter_figure(matches: pd.DataFrame, path: str) -> str:
 
 
 def trends_figure(multi: Mapping, path: str) -> str:
-    """Counts and total areas across years, reference vs prediction, peak year marked."""
+    """Counts and total areas across years, reference vs prediction, peak year marked.
+
+    ``multi`` may hold ``labels`` (``{x: tick label}``) and ``x_label`` for periods that
+    are not calendar years (e.g. seasons of a scan, placed at 0, 1, 2...).
+    """
     rows = multi["rows"]
     years = [r["year"] for r in rows]
+    labels = multi.get("labels")
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "count", "Number of landslides"),
@@ -221,10 +226,10 @@ def trends_figure(multi: Mapping, path: str) -> str:
         peak = (multi.get("peak_year") or {}).get("reference")
         if peak is not None:
             ax.axvspan(peak - 0.4, peak + 0.4, color="#ffd92f", alpha=0.35,
-                       label=f"peak year {peak}")
-        ax.set_xlabel("Year")
+                       label=f"peak {labels[peak]}" if labels else f"peak year {peak}")
+        ax.set_xlabel(multi.get("x_label", "Year"))
         ax.set_ylabel(label)
-        ax.set_xticks(years)
+        ax.set_xticks(years, labels=[labels[y] for y in years] if labels else None)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     r = multi.get("pearson_count") or {}
