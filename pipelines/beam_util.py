@@ -44,3 +44,16 @@ def is_direct(opts) -> bool:
 
     return "Direct" in str(opts.view_as(StandardOptions).runner) or "Prism" in str(
         opts.view_as(StandardOptions).runner)
+
+
+def submitted_only(opts) -> bool:
+    """True when the pipeline was turned into a job file, not run here.
+
+    A Dataflow Flex Template launcher runs the program with ``--template_location``: the
+    runner writes the job there and returns at once, and Dataflow starts the job after
+    the program exits. Nothing the job writes exists yet, so a stage must not read its
+    outputs back.
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    return bool(opts.view_as(GoogleCloudOptions).template_location)

@@ -303,7 +303,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     import apache_beam as beam
     from apache_beam.io.tfrecordio import WriteToTFRecord
 
-    from pipelines.beam_util import pipeline_options
+    from pipelines.beam_util import pipeline_options, submitted_only
 
     plan = plan_export(config)
     _check_writable(config.out)
@@ -346,6 +346,10 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
                  stats=beam.pvalue.AsSingleton(stats),
                  files=beam.pvalue.AsList(all_files),
                  failed=beam.pvalue.AsSingleton(failed)))
+    if submitted_only(opts):
+        log.info("Dataflow job written to %s; it writes %s in %s when it ends.",
+                 opts.get_all_options()["template_location"], MANIFEST, config.out)
+        return {}
     manifest = fsio.read_json(fsio.join(config.out, MANIFEST))
     n_failed = manifest["chunks_failed"]
     if n_failed:
@@ -432,4 +436,4 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
         compression=compression,
     )
     manifest = run_export(config, beam_args)
-    return 1 if manifest["chunks_failed"] else 0
+    return 1 if manifest.get("chunks_failed") else 0

@@ -803,7 +803,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     """
     import apache_beam as beam
 
-    from pipelines.beam_util import pipeline_options
+    from pipelines.beam_util import pipeline_options, submitted_only
 
     t0 = time.monotonic()
     sweep, elements = plan_predict(config)
@@ -817,6 +817,10 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     opts = pipeline_options(beam_args, "landslides-predict")
     with beam.Pipeline(options=opts) as p:
         build_pipeline(p, sweep, elements)
+    if submitted_only(opts):
+        log.info("Dataflow job written to %s; it writes run.json in %s when it ends.",
+                 opts.get_all_options()["template_location"], config.out)
+        return []
     runs = [fsio.read_json(job.path(RUN)) for job in sweep.jobs]
     if len(sweep.jobs) > 1 or sweep.jobs[0].name:
         fsio.write_json(fsio.join(config.out, "events.json"), {

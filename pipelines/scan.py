@@ -730,9 +730,9 @@ def template_mode(beam_args: Sequence[str] | None) -> bool:
     There ``--template_location`` makes Dataflow write a job file instead of running the
     pipeline, so a launch creates exactly one job and cannot wait for it.
     """
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from pipelines.beam_util import submitted_only
 
-    return bool(_options(beam_args).view_as(GoogleCloudOptions).template_location)
+    return submitted_only(_options(beam_args))
 
 
 def period_beam_args(config: ScanConfig, period: Period,
