@@ -70,19 +70,26 @@ def write_bytes(path: str | Path, data: bytes) -> None:
             with _fs().create(str(path)) as f:
                 f.write(data)
             return
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with _local_atomic(path) as f:
+            f.write(data)
     except OSError as exc:
         raise OutputError(f"Cannot write {str(path)!r}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _local_atomic(path: str | Path) -> Iterator[io.BufferedWriter]:
+    """A binary file in ``path``'s folder that replaces ``path`` only when fully written."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: str | Path) -> Any:
@@ -100,17 +107,8 @@ def put_file(local: str | Path, dest: str | Path) -> None:
             with open(local, "rb") as src, _fs().create(str(dest)) as dst:
                 shutil.copyfileobj(src, dst, length=8 << 20)
             return
-        d = Path(dest)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d.parent, prefix=f".{d.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(local, tmp)
-            os.replace(tmp, d)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with open(local, "rb") as src, _local_atomic(dest) as dst:
+            shutil.copyfileobj(src, dst, length=8 << 20)
     except OSError as exc:
         raise OutputError(f"Cannot write {str(dest)!r}: {exc}") from exc
 

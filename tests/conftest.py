@@ -125,3 +125,25 @@ def gcs_bucket(gcs_emulator) -> str:
     name = f"lsm-{uuid.uuid4().hex[:12]}"
     client.create_bucket(name)
     return f"gs://{name}"
+
+
+def read_shards(folder, suffix: str = "*.tfrecord*") -> dict[str, list]:
+    """Decode every record of an export folder's split subfolders: ``{split: [Patch]}``."""
+    import glob as _glob
+
+    import tensorflow as tf
+
+    from model import schema
+
+    out: dict[str, list] = {}
+    for split in ("train", "val", "test"):
+        files = sorted(_glob.glob(os.path.join(str(folder), split, suffix)))
+        gz = [f for f in files if f.endswith(".gz")]
+        plain = [f for f in files if not f.endswith(".gz")]
+        recs = []
+        if gz:
+            recs += list(tf.data.TFRecordDataset(gz, compression_type="GZIP"))
+        if plain:
+            recs += list(tf.data.TFRecordDataset(plain))
+        out[split] = [schema.decode_patch(r.numpy()) for r in recs]
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -15,6 +14,7 @@ from shapely.geometry import box
 from pipelines import cli, fsio
 from pipelines.errors import BandError, ConfigError, OutputError, RegionError
 from pipelines.geo.grid import ChunkKey, GridSpec, PixelGrid
+from tests.conftest import read_shards
 
 LEFT, TOP, N = 320000.0, 3120000.0, 512  # aligned with 128-px chunks of 10 m
 GRID = PixelGrid("EPSG:32645", (10.0, 0.0, LEFT, 0.0, -10.0, TOP), N, N)
@@ -53,19 +53,6 @@ def scene(tmp_path_factory):
     return {"dir": d, "dn": dn, "dem": dem, "polys": polys}
 
 
-def _read_records(out):
-    import tensorflow as tf
-
-    from model import schema
-
-    recs = {}
-    for split in ("train", "val", "test"):
-        files = sorted(glob.glob(os.path.join(out, split, "*.tfrecord.gz")))
-        ds = tf.data.TFRecordDataset(files, compression_type="GZIP") if files else []
-        recs[split] = [schema.decode_patch(r.numpy()) for r in ds]
-    return recs
-
-
 def _export_args(scene, out, *extra):
     d = scene["dir"]
     return ["export", "--out", str(out), "--aoi", str(d / "aoi.geojson"),
@@ -79,7 +66,7 @@ def _export_args(scene, out, *extra):
 def exported(scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     assert cli.main(_export_args(scene, out, "--negative-fraction", "0.5")) == 0
-    return out, _read_records(str(out)), json.loads((out / "manifest.json").read_text())
+    return out, read_shards(out), json.loads((out / "manifest.json").read_text())
 
 
 def test_records_parse_back_with_exact_georeferencing_and_values(scene, exported):
@@ -151,14 +138,14 @@ def test_manifest_stats_match_train_patches(exported):
 def test_rerun_is_deterministic(scene, exported, tmp_path):
     _, recs, _ = exported
     assert cli.main(_export_args(scene, tmp_path, "--negative-fraction", "0.5")) == 0
-    again = _read_records(str(tmp_path))
+    again = read_shards(tmp_path)
     for s in recs:
         assert sorted(p.key for p in recs[s]) == sorted(p.key for p in again[s])
 
 
 def test_no_negatives_keeps_only_positive_patches(scene, tmp_path):
     assert cli.main(_export_args(scene, tmp_path, "--negative-fraction", "0")) == 0
-    recs = _read_records(str(tmp_path))
+    recs = read_shards(tmp_path)
     for ps in recs.values():
         assert all((p.mask == 1).any() for p in ps)
 
@@ -229,6 +216,6 @@ def test_multi_process_direct_runner(scene, exported, tmp_path):
     args = _export_args(scene, tmp_path, "--negative-fraction", "0.5",
                         "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
     assert cli.main(args) == 0
-    again = _read_records(str(tmp_path))
+    again = read_shards(tmp_path)
     for s in recs:
         assert sorted(p.key for p in recs[s]) == sorted(p.key for p in again[s])

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 
 import h5py
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from pipelines import cli
 from pipelines.errors import ConfigError, DataNotFoundError, InputError
 from pipelines.sources.landslide4sense import L4S_BANDS
+from tests.conftest import read_shards
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +36,12 @@ def l4s_dir(tmp_path_factory):
     return d
 
 
-def _records(out):
-    import tensorflow as tf
-
-    from model import schema
-
-    out_recs = {}
-    for split in ("train", "val", "test"):
-        files = sorted(glob.glob(os.path.join(out, split, "*.tfrecord.gz")))
-        ds = tf.data.TFRecordDataset(files, compression_type="GZIP") if files else []
-        out_recs[split] = [schema.decode_patch(r.numpy()) for r in ds]
-    return out_recs
-
-
 def test_import_roundtrip_bands_masks_and_manifest(l4s_dir, tmp_path):
     out = tmp_path / "shards"
     assert cli.main(["import-l4s", "--data-dir", str(l4s_dir), "--out", str(out),
                      "--bands", "B2,B3,B4,B8,slope,DEM", "--split", "0.5,0.5,0"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    recs = _records(str(out))
+    recs = read_shards(out)
     assert sum(len(v) for v in recs.values()) == 12
     assert manifest["patches"] == {s: len(recs[s]) for s in recs}
     assert manifest["bands"] == ["B2", "B3", "B4", "B8", "slope", "DEM"]
