@@ -75,7 +75,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help="scene side in pixels")
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--patch", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="DirectRunner worker processes (>1: multi_processing mode)")
     args = ap.parse_args()
+    beam_args = ([f"--direct_num_workers={args.workers}",
+                  "--direct_running_mode=multi_processing"] if args.workers > 1 else [])
     logging.basicConfig(level=logging.WARNING)
     # Library imports are a fixed cost paid once per process; import before timing either side.
     import apache_beam  # noqa: F401
@@ -97,11 +101,12 @@ def main() -> None:
                 chunk_size=args.chunk, compression=compression, split=SplitPlan(),
                 patch=PatchRules(args.patch, negative_fraction=1.0, max_nodata_fraction=1.0))
             t = time.perf_counter()
-            manifest = run_export(cfg)
+            manifest = run_export(cfg, beam_args)
             t_export = time.perf_counter() - t
             results[compression] = (sum(manifest["patches"].values()), t_export)
     plain_rate = n_plain / t_plain
     report = {"scene_px": args.size, "chunk": args.chunk, "patch": args.patch,
+              "workers": args.workers,
               "bands": len(bands), "plain_rasterio_patches": n_plain,
               "plain_rasterio_s": round(t_plain, 2),
               "plain_rasterio_patches_per_s": round(plain_rate, 1)}
