@@ -770,8 +770,10 @@ def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
     build_pipeline(p, sweep, elements)
     result = p.run()
     job_id = None
-    with contextlib.suppress(Exception):  # only Dataflow results have a job id
-        job_id = result.job_id()
+    get_id = getattr(result, "job_id", None)  # only Dataflow results have a job id
+    if callable(get_id):
+        with contextlib.suppress(Exception):
+            job_id = get_id()
     rec = {"format": FORMAT, "period": period.to_dict(), "fingerprint": fingerprint,
            "started": sweep.started, "submitted": _now(), "chunks": len(elements),
            "job_id": job_id}
@@ -965,10 +967,10 @@ def trend_table(records: Sequence[dict], with_reference: bool) -> dict:
     from pipelines.geo import compare_metrics as cm
 
     xs, labels = _years_axis(records)
-    pred = {x: (r["stats"].get("predicted") or None) for x, r in zip(xs, records)}
-    ref = {x: (r["stats"].get("reference") or None) for x, r in zip(xs, records)}
-    ref = {x: s for x, s in ref.items() if s is not None}
-    pred = {x: s for x, s in pred.items() if s is not None}
+    pred: dict[int, dict] = {x: r["stats"]["predicted"] for x, r in zip(xs, records)
+                             if r["stats"].get("predicted")}
+    ref: dict[int, dict] = {x: r["stats"]["reference"] for x, r in zip(xs, records)
+                            if r["stats"].get("reference")}
     multi = cm.multitemporal(ref if with_reference else {}, pred)
     if labels:
         multi["labels"] = labels
@@ -1055,11 +1057,15 @@ def update_summary(config: ScanConfig, inputs: ScanInputs) -> dict:
     """
     from pipelines import report as rpt
 
-    records, pending = [], []
+    records: list[dict] = []
+    pending: list[Period] = []
     for p in sorted(config.periods, key=lambda p: (p.start, p.name)):
         rec = load_record(config, p, config.fingerprint(p, inputs.model_id,
                                                         inputs.region_digest))
-        (records if rec else pending).append(rec or p)
+        if rec:
+            records.append(rec)
+        else:
+            pending.append(p)
     table = trend_table(records, bool(config.reference))
     folder = fsio.join(config.out, "summary")
     figures: list[dict] = []
@@ -1262,11 +1268,11 @@ def write_scan_stac(config: ScanConfig, inputs: ScanInputs, records: Sequence[di
                            properties={"landslides:scan": config.name,
                                        "landslides:periods": [r["period"]["name"]
                                                               for r in records]})
-        media = {".csv": "text/csv", ".json": "application/json", ".html": "text/html",
+        types = {".csv": "text/csv", ".json": "application/json", ".html": "text/html",
                  ".png": "image/png"}
-        for name, path in summary_paths.items():
-            stem, ext = os.path.splitext(name)
-            item.add_asset(stem, asset(path, "summary", name, media.get(ext, "application/"
+        for fname, fpath in summary_paths.items():
+            stem, ext = os.path.splitext(fname)
+            item.add_asset(stem, asset(fpath, "summary", fname, types.get(ext, "application/"
                                                                          "octet-stream"),
                                        ("overview",) if ext in (".png", ".html")
                                        else ("metadata",)))
