@@ -48,6 +48,8 @@ EE_LABELS = ("landslide", "label", "mask", "class")
 SHARD_SUFFIXES = (".tfrecord.gz", ".tfrecord", ".tfrecords", ".tfrecords.gz", ".tfrec",
                   ".tfrecord.gzip")
 AUTOTUNE = tf.data.AUTOTUNE
+#: Below this many shard files, multi-worker training shards records, not files.
+MIN_FILES_TO_SHARD = 32
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,11 @@ def make_dataset(
                   num_parallel_calls=AUTOTUNE, deterministic=ordered)
     options = tf.data.Options()
     options.deterministic = ordered
+    if len(files) < MIN_FILES_TO_SHARD:
+        # Under multi-worker training, sharding by file needs files for every worker;
+        # with few files, every worker reads them all and keeps its share of the records.
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 

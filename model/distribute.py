@@ -104,6 +104,21 @@ def choose_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute
     return strategy
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes outputs: always, except on non-chief multi-worker tasks.
+
+    The chief is the ``chief`` task, or worker 0 when the cluster has no chief.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
 def accelerator(strategy: tf.distribute.Strategy) -> str | None:
     """``"tpu"``, ``"gpu"`` or ``None`` (CPU) for the devices ``strategy`` runs on."""
     if isinstance(strategy, tf.distribute.TPUStrategy):

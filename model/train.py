@@ -11,8 +11,11 @@
 * Hyper-parameters are one frozen :class:`TrainConfig`, loadable from YAML; CLI flags
   override the YAML; validated before anything is read. The resolved config is saved in the
   artifact's ``training``.
-* Adam, the configured loss, landslide precision/recall/F1/IoU; early stopping and
-  reduce-on-plateau on ``val_f1``; the weights of the best ``val_f1`` epoch are kept.
+* Adam, the configured loss, landslide precision/recall/F1/IoU (at 0.5) and ``f1_best``,
+  the F1 at the best decision threshold (:class:`BestThresholdF1`). Early stopping,
+  reduce-on-plateau and the best checkpoint follow ``val_f1_best`` (:data:`MONITOR`): the
+  threshold is calibrated after training anyway, and F1 at a fixed 0.5 rewards the early
+  "everything is a landslide" epochs while the outputs' calibration still drifts.
 * Resume: every epoch end writes the last weights (with the optimizer state), the best
   weights and the callbacks' state (best F1, patience counters, learning rate) to
   ``_backup/``. A run started again on the same ``--out`` with the same configuration
@@ -33,9 +36,9 @@ import functools
 import io
 import itertools
 import json
-import os
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -55,6 +58,7 @@ from model.distribute import (
     STRATEGIES,
     choose_strategy,
     dtype_policy,
+    is_chief,
     precision_policy,
 )
 from model.errors import ArtifactError, ConfigError, ModelError
@@ -70,6 +74,8 @@ HISTORY = "history.csv"
 LOGS = "logs"
 EVALUATION = "evaluation.json"
 TUNING = "tuning.csv"
+#: What early stopping, reduce-on-plateau and the best checkpoint follow.
+MONITOR = "val_f1_best"
 DEFAULT_LR = 1e-3
 FINE_TUNE_LR = 1e-4
 #: Parsed training data up to this size is cached in memory with ``cache: auto``.
@@ -111,8 +117,8 @@ class TrainConfig:
         epochs: Maximum epochs.
         steps_per_epoch: Batches per epoch (default: one pass over the training shards).
         validation_steps: Validation batches per epoch (default: the whole split).
-        patience: Epochs without a better ``val_f1`` before stopping (0: never stop early).
-        reduce_lr: Halve the learning rate when ``val_f1`` stalls.
+        patience: Epochs without a better ``val_f1_best`` before stopping (0: never).
+        reduce_lr: Reduce the learning rate when ``val_f1_best`` stalls.
         reduce_lr_patience: Epochs without improvement before reducing.
         reduce_lr_factor: Factor applied to the learning rate.
         min_lr: Lower bound of the learning rate.
@@ -502,8 +508,53 @@ def _set_frozen(model: keras.Model) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# callbacks
+# metric, callbacks
 # ---------------------------------------------------------------------------------------
+
+
+class BestThresholdF1(keras.metrics.Metric):
+    """Landslide F1 at the best of ``bins + 1`` decision thresholds ``i / bins``.
+
+    Keeps two histograms of the landslide probability (labelled landslide and background
+    pixels; 255 ignored), so the confusion counts at every threshold are cumulative sums:
+    the same counts as :func:`model.metrics.best_threshold` at that resolution. Used for
+    model selection: independent of where the outputs' calibration currently puts 0.5.
+    """
+
+    def __init__(self, bins: int = 200, name: str = "f1_best", dtype: Any = None) -> None:
+        super().__init__(name=name, dtype=dtype)
+        self.bins = int(bins)
+        self.pos = self.add_variable(shape=(self.bins + 1,), initializer="zeros", name="pos")
+        self.neg = self.add_variable(shape=(self.bins + 1,), initializer="zeros", name="neg")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        y_pred = tf.cast(y_pred, tf.float32)
+        prob = y_pred[..., 0] if y_pred.shape[-1] == 1 else 1.0 - y_pred[..., 0]
+        truth = tf.cast(y_true, tf.float32)
+        if truth.shape.rank == y_pred.shape.rank:
+            truth = truth[..., 0]
+        valid = tf.not_equal(truth, float(IGNORE_VALUE))
+        index = tf.clip_by_value(tf.cast(tf.floor(prob * self.bins), tf.int32), 0, self.bins)
+        landslide = tf.logical_and(valid, truth > 0)
+        background = tf.logical_and(valid, tf.equal(truth, 0.0))
+        flat = tf.reshape(index, [-1])
+        for var, which in ((self.pos, landslide), (self.neg, background)):
+            counts = tf.math.unsorted_segment_sum(  # runs under XLA/TPU, unlike bincount
+                tf.reshape(tf.cast(which, tf.float32), [-1]), flat, self.bins + 1)
+            var.assign_add(tf.cast(counts, var.dtype))
+
+    def result(self) -> Any:
+        tp = tf.cumsum(self.pos, reverse=True)
+        fp = tf.cumsum(self.neg, reverse=True)
+        fn = tf.reduce_sum(self.pos) - tp
+        return tf.reduce_max(tf.math.divide_no_nan(2.0 * tp, 2.0 * tp + fp + fn))
+
+    def reset_state(self) -> None:
+        for var in (self.pos, self.neg):
+            var.assign(tf.zeros_like(var))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "bins": self.bins}
 
 
 class _Checkpointer(keras.callbacks.Callback):
@@ -511,9 +562,10 @@ class _Checkpointer(keras.callbacks.Callback):
 
     def __init__(self, backup: str, config: dict, early: keras.callbacks.EarlyStopping | None,
                  plateau: keras.callbacks.ReduceLROnPlateau | None, state: dict | None,
-                 started: float) -> None:
+                 started: float, write: bool = True) -> None:
         super().__init__()
         self.backup = backup
+        self.write = write  # only the chief worker writes
         self.config = config
         self.early = early
         self.plateau = plateau
@@ -532,10 +584,14 @@ class _Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        f1 = logs.get("val_f1")
-        tf.io.gfile.makedirs(self.backup)
-        if f1 is not None and float(f1) > self.best:
+        f1 = logs.get(MONITOR)
+        improved = f1 is not None and float(f1) > self.best
+        if improved:
             self.best, self.best_epoch = float(f1), epoch
+        if not self.write:
+            return
+        tf.io.gfile.makedirs(self.backup)
+        if improved:
             _save_weights(self.model, _join(self.backup, "best.weights.h5"))
         _save_weights(self.model, _join(self.backup, "last.weights.h5"))
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -582,7 +638,7 @@ class _ProgressLog(keras.callbacks.Callback):
         eta = (self.epochs - epoch - 1) * float(np.median(self.times))
         shown = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
                          if k in ("loss", "f1", "val_loss", "val_precision", "val_recall",
-                                  "val_f1", "learning_rate"))
+                                  "val_f1", "val_f1_best", "learning_rate"))
         logger.info("epoch %d/%d: %s (%.1f s, %.1f patches/s, ETA %.0f s)", epoch + 1,
                     self.epochs, shown, took, self.steps * self.batch_size / max(took, 1e-9),
                     eta)
@@ -729,7 +785,8 @@ def train(
         callbacks: Extra Keras callbacks, run after the built-in ones.
 
     Returns:
-        The ``artifact.json`` content.
+        The ``artifact.json`` content (``{}`` on the non-chief workers of a multi-worker
+        run: only the chief writes the backup, the history, the logs and the artifact).
 
     Raises:
         ConfigError: bad settings, bands the shards lack, missing splits.
@@ -802,11 +859,13 @@ def train(
         cache=_cache_for(resolved, val_shards, "val", len(bands)), drop_remainder=static,
     )
 
-    tf.io.gfile.makedirs(out)
+    chief = is_chief(strategy)
+    if chief:
+        tf.io.gfile.makedirs(out)
     backup = _join(out, BACKUP)
     history_path = _join(out, HISTORY)
     config_dict = resolved.to_dict()
-    state = _read_state(backup, config_dict)
+    state = _read_state(backup, config_dict)  # every worker resumes from the chief's backup
 
     with dtype_policy(policy), strategy.scope():
         model = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
@@ -819,7 +878,7 @@ def train(
         model.compile(
             optimizer=keras.optimizers.Adam(resolved.lr),
             loss=get_loss(resolved.loss, **resolved.loss_params),
-            metrics=landslide_metrics(0.5),
+            metrics=[*landslide_metrics(0.5), BestThresholdF1()],
         )
         initial_epoch = 0
         if state is not None:
@@ -827,28 +886,28 @@ def train(
             model.load_weights(_join(backup, "last.weights.h5"))
             model.optimizer.learning_rate.assign(state["lr"])
             initial_epoch = int(state["epoch"])
-            logger.info("resuming %s from epoch %d (best val_f1 %.4f at epoch %d)", out,
+            logger.info("resuming %s from epoch %d (best %s %.4f at epoch %d)", out, MONITOR,
                         initial_epoch + 1, state["best"], state["best_epoch"] + 1)
-            _trim_history(history_path, initial_epoch)
-        elif tf.io.gfile.exists(history_path):
+            if chief:
+                _trim_history(history_path, initial_epoch)
+        elif chief and tf.io.gfile.exists(history_path):
             tf.io.gfile.remove(history_path)
 
-        early = (keras.callbacks.EarlyStopping(monitor="val_f1", mode="max",
+        early = (keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max",
                                                patience=resolved.patience)
                  if resolved.patience > 0 else None)
         plateau = (keras.callbacks.ReduceLROnPlateau(
-            monitor="val_f1", mode="max", factor=resolved.reduce_lr_factor,
+            monitor=MONITOR, mode="max", factor=resolved.reduce_lr_factor,
             patience=resolved.reduce_lr_patience, min_lr=resolved.min_lr)
             if resolved.reduce_lr else None)
-        checkpointer = _Checkpointer(backup, config_dict, early, plateau, state, started)
+        checkpointer = _Checkpointer(backup, config_dict, early, plateau, state, started,
+                                     write=chief)
         cbs: list[keras.callbacks.Callback] = [cb for cb in (early, plateau) if cb is not None]
-        cbs += [
-            checkpointer,
-            keras.callbacks.CSVLogger(history_path, append=True),
-            _EpochSummaries(_join(out, LOGS)),
-            _ProgressLog(resolved.epochs, resolved.batch_size),
-            *callbacks,
-        ]
+        cbs.append(checkpointer)
+        if chief:
+            cbs += [keras.callbacks.CSVLogger(history_path, append=True),
+                    _EpochSummaries(_join(out, LOGS))]
+        cbs += [_ProgressLog(resolved.epochs, resolved.batch_size), *callbacks]
         if initial_epoch < resolved.epochs:
             with warnings.catch_warnings():
                 # Keras warns when a finite dataset of unknown length ends an epoch: expected.
@@ -857,6 +916,9 @@ def train(
                           shuffle=False, initial_epoch=initial_epoch,
                           steps_per_epoch=resolved.steps_per_epoch,
                           validation_steps=resolved.validation_steps, callbacks=cbs, verbose=0)
+        if not chief:
+            logger.info("worker done; the chief writes the artifact to %s", out)
+            return {}
         best_path = _join(backup, "best.weights.h5")
         if tf.io.gfile.exists(best_path):
             model.load_weights(best_path)
@@ -871,7 +933,7 @@ def train(
     metrics = {
         **calibrated,
         "best_epoch": checkpointer.best_epoch + 1,
-        "best_val_f1_at_0.5": checkpointer.best,
+        "best_epoch_val_f1_best": checkpointer.best,
         "epochs_run": epochs_run,
         "train_seconds": round(checkpointer.seconds + time.perf_counter() - started, 1),
     }

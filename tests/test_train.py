@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -12,10 +15,11 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from model import distribute
 from model import train as trainer
 from model.artifact import load_artifact
 from model.errors import ConfigError
-from model.metrics import confusion_counts, scores
+from model.metrics import best_threshold, confusion_counts, scores
 from model.schema import decode_patch
 from model.unet import encoder_layers
 from pipelines.cli import main
@@ -230,6 +234,66 @@ def test_init_from_refuses_other_bands(trained, shards):
     config = trainer.TrainConfig(init_from=str(trained), bands=("B4", "B8"), epochs=1)
     with pytest.raises(ConfigError, match=r"lack \['slope'\] and add \[\]"):
         trainer.train(str(shards), "/nonexistent/never", config)
+
+
+def test_best_threshold_f1_metric_matches_numpy(rng):
+    truth = (rng.random((3, 16, 16, 1)) < 0.2).astype(np.float32)
+    truth[0, :2] = 255
+    prob = np.clip(0.6 * truth + rng.random(truth.shape) * 0.6, 0, 1).astype(np.float32)
+    metric = trainer.BestThresholdF1(bins=200)
+    metric.update_state(truth[:2], prob[:2])
+    metric.update_state(truth[2:], prob[2:])
+    _, expected = best_threshold(truth, prob, bins=200)
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+
+
+_MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from model.train import TrainConfig, train
+meta = train(sys.argv[1], sys.argv[2], TrainConfig(
+    base_filters=4, depth=3, batch_size=8, lr=0.01, epochs=2, patience=0, saved_model=False,
+    strategy="mirrored", mixed_precision="mixed_bfloat16"))
+print(json.dumps(meta["training"]))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_with_mixed_precision_writes_a_float32_artifact(shards, tmp_path):
+    # Two logical CPUs stand in for two GPUs: the MirroredStrategy + mixed precision path.
+    out = tmp_path / "mirrored"
+    done = subprocess.run([sys.executable, "-c", _MIRRORED, str(shards), str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    training = json.loads(done.stdout.strip().splitlines()[-1])
+    assert training["replicas"] == 2 and training["strategy_used"] == "MirroredStrategy"
+    assert training["precision_policy"] == "mixed_bfloat16"
+    art = load_artifact(str(out))
+    assert {layer.dtype_policy.name for layer in art.model.layers} == {"float32"}
+    assert art.meta["metrics"]["val"]["f1"] > 0.5
+
+
+def test_strategy_and_precision_choice():
+    default = distribute.choose_strategy("auto")
+    assert default.num_replicas_in_sync == 1 and distribute.is_chief(default)
+    assert distribute.precision_policy("auto", default) == "float32"  # no accelerator here
+    assert distribute.precision_policy("mixed_bfloat16", default) == "mixed_bfloat16"
+    cluster = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
+               "task": {"type": "worker", "index": 0}}
+    assert distribute.tf_config_workers({"TF_CONFIG": json.dumps(cluster)}) == 3
+    assert distribute.tf_config_workers({}) == 0
+    with pytest.raises(ConfigError, match="TF_CONFIG is not a JSON cluster spec"):
+        distribute.tf_config_workers({"TF_CONFIG": "{oops"})
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG"):
+        distribute.choose_strategy("multiworker")
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        distribute.choose_strategy("horovod")
 
 
 def test_example_config_is_valid():
