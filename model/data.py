@@ -281,23 +281,26 @@ def find_shards(data: str, label: str | None = None) -> ShardSet:
                 f"{list(stored)}: the manifest belongs to another export"
             )
         shape = list(example["shape"].int64_list.value)
-        patch_size, label_name, available, default = int(shape[0]), "mask", stored, stored
+        patch_size, label_name, available = int(shape[0]), "mask", stored
+        default: tuple[str, ...] | None = stored
+        stored_bands: tuple[str, ...] | None = stored
     else:
         names = sorted(example)
-        label_name = label or (manifest or {}).get("label") or next(
+        found: str | None = label or (manifest or {}).get("label") or next(
             (n for n in EE_LABELS if n in example), None)
-        if label_name is None:
+        if found is None:
             raise ConfigError(
                 f"cannot tell the label band among the features {names} of the Earth Engine "
                 f"records in {data!r}: name it with --label (and the image bands with --bands)"
             )
+        label_name = found
         if label_name not in example:
             raise ConfigError(
                 f"the label band {label_name!r} is not among the features {names} of the "
                 f"Earth Engine records in {data!r}: name the right one with --label"
             )
         available = tuple(n for n in names if n != label_name)
-        stored = None
+        stored_bands = None
         default = tuple(manifest["bands"]) if manifest and manifest.get("bands") else None
         kind = example[label_name].WhichOneof("kind")
         n_values = len(getattr(example[label_name], kind).value)
@@ -312,7 +315,7 @@ def find_shards(data: str, label: str | None = None) -> ShardSet:
                           f"says {manifest['patch_size']}")
     shards = ShardSet(
         source=data, root=root, files={k: tuple(v) for k, v in by_split.items()},
-        manifest=manifest, fmt=fmt, compression=compression, stored_bands=stored,
+        manifest=manifest, fmt=fmt, compression=compression, stored_bands=stored_bands,
         available=tuple(available), label=label_name, patch_size=patch_size,
         default_bands=default,
     )

@@ -586,7 +586,7 @@ class _Checkpointer(keras.callbacks.Callback):
         logs = logs or {}
         f1 = logs.get(MONITOR)
         improved = f1 is not None and float(f1) > self.best
-        if improved:
+        if f1 is not None and improved:
             self.best, self.best_epoch = float(f1), epoch
         if not self.write:
             return
@@ -1117,12 +1117,12 @@ def tune(
             raise ConfigError(f"cannot tune {key!r}: not a training setting ({sorted(known)})")
         if not values:
             raise ConfigError(f"the grid of {key!r} is empty")
-    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    trials = [(values, config.replace(**values)) for values in combos]  # validates them all
+    combos = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    trials = [(combo, config.replace(**combo)) for combo in combos]  # validates them all
     logger.info("grid search of %d trials over %s", len(trials), grid)
     rows = []
-    for i, (values, trial_config) in enumerate(trials, 1):
-        tid = _trial_id(values)
+    for i, (setting, trial_config) in enumerate(trials, 1):
+        tid = _trial_id(setting)
         trial_out = _join(out, "trials", tid)
         meta = _finished_trial(trial_out, trial_config)
         if meta is None:
@@ -1132,7 +1132,7 @@ def tune(
             logger.info("trial %d/%d %s: done before, kept", i, len(trials), tid)
         val = meta["metrics"]["val"]
         rows.append({
-            "trial": tid, **values,
+            "trial": tid, **setting,
             "val_f1": round(val["f1"], 6), "val_precision": round(val["precision"], 6),
             "val_recall": round(val["recall"], 6), "val_iou": round(val["iou"], 6),
             "threshold": meta["threshold"], "best_epoch": meta["metrics"]["best_epoch"],
