@@ -237,12 +237,14 @@ class BandStats:
 
     def add(self, image: np.ndarray, valid: np.ndarray) -> BandStats:
         """Add the valid pixels of an ``(h, w, c)`` image."""
-        px = image[valid].astype(np.float64)  # (n, c)
+        c = image.shape[-1]
+        # no copy when every pixel is valid; sums accumulate in float64 without a float64 copy
+        px = image.reshape(-1, c) if valid.all() else image[valid]  # (n, c)
         if px.size == 0:
             return self
         self.count += px.shape[0]
-        self.total += px.sum(0)
-        self.total_sq += (px * px).sum(0)
+        self.total += px.sum(0, dtype=np.float64)
+        self.total_sq += np.einsum("ij,ij->j", px, px, dtype=np.float64)
         self.minimum = np.minimum(self.minimum, px.min(0))
         self.maximum = np.maximum(self.maximum, px.max(0))
         for i, b in enumerate(self.bands):

@@ -660,7 +660,10 @@ class GeoTIFFSource(Source):
                 data = self._warp(info, sub, bands, _scales(res, grid))
                 done = valid[r0:r1, c0:c1]  # a view: updated in place below
                 take = np.isfinite(data).all(axis=0) & ~done
-                if take.any():
+                if take.all():  # one file fills the window: a plain slice copy
+                    out[:, r0:r1, c0:c1] = data
+                    done[...] = True
+                elif take.any():
                     out[:, r0:r1, c0:c1][:, take] = data[:, take]
                     done |= take
                 if valid.all():
