@@ -50,6 +50,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 from scipy import stats
 from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
 
 from pipelines import fsio
 from pipelines.errors import ConfigError, InputError
@@ -725,7 +726,7 @@ class _Disturbance:
 
     year: int
     kind: str                 # "new" or "reactivated"
-    geometry: object          # shapely polygon (map coordinates)
+    geometry: BaseGeometry    # shapely polygon (map coordinates)
     visible_years: float      # years until more than half revegetated
     crown: np.ndarray         # (col, row) of the crown, world pixels
     length: float             # metres
@@ -794,7 +795,7 @@ def _arc(centre: np.ndarray, r: float, a0: float, a1: float, n: int = 7) -> np.n
     return centre + r * np.column_stack([np.cos(t), np.sin(t)])
 
 
-def _outline(path_px: np.ndarray, radii_m: np.ndarray, grid: PixelGrid) -> object:
+def _outline(path_px: np.ndarray, radii_m: np.ndarray, grid: PixelGrid) -> BaseGeometry:
     """A ribbon of varying half-width ``radii_m`` along a path, with round ends.
 
     Built as one ring (left bank, toe cap, right bank, crown cap) and repaired where a
