@@ -233,7 +233,7 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="Adam learning rate (1e-3; 1e-4 with --init-from).")
     p.add_argument("--batch-size", type=int, help="Global batch size (default 32).")
     _train_options(p)
-    p.set_defaults(handler=_call("model.train:train_cli"))
+    p.set_defaults(handler=_call("model.cli:train_cli"))
 
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
@@ -246,7 +246,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
                    help="Decision threshold (default: the artifact's calibrated one).")
     p.add_argument("--batch-size", type=int, default=16, help="Patches per batch (16).")
     p.add_argument("--label", help="Label band of Earth Engine TFRecord exports.")
-    p.set_defaults(handler=_call("model.train:evaluate_cli"))
+    p.set_defaults(handler=_call("model.cli:evaluate_cli"))
 
 
 def _tune(p: argparse.ArgumentParser) -> None:
@@ -260,7 +260,7 @@ def _tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filters", help="Base filters, e.g. 8,16,32.")
     p.add_argument("--batch-size", help="Batch sizes, e.g. 16,32.")
     _train_options(p)
-    p.set_defaults(handler=_call("model.train:tune_cli"))
+    p.set_defaults(handler=_call("model.cli:tune_cli"))
 
 
 def _predict(p: argparse.ArgumentParser) -> None:
