@@ -211,8 +211,10 @@ def best_threshold(
         bins: Threshold resolution (``1 / bins``).
 
     Returns:
-        ``(threshold, f1)``; the lowest threshold among equally good ones. Without any
-        landslide pixel or prediction the F1 is 0 and the threshold 0.5.
+        ``(threshold, f1)``; the lowest threshold among equally good ones, strictly inside
+        (0, 1): 0 and 1 would only separate saturated float32 outputs, which does not carry
+        over to new data. Without any landslide pixel or prediction the F1 is 0 and the
+        threshold 0.5.
     """
     if bins < 1:
         raise ConfigError(f"bins must be a positive integer, got {bins}")
@@ -229,6 +231,8 @@ def best_threshold(
     fn = int(np.count_nonzero(truth)) - tp
     den = 2 * tp + fp + fn
     f1 = np.divide(2.0 * tp, den, out=np.zeros(bins + 1), where=den > 0)
+    if bins > 1:
+        f1[[0, bins]] = 0.0  # only thresholds strictly between 0 and 1 are candidates
     if not f1.any():
         return 0.5, 0.0
     best = int(np.argmax(f1))

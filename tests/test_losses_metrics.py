@@ -191,7 +191,17 @@ def test_best_threshold_matches_brute_force_on_random_data(rng):
     y_true[:500] = IGNORE_VALUE
     threshold, f1 = metrics.best_threshold(y_true, y_prob, bins=50)
     brute = [metrics.scores(metrics.confusion_counts(y_true, y_prob, t / 50))["f1"]
-             for t in range(51)]
+             for t in range(1, 50)]  # candidates strictly inside (0, 1)
     assert f1 == pytest.approx(max(brute))
-    assert threshold == pytest.approx(int(np.argmax(brute)) / 50)
+    assert threshold == pytest.approx((int(np.argmax(brute)) + 1) / 50)
     assert metrics.best_threshold(np.zeros(10), np.zeros(10)) == (0.5, 0.0)
+
+
+def test_best_threshold_never_returns_0_or_1():
+    # saturated outputs: p == 1.0 exactly for every landslide pixel, and for no other
+    y_true = np.array([1, 1, 1, 0, 0, 0], np.uint8)
+    y_prob = np.array([1.0, 1.0, 1.0, 0.999, 0.999, 0.2], np.float32)
+    threshold, f1 = metrics.best_threshold(y_true, y_prob, bins=1000)
+    assert 0.0 < threshold < 1.0
+    assert f1 == pytest.approx(metrics.scores(
+        metrics.confusion_counts(y_true, y_prob, threshold))["f1"])
