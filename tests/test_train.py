@@ -26,6 +26,10 @@ from pipelines.cli import main
 from tests.test_data import BANDS, write_shards
 
 # tiny and fast: 32 px patches, 3 bands, a 3-level U-Net with 4 base filters
+# Results must not depend on how loaded the machine is (CI runs two workers on two cores):
+# deterministic kernels and tf.data ordering for every training in this process.
+tf.config.experimental.enable_op_determinism()
+
 TINY = ["--base-filters", "4", "--depth", "3", "--batch-size", "8", "--lr", "0.01",
         "--patience", "0", "--no-saved-model"]
 
