@@ -35,8 +35,6 @@ and the rest is computed. Only when nothing at all could be computed does
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
@@ -934,15 +932,6 @@ def stats_rows(metrics: dict) -> list[dict]:
     return rows
 
 
-def _csv_bytes(rows: list[dict], columns: tuple[str, ...] | list[str]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-    return buf.getvalue().encode("utf-8")
-
-
 def _density_maps(sides: dict, years: list, crs: str, bounds: tuple | None,
                   config: CompareConfig) -> tuple[dict, dict]:
     """KDE maps ``{year: {role: array}}`` over ``bounds`` and their parameters."""
@@ -1036,7 +1025,7 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
         rows = stats_rows(metrics)
         outputs = {
             "compare_config.json": json.dumps(config.to_dict(), indent=2).encode("utf-8"),
-            "stats.csv": _csv_bytes(rows, STATS_COLUMNS),
+            "stats.csv": fsio.csv_bytes(rows, STATS_COLUMNS),
             "matches.csv": matches[["year", "ref", "pred", "ref_area_m2", "pred_area_m2",
                                     "iou", "n_pieces"]].to_csv(index=False).encode("utf-8"),
         }

@@ -9,12 +9,13 @@ complete or absent. Beam is imported only when a ``gs://`` path is used.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,16 @@ def read_json(path: str | Path) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+
+def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
+    """Rows as UTF-8 CSV with a header, ``None`` written as an empty cell."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    return buf.getvalue().encode("utf-8")
 
 
 def put_file(local: str | Path, dest: str | Path) -> None:

@@ -37,12 +37,10 @@ or ``gs://``).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import datetime as dt
 import hashlib
 import html
-import io
 import json
 import logging
 import math
@@ -1040,15 +1038,6 @@ def _decimal_year(date: str) -> float:
     return d.year + (d - start).days / (dt.date(d.year + 1, 1, 1) - start).days
 
 
-def _csv(rows: Sequence[dict], columns: Sequence[str]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-    return buf.getvalue().encode("utf-8")
-
-
 def update_summary(config: ScanConfig, inputs: ScanInputs) -> dict:
     """Rebuild ``out/summary/`` and ``out/stac/`` from every done period of the scan.
 
@@ -1103,7 +1092,7 @@ def update_summary(config: ScanConfig, inputs: ScanInputs) -> dict:
                                                   _period_of(config, r), RECORD)}
                         for r in records},
         }
-        files = {"trends.csv": _csv(table["rows"], TREND_COLUMNS),
+        files = {"trends.csv": fsio.csv_bytes(table["rows"], TREND_COLUMNS),
                  "trends.json": json.dumps(_finite(summary), indent=2).encode("utf-8"),
                  "summary.html": render_summary_html(config, summary).encode("utf-8")}
         for name, data in files.items():
