@@ -95,13 +95,8 @@ class StageRunner:
         return _digest({"stage": stage.name, "config": cfg, **stage.fingerprint})
 
     def is_done(self, stage: Stage) -> bool:
-        path = self.record_path(stage)
-        if not fsio.exists(path):
-            return False
-        try:
-            return fsio.read_json(path).get("fingerprint") == self.fingerprint(stage)
-        except (ValueError, OSError):
-            return False
+        rec = fsio.read_record(self.record_path(stage))
+        return rec is not None and rec.get("fingerprint") == self.fingerprint(stage)
 
     def run(self) -> dict[str, dict]:
         results: dict[str, dict] = {}

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import DataNotFoundError, OutputError
+
+log = logging.getLogger(__name__)
 
 
 def is_remote(path: str | Path) -> bool:
@@ -95,6 +98,25 @@ def _local_atomic(path: str | Path) -> Iterator[io.BufferedWriter]:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def read_record(path: str | Path) -> dict | None:
+    """A small JSON record (done-records, run records), or ``None`` if absent or unreadable.
+
+    A record left corrupt by an interrupted writer is logged and treated as absent, so the
+    work it describes is redone rather than trusted.
+    """
+    if not exists(path):
+        return None
+    try:
+        rec = read_json(path)
+    except (ValueError, OSError) as exc:
+        log.warning("Ignoring unreadable record %s (%s); its work will be redone", path, exc)
+        return None
+    if not isinstance(rec, dict):
+        log.warning("Ignoring record %s: not a JSON object; its work will be redone", path)
+        return None
+    return rec
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -260,12 +260,8 @@ class Sweep:
 
     def _load_done(self, job: SweepJob, key: str) -> dict | None:
         path = job.path("done", f"{key}.json")
-        if not fsio.exists(path):
-            return None
-        try:
-            rec = fsio.read_json(path)
-        except (ValueError, OSError) as exc:
-            log.warning("Ignoring unreadable done-record %s (%s); redoing the chunk", path, exc)
+        rec = fsio.read_record(path)
+        if rec is None:
             return None
         sizes = rec.get("sizes", {})
         for name, rel in rec.get("files", {}).items():

@@ -579,14 +579,8 @@ def select_periods(config: ScanConfig, names: str | Sequence[str] | None) -> lis
 def load_record(config: ScanConfig, period: Period, fingerprint: str) -> dict | None:
     """The period's done-record when it matches ``fingerprint`` and its files exist."""
     path = config.period_path(period, RECORD)
-    if not fsio.exists(path):
-        return None
-    try:
-        rec = fsio.read_json(path)
-    except (ValueError, OSError) as exc:
-        log.warning("Ignoring unreadable period record %s (%s)", path, exc)
-        return None
-    if rec.get("fingerprint") != fingerprint:
+    rec = fsio.read_record(path)
+    if rec is None or rec.get("fingerprint") != fingerprint:
         return None
     if not fsio.exists(config.period_path(period, "sweep", "run.json")):
         log.warning("Period %s: %s exists but the sweep's run.json is gone; redoing it",

@@ -90,3 +90,15 @@ def test_cog_rejects_shape_mismatch(tmp_path):
     with pytest.raises(InputError, match="does not fit grid"):
         write_cog(str(tmp_path / "x.tif"), np.zeros((10, 10), np.uint8), GRID)
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_read_record_treats_missing_corrupt_and_non_objects_as_absent(tmp_path, caplog):
+    p = tmp_path / "done" / "k.json"
+    assert fsio.read_record(p) is None
+    fsio.write_json(p, {"fingerprint": "abc"})
+    assert fsio.read_record(p) == {"fingerprint": "abc"}
+    p.write_text('{"fingerprint": "ab')  # an interrupted writer
+    assert fsio.read_record(p) is None
+    p.write_text("[1, 2]")
+    assert fsio.read_record(p) is None
+    assert caplog.text.count("will be redone") == 2
