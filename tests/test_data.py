@@ -157,12 +157,15 @@ def test_training_augments_image_and_mask_together(tmp_path):
         assert ((x[..., 0] > 0.35) == (y[..., 0] == 1))[labelled].mean() > 0.98
     # flips and 90 degree rotations only permute pixels: same multiset per patch
     # (tf.data may hand patches over in another order under load: match them by content)
-    def by_content(x):
+    # (masks follow their own patch's order, so they are matched the same way)
+    def by_content(x, y):
         flat = np.sort(x.reshape(8, -1), 1)
-        return flat[np.lexsort(flat.T[::-1])]
+        order = np.lexsort(flat.T[::-1])
+        return flat[order], np.sort(y.reshape(8, -1), 1)[order]
 
-    np.testing.assert_allclose(by_content(x0), by_content(x1))
-    assert np.array_equal(np.sort(y0.reshape(8, -1), 1), np.sort(y1.reshape(8, -1), 1))
+    (a0, m0), (a1, m1) = by_content(x0, y0), by_content(x1, y1)
+    np.testing.assert_allclose(a0, a1)
+    assert np.array_equal(m0, m1)
 
 
 def test_stats_from_the_manifest_or_computed(tmp_path, shards):
