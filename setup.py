@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "pyproj>=3.6",
     "pyarrow>=15",
     "h5py>=3.10",
+    # ISA-L gzip for shards (3.5x zlib); pipelines.shards falls back to gzip without it
+    "isal>=1.6",
     "scipy>=1.11",
     "matplotlib>=3.8",
     "pyyaml>=6",

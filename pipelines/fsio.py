@@ -184,6 +184,16 @@ def glob(pattern: str) -> list[str]:
     return sorted(_glob.glob(pattern))
 
 
+def remove_tree(path: str | Path) -> None:
+    """Delete a local folder and its contents, or every object under a URL prefix."""
+    if is_remote(path):
+        found = _fs().match([str(path).rstrip("/") + "/**"])[0].metadata_list
+        if found:
+            _fs().delete([m.path for m in found])
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def open_binary(path: str | Path) -> io.BufferedIOBase:
     """Open for reading (a stream), local or remote."""
     if is_remote(path):

@@ -143,6 +143,23 @@ def test_rerun_is_deterministic(scene, exported, tmp_path):
         assert sorted(p.key for p in recs[s]) == sorted(p.key for p in again[s])
 
 
+def test_fixed_shard_count_and_uncompressed_shards(scene, exported, tmp_path):
+    _, recs, _ = exported
+    args = _export_args(scene, tmp_path, "--negative-fraction", "0.5", "--num-shards", "2",
+                        "--compression", "none")
+    assert cli.main(args) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    names = sorted(os.listdir(tmp_path))
+    assert not [n for n in names if n.startswith(".")]  # no temp folder left behind
+    for split in recs:
+        files = manifest["files"][split]
+        assert 1 <= len(files) <= 2 and all(f.endswith(".tfrecord") for f in files)
+        assert all(f"-of-{len(files):05d}.tfrecord" in f for f in files)
+    again = read_shards(tmp_path, "*.tfrecord")
+    for s in recs:
+        assert sorted(p.key for p in recs[s]) == sorted(p.key for p in again[s])
+
+
 def test_no_negatives_keeps_only_positive_patches(scene, tmp_path):
     assert cli.main(_export_args(scene, tmp_path, "--negative-fraction", "0")) == 0
     recs = read_shards(tmp_path)

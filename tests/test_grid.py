@@ -91,6 +91,21 @@ def test_region_mask_marks_pixels_inside_polygon():
     assert inside * 100 == pytest.approx(2000 * 2000, rel=0.01)
 
 
+def test_region_mask_of_a_chunk_inside_the_region_is_all_true():
+    # a 6 km box: its middle chunk lies wholly inside (the fast path without rasterising)
+    big = G.point_region(28.13, 85.33, 3000)
+    chunks = G.plan_chunks(big, 10, 128, 0)
+    from rasterio.features import geometry_mask
+
+    n_full = 0
+    for c in chunks:
+        slow = geometry_mask([c.region], out_shape=c.grid.shape, transform=c.grid.affine,
+                             invert=True)
+        assert np.array_equal(c.region_mask(), slow)
+        n_full += bool(slow.all())
+    assert 0 < n_full < len(chunks)
+
+
 def test_point_region_is_centred():
     r = G.point_region(28.2, 85.3, 500)
     tr = Transformer.from_crs(G.WGS84, "EPSG:32645", always_xy=True)

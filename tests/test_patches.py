@@ -9,9 +9,19 @@ from shapely.geometry import box
 
 from pipelines.errors import ConfigError
 from pipelines.geo.grid import WGS84, ChunkKey, GridSpec, Region, parse_bbox, plan_chunks, to_crs
-from pipelines.geo.patches import IGNORE, SPLITS, BandStats, PatchRules, SplitPlan, cut_patches
+from pipelines.geo.patches import (
+    IGNORE,
+    SPLITS,
+    BandStats,
+    PatchRules,
+    SplitPlan,
+    channels_last,
+    cut_patches,
+    kept_pixels,
+)
 
 SPEC = GridSpec(32645, 10.0, 256, 0)
+SPEC64 = GridSpec(32645, 10.0, 64, 0)
 KEY = ChunkKey(32645, 1340, 60)
 
 
@@ -137,3 +147,49 @@ def test_band_stats_merge_equals_whole(rng):
         tol = (hi - lo) / 1024 * 1.01
         assert merged[band]["p50"] == pytest.approx(np.percentile(px[:, i], 50), abs=tol)
         assert merged[band]["p99"] == pytest.approx(np.percentile(px[:, i], 99), abs=tol)
+
+
+def test_channels_last_zeroes_invalid_and_non_finite_and_patches_are_views(rng):
+    data = rng.random((3, 64, 64), dtype=np.float32)
+    data[1, 5, 7] = np.inf  # a stray non-finite value in a "valid" pixel
+    valid = np.ones((64, 64), bool)
+    valid[10:12] = False
+    hwc = channels_last(data, valid)
+    assert hwc.shape == (64, 64, 3) and hwc.flags.c_contiguous
+    assert (hwc[10:12] == 0).all() and hwc[5, 7, 1] == 0
+    np.testing.assert_array_equal(hwc[20, :, 2], data[2, 20])
+    patches, _ = cut_patches(KEY, data, valid, np.zeros((64, 64), np.uint8), SPEC64.chunk_grid(KEY),
+                             PatchRules(size=32, negative_fraction=1.0, max_nodata_fraction=1.0))
+    assert [(p.row, p.col) for p in patches] == [(0, 0), (0, 32), (32, 0), (32, 32)]
+    np.testing.assert_array_equal(patches[3].image, hwc[32:, 32:])
+    assert data[1, 5, 7] == np.inf  # the source array is left alone
+
+
+def test_kept_pixels_counts_overlapping_patches_once(rng):
+    data = rng.random((2, 64, 64), dtype=np.float32)
+    valid = np.ones((64, 64), bool)
+    valid[0, 0] = False
+    mask = np.zeros((64, 64), np.uint8)
+    mask[40, 40] = 1
+    patches, _ = cut_patches(KEY, data, valid, mask, SPEC64.chunk_grid(KEY),
+                             PatchRules(size=32, stride=16, negative_fraction=0.0))
+    kept = kept_pixels(patches, valid)
+    expect = np.zeros((64, 64), bool)
+    for p in patches:
+        expect[p.row:p.row + 32, p.col:p.col + 32] = True
+    assert len(patches) > 1 and np.array_equal(kept, expect & valid)
+
+
+def test_band_major_stats_equal_channel_last_stats(rng):
+    bands = ("B4", "DEM", "slope")
+    img = np.stack([rng.random((40, 50)) * 0.3, 3000 + rng.random((40, 50)) * 10,
+                    rng.random((40, 50)) * 60], -1).astype(np.float32)
+    valid = rng.random((40, 50)) > 0.2
+    a = BandStats(bands).add(img, valid).summary()
+    b = BandStats(bands).add_bands(np.moveaxis(img, -1, 0)[:, valid]).summary()
+    assert a == b
+    px = img[valid].astype(np.float64)
+    # float64 sums: a DEM 3000 m high with a 3 m spread keeps its variance
+    assert a["DEM"]["std"] == pytest.approx(px[:, 1].std(), rel=1e-6)
+    with pytest.raises(ValueError, match="expected"):
+        BandStats(bands).add_bands(np.zeros((2, 5), np.float32))

@@ -225,6 +225,11 @@ class Chunk:
         g = self.read_grid if halo else self.grid
         if not self.region_wkb:
             return np.ones(g.shape, dtype=bool)
+        # the pixel-centre box lies inside: every centre does (most chunks of a big AOI)
+        a, e = abs(g.affine.a), abs(g.affine.e)
+        x0, y0, x1, y1 = g.bounds
+        if self.region.contains(shapely.box(x0 + a / 2, y0 + e / 2, x1 - a / 2, y1 - e / 2)):
+            return np.ones(g.shape, dtype=bool)
         return geometry_mask([self.region], out_shape=g.shape, transform=g.affine, invert=True)
 
 

@@ -6,7 +6,7 @@ No Beam here: the export PTransforms only wire these functions.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,10 +136,38 @@ class CutPatch:
     """One selected patch: pixels, labels and where it lies."""
 
     key: str
-    image: np.ndarray  # (h, w, c) float32, NaN replaced by 0
+    image: np.ndarray  # (h, w, c) float32, invalid and non-finite pixels 0 (may be a view)
     mask: np.ndarray  # (h, w) uint8, IGNORE where invalid
     grid: PixelGrid
     positive: bool
+    row: int = 0  # offset of the patch in its chunk
+    col: int = 0
+
+
+def channels_last(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(bands, h, w)`` -> one contiguous ``(h, w, bands)`` float32 copy, 0 where invalid.
+
+    Done once per chunk: patches are views into it, so cutting costs one pass over the
+    chunk instead of a transpose, a copy and two masked writes per patch.
+    """
+    hwc = np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=np.float32)
+    if hwc is data:  # a (1, h, w) array can come back as a view of the input
+        hwc = hwc.copy()
+    if not valid.all():
+        hwc[~valid] = 0.0
+    if not np.isfinite(hwc).all():  # sources keep NaN to invalid pixels; be safe anyway
+        np.nan_to_num(hwc, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return hwc
+
+
+def kept_pixels(patches: Sequence[CutPatch], valid: np.ndarray) -> np.ndarray:
+    """``(h, w)`` bool: valid pixels inside at least one of ``patches`` (of one chunk)."""
+    kept = np.zeros(valid.shape, dtype=bool)
+    for p in patches:
+        h, w = p.mask.shape
+        kept[p.row:p.row + h, p.col:p.col + w] = True
+    kept &= valid
+    return kept
 
 
 @dataclass
@@ -173,6 +201,7 @@ def cut_patches(
     """
     stats = CutStats()
     out: list[CutPatch] = []
+    hwc: np.ndarray | None = None  # the chunk channels-last, made on the first kept patch
     for w in patch_windows(grid.height, grid.width, rules.size, rules.stride):
         stats.candidates += 1
         rs = slice(w.row_off, w.row_off + w.height)
@@ -187,11 +216,11 @@ def cut_patches(
         if not positive and stable_unit("neg", rules.seed, key) >= rules.negative_fraction:
             stats.dropped_negative += 1
             continue
-        img = np.moveaxis(data[:, rs, cs], 0, -1).astype(np.float32, copy=True)
-        img[~v] = 0.0
-        img[~np.isfinite(img)] = 0.0
+        if hwc is None:
+            hwc = channels_last(data, valid)
         m[~v] = IGNORE
-        out.append(CutPatch(key, img, m, grid.subgrid(w), positive))
+        out.append(CutPatch(key, hwc[rs, cs], m, grid.subgrid(w), positive, w.row_off,
+                            w.col_off))
         if positive:
             stats.kept_positive += 1
         else:
@@ -236,23 +265,39 @@ class BandStats:
         self.hist = np.zeros((n, _HIST_BINS), np.int64)
 
     def add(self, image: np.ndarray, valid: np.ndarray) -> BandStats:
-        """Add the valid pixels of an ``(h, w, c)`` image."""
+        """Add the valid pixels of an ``(h, w, c)`` (or ``(n, h, w, c)``) image."""
         c = image.shape[-1]
-        # no copy when every pixel is valid; sums accumulate in float64 without a float64 copy
         px = image.reshape(-1, c) if valid.all() else image[valid]  # (n, c)
-        if px.size == 0:
+        return self.add_bands(px.T)
+
+    def add_bands(self, px: np.ndarray) -> BandStats:
+        """Add ``(c, n)`` band-major pixel values (all valid and finite).
+
+        Band by band on contiguous rows: ~4x faster than column reductions of ``(n, c)``.
+        Sums are taken in float64, so the variance of a DEM (mean 3000 m, std 10 m) keeps
+        its digits.
+        """
+        if px.ndim != 2 or px.shape[0] != len(self.bands):
+            raise ValueError(f"expected ({len(self.bands)}, n) pixels, got shape {px.shape}")
+        if px.shape[1] == 0:
             return self
-        self.count += px.shape[0]
-        self.total += px.sum(0, dtype=np.float64)
-        self.total_sq += np.einsum("ij,ij->j", px, px, dtype=np.float64)
-        self.minimum = np.minimum(self.minimum, px.min(0))
-        self.maximum = np.maximum(self.maximum, px.max(0))
+        self.count += px.shape[1]
         for i, b in enumerate(self.bands):
+            row = px[i]
+            # sums accumulate in float64 (buffered casts, no float64 copy of the pixels);
+            # einsum, not np.dot: BLAS threads would spin on the cores that gzip and the
+            # next chunk's decoding need (measured: 4 s of CPU burnt per 1,300 patches)
+            self.total[i] += row.sum(dtype=np.float64)
+            self.total_sq[i] += np.einsum("i,i->", row, row, dtype=np.float64)
+            self.minimum[i] = min(self.minimum[i], float(row.min()))
+            self.maximum[i] = max(self.maximum[i], float(row.max()))
             lo, hi = _hist_range(b)
-            # same bins as np.histogram over [lo, hi] (last bin closed), ~5x faster
-            idx = ((px[:, i] - lo) * (_HIST_BINS / (hi - lo))).astype(np.int64)
+            # same bins as np.histogram over [lo, hi] (last bin closed), in float32: 6x
+            # faster than float64 temporaries, bin edges move by float32 rounding only
+            idx = row - np.float32(lo)
+            idx *= np.float32(_HIST_BINS / (hi - lo))
             np.clip(idx, 0, _HIST_BINS - 1, out=idx)
-            self.hist[i] += np.bincount(idx, minlength=_HIST_BINS)
+            self.hist[i] += np.bincount(idx.astype(np.uint16), minlength=_HIST_BINS)
         return self
 
     def merge(self, other: BandStats) -> BandStats:
@@ -287,7 +332,3 @@ class BandStats:
             out[b] = d
         return out
 
-
-def iter_stats_inputs(patches: Sequence[CutPatch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for p in patches:
-        yield p.image, p.mask != IGNORE

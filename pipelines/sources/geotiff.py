@@ -641,7 +641,7 @@ class GeoTIFFSource(Source):
                 self.open()
             files = self._scan()
             fb = self._bounds_in_crs(grid.crs)
-            out = np.full((len(bands), *grid.shape), np.nan, dtype=np.float32)
+            out: np.ndarray | None = None  # allocated unless one file fills the whole grid
             valid = np.zeros(grid.shape, dtype=bool)
             res_in = self._res_in_crs(grid.crs)
             for info, hit, bounds, res in zip(files, self._hits(grid), fb, res_in):
@@ -658,8 +658,18 @@ class GeoTIFFSource(Source):
                 r0, r1, c0, c1 = r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
                 sub = grid.subgrid(Window(c0, r0, c1 - c0, r1 - r0))
                 data = self._warp(info, sub, bands, _scales(res, grid))
+                take = np.isfinite(data).all(axis=0)
+                if out is None and sub.shape == grid.shape:
+                    out, valid = data, take  # the first file read spans the grid: no copy
+                    if not take.all():
+                        np.copyto(out, np.nan, where=~take)  # NaN in any band: all bands
+                    if valid.all():
+                        break
+                    continue
+                if out is None:
+                    out = np.full((len(bands), *grid.shape), np.nan, dtype=np.float32)
                 done = valid[r0:r1, c0:c1]  # a view: updated in place below
-                take = np.isfinite(data).all(axis=0) & ~done
+                take &= ~done
                 if take.all():  # one file fills the window: a plain slice copy
                     out[:, r0:r1, c0:c1] = data
                     done[...] = True
@@ -668,6 +678,8 @@ class GeoTIFFSource(Source):
                     done |= take
                 if valid.all():
                     break
+            if out is None:
+                out = np.full((len(bands), *grid.shape), np.nan, dtype=np.float32)
             return Raster(out, valid, grid, bands)
 
     def _warp(self, info: _FileInfo, grid: PixelGrid, bands: tuple[str, ...],
@@ -711,11 +723,10 @@ class GeoTIFFSource(Source):
         source pixel centre), without resampling work.
         """
         row0, col0 = offset
-        out = np.full((len(indexes), grid.height, grid.width), np.nan, dtype=np.float32)
         r0, c0 = max(row0, 0), max(col0, 0)
         r1, c1 = min(row0 + grid.height, ds.height), min(col0 + grid.width, ds.width)
         if r1 <= r0 or c1 <= c0:
-            return out
+            return np.full((len(indexes), grid.height, grid.width), np.nan, dtype=np.float32)
         try:
             raw = ds.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
         except Exception as exc:
@@ -723,13 +734,16 @@ class GeoTIFFSource(Source):
                 raise
             raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
                               f"{grid.bounds}: {_error_text(exc)}") from exc
-        data = raw.astype(np.float32)
+        data = raw.astype(np.float32, copy=False)  # raw is ours: no second copy
         if nodata is not None:
             bad = raw == nodata if not np.isnan(nodata) else np.isnan(raw)
             if unified:
-                data[:, bad.all(axis=0)] = np.nan
-            else:
-                data[bad] = np.nan
+                bad = bad.all(axis=0)
+            if bad.any():
+                np.copyto(data, np.nan, where=bad)
+        if data.shape[1:] == grid.shape:  # the window lies inside the file: no padding
+            return data
+        out = np.full((len(indexes), grid.height, grid.width), np.nan, dtype=np.float32)
         out[:, r0 - row0:r1 - row0, c0 - col0:c1 - col0] = data
         return out
 
@@ -741,8 +755,10 @@ class GeoTIFFSource(Source):
             if self.scale == "auto":
                 if info.is_integer:
                     spec = bandreg.get(band)
-                    if spec.scale != 1.0 or spec.offset != 0.0:
-                        data[k] = data[k] * np.float32(spec.scale) + np.float32(spec.offset)
+                    if spec.scale != 1.0:
+                        data[k] *= np.float32(spec.scale)
+                    if spec.offset != 0.0:
+                        data[k] += np.float32(spec.offset)
                 else:
                     self._warn_float_scale(info, band, data[k])
             elif self.scale != 1.0:
@@ -884,9 +900,10 @@ class TerrainSource(Source):
         dem = self.dem.read(halo, ("DEM",)).data[0]
         derived = terrain.terrain_products(dem, (abs(a), abs(e)), products, self.z_factor)
         layers = {"DEM": dem[1:-1, 1:-1], **{p: v[1:-1, 1:-1] for p, v in derived.items()}}
-        data = np.stack([layers[name] for name in bands]).astype(np.float32, copy=False)
-        valid = np.all(np.isfinite(data), axis=0, keepdims=False).astype(bool)
-        data[:, ~valid] = np.nan
+        data = np.stack([layers[name] for name in bands], dtype=np.float32)
+        valid = np.asarray(np.isfinite(data).all(axis=0))
+        if not valid.all():
+            np.copyto(data, np.nan, where=~valid)
         return Raster(data, valid, grid, bands)
 
 
@@ -961,6 +978,7 @@ class StackSource(Source):
             part = s.read(grid, names)
             valid &= part.valid
             layers.update({n: part.band(n) for n in names})
-        data = np.stack([layers[b] for b in bands]).astype(np.float32, copy=True)
-        data[:, ~valid] = np.nan
+        data = np.stack([layers[b] for b in bands], dtype=np.float32)  # a new array
+        if not valid.all():
+            np.copyto(data, np.nan, where=~valid)
         return Raster(data, valid, grid, bands)

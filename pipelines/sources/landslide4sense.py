@@ -107,10 +107,10 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
                num_shards: int = 0, beam_args: Sequence[str] | None = None) -> dict:
     """Convert a Landslide4Sense folder into shards + ``manifest.json`` with Beam."""
     import apache_beam as beam
-    from apache_beam.io.tfrecordio import WriteToTFRecord
 
     from pipelines.beam_util import pipeline_options
-    from pipelines.export import MANIFEST, merge_stats_fn, sum_dicts
+    from pipelines.export import MANIFEST
+    from pipelines.shards import finish_shards, make_write_shards, summarise, summary_item
 
     unknown = [b for b in bands if b not in L4S_BANDS]
     if unknown:
@@ -134,31 +134,24 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
         positive = bool((mask[mask != IGNORE] > 0).any())
         counts = {f"{split}_patches": 1, f"{split}_positive": int(positive),
                   "labelled": int(pair.mask is not None)}
-        yield beam.pvalue.TaggedOutput("counts", counts)
-        if stats is not None:
-            yield beam.pvalue.TaggedOutput("stats", stats)
+        yield beam.pvalue.TaggedOutput("summary", summary_item(counts, stats))
         yield (split, rec)
 
     opts = pipeline_options(beam_args, "landslides-import-l4s")
+    for split in SPLITS:
+        fsio.makedirs(fsio.join(out, split))
+    write = make_write_shards()(out, "gzip", num_shards)
     with beam.Pipeline(options=opts) as p:
         res = (p | beam.Create(pairs) | beam.Reshuffle()
-               | beam.ParDo(encode).with_outputs("counts", "stats", main="patches"))
-        files = []
-        for split in SPLITS:
-            files.append(res.patches
-                         | f"Only{split}" >> beam.Filter(lambda e, s=split: e[0] == s)
-                         | f"Bytes{split}" >> beam.Map(lambda e: e[1])
-                         | f"Write{split}" >> WriteToTFRecord(
-                             fsio.join(out, split, split), file_name_suffix=".tfrecord.gz",
-                             num_shards=num_shards))
-        counts = res.counts | "Count" >> beam.CombineGlobally(sum_dicts)
-        stats = res.stats | "Stats" >> beam.CombineGlobally(merge_stats_fn(bands))
-        all_files = tuple(files) | beam.Flatten()
+               | beam.ParDo(encode).with_outputs("summary", main="patches"))
+        files = res.patches | "Write" >> write
 
-        def manifest(_, counts, stats, files):
-            files = sorted(files)
+        def manifest(summary, files, temp):
+            files = finish_shards(out, files, temp)
+            counts = summary["counts"]
             fsio.write_json(fsio.join(out, MANIFEST), {
-                "format": "lsm/v1", "bands": list(bands), "patch_size": 128,
+                "format": "lsm/v1", "compression": "gzip", "bands": list(bands),
+                "patch_size": 128,
                 "source": {"kind": "landslide4sense", "data_dir": data_dir,
                            "units": "Landslide4Sense normalised values (not physical units)"},
                 "georeferenced": False, "ignore_value": IGNORE,
@@ -167,14 +160,13 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
                 "positive_patches": {s: int(counts.get(f"{s}_positive", 0)) for s in SPLITS},
                 "labelled_patches": int(counts.get("labelled", 0)),
                 "files": {s: [f for f in files if f"/{s}/" in f] for s in SPLITS},
-                "stats": stats,
+                "stats": summary["stats"],
                 "config": {"fractions": list(fractions), "seed": seed, "bands": list(bands)},
             })
 
-        _ = (p | "One" >> beam.Create([None])
-             | "Manifest" >> beam.Map(manifest, counts=beam.pvalue.AsSingleton(counts),
-                                      stats=beam.pvalue.AsSingleton(stats),
-                                      files=beam.pvalue.AsList(all_files)))
+        _ = (res.summary | "Summarise" >> summarise(bands)
+             | "Manifest" >> beam.Map(manifest, files=beam.pvalue.AsList(files),
+                                      temp=write.temp))
     return fsio.read_json(fsio.join(out, MANIFEST))
 
 
