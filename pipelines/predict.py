@@ -643,8 +643,7 @@ def _load_meta(path: str) -> dict:
         art = load_artifact(path)
     except ArtifactError as exc:
         raise InputError(f"Model artifact {path!r} cannot be used: {exc}") from exc
-    meta = dict(art.meta)
-    del art
+    meta = dict(art.meta)  # the model stays cached for an in-process (DirectRunner) worker
     keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
             "pixel_size", "classes", "n_classes")
     return {k: meta.get(k) for k in keep}

@@ -58,3 +58,36 @@ def test_missing_and_corrupt_artifacts(saved, tmp_path):
     (bad / "model.keras").write_bytes((out / "model.keras").read_bytes())
     with pytest.raises(ArtifactError, match="takes 3 bands"):
         load_artifact(str(bad))
+
+
+def test_predict_in_any_batch_size_matches_keras_and_pickles(saved):
+    import pickle
+
+    out, m, _ = saved
+    art = load_artifact(str(out))
+    x = np.random.default_rng(1).random((7, 32, 32, 3), dtype=np.float32)
+    want = m.predict(x, verbose=0)[..., 0]
+    for batch in (1, 3, 16):  # last batches of 1, 1 and 7 windows: one traced graph
+        np.testing.assert_allclose(art.predict(x, batch_size=batch), want, atol=1e-6)
+    np.testing.assert_allclose(art.predict(x[:2, :16, :16]), m.predict(x[:2, :16, :16],
+                                                                        verbose=0)[..., 0],
+                               atol=1e-6)  # another window size
+    assert art.predict(x[:0]).shape == (0, 32, 32)
+    again = pickle.loads(pickle.dumps(art))  # Beam pickles what closures hold
+    np.testing.assert_allclose(again.predict(x[:2]), want[:2], atol=1e-6)
+
+
+def test_an_unchanged_local_artifact_is_loaded_once_and_a_changed_one_again(saved, tmp_path):
+    import shutil
+
+    out, _, meta = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    first = load_artifact(str(copy))
+    assert load_artifact(str(copy)) is first
+    (copy / "artifact.json").write_text(json.dumps(dict(meta, threshold=0.61)))
+    changed = load_artifact(str(copy))
+    assert changed is not first and changed.threshold == 0.61
+    (copy / "model.keras").write_bytes(b"PK\x03\x04garbage")  # corrupt after a load
+    with pytest.raises(ArtifactError, match="Cannot load the Keras model"):
+        load_artifact(str(copy))

@@ -48,7 +48,6 @@ from pyproj import Transformer
 from rasterio import features
 from scipy import fft as sfft
 from scipy import ndimage as ndi
-from scipy import stats
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
@@ -932,6 +931,8 @@ def _make_landslides(frame: _Frame, S: _Slopes, config: WorldConfig
     # Areas: inverse-gamma, stratified (Latin hypercube) so the heavy tail is represented.
     rng = _rng(seed, "landslide-areas")
     u = (rng.permutation(total) + rng.uniform(size=total)) / max(total, 1)
+    from scipy import stats  # ~0.4 s to import: only world generation needs it
+
     areas = np.minimum(stats.invgamma.isf(u, AREA_SHAPE, scale=AREA_SCALE), AREA_MAX)
     world_box = box(*grid.bounds)
     slides: list[_Landslide] = []
