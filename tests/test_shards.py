@@ -74,3 +74,15 @@ def test_finish_shards_refuses_a_reported_but_missing_shard(tmp_path):
 def test_unknown_compression_is_refused():
     with pytest.raises(ValueError, match="compression"):
         tfrecord_sink("zstd")
+
+
+def test_without_isal_the_standard_gzip_writes_the_same_records(tmp_path, monkeypatch):
+    import sys
+
+    import tensorflow as tf
+
+    monkeypatch.setitem(sys.modules, "isal", None)  # "import isal" now raises ImportError
+    records = [bytes([i]) * 5000 for i in range(10)]
+    path = tmp_path / "x.tfrecord.gz"
+    _write(path, records, "gzip")
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), "GZIP")] == records
