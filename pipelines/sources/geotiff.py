@@ -667,7 +667,7 @@ class GeoTIFFSource(Source):
                         break
                     continue
                 if out is None:
-                    out = np.full((len(bands), *grid.shape), np.nan, dtype=np.float32)
+                    out = _nans(len(bands), grid)
                 done = valid[r0:r1, c0:c1]  # a view: updated in place below
                 take &= ~done
                 if take.all():  # one file fills the window: a plain slice copy
@@ -679,7 +679,7 @@ class GeoTIFFSource(Source):
                 if valid.all():
                     break
             if out is None:
-                out = np.full((len(bands), *grid.shape), np.nan, dtype=np.float32)
+                out = _nans(len(bands), grid)
             return Raster(out, valid, grid, bands)
 
     def _warp(self, info: _FileInfo, grid: PixelGrid, bands: tuple[str, ...],
@@ -726,7 +726,7 @@ class GeoTIFFSource(Source):
         r0, c0 = max(row0, 0), max(col0, 0)
         r1, c1 = min(row0 + grid.height, ds.height), min(col0 + grid.width, ds.width)
         if r1 <= r0 or c1 <= c0:
-            return np.full((len(indexes), grid.height, grid.width), np.nan, dtype=np.float32)
+            return _nans(len(indexes), grid)
         try:
             raw = ds.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
         except Exception as exc:
@@ -743,7 +743,7 @@ class GeoTIFFSource(Source):
                 np.copyto(data, np.nan, where=bad)
         if data.shape[1:] == grid.shape:  # the window lies inside the file: no padding
             return data
-        out = np.full((len(indexes), grid.height, grid.width), np.nan, dtype=np.float32)
+        out = _nans(len(indexes), grid)
         out[:, r0 - row0:r1 - row0, c0 - col0:c1 - col0] = data
         return out
 
@@ -796,6 +796,11 @@ def _aligned_offset(ds: Any, grid: PixelGrid) -> tuple[int, int] | None:
     if _crs_string(ds.crs) != grid.crs and rasterio.crs.CRS.from_user_input(grid.crs) != ds.crs:
         return None
     return round(row), round(col)
+
+
+def _nans(n_bands: int, grid: PixelGrid) -> np.ndarray:
+    """``(n_bands, h, w)`` float32 NaN: a block with no valid pixel yet."""
+    return np.full((n_bands, *grid.shape), np.nan, dtype=np.float32)
 
 
 def _window_of(grid: PixelGrid, bounds: np.ndarray) -> tuple[int, int, int, int]:
