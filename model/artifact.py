@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,7 +103,6 @@ class Artifact:
         if y.shape[-1] == 1:
             return y[..., 0]
         return 1.0 - y[..., 0]
-
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -278,6 +278,7 @@ def read_meta(path: str) -> dict:
 #: Artifacts loaded by this process, keyed by local path and file stamps (see below)
 _LOADED: OrderedDict[tuple, Artifact] = OrderedDict()
 _LOADED_MAX = 2
+_LOADED_LOCK = threading.Lock()
 
 
 def _stamp(path: str) -> tuple | None:
@@ -298,20 +299,22 @@ def load_artifact(path: str) -> Artifact:
     A local artifact loaded before by this process, and unchanged since (same file
     times and sizes), is returned from memory: a DirectRunner sweep validates the
     artifact on the launcher and then needs it on its in-process worker (~0.6 s each).
+    The returned object is shared: do not change its model in place (fine-tuning copies
+    the weights into a new model).
 
     Raises:
         ArtifactError: missing, corrupt or incompatible artifact.
     """
     stamp = _stamp(path)
-    if stamp is not None and stamp in _LOADED:
+    if stamp is None:
+        return _load_artifact(path)
+    with _LOADED_LOCK:  # threads of one worker (DirectRunner multi_threading) share it
+        if stamp not in _LOADED:
+            _LOADED[stamp] = _load_artifact(path)
+            while len(_LOADED) > _LOADED_MAX:
+                _LOADED.popitem(last=False)
         _LOADED.move_to_end(stamp)
         return _LOADED[stamp]
-    art = _load_artifact(path)
-    if stamp is not None:
-        _LOADED[stamp] = art
-        while len(_LOADED) > _LOADED_MAX:
-            _LOADED.popitem(last=False)
-    return art
 
 
 def _load_artifact(path: str) -> Artifact:
