@@ -314,11 +314,9 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     CutChunk = _make_dofns()
     elements = [(str(c.key), plan.splits[c.key], c.region_wkb, c.spec.to_dict())
                 for c in plan.chunks]
-    for split in SPLITS:  # local renames need the folders; object stores have none
-        fsio.makedirs(fsio.join(config.out, split))
     opts = pipeline_options(beam_args, "landslides-export")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write = make_write_shards()(config.out, config.compression, config.num_shards)
+    write = make_write_shards()(config.out, config.compression, config.num_shards, SPLITS)
     with beam.Pipeline(options=opts) as p:
         res = (p
                | "Chunks" >> beam.Create(elements)

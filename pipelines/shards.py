@@ -163,14 +163,20 @@ def make_write_shards():
             out: Output folder, local or ``gs://``.
             compression: ``gzip`` or ``none``.
             num_shards: Shards per split; 0 writes one file per split per bundle.
+            splits: The split names (local folders are made for them up front: fileio
+                renames finished shards into them).
         """
 
-        def __init__(self, out: str, compression: str, num_shards: int = 0) -> None:
+        def __init__(self, out: str, compression: str, num_shards: int,
+                     splits: Iterable[str]) -> None:
             super().__init__()
             self.out, self.compression, self.num_shards = out, compression, num_shards
+            self.splits = tuple(splits)
             self.temp = fsio.join(out, TEMP_PREFIX + uuid.uuid4().hex[:12])
 
         def expand(self, pcoll):
+            for split in self.splits:  # on the launcher; object stores need no folders
+                fsio.makedirs(fsio.join(self.out, split))
             compression = self.compression
 
             def naming(window, pane, index, total, _compression, destination) -> str:

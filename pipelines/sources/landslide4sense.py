@@ -138,9 +138,7 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
         yield (split, rec)
 
     opts = pipeline_options(beam_args, "landslides-import-l4s")
-    for split in SPLITS:
-        fsio.makedirs(fsio.join(out, split))
-    write = make_write_shards()(out, "gzip", num_shards)
+    write = make_write_shards()(out, "gzip", num_shards, SPLITS)
     with beam.Pipeline(options=opts) as p:
         res = (p | beam.Create(pairs) | beam.Reshuffle()
                | beam.ParDo(encode).with_outputs("summary", main="patches"))
