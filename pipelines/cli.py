@@ -42,9 +42,9 @@ def _call(target: str, **fixed: object) -> Handler:
     return handler
 
 
-_SOURCE_KEYS = ("world", "images", "dem", "dem_nodata", "band_map", "scale", "nodata",
-                "mask_zero", "ee_project", "ee_dem", "ee_cloud_mask", "ee_high_volume",
-                "ee_endpoint", "ee_max_concurrency", "ee_token_env")
+_SOURCE_KEYS = ("world", "keep_clouds", "images", "dem", "dem_nodata", "band_map", "scale",
+                "nodata", "mask_zero", "ee_project", "ee_dem", "ee_cloud_mask",
+                "ee_high_volume", "ee_endpoint", "ee_max_concurrency", "ee_token_env")
 
 
 def _group_source_args(kwargs: dict) -> dict:
@@ -85,6 +85,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--source", choices=["synthetic", "geotiff", "earthengine"],
                    default="synthetic", help="Imagery source (default synthetic).")
     g.add_argument("--world", help="Synthetic world folder (from `landslides synth`).")
+    g.add_argument("--keep-clouds", action="store_true",
+                   help="Synthetic source: keep cloudy pixels as imagery (default: nodata).")
     g.add_argument("--images", action="append",
                    help="GeoTIFF/COG paths or globs (repeatable; {year} is filled from --start).")
     g.add_argument("--dem", help="DEM raster for the terrain bands (geotiff source).")

@@ -308,7 +308,12 @@ def test_synthetic_source_reads_a_utm_chunk(world: tuple[Path, dict]) -> None:
     with src:
         r = src.read(grid, src.bands)
     assert r.data.shape == (17, 144, 144) and r.data.dtype == np.float32
-    assert r.valid.mean() > 0.99
+    # cloudy pixels (classes 1-3 of clouds_2016.tif) are nodata, every other one is valid
+    with rasterio.open(w / "clouds_2016.tif") as f:
+        clouds = f.read(1, window=f.window(*grid.bounds))
+    assert 0.0 < (clouds > 0).mean() < 0.9  # this chunk has clouds to mask
+    np.testing.assert_array_equal(r.valid, clouds == 0)
+    assert np.isnan(r.data[:, ~r.valid]).all()
     s2 = r.data[:12][:, r.valid]
     assert s2.min() >= 0.0 and s2.max() <= 1.5 and 0.01 < np.median(s2) < 0.5
     slope = r.band("slope")[r.valid]
@@ -319,9 +324,14 @@ def test_synthetic_source_reads_a_utm_chunk(world: tuple[Path, dict]) -> None:
     with rasterio.open(w / "s2_2016.tif") as f:
         win = f.window(*grid.bounds)
         raw = f.read(SENTINEL2_BANDS.index("B4") + 1, window=win).astype(np.float64) * 1e-4
-    np.testing.assert_allclose(r.band("B4"), raw, atol=1e-6)
+    np.testing.assert_allclose(r.band("B4")[r.valid], raw[r.valid], atol=1e-6)
     d = src.describe()
     assert d["kind"] == "synthetic" and d["world"] == str(w) and d["year"] == 2016
+    assert d["mask_clouds"] is True
+    with SyntheticSource(str(w), 2016, mask_clouds=False) as cloudy:  # clouds as imagery
+        kept = cloudy.read(grid, ["B4"])
+    assert kept.valid.mean() > 0.99
+    np.testing.assert_allclose(kept.band("B4"), raw, atol=1e-6)
     again = pickle.loads(pickle.dumps(src))
     with again:
         np.testing.assert_array_equal(again.read(grid, ["B8", "slope"]).data,
@@ -351,7 +361,8 @@ def test_world_in_a_bucket(gcs_bucket: str, tmp_path: Path) -> None:
         rasterio.windows.Window(20, 30, 64, 64))
     with src:
         r = src.read(grid, ["B4", "B8", "DEM", "slope"])
-    assert r.valid.all() and np.isfinite(r.data).all()
+    assert r.valid.any() and np.isfinite(r.data[:, r.valid]).all()
+    assert np.isnan(r.data[:, ~r.valid]).all()  # under clouds, if any
     local = SyntheticSource(str(tmp_path / "local"), 2016)
     with local:
         np.testing.assert_array_equal(local.read(grid, ["B4", "B8", "DEM", "slope"]).data,
@@ -400,3 +411,18 @@ def test_default_world_under_a_minute(tmp_path: Path) -> None:
     assert max(c["max_area_m2"] for c in meta["landslides"].values()) > 100_000
     new = {int(y): c["new"] for y, c in meta["landslides"].items()}
     assert new[EVENT] >= 3 * np.mean([n for y, n in new.items() if y != EVENT])
+
+
+def test_keep_clouds_flag_reaches_the_source(world: tuple[Path, dict]) -> None:
+    from pipelines import cli
+    from pipelines.sources.factory import make_source, spec_from_args
+
+    w, _ = world
+    assert spec_from_args("synthetic", world=str(w)) == {"kind": "synthetic", "world": str(w)}
+    spec = spec_from_args("synthetic", world=str(w), keep_clouds=True)
+    assert make_source(spec, "2016-01-01", "2016-12-31").describe()["mask_clouds"] is False
+    assert make_source(dict(spec, mask_clouds=True), "2016-01-01",
+                       "2016-12-31").describe()["mask_clouds"] is True
+    args = cli.build_parser().parse_args(["export", "--out", "o", "--aoi", "a", "--world",
+                                          str(w), "--keep-clouds"])
+    assert args.keep_clouds is True

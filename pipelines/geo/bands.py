@@ -83,6 +83,10 @@ REGISTRY: dict[str, Band] = {
 # Landslide4Sense, so it is known without being one of SENTINEL2_BANDS.
 REGISTRY["B10"] = Band("B10", "Sentinel-2 B10 (Cirrus, 1375 nm)", "reflectance", scale=1e-4,
                        nodata=0, wavelength_nm=1375.0, resolution_m=60.0, valid_range=(-0.2, 2.0))
+# The synthetic world's per-image cloud classes (an SCL-like quality band, not imagery).
+REGISTRY["clouds"] = Band("clouds", "Cloud mask (0 clear, 1 cloud, 2 cloud shadow, 3 thin "
+                          "cloud or faint shadow)", "class", kind="mask",
+                          valid_range=(0.0, 3.0))
 REGISTRY.update(
     {
         "DEM": Band("DEM", "Elevation", "m", nodata=-32768, kind="terrain",

@@ -4,8 +4,9 @@ Specs travel inside pipeline configurations (and so to Beam workers) as plain di
 the source object itself is created on the launcher for validation and on every worker
 in ``setup``. Kinds:
 
-``{"kind": "synthetic", "world": DIR}``
-    The synthetic world; the year comes from the date window's start (or ``"year"``).
+``{"kind": "synthetic", "world": DIR, "mask_clouds": bool}``
+    The synthetic world; the year comes from the date window's start (or ``"year"``);
+    cloudy pixels are nodata unless ``mask_clouds`` is false.
 ``{"kind": "geotiff", "images": [GLOB, ...], "dem": PATH?, "band_map": {..}?,
 "scale": "auto"|float, "nodata": float?, "mask_zero": bool}``
     GeoTIFF/COG files (``{year}`` in a path is replaced by the window's year), plus
@@ -87,7 +88,8 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
             raise ConfigError("The synthetic source needs the world folder (--world DIR).")
         if year is None:
             raise ConfigError("The synthetic source needs a year: give --start/--end.")
-        return SyntheticSource(spec["world"], int(year))
+        return SyntheticSource(spec["world"], int(year),
+                               mask_clouds=bool(spec.get("mask_clouds", True)))
     if kind == "geotiff":
         from pipelines.sources.geotiff import GeoTIFFSource, StackSource, TerrainSource
 
@@ -132,10 +134,14 @@ def spec_from_args(source: str, world: str | None = None, images: list[str] | No
                    ee_cloud_mask: str | None = None, ee_high_volume: bool = False,
                    ee_endpoint: str | None = None,
                    ee_max_concurrency: int | None = None,
-                   ee_token_env: str | None = None) -> dict[str, Any]:
+                   ee_token_env: str | None = None,
+                   keep_clouds: bool = False) -> dict[str, Any]:
     """Assemble a source spec from CLI-style arguments (unset values are left out)."""
     if source == "synthetic":
-        return {"kind": "synthetic", "world": world}
+        spec_s: dict[str, Any] = {"kind": "synthetic", "world": world}
+        if keep_clouds:
+            spec_s["mask_clouds"] = False
+        return spec_s
     if source == "geotiff":
         spec: dict[str, Any] = {"kind": "geotiff", "images": list(images or []), "dem": dem,
                                 "mask_zero": mask_zero}

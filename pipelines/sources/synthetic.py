@@ -1477,9 +1477,15 @@ class SyntheticSource(Source):
     :class:`~pipelines.sources.geotiff.GeoTIFFSource`, ``TerrainSource`` and
     ``StackSource``.
 
+    Pixels under clouds and their shadows (classes 1-3 of ``clouds_<year>.tif``) are
+    invalid, as the Earth Engine source masks Sentinel-2's SCL cloud, shadow and cirrus
+    classes: one image a year has no clear view there, so they are nodata in exports
+    (ignored labels) and predictions, never "no landslide".
+
     Args:
         world: The world's folder (local or ``gs://``), as written by :func:`generate_world`.
         year: One of the world's years.
+        mask_clouds: Mask cloudy pixels (default); False keeps them as imagery.
 
     Raises:
         DataNotFoundError: ``world`` holds no ``world.json``.
@@ -1488,7 +1494,7 @@ class SyntheticSource(Source):
 
     kind = "synthetic"
 
-    def __init__(self, world: str, year: int) -> None:
+    def __init__(self, world: str, year: int, mask_clouds: bool = True) -> None:
         from pipelines.errors import DataNotFoundError
         from pipelines.sources.geotiff import GeoTIFFSource, StackSource, TerrainSource
 
@@ -1515,23 +1521,42 @@ class SyntheticSource(Source):
         self.generator_version = meta.get("generator_version")
         self._stack = StackSource([GeoTIFFSource(s2, resampling="bilinear"),
                                    TerrainSource(dem)])
+        self.mask_clouds = bool(mask_clouds)
+        self._clouds = None
+        if self.mask_clouds:
+            clouds = fsio.join(self.world, files.get("clouds", {}).get(str(self.year),
+                                                                       clouds_name(self.year)))
+            self._clouds = GeoTIFFSource(clouds, band_map={"clouds": 1}, resampling="nearest",
+                                         scale=1.0)
 
     @property
     def bands(self) -> tuple[str, ...]:
         return tuple(SENTINEL2_BANDS) + tuple(TERRAIN_BANDS)
 
     def _read(self, grid: PixelGrid, bands: tuple[str, ...]) -> Raster:
-        return self._stack.read(grid, bands)
+        raster = self._stack.read(grid, bands)
+        if self._clouds is None:
+            return raster
+        classes = self._clouds.read(grid, ("clouds",))
+        cloudy = classes.valid & (classes.data[0] > 0)
+        if not cloudy.any():
+            return raster
+        np.copyto(raster.data, np.nan, where=cloudy)
+        return Raster(raster.data, raster.valid & ~cloudy, grid, bands)
 
     def open(self) -> None:
         self._stack.open()
+        if self._clouds is not None:
+            self._clouds.open()
 
     def close(self) -> None:
         self._stack.close()
+        if self._clouds is not None:
+            self._clouds.close()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "bands": list(self.bands), "world": self.world,
-                "year": self.year, "crs": self.crs,
+                "year": self.year, "crs": self.crs, "mask_clouds": self.mask_clouds,
                 "generator_version": self.generator_version}
 
     def footprint(self) -> tuple[str, tuple[float, float, float, float]] | None:
