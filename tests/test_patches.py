@@ -163,6 +163,10 @@ def test_channels_last_zeroes_invalid_and_non_finite_and_patches_are_views(rng):
     assert [(p.row, p.col) for p in patches] == [(0, 0), (0, 32), (32, 0), (32, 32)]
     np.testing.assert_array_equal(patches[3].image, hwc[32:, 32:])
     assert data[1, 5, 7] == np.inf  # the source array is left alone
+    one = data[:1].copy()  # one band: its channels-last view is already contiguous
+    single = channels_last(one, valid)
+    assert (single[10:12] == 0).all() and not np.shares_memory(single, one)
+    assert (one[0, 10:12] != 0).all()
 
 
 def test_kept_pixels_counts_overlapping_patches_once(rng):

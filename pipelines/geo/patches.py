@@ -150,9 +150,9 @@ def channels_last(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     Done once per chunk: patches are views into it, so cutting costs one pass over the
     chunk instead of a transpose, a copy and two masked writes per patch.
     """
-    hwc = np.ascontiguousarray(np.moveaxis(data, 0, -1), dtype=np.float32)
-    if hwc is data:  # a (1, h, w) array can come back as a view of the input
-        hwc = hwc.copy()
+    # always a copy: for one band the transposed view is already contiguous, and
+    # ascontiguousarray would hand back a view whose zeroing below would reach ``data``
+    hwc = np.array(np.moveaxis(data, 0, -1), dtype=np.float32, order="C", copy=True)
     if not valid.all():
         hwc[~valid] = 0.0
     if not np.isfinite(hwc).all():  # sources keep NaN to invalid pixels; be safe anyway
