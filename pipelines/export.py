@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import fsio
-from pipelines.errors import ConfigError, OutputError, RegionError
+from pipelines.errors import ConfigError, RegionError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
 from pipelines.geo.patches import SPLITS, PatchRules, SplitPlan
@@ -273,25 +273,6 @@ def plan_export(config: ExportConfig) -> ExportPlan:
     return ExportPlan(region, chunks, splits, n_in_aoi, source)
 
 
-def _check_writable(out: str) -> None:
-    probe = fsio.join(out, ".write-probe")
-    try:
-        fsio.makedirs(out)
-        fsio.write_bytes(probe, b"ok")
-    except OutputError:
-        raise
-    except Exception as exc:
-        raise OutputError(f"Output {out!r} is not writable: {exc}") from exc
-    if fsio.is_remote(probe):
-        from apache_beam.io.filesystems import FileSystems
-
-        FileSystems.delete([probe])
-    else:
-        import os
-
-        os.unlink(probe)
-
-
 def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> dict:
     """Run the export pipeline; returns the manifest (also written to ``out``).
 
@@ -305,7 +286,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     from pipelines.shards import make_write_shards, summarise
 
     plan = plan_export(config)
-    _check_writable(config.out)
+    fsio.check_writable(config.out)
     fsio.write_json(fsio.join(config.out, "export_config.json"), config.to_dict())
     by_split = {s: sum(1 for v in plan.splits.values() if v == s) for s in SPLITS}
     log.info("Exporting %d chunks (train %d, val %d, test %d) of %s to %s",

@@ -184,6 +184,31 @@ def glob(pattern: str) -> list[str]:
     return sorted(_glob.glob(pattern))
 
 
+def delete(path: str | Path) -> None:
+    """Delete one file or object."""
+    if is_remote(path):
+        _fs().delete([str(path)])
+    else:
+        os.unlink(path)
+
+
+def check_writable(out: str | Path) -> None:
+    """Create ``out`` if needed and write, then delete, a probe file in it.
+
+    Raises:
+        OutputError: naming the folder or bucket and why it cannot be written.
+    """
+    probe = join(out, ".write-probe")
+    try:
+        makedirs(out)
+        write_bytes(probe, b"ok")
+        delete(probe)
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"Output {str(out)!r} is not writable: {exc}") from exc
+
+
 def remove_tree(path: str | Path) -> None:
     """Delete a local folder and its contents, or every object under a URL prefix."""
     if is_remote(path):

@@ -52,7 +52,6 @@ from pipelines.errors import (
     DataNotFoundError,
     InputError,
     NoDataError,
-    OutputError,
     RegionError,
 )
 from pipelines.geo import bands as bandreg
@@ -438,7 +437,7 @@ class Sweep:
                 json.dumps(f, sort_keys=True) + "\n" for f in failures).encode())
             outputs["failed_chunks"] = failed_path
         elif fsio.exists(failed_path):  # a clean rerun supersedes the old dead letters
-            _delete(failed_path)
+            fsio.delete(failed_path)
         if self.config.stac:
             outputs["stac"] = self._stac(job, results, outputs)
         outputs["run"] = job.path(RUN)
@@ -623,17 +622,6 @@ def _size(path: str) -> int | None:
         return None
 
 
-def _delete(path: str) -> None:
-    if fsio.is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        FileSystems.delete([path])
-    else:
-        import os
-
-        os.unlink(path)
-
-
 # ----------------------------------------------------------------------------- launcher
 def _load_meta(path: str) -> dict:
     from model.artifact import load_artifact
@@ -647,18 +635,6 @@ def _load_meta(path: str) -> dict:
     keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
             "pixel_size", "classes", "n_classes")
     return {k: meta.get(k) for k in keep}
-
-
-def _check_writable(out: str) -> None:
-    probe = fsio.join(out, ".write-probe")
-    try:
-        fsio.makedirs(out)
-        fsio.write_bytes(probe, b"ok")
-        _delete(probe)
-    except OutputError:
-        raise
-    except Exception as exc:
-        raise OutputError(f"Output {out!r} is not writable: {exc}") from exc
 
 
 def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, bytes, dict]]]:
@@ -803,7 +779,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     t0 = time.monotonic()
     sweep, elements = plan_predict(config)
     for job in sweep.jobs:
-        _check_writable(job.out)
+        fsio.check_writable(job.out)
     fsio.write_json(fsio.join(config.out, CONFIG), config.to_dict())
     log.info("Predicting %d chunk(s) of %d AOI(s) (%.1f km2) with model %s, %d-px windows, "
              "stride %d, halo %d, into %s", len(elements), len(sweep.jobs),

@@ -102,3 +102,24 @@ def test_read_record_treats_missing_corrupt_and_non_objects_as_absent(tmp_path, 
     p.write_text("[1, 2]")
     assert fsio.read_record(p) is None
     assert caplog.text.count("will be redone") == 2
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_check_writable_leaves_no_probe_and_delete_removes(where, tmp_path, request):
+    out = (str(tmp_path / "new" / "folder") if where == "local"
+           else f"{request.getfixturevalue('gcs_bucket')}/new/folder")
+    fsio.check_writable(out)
+    assert not fsio.exists(fsio.join(out, ".write-probe"))
+    if where == "local":
+        assert os.path.isdir(out)
+    f = fsio.join(out, "x.bin")
+    fsio.write_bytes(f, b"1")
+    fsio.delete(f)
+    assert not fsio.exists(f)
+
+
+def test_check_writable_names_an_output_that_cannot_be_made(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(OutputError, match="file"):
+        fsio.check_writable(str(blocker / "under"))
