@@ -128,7 +128,8 @@ class Artifact:
         return self._fn
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays (anything else: str)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -139,7 +140,7 @@ def _json_default(o: Any) -> Any:
 def model_id_of(meta: Mapping[str, Any], weights_digest: str) -> str:
     """A short deterministic id from the training config and the weights."""
     h = hashlib.sha256()
-    h.update(json.dumps(meta.get("training", {}), sort_keys=True, default=_json_default).encode())
+    h.update(json.dumps(meta.get("training", {}), sort_keys=True, default=json_default).encode())
     h.update(weights_digest.encode())
     return f"lsm-{h.hexdigest()[:12]}"
 
@@ -214,7 +215,7 @@ def save_artifact(
                             exc)
         meta["files"] = files
         with open(os.path.join(tmp, META), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+            json.dump(meta, f, indent=2, sort_keys=True, default=json_default)
         _publish(tmp, out, [*files, META])
     log.info("Saved model artifact %s to %s", meta["model_id"], out)
     return meta

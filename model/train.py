@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import data as data_mod
-from model.artifact import Artifact, load_artifact, read_meta, save_artifact
+from model.artifact import Artifact, json_default, load_artifact, read_meta, save_artifact
 from model.augment import AugmentConfig
 from model.distribute import (
     PRECISIONS,
@@ -398,15 +398,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def _save_weights(model: keras.Model, path: str) -> None:
