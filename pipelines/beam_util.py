@@ -1,12 +1,18 @@
-"""Beam pipeline options shared by every Beam stage."""
+"""Beam helpers shared by every Beam stage: pipeline options, read-ahead."""
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> PipelineOptions
@@ -57,3 +63,35 @@ def submitted_only(opts) -> bool:
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     return bool(opts.view_as(GoogleCloudOptions).template_location)
+
+
+def read_ahead(executor, fn: Callable[[T], Any], items: Iterable[T],
+               depth: int = 1) -> Iterator[tuple[T, Future]]:
+    """Yield ``(item, future of fn(item))`` in order, ``depth`` items submitted ahead.
+
+    The way ``tf.data`` prefetches: while the caller works on one item (and, inside a
+    fused Beam stage, while the steps downstream of its outputs run), ``executor``
+    already computes the next. I/O, GDAL decoding and numpy release the GIL, so the
+    reads overlap with the work of the calling thread.
+
+    Args:
+        executor: A ``concurrent.futures`` executor (one worker keeps reads in order).
+        fn: Called on the executor with each item; its exception is raised by
+            ``future.result()``, so the caller handles each item's failure on its own.
+        items: The items, consumed lazily.
+        depth: Items submitted before the current one is handed over (memory grows
+            with it).
+    """
+    todo = iter(items)
+    ahead: deque[tuple[T, Future]] = deque()
+    for item in itertools.islice(todo, depth + 1):
+        ahead.append((item, executor.submit(fn, item)))
+    while ahead:
+        item, future = ahead.popleft()
+        following = next(todo, _END)
+        if following is not _END:
+            ahead.append((following, executor.submit(fn, following)))
+        yield item, future
+
+
+_END = object()

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import itertools
 import json
 import logging
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import fsio
+from pipelines.beam_util import read_ahead
 from pipelines.errors import ConfigError, RegionError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
@@ -164,15 +163,7 @@ def _make_dofns():
             return chunk, raster, raster.valid & chunk.region_mask(), self._labels(chunk.grid)
 
         def process(self, batch: list[tuple[str, str, bytes, dict]]):
-            ahead: deque = deque()
-            todo = iter(batch)
-            for element in itertools.islice(todo, 2):  # this chunk and the next
-                ahead.append((element, self._reader.submit(self._read, element)))
-            while ahead:
-                element, future = ahead.popleft()
-                following = next(todo, None)
-                if following is not None:
-                    ahead.append((following, self._reader.submit(self._read, following)))
+            for element, future in read_ahead(self._reader, self._read, batch):
                 yield from self._cut(element, future)
 
         def _labels(self, grid) -> np.ndarray:
