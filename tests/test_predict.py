@@ -473,6 +473,29 @@ def test_merge_chunk_polygons_joins_across_edges_only():
     assert merge_chunk_polygons(gdf.iloc[:0], 4).empty
 
 
+def test_merge_chunk_polygons_aggregates_nan_and_distinct_chunks():
+    sq = lambda x0: box(x0, 0, x0 + 10, 10)  # noqa: E731
+    nan = float("nan")
+    gdf = gpd.GeoDataFrame({
+        "chunk": ["z", "a", "c", "d", "b", "c"],
+        "edge": [False, True, True, True, True, True],
+        "area_m2": [100.0] * 6,
+        "n_pixels": [1, 1, 3, 1, 1, 1],
+        "prob_mean": [nan, nan, 0.2, 0.8, 0.5, nan],
+        "prob_max": [nan, nan, 0.3, 0.9, 0.6, nan],
+    }, geometry=[sq(500), sq(0), sq(50), sq(60), sq(10), sq(70)], crs="EPSG:32645")
+    out = merge_chunk_polygons(gdf, connectivity=4)
+    # groups in the order of their first member: z | a+b | c+d+c
+    assert list(out["n_pixels"]) == [1, 2, 5]
+    assert list(out["chunks"]) == [1, 2, 2]  # c counted once though two of its parts join
+    assert np.isnan(out["prob_mean"][0]) and np.isnan(out["prob_max"][0])
+    assert out["prob_mean"][1] == pytest.approx(0.5) and out["prob_max"][1] == 0.6
+    assert out["prob_mean"][2] == pytest.approx((0.2 * 3 + 0.8) / 4)
+    assert out["prob_max"][2] == 0.9 and list(out["area_m2"]) == [100.0, 200.0, 300.0]
+    assert out.geometry[2].equals(box(50, 0, 80, 10))
+    assert out.geometry[0].equals(sq(500))
+
+
 def test_event_catalogue_and_point_parsing(tmp_path):
     csv = tmp_path / "glc.csv"
     csv.write_text("Event ID,Event Date,Latitude,Longitude,event_title\n"

@@ -17,6 +17,7 @@ import posixpath
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -209,55 +210,75 @@ def merge_chunk_polygons(gdf, connectivity: int = 4, tolerance: float = 1e-6):
     return _combine(gdf, _groups(n, r, c), shapely.union_all)
 
 
-def _groups(n: int, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+def _groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected components of the pairs ``(a[i], b[i])`` over ``n`` items.
 
     Returns:
-        Each group's members (ascending), groups ordered by their first member.
+        Each item's group number; groups are numbered in the order of their first member.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    order = np.argsort(labels, kind="stable")
-    cuts = np.flatnonzero(np.diff(labels[order])) + 1
-    return sorted(np.split(order, cuts), key=lambda g: int(g[0]))
+    _, first = np.unique(labels, return_index=True)  # first member of each component
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[labels]
 
 
-def _combine(gdf, groups: list[np.ndarray], union):
-    """One row per group: geometries joined with ``union``, attributes aggregated."""
+def _combine(gdf, group: np.ndarray, union):
+    """One row per group (``group``: each row's group number, from :func:`_groups`).
+
+    Geometries are joined with ``union`` (single-member groups keep theirs);
+    ``area_m2`` and ``n_pixels`` are summed, ``prob_mean`` pixel-weighted over its
+    finite values, ``prob_max`` the largest finite value (NaN when there is none), and
+    ``chunks`` the number of distinct chunks (or the sum of ``chunks`` when the rows are
+    already merged parts).
+    """
     import geopandas as gpd
 
     geoms = np.asarray(gdf.geometry.values, dtype=object)
+    n_groups = int(group.max()) + 1 if len(group) else 0
     cols = [c for c in ("area_m2", "n_pixels", "prob_mean", "prob_max") if c in gdf.columns]
     values = {col: np.asarray(gdf[col].to_numpy(), dtype=np.float64) for col in cols}
-    n = len(gdf)
-    npx = values["n_pixels"] if "n_pixels" in values else np.ones(n)
+    npx = values.get("n_pixels", np.ones(len(gdf)))
+    out: dict[str, Any] = {}
+    for col in cols:
+        vals = values[col]
+        if col == "prob_mean":
+            ok = np.isfinite(vals)
+            w = np.where(ok, npx, 0.0)
+            tot = np.bincount(group, weights=np.where(ok, vals, 0.0) * w, minlength=n_groups)
+            wsum = np.bincount(group, weights=w, minlength=n_groups)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[col] = np.where(wsum > 0, tot / wsum, np.nan)
+        elif col == "prob_max":
+            best = np.full(n_groups, -np.inf)
+            np.maximum.at(best, group, np.where(np.isfinite(vals), vals, -np.inf))
+            out[col] = np.where(np.isfinite(best), best, np.nan)
+        elif col == "n_pixels":
+            out[col] = np.bincount(group, weights=vals, minlength=n_groups).astype(np.int64)
+        else:
+            out[col] = np.bincount(group, weights=vals, minlength=n_groups)
     if "chunks" in gdf.columns:  # already merged parts: add up their chunk counts
-        chunk_count = lambda m: int(np.asarray(gdf["chunks"].to_numpy())[m].sum())  # noqa: E731
-    else:
-        chunk = np.asarray(gdf["chunk"].astype(str))
-        chunk_count = lambda m: len(set(chunk[m]))  # noqa: E731
-    out_geoms: list = []
-    out: dict[str, list] = {k: [] for k in [*cols, "chunks"]}
-    for members in groups:
-        out_geoms.append(geoms[members[0]] if len(members) == 1 else union(geoms[members]))
-        for col in cols:
-            vals = values[col][members]
-            if col == "prob_mean":
-                w = npx[members]
-                ok = np.isfinite(vals)
-                out[col].append(float(np.sum(vals[ok] * w[ok]) / np.sum(w[ok])) if ok.any()
-                                else float("nan"))
-            elif col == "prob_max":
-                out[col].append(float(np.nanmax(vals)) if np.isfinite(vals).any()
-                                else float("nan"))
-            elif col == "n_pixels":
-                out[col].append(int(vals.sum()))
-            else:
-                out[col].append(float(vals.sum()))
-        out["chunks"].append(chunk_count(members))
+        out["chunks"] = np.bincount(group, weights=np.asarray(gdf["chunks"].to_numpy(),
+                                                              dtype=np.float64),
+                                    minlength=n_groups).astype(np.int64)
+    else:  # distinct chunks per group
+        _, chunk_code = np.unique(np.asarray(gdf["chunk"].astype(str)), return_inverse=True)
+        pairs = np.unique(np.stack([group, chunk_code.ravel()]), axis=1)
+        out["chunks"] = np.bincount(pairs[0], minlength=n_groups).astype(np.int64)
+    sizes = np.bincount(group, minlength=n_groups)
+    out_geoms = np.empty(n_groups, dtype=object)
+    single = sizes[group] == 1
+    out_geoms[group[single]] = geoms[single]
+    if (~single).any():
+        order = np.flatnonzero(~single)
+        order = order[np.argsort(group[order], kind="stable")]
+        bounds = np.flatnonzero(np.diff(group[order])) + 1
+        for members in np.split(order, bounds):
+            out_geoms[group[members[0]]] = union(geoms[members])
     return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(out_geoms, crs=gdf.crs), crs=gdf.crs)
 
 
