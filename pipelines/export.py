@@ -163,7 +163,8 @@ def _make_dofns():
             return chunk, raster, raster.valid & chunk.region_mask(), self._labels(chunk.grid)
 
         def process(self, batch: list[tuple[str, str, bytes, dict]]):
-            for element, future in read_ahead(self._reader, self._read, batch):
+            # two chunks queued behind the current one: the reader never waits for it
+            for element, future in read_ahead(self._reader, self._read, batch, depth=2):
                 yield from self._cut(element, future)
 
         def _labels(self, grid) -> np.ndarray:
