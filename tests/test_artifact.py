@@ -77,6 +77,31 @@ def test_predict_in_any_batch_size_matches_keras_and_pickles(saved):
     np.testing.assert_allclose(again.predict(x[:2]), want[:2], atol=1e-6)
 
 
+def test_warm_up_in_the_background_traces_once_and_predicts_the_same(saved):
+    import pickle
+
+    from model.artifact import _load_artifact
+
+    out, m, _ = saved
+    art = _load_artifact(str(out))  # not the cached, shared one
+    art.warm_up(background=True)
+    thread = art._warming
+    assert thread is not None
+    x = np.random.default_rng(2).random((5, 32, 32, 3), dtype=np.float32)
+    got = art.predict(x, batch_size=2)  # waits for the warm-up
+    assert not thread.is_alive()
+    np.testing.assert_allclose(got, m.predict(x, verbose=0)[..., 0], atol=1e-6)
+    fn = art._fn
+    art.warm_up()
+    art.warm_up(background=True)  # idempotent: no second thread, no second trace
+    assert art._fn is fn and art._warming is thread
+    assert fn.experimental_get_tracing_count() == 1
+    again = pickle.loads(pickle.dumps(art))  # lock and thread are rebuilt, not pickled
+    again.warm_up()
+    assert again._fn is not None and again._fn.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(again.predict(x), got, atol=1e-6)
+
+
 def test_an_unchanged_local_artifact_is_loaded_once_and_a_changed_one_again(saved, tmp_path):
     import shutil
 
