@@ -2,14 +2,14 @@
 
 The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
 
-    chunks of every AOI (planned on the launcher, per UTM zone)
-      | Reshuffle
+    chunks of every AOI (planned on the launcher, per UTM zone; Create reshuffles them)
       | ReadChunk: skip chunks whose done-record matches this run's inputs; else read the
-      |            chunk plus a halo from the source and cut the lattice windows
+      |            chunk plus a halo from the source and cut the lattice windows (the
+      |            next chunk on a reader thread, during this one's inference)
       | RunInference(KeyedModelHandler(KerasModelHandler))   (model loaded once per worker)
       | BlendWrite: weighted blend, halo cropped, nodata where imagery is invalid; write
       |             prob/<key>.tif, mask/<key>.tif, then done/<key>.json (with the
-      |             chunk's polygons) last
+      |             chunk's polygons) last (on a writer thread, during the next inference)
       +-> per AOI (CoGroupByKey): polygons merged across chunk edges -> inventory.gpkg +
           inventory.parquet, mosaic/*.vrt (+ merged COGs when small), stac/catalog.json,
           failed_chunks.jsonl, run.json
@@ -746,8 +746,7 @@ def build_pipeline(p, sweep: Sweep, elements: Sequence[tuple]) -> None:
         cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
         large_model=cfg.large_model))
     read = (p
-            | "Chunks" >> beam.Create(list(elements))
-            | "Spread" >> beam.Reshuffle()
+            | "Chunks" >> beam.Create(list(elements))  # reshuffled: spread over workers
             | "Read" >> beam.ParDo(ReadChunk(sweep, len(elements))).with_outputs(
                 "result", "failed", main="tiles"))
     preds, dlq = read.tiles | "Infer" >> RunInference(handler).with_exception_handling()

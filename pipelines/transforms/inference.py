@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.utils.windowed_value import WindowedValue
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -71,6 +74,7 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
         art = load_artifact(self.artifact_path)
         log.info("Loaded model %s from %s in %.1f s", art.model_id, self.artifact_path,
                  time.monotonic() - t0)
+        art.warm_up(background=True)  # traced while the first chunk is read
         return art
 
     def run_inference(self, batch: Sequence[Any], model: Artifact,
@@ -97,36 +101,92 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class ReadChunk(beam.DoFn):
+class InBackground(beam.DoFn):
+    """A DoFn whose per-element work runs on one background thread, in order.
+
+    ``process`` hands the element's work to the thread, then returns the outputs of the
+    oldest elements while more than ``max_pending`` are in flight (waiting for their
+    work); ``finish_bundle`` waits for the rest. Inside a fused stage the steps
+    downstream of this one therefore run while the thread works on the next element:
+    reading, GDAL encoding, numpy and file I/O release the GIL, so they overlap with
+    inference. Outputs keep their element's window and timestamp.
+    """
+
+    thread_name = "background"
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max(1, int(max_pending))
+
+    def setup(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
+
+    def teardown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def start_bundle(self) -> None:
+        self._pending: deque[tuple[Any, Future, WindowedValue]] = deque()
+
+    def _submit(self, context: Any, where: WindowedValue, fn: Any, *args: Any):
+        self._pending.append((context, self._pool.submit(fn, *args), where))
+        while len(self._pending) > self.max_pending:  # this element's work is submitted
+            yield from self._emit(*self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            yield from self._emit(*self._pending.popleft())
+
+    def _emit(self, context: Any, future: Future, where: WindowedValue):
+        for out in self._outputs(context, future):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, where.with_value(out.value))
+            else:
+                yield where.with_value(out)
+
+    def _outputs(self, context: Any, future: Future) -> Iterable[Any]:
+        raise NotImplementedError
+
+
+class ReadChunk(InBackground):
     """Skip a chunk already done for the same inputs, or read it and cut its windows.
+
+    The next chunk is read on a reader thread while this one goes through inference and
+    blending downstream (one fused stage), the way ``tf.data`` prefetches.
 
     Main output: ``((job, key), ChunkTiles)`` for RunInference. Tagged ``result``:
     ``(job, record)`` of skipped and empty chunks. Tagged ``failed``: ``(job, failure)``.
     """
 
-    def __init__(self, sweep: Sweep, total: int) -> None:
+    thread_name = "chunk-read"
+
+    def __init__(self, sweep: Sweep, total: int, read_ahead: int = 1) -> None:
+        super().__init__(max_pending=read_ahead)
         self.sweep = sweep  # sources built once on the launcher, pickled without clients
         self.total = total
 
     def setup(self) -> None:
         from pipelines.progress import Progress
 
+        super().setup()  # one reader thread: sources are read by it, one chunk at a time
         self.sweep.open()
-        # Elements are handed on one at a time (the read, inference and write steps are
-        # fused), so chunks handled here are chunks done but for the one in flight.
         self.progress = Progress(self.total, "predict", "chunks")
         self.counters = {n: Metrics.counter(METRICS_NAMESPACE, n)
                          for n in ("chunks_skipped", "chunks_empty", "chunks_read_failed",
                                    "windows")}
 
     def teardown(self) -> None:
+        super().teardown()
         self.sweep.close()
 
-    def process(self, element: tuple[int, str, bytes, dict]):
+    def process(self, element: tuple[int, str, bytes, dict],
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        yield from self._submit(element, WindowedValue(None, timestamp, (window,)),
+                                self.sweep.prepare, *element)
+
+    def _outputs(self, element: tuple[int, str, bytes, dict], future: Future):
         job, key = element[0], element[1]
         self.progress.update()
         try:
-            outcome = self.sweep.prepare(*element)
+            outcome = future.result()
         except Exception as exc:  # dead letter: recorded, counted, never silent
             log.warning("chunk %s (%s) failed: %s", key, self.sweep.jobs[job].label, exc)
             self.counters["chunks_read_failed"].inc()
@@ -142,31 +202,44 @@ class ReadChunk(beam.DoFn):
         yield ((job, key), outcome)
 
 
-class BlendWrite(beam.DoFn):
-    """Blend a chunk's window predictions, write its COGs, polygons and done-record."""
+class BlendWrite(InBackground):
+    """Blend a chunk's window predictions, write its COGs, polygons and done-record.
 
-    def __init__(self, sweep: Sweep) -> None:
+    On a writer thread, while the model predicts the next chunk. Main output:
+    ``(job, record)``; tagged ``failed``: ``(job, failure)``.
+    """
+
+    thread_name = "chunk-write"
+
+    def __init__(self, sweep: Sweep, max_pending: int = 2) -> None:
+        super().__init__(max_pending=max_pending)
         self.sweep = sweep
 
     def setup(self) -> None:
+        super().setup()
         self.done = Metrics.counter(METRICS_NAMESPACE, "chunks_done")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "chunks_write_failed")
 
-    def process(self, element: tuple[tuple[int, str], PredictionResult]):
+    def process(self, element: tuple[tuple[int, str], PredictionResult],
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         (job, key), result = element
         tiles: Any = result.example
+        tiles.windows = None  # blending does not need the windows' pixels: free them now
+        yield from self._submit((job, key), WindowedValue(None, timestamp, (window,)),
+                                self.sweep.finish, tiles, np.asarray(result.inference))
+
+    def _outputs(self, context: tuple[int, str], future: Future):
+        job, key = context
         try:
-            record = self.sweep.finish(tiles, np.asarray(result.inference))
+            record = future.result()
         except Exception as exc:
             log.warning("chunk %s (%s) failed: %s", key, self.sweep.jobs[job].label, exc)
             self.failed.inc()
             yield beam.pvalue.TaggedOutput("failed", (job, self.sweep.failure(
                 job, key, "write", exc)))
             return
-        finally:
-            tiles.windows = None  # free the window stack as soon as possible
         self.done.inc()
-        yield (job, record)
+        yield job, record
 
 
 def inference_failures(item: tuple[Any, Any], sweep: Sweep) -> Iterable[tuple[int, dict]]:
@@ -191,6 +264,7 @@ def finalize_job(item: tuple[int, dict[str, list]], sweep: Sweep) -> str:
 __all__ = [
     "METRICS_NAMESPACE",
     "BlendWrite",
+    "InBackground",
     "KerasModelHandler",
     "ReadChunk",
     "finalize_job",
