@@ -51,6 +51,16 @@ def is_direct(opts) -> bool:
         opts.view_as(StandardOptions).runner)
 
 
+def in_process(opts) -> bool:
+    """True when the DirectRunner runs one worker in this process (its default mode).
+
+    Spreading elements over workers (a reshuffle) is then pure overhead.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    return is_direct(opts) and opts.view_as(DirectOptions).direct_running_mode == "in_memory"
+
+
 def submitted_only(opts) -> bool:
     """True when the pipeline was turned into a job file, not run here.
 

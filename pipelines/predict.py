@@ -2,7 +2,7 @@
 
 The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
 
-    chunks of every AOI (planned on the launcher, per UTM zone; Create reshuffles them)
+    chunks of every AOI (planned on the launcher, per UTM zone; reshuffled over workers)
       | ReadChunk: skip chunks whose done-record matches this run's inputs; else read the
       |            chunk plus a halo from the source and cut the lattice windows (the
       |            next chunk on a reader thread, during this one's inference)
@@ -733,6 +733,7 @@ def build_pipeline(p, sweep: Sweep, elements: Sequence[tuple]) -> None:
     import apache_beam as beam
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+    from pipelines.beam_util import in_process
     from pipelines.transforms.inference import (
         BlendWrite,
         KerasModelHandler,
@@ -746,7 +747,8 @@ def build_pipeline(p, sweep: Sweep, elements: Sequence[tuple]) -> None:
         cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
         large_model=cfg.large_model))
     read = (p
-            | "Chunks" >> beam.Create(list(elements))  # reshuffled: spread over workers
+            # spread over workers, unless one worker in this process takes them all
+            | "Chunks" >> beam.Create(list(elements), reshuffle=not in_process(p.options))
             | "Read" >> beam.ParDo(ReadChunk(sweep, len(elements))).with_outputs(
                 "result", "failed", main="tiles"))
     preds, dlq = read.tiles | "Infer" >> RunInference(handler).with_exception_handling()
