@@ -9,10 +9,14 @@ district) and one 4x larger (8 x 8 chunks, 416 km2):
 * model-only tiles/s: ``Artifact.predict`` on the very same windows (read beforehand, not
   timed), one call per chunk with the same batch size, as the sweep's model handler does,
   in the same subprocess right after the sweep;
-* their ratio (goal >= 0.7): the share of the sweep's time spent in the model, and the
-  rest in seconds (``overhead_s``: mostly fixed per run: Beam, the model's first call,
-  mosaics, STAC and the merged inventory; so small regions have lower ratios, see
-  ``--side 2``);
+* their ratio (goal >= 0.7) per region: the share of the sweep's time spent in the
+  model, and the rest in seconds (``overhead_s``: partly fixed per run: loading and
+  tracing the model, Beam's start, mosaics, STAC and the merged inventory; so small
+  regions have lower ratios, see ``--side 2``);
+* the marginal ratio from the two regions: the sweep's time is a fixed cost per run plus
+  a cost per km2, the model's a cost per km2; their per-km2 costs compare the steady
+  throughputs (every km2 beyond the first ones), and the fixed cost says from which
+  region size a run's own ratio reaches 0.7;
 * peak resident memory of each subprocess (``VmHWM``: ``ru_maxrss`` would include the
   forking parent's memory, which Linux carries across ``exec``) and their ratio (goal
   <= 1.2: memory does not grow with the region).
@@ -240,10 +244,25 @@ def main() -> None:
             "overhead_s": round(r["seconds"] - r["model_s"], 2),
             "peak_rss_mb": round(r["maxrss_mb"], 1),
         }
+    # A sweep's time is a fixed cost per run plus a cost per km2; the model's is per km2
+    # only (warm). The two regions give both: the marginal ratio is the throughput ratio
+    # of every km2 a run sweeps beyond the first ones (its steady state).
+    r1, r4 = rows["R"], rows["4R"]
+    per_km2 = (r4["seconds"] - r1["seconds"]) / (r4["km2"] - r1["km2"])
+    model_per_km2 = (r4["model_s"] - r1["model_s"]) / (r4["km2"] - r1["km2"])
+    fixed = r1["seconds"] - per_km2 * r1["km2"]
+    report["marginal"] = {"end_to_end_s_per_km2": round(per_km2, 4),
+                          "model_only_s_per_km2": round(model_per_km2, 4),
+                          "fixed_s_per_run": round(fixed, 2)}
     print(json.dumps(report, indent=1))
     for name, r in rows.items():
-        print(f"{name}: end-to-end/model-only throughput ratio = "
+        print(f"{name} ({r['km2']:.0f} km2): end-to-end/model-only throughput ratio = "
               f"{r['model_s'] / r['seconds']:.3f} (goal >= 0.7)")
+    print(f"marginal (each km2 beyond R): end-to-end/model-only throughput ratio = "
+          f"{model_per_km2 / per_km2:.3f} (goal >= 0.7); fixed cost {fixed:.2f} s per run")
+    if model_per_km2 > 0.7 * per_km2:
+        print(f"the ratio reaches 0.7 from about "
+              f"{0.7 * fixed / (model_per_km2 - 0.7 * per_km2):.0f} km2 per run")
     print(f"peak memory ratio 4R/R = {rows['4R']['maxrss_mb'] / rows['R']['maxrss_mb']:.3f} "
           f"(goal <= 1.2)")
 
