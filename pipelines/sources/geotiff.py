@@ -674,7 +674,7 @@ class GeoTIFFSource(Source):
                     out[:, r0:r1, c0:c1] = data
                     done[...] = True
                 elif take.any():
-                    out[:, r0:r1, c0:c1][:, take] = data[:, take]
+                    np.copyto(out[:, r0:r1, c0:c1], data, where=take)  # per pixel, all bands
                     done |= take
                 if valid.all():
                     break
