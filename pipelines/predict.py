@@ -311,10 +311,12 @@ class Sweep:
             fsio.write_json(job.path("done", f"{key}.json"), rec)
             return {**rec, "action": "computed"}
         origins = chunk_windows(self.lattice, chunk.read_grid, h, needed=valid)
-        image = np.moveaxis(raster.data, 0, -1)
-        image = np.where(np.isfinite(image), image, self.fill)
-        windows = cut_windows(np.ascontiguousarray(image, dtype=np.float32), origins,
-                              self.lattice.window)
+        # one channels-last copy (never the source's array), NaN filled with the band mean
+        image = np.ascontiguousarray(np.moveaxis(raster.data, 0, -1), dtype=np.float32)
+        bad = ~np.isfinite(image)
+        if bad.any():
+            np.copyto(image, self.fill, where=bad)
+        windows = cut_windows(image, origins, self.lattice.window)
         return ChunkTiles(job_i, key, spec_d, region_wkb, sig, origins, valid, windows)
 
     def finish(self, tiles: ChunkTiles, probs: np.ndarray) -> dict:
