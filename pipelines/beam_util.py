@@ -1,17 +1,12 @@
-"""Beam helpers shared by every Beam stage: pipeline options, read-ahead."""
+"""Beam pipeline options shared by every Beam stage."""
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> PipelineOptions
@@ -72,37 +67,3 @@ def submitted_only(opts) -> bool:
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     return bool(opts.view_as(GoogleCloudOptions).template_location)
-
-
-def read_ahead(executor, fn: Callable[[T], Any], items: Iterable[T],
-               depth: int = 1) -> Iterator[tuple[T, Future]]:
-    """Yield ``(item, future of fn(item))`` in order, with ``depth`` more items submitted.
-
-    The way ``tf.data`` prefetches: while the caller works on one item (and, inside a
-    fused Beam stage, while the steps downstream of its outputs run), ``executor``
-    already computes the next ones. I/O, GDAL decoding and numpy release the GIL, so
-    the reads overlap with the work of the calling thread.
-
-    Args:
-        executor: A ``concurrent.futures`` executor (one worker keeps reads in order).
-        fn: Called on the executor with each item; its exception is raised by
-            ``future.result()``, so the caller handles each item's failure on its own.
-        items: The items, consumed lazily.
-        depth: Items after the current one submitted when it is handed over (memory
-            grows with it: up to ``depth + 1`` results may be held at once).
-    """
-    todo = iter(items)
-    ahead: deque[tuple[T, Future]] = deque()
-    while True:
-        while len(ahead) <= depth:
-            nxt = next(todo, _END)
-            if nxt is _END:
-                break
-            item = cast(T, nxt)
-            ahead.append((item, executor.submit(fn, item)))
-        if not ahead:
-            return
-        yield ahead.popleft()
-
-
-_END = object()

@@ -3,10 +3,11 @@
 The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
 
     chunks of the AOI (planned on the launcher, split assigned by spatial blocks)
-      | Reshuffle | BatchElements (a few chunks per call: the next one is read ahead)
+      | Reshuffle
       | CutChunk: read the chunk once from the source, rasterise the inventory, cut and
       |           select patches, encode them (model.schema), per-band stats of train
-      |           patches; chunks that fail become failure records
+      |           patches; chunks that fail become failure records (the next chunks
+      |           are read on a thread while this one is cut and encoded)
       +-> (split, record) -> WriteShards: out/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz
       +-> per-chunk summaries -> Summary (counts, stats, failures) -> manifest.json
                                                                      (+ failed_chunks.jsonl)
@@ -22,12 +23,11 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import fsio
-from pipelines.beam_util import read_ahead
 from pipelines.errors import ConfigError, RegionError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
@@ -121,17 +121,20 @@ def _make_dofns():
     from pipelines.geo.patches import BandStats, cut_patches, kept_pixels
     from pipelines.progress import Progress
     from pipelines.shards import summary_item
+    from pipelines.transforms.background import InBackground
 
-    class CutChunk(beam.DoFn):
+    class CutChunk(InBackground):
         """Read chunks, label them, cut and encode patches; dead-letter failures.
 
-        Takes a batch of chunks and reads the next chunk on a thread while the current one
-        is labelled, cut and encoded (GDAL decoding and numpy release the GIL), the way
-        ``tf.data`` prefetches. Main output: ``(split, record)``; ``summary``: one
-        :func:`summary_item` per chunk.
+        Chunks are read (pixels, valid mask, labels) on a reader thread, two ahead of the
+        one being cut and encoded (GDAL decoding and numpy release the GIL). Main
+        output: ``(split, record)``; ``summary``: one :func:`summary_item` per chunk.
         """
 
+        thread_name = "chunk-read"
+
         def __init__(self, config: ExportConfig, source: Source, total: int) -> None:
+            super().__init__(max_pending=2)  # the reader never waits for the encoder
             self.config = config
             self.source = source  # built once on the launcher, pickled without clients
             self.total = total
@@ -139,6 +142,7 @@ def _make_dofns():
         def setup(self) -> None:
             from model import schema
 
+            super().setup()  # one reader thread: the source is read by it, one chunk at a time
             self._schema = schema
             self.source.open()
             self.inventory = (inv.read_inventory(self.config.inventory)
@@ -148,11 +152,9 @@ def _make_dofns():
             self.counters = {n: Metrics.counter("export", n) for n in (
                 "chunks_done", "chunks_failed", "patches_candidates", "patches_positive",
                 "patches_negative", "dropped_nodata", "dropped_negative")}
-            # one reader thread: the source is only ever read by it, one chunk at a time
-            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-read")
 
         def teardown(self) -> None:
-            self._reader.shutdown(wait=True)
+            super().teardown()
             self.source.close()
 
         def _read(self, element: tuple[str, str, bytes, dict]):
@@ -162,10 +164,9 @@ def _make_dofns():
             raster = self.source.read(chunk.grid, self.config.bands)
             return chunk, raster, raster.valid & chunk.region_mask(), self._labels(chunk.grid)
 
-        def process(self, batch: list[tuple[str, str, bytes, dict]]):
-            # two chunks queued behind the current one: the reader never waits for it
-            for element, future in read_ahead(self._reader, self._read, batch, depth=2):
-                yield from self._cut(element, future)
+        def process(self, element: tuple[str, str, bytes, dict],
+                    timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+            yield from self._submit(element, timestamp, window, self._read, element)
 
         def _labels(self, grid) -> np.ndarray:
             if self.inventory is None:
@@ -178,7 +179,8 @@ def _make_dofns():
             return inv.rasterize(sub, grid, attribute=self.config.class_attribute,
                                  classes=self.config.classes)
 
-        def _cut(self, element: tuple[str, str, bytes, dict], read: Future):
+        def _outputs(self, element: tuple[str, str, bytes, dict], read: Future):
+            """On the bundle's thread: label, cut and encode one chunk read ahead."""
             key_text, split, _, _ = element
             key = ChunkKey.parse(key_text)
             try:
@@ -294,7 +296,6 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
         res = (p
                | "Chunks" >> beam.Create(elements)
                | "Spread" >> beam.Reshuffle()
-               | "Batch" >> beam.BatchElements(min_batch_size=4, max_batch_size=16)
                | "Cut" >> beam.ParDo(CutChunk(config, plan.source, len(elements)))
                .with_outputs("summary", main="records"))
         files = res.records | "Write" >> write

@@ -20,16 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines.transforms.background import InBackground
 
 if TYPE_CHECKING:
     from model.artifact import Artifact
@@ -101,51 +101,6 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class InBackground(beam.DoFn):
-    """A DoFn whose per-element work runs on one background thread, in order.
-
-    ``process`` hands the element's work to the thread, then returns the outputs of the
-    oldest elements while more than ``max_pending`` are in flight (waiting for their
-    work); ``finish_bundle`` waits for the rest. Inside a fused stage the steps
-    downstream of this one therefore run while the thread works on the next element:
-    reading, GDAL encoding, numpy and file I/O release the GIL, so they overlap with
-    inference. Outputs keep their element's window and timestamp.
-    """
-
-    thread_name = "background"
-
-    def __init__(self, max_pending: int) -> None:
-        self.max_pending = max(1, int(max_pending))
-
-    def setup(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
-
-    def teardown(self) -> None:
-        self._pool.shutdown(wait=True)
-
-    def start_bundle(self) -> None:
-        self._pending: deque[tuple[Any, Future, WindowedValue]] = deque()
-
-    def _submit(self, context: Any, where: WindowedValue, fn: Any, *args: Any):
-        self._pending.append((context, self._pool.submit(fn, *args), where))
-        while len(self._pending) > self.max_pending:  # this element's work is submitted
-            yield from self._emit(*self._pending.popleft())
-
-    def finish_bundle(self):
-        while self._pending:
-            yield from self._emit(*self._pending.popleft())
-
-    def _emit(self, context: Any, future: Future, where: WindowedValue):
-        for out in self._outputs(context, future):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, where.with_value(out.value))
-            else:
-                yield where.with_value(out)
-
-    def _outputs(self, context: Any, future: Future) -> Iterable[Any]:
-        raise NotImplementedError
-
-
 class ReadChunk(InBackground):
     """Skip a chunk already done for the same inputs, or read it and cut its windows.
 
@@ -179,8 +134,7 @@ class ReadChunk(InBackground):
 
     def process(self, element: tuple[int, str, bytes, dict],
                 timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        yield from self._submit(element, WindowedValue(None, timestamp, (window,)),
-                                self.sweep.prepare, *element)
+        yield from self._submit(element, timestamp, window, self.sweep.prepare, *element)
 
     def _outputs(self, element: tuple[int, str, bytes, dict], future: Future):
         job, key = element[0], element[1]
@@ -225,8 +179,8 @@ class BlendWrite(InBackground):
         (job, key), result = element
         tiles: Any = result.example
         tiles.windows = None  # blending does not need the windows' pixels: free them now
-        yield from self._submit((job, key), WindowedValue(None, timestamp, (window,)),
-                                self.sweep.finish, tiles, np.asarray(result.inference))
+        yield from self._submit((job, key), timestamp, window, self.sweep.finish, tiles,
+                                np.asarray(result.inference))
 
     def _outputs(self, context: tuple[int, str], future: Future):
         job, key = context
@@ -264,7 +218,6 @@ def finalize_job(item: tuple[int, dict[str, list]], sweep: Sweep) -> str:
 __all__ = [
     "METRICS_NAMESPACE",
     "BlendWrite",
-    "InBackground",
     "KerasModelHandler",
     "ReadChunk",
     "finalize_job",
