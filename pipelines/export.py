@@ -2,8 +2,8 @@
 
 The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
 
-    chunks of the AOI (planned on the launcher, split assigned by spatial blocks)
-      | Reshuffle
+    chunks of the AOI (planned on the launcher, split assigned by spatial blocks;
+      |                reshuffled over workers)
       | CutChunk: read the chunk once from the source, rasterise the inventory, cut and
       |           select patches, encode them (model.schema), per-band stats of train
       |           patches; chunks that fail become failure records (the next chunks
@@ -276,7 +276,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     """
     import apache_beam as beam
 
-    from pipelines.beam_util import pipeline_options, submitted_only
+    from pipelines.beam_util import in_process, pipeline_options, submitted_only
     from pipelines.shards import make_write_shards, summarise
 
     plan = plan_export(config)
@@ -294,8 +294,8 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     write = make_write_shards()(config.out, config.compression, config.num_shards, SPLITS)
     with beam.Pipeline(options=opts) as p:
         res = (p
-               | "Chunks" >> beam.Create(elements)
-               | "Spread" >> beam.Reshuffle()
+               # spread over workers, unless one worker in this process takes them all
+               | "Chunks" >> beam.Create(elements, reshuffle=not in_process(opts))
                | "Cut" >> beam.ParDo(CutChunk(config, plan.source, len(elements)))
                .with_outputs("summary", main="records"))
         files = res.records | "Write" >> write
