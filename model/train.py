@@ -937,6 +937,7 @@ def train(
         threshold=calibrated["threshold"], training=training, metrics=metrics,
         manifest=manifest, pixel_size=(shards.manifest or {}).get("pixel_size"),
         size_multiple=multiple, saved_model=resolved.saved_model,
+        extra={"stack": _stack_of(manifest, bands)},
     )
     _remove_tree(backup)
     val = calibrated["val"]
@@ -944,6 +945,24 @@ def train(
                 "%.3f; artifact %s", meta["model_id"], val["f1"], val["precision"],
                 val["recall"], val["iou"], calibrated["threshold"], out)
     return meta
+
+
+def _stack_of(manifest: Mapping[str, Any], bands: Sequence[str]) -> dict[str, Any]:
+    """The input stack the model takes: the manifest's, cut to the bands trained on.
+
+    The stack is a plain record here (model/ does not import pipelines/): its ``channels``
+    are the bands in order; predict rebuilds it with ``pipelines.geo.stack``.
+    """
+    stack = manifest.get("stack")
+    if not stack or list(stack.get("channels", ())) == list(bands):
+        return dict(stack) if stack else {"bands": list(bands), "references": [],
+                                          "change": [], "channels": list(bands)}
+    if any("@" in b for b in bands):
+        raise ConfigError(
+            f"Training on channels {list(bands)} of the stack {stack.get('channels')}: a "
+            f"model that takes reference channels must take the manifest's whole stack "
+            f"(drop --bands), or only target bands (no '@').")
+    return {"bands": list(bands), "references": [], "change": [], "channels": list(bands)}
 
 
 def _read_state(backup: str, config: dict) -> dict | None:

@@ -89,6 +89,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="Synthetic source: keep cloudy pixels as imagery (default: nodata).")
     g.add_argument("--images", action="append",
                    help="GeoTIFF/COG paths or globs (repeatable; {year} is filled from --start).")
+    g.add_argument("--reference-images", action="append", metavar="NAME=PATH[;PATH]",
+                   help="geotiff source: the images of a reference date of the input stack "
+                        "(default: --images with {year} filled with the reference's year).")
     g.add_argument("--dem", help="DEM raster for the terrain bands (geotiff source).")
     g.add_argument("--dem-nodata", type=float, help="Treat this DEM value as nodata.")
     g.add_argument("--band-map", help="Band name to file band, e.g. B4=1,B3=2,B2=3,B8=4.")
@@ -118,6 +121,19 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", help="Date window start, YYYY-MM-DD.")
     p.add_argument("--end", help="Date window end, YYYY-MM-DD.")
     p.add_argument("--bands", help="Comma-separated bands (default B2,B3,B4,B8,B11,B12,DEM,slope).")
+    g = p.add_argument_group("input stack (temporal context; recorded in the manifest and "
+                             "the model, which predict then reads the same way)")
+    g.add_argument("--reference", action="append", metavar="NAME=OFFSET|NAME=START/END",
+                   help="A reference image of the same place: an offset from the target "
+                        "window (prev=-1y) or a fixed window (pre=2014-01-01/2014-12-31); "
+                        "repeatable. Its optical bands become channels B4@NAME ...")
+    g.add_argument("--change", help="Change bands per reference: indices and bands, e.g. "
+                                    "NDVI,B4,B11 -> dNDVI@NAME, dB4@NAME, dB11@NAME.")
+    g.add_argument("--reference-bands",
+                   help="Optical bands taken from each reference (default: the target's).")
+    p.add_argument("--years", help="Export several labelled years in one run (2014,2016 or "
+                                   "2014-2016): each replaces the year of --start/--end and "
+                                   "fills {year} in --inventory.")
     p.add_argument("--pixel-size", type=float, default=10.0, help="Metres (default 10).")
     p.add_argument("--chunk-size", type=int, default=512, help="Chunk side in pixels (512).")
     p.add_argument("--patch-size", type=int, default=128, help="Patch side: 64, 128 or 256.")

@@ -32,9 +32,11 @@ from pipelines.errors import ConfigError, RegionError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
 from pipelines.geo.patches import SPLITS, PatchRules, SplitPlan
+from pipelines.geo.stack import StackSpec
 from pipelines.shards import COMPRESSIONS
 from pipelines.sources.base import Source
-from pipelines.sources.factory import check_window, make_source
+from pipelines.sources.factory import check_window, parse_date
+from pipelines.sources.stacked import make_stacked_source
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,13 @@ class ExportConfig:
             patches (all negatives) for inference-style exports.
         start: Date window start (YYYY-MM-DD).
         end: Date window end.
-        bands: Bands to export, in this order.
+        bands: The target image's bands, in this order.
+        stack: The input stack (reference dates and change bands; see
+            :mod:`pipelines.geo.stack`); ``None``: a single-date stack of ``bands``. Its
+            channels are what the shards hold, and it is recorded in the manifest.
+        years: Export several labelled years in one run: the date window's year is
+            replaced by each (same month and day) and ``{year}`` in ``inventory`` is filled;
+            a chunk keeps its split in every year, so no place is in two splits.
         pixel_size: Metres.
         chunk_size: Chunk side in pixels (a multiple of the patch size is best).
         patch: Patch selection rules.
@@ -77,6 +85,8 @@ class ExportConfig:
     start: str | None = None
     end: str | None = None
     bands: tuple[str, ...] = DEFAULT_BANDS
+    stack: StackSpec | None = None
+    years: tuple[int, ...] = ()
     pixel_size: float = 10.0
     chunk_size: int = 512
     patch: PatchRules = field(default_factory=PatchRules)
@@ -88,8 +98,29 @@ class ExportConfig:
     compression: str = "gzip"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bands", bandreg.resolve(self.bands))
+        if isinstance(self.stack, dict):
+            object.__setattr__(self, "stack", StackSpec.from_dict(self.stack))
+        if self.stack is None:
+            object.__setattr__(self, "stack", StackSpec(tuple(self.bands)))
+        assert self.stack is not None
+        object.__setattr__(self, "bands", self.stack.bands)
         check_window(self.start, self.end)
+        years = tuple(int(y) for y in self.years)
+        object.__setattr__(self, "years", years)
+        if years:
+            if not self.start:
+                raise ConfigError("Several years need a date window (--start/--end) whose "
+                                  "year is replaced by each.")
+            if len(set(years)) != len(years):
+                raise ConfigError(f"Years listed twice: {list(years)}.")
+            if self.inventory and "{year}" not in self.inventory:
+                raise ConfigError(
+                    f"Exporting years {list(years)} with one inventory {self.inventory!r}: put "
+                    f"{{year}} in the inventory path (e.g. inventory_{{year}}.gpkg) so every "
+                    f"year is labelled with its own inventory.")
+        elif self.inventory and "{year}" in self.inventory:
+            if not self.start:
+                raise ConfigError("The inventory path holds {year}: give --start/--end.")
         if self.chunk_size < self.patch.size:
             raise ConfigError(
                 f"chunk_size {self.chunk_size} is smaller than the patch size {self.patch.size}."
@@ -102,12 +133,38 @@ class ExportConfig:
             )
 
     @property
+    def channels(self) -> tuple[str, ...]:
+        """What every patch holds, in order: the stack's channels."""
+        assert self.stack is not None
+        return self.stack.channels
+
+    @property
     def date(self) -> str:
         return f"{self.start}/{self.end}" if self.start else ""
+
+    def periods(self) -> list[tuple[str | None, str | None, str | None]]:
+        """``(start, end, inventory)`` of every exported period (one without ``years``)."""
+        if not self.years:
+            year = str(parse_date(self.start, "start").year) if self.start else ""
+            inv = self.inventory.replace("{year}", year) if self.inventory else None
+            return [(self.start, self.end, inv)]
+        assert self.start and self.end
+        from pipelines.geo.stack import shift_date
+
+        s0, e0 = parse_date(self.start, "start"), parse_date(self.end, "end")
+        out: list[tuple[str | None, str | None, str | None]] = []
+        for y in self.years:
+            s, e = shift_date(s0, y - s0.year, "y"), shift_date(e0, y - s0.year, "y")
+            inv = self.inventory.replace("{year}", str(y)) if self.inventory else None
+            out.append((s.isoformat(), e.isoformat(), inv))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["split"]["polygons"] = sorted(self.split.polygons)
+        assert self.stack is not None
+        d["stack"] = self.stack.to_dict()
+        d["years"] = list(self.years)
         return d
 
 
@@ -133,10 +190,11 @@ def _make_dofns():
 
         thread_name = "chunk-read"
 
-        def __init__(self, config: ExportConfig, source: Source, total: int) -> None:
+        def __init__(self, config: ExportConfig, sources: list[Source], total: int) -> None:
             super().__init__(max_pending=2)  # the reader never waits for the encoder
             self.config = config
-            self.source = source  # built once on the launcher, pickled without clients
+            # one per period, built once on the launcher, pickled without clients
+            self.sources = sources
             self.total = total
 
         def setup(self) -> None:
@@ -144,10 +202,12 @@ def _make_dofns():
 
             super().setup()  # one reader thread: the source is read by it, one chunk at a time
             self._schema = schema
-            self.source.open()
-            self.inventory = (inv.read_inventory(self.config.inventory)
-                              if self.config.inventory else None)
-            self._by_crs: dict[str, Any] = {}
+            for source in self.sources:
+                source.open()
+            self.periods = self.config.periods()
+            self.inventories = [inv.read_inventory(path) if path else None
+                                for _, _, path in self.periods]
+            self._by_crs: dict[tuple[int, str], Any] = {}
             self.progress = Progress(self.total, "export", "chunks")
             self.counters = {n: Metrics.counter("export", n) for n in (
                 "chunks_done", "chunks_failed", "patches_candidates", "patches_positive",
@@ -155,46 +215,54 @@ def _make_dofns():
 
         def teardown(self) -> None:
             super().teardown()
-            self.source.close()
+            for source in self.sources:
+                source.close()
 
-        def _read(self, element: tuple[str, str, bytes, dict]):
+        def _read(self, element: tuple[str, str, bytes, dict, int]):
             """On the reader thread: the chunk's pixels, valid mask and labels."""
-            key_text, _, region_wkb, spec_d = element
+            key_text, _, region_wkb, spec_d, period = element
             chunk = Chunk(ChunkKey.parse(key_text), GridSpec(**spec_d), region_wkb)
-            raster = self.source.read(chunk.grid, self.config.bands)
-            return chunk, raster, raster.valid & chunk.region_mask(), self._labels(chunk.grid)
+            raster = self.sources[period].read(chunk.grid, self.config.channels)
+            return (chunk, raster, raster.valid & chunk.region_mask(),
+                    self._labels(chunk.grid, period))
 
-        def process(self, element: tuple[str, str, bytes, dict],
+        def process(self, element: tuple[str, str, bytes, dict, int],
                     timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
             yield from self._submit(element, timestamp, window, self._read, element)
 
-        def _labels(self, grid) -> np.ndarray:
-            if self.inventory is None:
+        def _labels(self, grid, period: int) -> np.ndarray:
+            inventory = self.inventories[period]
+            if inventory is None:
                 return np.zeros(grid.shape, np.uint8)
-            gdf = self._by_crs.get(grid.crs)
+            gdf = self._by_crs.get((period, grid.crs))
             if gdf is None:
-                gdf = self.inventory.to_crs(grid.crs)
-                self._by_crs[grid.crs] = gdf
+                gdf = inventory.to_crs(grid.crs)
+                self._by_crs[(period, grid.crs)] = gdf
             sub = gdf.iloc[gdf.sindex.query(_box(grid.bounds))]
             return inv.rasterize(sub, grid, attribute=self.config.class_attribute,
                                  classes=self.config.classes)
 
-        def _outputs(self, element: tuple[str, str, bytes, dict], read: Future):
+        def _outputs(self, element: tuple[str, str, bytes, dict, int], read: Future):
             """On the bundle's thread: label, cut and encode one chunk read ahead."""
-            key_text, split, _, _ = element
+            key_text, split, _, _, period = element
             key = ChunkKey.parse(key_text)
+            start, end, _ = self.periods[period]
+            date = f"{start}/{end}" if start else ""
             try:
                 chunk, raster, valid, labels = read.result()
                 patches, stats = cut_patches(key, raster.data, valid, labels, chunk.grid,
                                              self.config.patch)
+                # a place exported in several years: the year keeps patch keys unique
+                prefix = f"{str(start)[:4]}/" if self.config.years else ""
                 records = [self._schema.encode_patch(
-                    p.image, p.mask, self.config.bands, p.key, p.grid.crs, p.grid.transform,
-                    self.config.date) for p in patches]
+                    p.image, p.mask, self.config.channels, prefix + p.key, p.grid.crs,
+                    p.grid.transform, date) for p in patches]
             except Exception as exc:  # dead-letter: recorded, counted, never silent
                 log.warning("chunk %s failed: %s", key, exc)
                 self.counters["chunks_failed"].inc()
                 yield beam.pvalue.TaggedOutput("summary", summary_item(failed={
-                    "chunk": key_text, "split": split, "error": f"{type(exc).__name__}: {exc}"}))
+                    "chunk": key_text, "split": split, "date": date,
+                    "error": f"{type(exc).__name__}: {exc}"}))
                 return
             self.counters["chunks_done"].inc()
             self.counters["patches_candidates"].inc(stats.candidates)
@@ -210,7 +278,7 @@ def _make_dofns():
                 # each pixel once even when patches overlap (stride < size)
                 counted = kept_pixels(patches, valid)
                 data = raster.data
-                band_stats = BandStats(self.config.bands).add_bands(
+                band_stats = BandStats(self.config.channels).add_bands(
                     data.reshape(len(data), -1) if counted.all() else data[:, counted])
             counts = dataclasses.asdict(stats)
             counts.update({"chunks": 1, f"{split}_patches": len(patches),
@@ -236,27 +304,40 @@ class ExportPlan:
     chunks: list[Chunk]
     splits: dict[ChunkKey, str]
     landslides_in_aoi: int | None
-    source: Source
+    sources: list[Source]
+
+    @property
+    def source(self) -> Source:
+        return self.sources[0]
 
 
 def plan_export(config: ExportConfig) -> ExportPlan:
-    """Validate inputs and plan chunks and splits on the launcher (no Beam)."""
+    """Validate inputs and plan chunks and splits on the launcher (no Beam).
+
+    Every period's source (with every reference date of the stack) and inventory is
+    checked here, so a missing date, band or file fails before any chunk is read.
+    """
+    assert config.stack is not None
     region = load_region(config.aoi)
-    source = make_source(config.source, config.start, config.end, bands=config.bands)
-    bandreg.require(source.bands, config.bands, f"{source.kind} source")
-    covers = getattr(source, "check_covers", None)
-    if covers is not None:
-        covers(region)
+    sources: list[Source] = []
+    for start, end, _ in config.periods():
+        source = make_stacked_source(config.source, config.stack, start, end)
+        bandreg.require(source.bands, config.channels, f"{source.kind} source")
+        covers = getattr(source, "check_covers", None)
+        if covers is not None:
+            covers(region)
+        sources.append(source)
     n_in_aoi: int | None = None
-    if config.inventory:
+    inventories = [path for _, _, path in config.periods() if path]
+    if inventories:
         from pipelines.geo import inventory as inv
 
-        gdf = inv.read_inventory(config.inventory, region=region)
-        n_in_aoi = len(gdf)
+        n_in_aoi = sum(len(inv.read_inventory(path, region=region)) for path in inventories)
         if n_in_aoi == 0:
             if config.patch.negative_fraction == 0:
                 raise RegionError(
-                    f"No landslide of {config.inventory!r} lies inside the AOI {region.name!r}, "
+                    f"No landslide of {', '.join(inventories)} lies inside the AOI "
+                    f"{region.name!r}, "
                     f"and negative_fraction is 0, so there is nothing to export. Check the AOI "
                     f"and the inventory's extent, or keep negatives with --negative-fraction."
                 )
@@ -264,7 +345,7 @@ def plan_export(config: ExportConfig) -> ExportPlan:
                         config.inventory, region.name)
     chunks = plan_chunks(region, config.pixel_size, config.chunk_size, halo=0, epsg=config.epsg)
     splits = config.split.assign(chunks)
-    return ExportPlan(region, chunks, splits, n_in_aoi, source)
+    return ExportPlan(region, chunks, splits, n_in_aoi, sources)
 
 
 def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> dict:
@@ -283,12 +364,13 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     fsio.check_writable(config.out)
     fsio.write_json(fsio.join(config.out, "export_config.json"), config.to_dict())
     by_split = {s: sum(1 for v in plan.splits.values() if v == s) for s in SPLITS}
-    log.info("Exporting %d chunks (train %d, val %d, test %d) of %s to %s",
+    log.info("Exporting %d chunks (train %d, val %d, test %d) of %s%s to %s; input stack: %s",
              len(plan.chunks), by_split["train"], by_split["val"], by_split["test"],
-             plan.region.name, config.out)
+             plan.region.name, f" for years {list(config.years)}" if config.years else "",
+             config.out, config.stack.describe() if config.stack else "")
     CutChunk = _make_dofns()
-    elements = [(str(c.key), plan.splits[c.key], c.region_wkb, c.spec.to_dict())
-                for c in plan.chunks]
+    elements = [(str(c.key), plan.splits[c.key], c.region_wkb, c.spec.to_dict(), i)
+                for i in range(len(plan.sources)) for c in plan.chunks]
     opts = pipeline_options(beam_args, "landslides-export")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write = make_write_shards()(config.out, config.compression, config.num_shards, SPLITS)
@@ -296,11 +378,11 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
         res = (p
                # spread over workers, unless one worker in this process takes them all
                | "Chunks" >> beam.Create(elements, reshuffle=not in_process(opts))
-               | "Cut" >> beam.ParDo(CutChunk(config, plan.source, len(elements)))
+               | "Cut" >> beam.ParDo(CutChunk(config, plan.sources, len(elements)))
                .with_outputs("summary", main="records"))
         files = res.records | "Write" >> write
         _ = (res.summary
-             | "Summarise" >> summarise(config.bands)
+             | "Summarise" >> summarise(config.channels)
              | "Manifest" >> beam.Map(
                  _write_manifest, config=config, plan_info={
                      "region": plan.region.name, "chunks": len(plan.chunks),
@@ -329,13 +411,16 @@ def _write_manifest(summary: dict, config: ExportConfig, plan_info: dict, files:
     manifest = {
         "format": "lsm/v1",
         "compression": config.compression,
-        "bands": list(config.bands),
-        "band_units": {b: bandreg.get(b).unit for b in config.bands},
+        "bands": list(config.channels),
+        "band_units": {b: bandreg.get(b).unit for b in config.channels},
+        "stack": config.stack.to_dict() if config.stack else None,
+        "years": list(config.years),
         "patch_size": config.patch.size,
         "pixel_size": config.pixel_size,
         "ignore_value": IGNORE,
         "classes": _classes(config),
-        "date": config.date,
+        "date": config.date if not config.years else ",".join(
+            f"{s}/{e}" for s, e, _ in config.periods()),
         "patches": {s: int(counts.get(f"{s}_patches", 0)) for s in SPLITS},
         "positive_patches": {s: int(counts.get(f"{s}_positive", 0)) for s in SPLITS},
         "dropped": {"nodata": int(counts.get("dropped_nodata", 0)),
@@ -370,10 +455,13 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
                split_polygons: str | None = None, seed: int = 0,
                class_attribute: str | None = None, classes: str | None = None,
                num_shards: int = 0, epsg: int | None = None, compression: str = "gzip",
-               beam_args: list[str] | None = None,
+               reference: list[str] | None = None, change: str | None = None,
+               reference_bands: str | None = None, years: str | None = None, beam_args: list[str] | None = None,
                **source_args: Any) -> int:
     """``landslides export``: parse CLI values into an :class:`ExportConfig` and run it."""
+    from pipelines.geo.stack import parse_references
     from pipelines.sources.factory import spec_from_args
+    from pipelines.sources.synthetic import parse_years
 
     fractions = tuple(float(v) for v in split.split(","))
     if len(fractions) != 3:
@@ -389,10 +477,15 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
     if classes:
         class_map = {k.strip(): int(v) for k, v in
                      (item.split("=") for item in classes.split(","))}
+    target = tuple(b.strip() for b in bands.split(",")) if bands else DEFAULT_BANDS
+    stack = StackSpec(target, parse_references(reference or ()),
+                      tuple(b.strip() for b in reference_bands.split(","))
+                      if reference_bands else None,
+                      tuple(c.strip() for c in change.split(",") if c.strip()) if change else ())
     config = ExportConfig(
         source=spec_from_args(source, **source_args), aoi=aoi, out=out, inventory=inventory,
-        start=start, end=end,
-        bands=tuple(b.strip() for b in bands.split(",")) if bands else DEFAULT_BANDS,
+        start=start, end=end, bands=target, stack=stack,
+        years=parse_years(years) if years else (),
         pixel_size=pixel_size, chunk_size=chunk_size,
         patch=PatchRules(patch_size, stride, negative_fraction, max_nodata, seed),
         split=SplitPlan(fractions, split_block, seed, polygons),  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import math
+
 from pipelines.errors import BandError
 
 
@@ -112,12 +114,46 @@ _ALIASES = {
 }
 
 
+#: Spectral indices whose change between dates may be a stack channel (``dNDVI@prev``,
+#: see :mod:`pipelines.geo.stack`): name -> ``(a, b)`` of ``(a - b) / (a + b)``.
+INDICES: dict[str, tuple[str, str]] = {
+    "NDVI": ("B8", "B4"),    # vegetation: fresh scars lose it
+    "NDWI": ("B3", "B8"),    # water and wet debris
+    "NBR": ("B8", "B12"),    # normalised burn ratio: sensitive to bare soil and rock
+}
+
+
+def _stacked(name: str) -> str:
+    """Canonical form of a stack channel: ``b4@prev`` -> ``B4@prev``, ``dndvi@prev`` ->
+    ``dNDVI@prev``, ``db4@prev`` -> ``dB4@prev``."""
+    base, _, ref = name.partition("@")
+    if not ref.strip():
+        raise BandError(f"Band {name!r} names no reference after '@' (e.g. B4@prev).")
+    ref = ref.strip()
+    if base in REGISTRY:
+        return f"{base}@{ref}"
+    if base[:1] in "dD" and len(base) > 1:
+        rest = base[1:]
+        if rest.upper() in INDICES:
+            return f"d{rest.upper()}@{ref}"
+        try:
+            return f"d{canonical(rest)}@{ref}"
+        except BandError:
+            pass
+    return f"{canonical(base)}@{ref}"
+
+
 def canonical(name: str) -> str:
     """Return the canonical band name for ``name`` (case and common aliases tolerated).
+
+    Stack channels (``B4@prev``, ``dNDVI@prev``; see :mod:`pipelines.geo.stack`) are
+    canonical when their base band is.
 
     Raises:
         BandError: ``name`` is not a known band; the message suggests close names.
     """
+    if "@" in name:
+        return _stacked(name)
     if name in REGISTRY:
         return name
     lowered = name.strip().lower()
@@ -145,8 +181,25 @@ def resolve(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def get(name: str) -> Band:
-    """Return the :class:`Band` declaration for ``name``."""
-    return REGISTRY[canonical(name)]
+    """Return the :class:`Band` declaration for ``name`` (stack channels included)."""
+    name = canonical(name)
+    if "@" not in name:
+        return REGISTRY[name]
+    base, _, ref = name.partition("@")
+    if base in REGISTRY:
+        b = REGISTRY[base]
+        return Band(name, f"{b.description}, reference {ref}", b.unit, b.scale, b.offset,
+                    b.nodata, b.kind, b.wavelength_nm, b.resolution_m, b.valid_range)
+    what = base[1:]
+    if what in INDICES:
+        return Band(name, f"Change of {what} (target minus reference {ref})", "index",
+                    kind="change", valid_range=(-2.0, 2.0))
+    b = REGISTRY[what]
+    lo, hi = b.valid_range
+    span = hi - lo if math.isfinite(lo) and math.isfinite(hi) else 200.0
+    return Band(name, f"Change of {b.description} (target minus reference {ref})", b.unit,
+                kind="change", wavelength_nm=b.wavelength_nm, resolution_m=b.resolution_m,
+                valid_range=(-span / 2.0, span / 2.0))
 
 
 def require(available: Sequence[str], wanted: Sequence[str], what: str = "source") -> None:

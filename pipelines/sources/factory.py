@@ -126,6 +126,18 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
     raise ConfigError(f"Unknown source kind {kind!r}; choose one of {', '.join(KINDS)}.")
 
 
+def parse_reference_images(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["pre=a.tif;b.tif", ...]`` -> ``{"pre": ["a.tif", "b.tif"]}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, paths = str(item).partition("=")
+        if not sep or not paths.strip():
+            raise ConfigError(f"--reference-images {item!r} is not NAME=PATH[;PATH...].")
+        out.setdefault(name.strip(), []).extend(p.strip() for p in paths.split(";")
+                                                if p.strip())
+    return out
+
+
 def spec_from_args(source: str, world: str | None = None, images: list[str] | None = None,
                    dem: str | None = None, band_map: str | None = None,
                    scale: str | None = None, nodata: float | None = None,
@@ -135,7 +147,8 @@ def spec_from_args(source: str, world: str | None = None, images: list[str] | No
                    ee_endpoint: str | None = None,
                    ee_max_concurrency: int | None = None,
                    ee_token_env: str | None = None,
-                   keep_clouds: bool = False) -> dict[str, Any]:
+                   keep_clouds: bool = False,
+                   reference_images: Sequence[str] | None = None) -> dict[str, Any]:
     """Assemble a source spec from CLI-style arguments (unset values are left out)."""
     if source == "synthetic":
         spec_s: dict[str, Any] = {"kind": "synthetic", "world": world}
@@ -155,6 +168,8 @@ def spec_from_args(source: str, world: str | None = None, images: list[str] | No
             spec["nodata"] = nodata
         if dem_nodata is not None:
             spec["dem_nodata"] = dem_nodata
+        if reference_images:
+            spec["reference_images"] = parse_reference_images(reference_images)
         return spec
     if source == "earthengine":
         spec = {"kind": "earthengine", "project": ee_project, "high_volume": ee_high_volume,
