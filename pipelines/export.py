@@ -118,9 +118,8 @@ class ExportConfig:
                     f"Exporting years {list(years)} with one inventory {self.inventory!r}: put "
                     f"{{year}} in the inventory path (e.g. inventory_{{year}}.gpkg) so every "
                     f"year is labelled with its own inventory.")
-        elif self.inventory and "{year}" in self.inventory:
-            if not self.start:
-                raise ConfigError("The inventory path holds {year}: give --start/--end.")
+        elif self.inventory and "{year}" in self.inventory and not self.start:
+            raise ConfigError("The inventory path holds {year}: give --start/--end.")
         if self.chunk_size < self.patch.size:
             raise ConfigError(
                 f"chunk_size {self.chunk_size} is smaller than the patch size {self.patch.size}."
@@ -456,7 +455,8 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
                class_attribute: str | None = None, classes: str | None = None,
                num_shards: int = 0, epsg: int | None = None, compression: str = "gzip",
                reference: list[str] | None = None, change: str | None = None,
-               reference_bands: str | None = None, years: str | None = None, beam_args: list[str] | None = None,
+               reference_bands: str | None = None, years: str | None = None,
+               beam_args: list[str] | None = None,
                **source_args: Any) -> int:
     """``landslides export``: parse CLI values into an :class:`ExportConfig` and run it."""
     from pipelines.geo.stack import parse_references

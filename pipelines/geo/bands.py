@@ -8,10 +8,9 @@ metres, degrees). ``scale``/``offset`` convert stored integers to those units:
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import math
 
 from pipelines.errors import BandError
 
@@ -124,8 +123,10 @@ INDICES: dict[str, tuple[str, str]] = {
 
 
 def _stacked(name: str) -> str:
-    """Canonical form of a stack channel: ``b4@prev`` -> ``B4@prev``, ``dndvi@prev`` ->
-    ``dNDVI@prev``, ``db4@prev`` -> ``dB4@prev``."""
+    """Canonical form of a stack channel.
+
+    ``b4@prev`` -> ``B4@prev``, ``dndvi@prev`` -> ``dNDVI@prev``, ``db4@prev`` -> ``dB4@prev``.
+    """
     base, _, ref = name.partition("@")
     if not ref.strip():
         raise BandError(f"Band {name!r} names no reference after '@' (e.g. B4@prev).")

@@ -268,179 +268,13 @@ class StackSpec:
 
     @classmethod
     def of(cls, meta: Mapping[str, Any]) -> StackSpec:
-        """The stack a manifest or artifact records (a single-date stack of its bands for
-        records written before stacks)."""
-        if meta.get("stack"):
-            return cls.from_dict(meta["stack"])
-        return cls(bands=tuple(meta["bands"]))
+        """The stack a manifest or artifact records.
 
-    def describe(self) -> str:
-        return f"{self.name}={self.offset}" if self.offset else \
-            f"{self.name}={self.start}/{self.end}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("name", self.name), ("offset", self.offset),
-                                  ("start", self.start), ("end", self.end)) if v is not None}
-
-
-def parse_references(text: str | Sequence[str] | None) -> tuple[Reference, ...]:
-    """Comma-separated (or listed) reference specs; see :meth:`Reference.parse`."""
-    if not text:
-        return ()
-    items = text.split(",") if isinstance(text, str) else list(text)
-    refs = tuple(r if isinstance(r, Reference) else Reference.parse(str(r).strip())
-                 for r in items if str(r).strip())
-    return refs
-
-
-def _change_name(name: str) -> str:
-    upper = name.strip().upper()
-    if upper in INDICES:
-        return upper
-    return bandreg.canonical(name)
-
-
-@dataclass(frozen=True)
-class StackSpec:
-    """The input stack of a model.
-
-    Attributes:
-        bands: The target image's bands, in order (optical and terrain).
-        references: Reference images, in order.
-        reference_bands: Optical bands taken from every reference (default: the target's
-            optical bands).
-        change: Change bands per reference: band names (``B4`` -> ``dB4@prev``, the target
-            minus the reference) and indices (``NDVI`` -> ``dNDVI@prev``).
-    """
-
-    bands: tuple[str, ...]
-    references: tuple[Reference, ...] = ()
-    reference_bands: tuple[str, ...] | None = None
-    change: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        bands = bandreg.resolve(self.bands)
-        for b in bands:
-            if SEP in b:
-                raise ConfigError(f"Stack band {b!r}: name target bands without '{SEP}'; "
-                                  f"references add their own bands.")
-        object.__setattr__(self, "bands", bands)
-        refs = tuple(r if isinstance(r, Reference) else Reference(**r) for r in self.references)
-        names = [r.name for r in refs]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ConfigError(f"Reference names used twice: {', '.join(dupes)}.")
-        object.__setattr__(self, "references", refs)
-        if self.reference_bands is not None:
-            rb = bandreg.resolve(self.reference_bands)
-            not_optical = [b for b in rb if bandreg.get(b).kind != "optical"]
-            if not_optical:
-                raise ConfigError(
-                    f"Reference bands {', '.join(not_optical)} are not optical: terrain does "
-                    f"not change between dates, so the target's terrain bands suffice.")
-            object.__setattr__(self, "reference_bands", rb)
-        change = tuple(_change_name(c) for c in self.change)
-        object.__setattr__(self, "change", change)
-        if (change or self.reference_bands) and not refs:
-            raise ConfigError("Change and reference bands need at least one reference "
-                              "(e.g. --reference prev=-1y).")
-        for c in change:
-            if c not in INDICES and bandreg.get(c).kind != "optical":
-                raise ConfigError(f"Change band {c!r} is not optical; change bands are "
-                                  f"differences of optical bands or of {', '.join(INDICES)}.")
-
-    # ---- what the stack holds
-    @property
-    def temporal(self) -> bool:
-        """True when the stack has at least one reference image."""
-        return bool(self.references)
-
-    @property
-    def ref_bands(self) -> tuple[str, ...]:
-        """Optical bands read from every reference."""
-        if self.reference_bands is not None:
-            return self.reference_bands
-        return tuple(b for b in self.bands if bandreg.get(b).kind == "optical")
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Channel names in model order."""
-        out = list(self.bands)
-        for r in self.references:
-            out += [f"{b}{SEP}{r.name}" for b in self.ref_bands]
-            out += [f"d{c}{SEP}{r.name}" for c in self.change]
-        return tuple(out)
-
-    def needed(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-        """``(target bands, {reference: bands})`` to read for every channel."""
-        extra: list[str] = []
-        for c in self.change:
-            extra += list(INDICES.get(c, (c,)))
-        target = tuple(dict.fromkeys(list(self.bands) + extra))
-        per_ref = tuple(dict.fromkeys(list(self.ref_bands) + extra))
-        return target, {r.name: per_ref for r in self.references}
-
-    def windows(self, start: str | None, end: str | None) -> dict[str, tuple[str, str]]:
-        """Each reference's date window for the target window ``start``..``end``."""
-        return {r.name: r.window(start, end) for r in self.references}
-
-    # ---- serialisation
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"bands": list(self.bands),
-                             "references": [r.to_dict() for r in self.references],
-                             "change": list(self.change), "channels": list(self.channels)}
-        if self.reference_bands is not None:
-            d["reference_bands"] = list(self.reference_bands)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StackSpec:
-        spec = cls(bands=tuple(d["bands"]),
-                   references=tuple(Reference(**r) for r in d.get("references", ())),
-                   reference_bands=(tuple(d["reference_bands"]) if d.get("reference_bands")
-                                    else None),
-                   change=tuple(d.get("change", ())))
-        if "channels" in d and list(d["channels"]) != list(spec.channels):
-            raise ConfigError(f"Stack record lists channels {d['channels']} but its parts "
-                              f"make {list(spec.channels)}: the record is inconsistent.")
-        return spec
-
-    @classmethod
-    def of(cls, meta: Mapping[str, Any]) -> StackSpec:
-        """The stack a manifest or artifact records (a single-date stack of its bands for
-        records written before stacks)."""
-        if meta.get("stack"):
-            return cls.from_dict(meta["stack"])
-        return cls(bands=tuple(meta["bands"]))
-
-    def subset(self, channels: Sequence[str]) -> StackSpec:
-        """The stack of a selection of this stack's channels (a model trained on fewer).
-
-        Raises:
-            ConfigError: the selection is not a stack's channels in stack order (e.g. it
-                keeps a change band of one reference but not of another).
+        Records written before stacks existed give a single-date stack of their bands.
         """
-        channels = tuple(channels)
-        if channels == self.channels:
-            return self
-        parts = [channel_band(c) for c in channels]
-        unknown = [c for c in channels if c not in self.channels]
-        if unknown:
-            raise ConfigError(f"Channels {', '.join(unknown)} are not in the input stack "
-                              f"{', '.join(self.channels)}.")
-        refs = tuple(r for r in self.references if any(p[1] == r.name for p in parts))
-        first = refs[0].name if refs else None
-        sub = StackSpec(
-            bands=tuple(b for b, r, _ in parts if r is None),
-            references=refs,
-            reference_bands=tuple(b for b, r, d in parts if r == first and not d) or None
-            if refs else None,
-            change=tuple(b for b, r, d in parts if r == first and d))
-        if sub.channels != channels:
-            raise ConfigError(
-                f"Channels {', '.join(channels)} are not an input stack: keep the same bands "
-                f"of every reference, in the stack's order ({', '.join(self.channels)}).")
-        return sub
+        if meta.get("stack"):
+            return cls.from_dict(meta["stack"])
+        return cls(bands=tuple(meta["bands"]))
 
     def describe(self) -> str:
         if not self.references:
@@ -481,7 +315,7 @@ def compose(spec: StackSpec, target: Mapping[str, np.ndarray],
         ``(channels, h, w)`` float32; NaN wherever an input is NaN.
     """
     first = next(iter(target.values()))
-    out = np.empty((len(spec.channels),) + first.shape, np.float32)
+    out = np.empty((len(spec.channels), *first.shape), np.float32)
     i = 0
     for b in spec.bands:
         out[i] = target[b]
@@ -503,8 +337,10 @@ def compose(spec: StackSpec, target: Mapping[str, np.ndarray],
 
 
 def channel_band(name: str) -> tuple[str, str | None, bool]:
-    """``(base, reference, is_change)`` of a channel name (``dNDVI@prev`` ->
-    ``("NDVI", "prev", True)``; ``B4`` -> ``("B4", None, False)``)."""
+    """``(base, reference, is_change)`` of a channel name.
+
+    ``dNDVI@prev`` -> ``("NDVI", "prev", True)``; ``B4`` -> ``("B4", None, False)``.
+    """
     base, sep, ref = name.partition(SEP)
     if not sep:
         return name, None, False
