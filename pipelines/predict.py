@@ -57,8 +57,11 @@ from pipelines.errors import (
 from pipelines.geo import bands as bandreg
 from pipelines.geo.blend import Lattice, blend, chunk_windows, cut_windows, window_weight
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, PixelGrid, Region, plan_chunks
+from pipelines.geo.patches import NODATA_POLICY, channels_last
+from pipelines.geo.stack import StackSpec
 from pipelines.sources.base import Source
-from pipelines.sources.factory import check_window, make_source
+from pipelines.sources.factory import check_window
+from pipelines.sources.stacked import make_stacked_source
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +241,6 @@ class Sweep:
         self.started = started
         self.bands = tuple(meta["bands"])
         self.weight = window_weight(lattice.window, lattice.floor)
-        mean = (meta.get("normalization") or {}).get("mean")
-        self.fill = np.asarray(mean if mean is not None else [0.0] * len(self.bands),
-                               dtype=np.float32)
 
     # ---- worker lifecycle
     def open(self) -> None:
@@ -311,11 +311,9 @@ class Sweep:
             fsio.write_json(job.path("done", f"{key}.json"), rec)
             return {**rec, "action": "computed"}
         origins = chunk_windows(self.lattice, chunk.read_grid, h, needed=valid)
-        # one channels-last copy (never the source's array), NaN filled with the band mean
-        image = np.ascontiguousarray(np.moveaxis(raster.data, 0, -1), dtype=np.float32)
-        bad = ~np.isfinite(image)
-        if bad.any():
-            np.copyto(image, self.fill, where=bad)
+        # one channels-last copy (never the source's array), invalid pixels filled exactly
+        # as export fills them for training (the one nodata policy: channels_last)
+        image = channels_last(raster.data, raster.valid)
         windows = cut_windows(image, origins, self.lattice.window)
         return ChunkTiles(job_i, key, spec_d, region_wkb, sig, origins, valid, windows)
 
@@ -636,7 +634,16 @@ def _load_meta(path: str) -> dict:
     meta = dict(art.meta)  # the model stays cached for an in-process (DirectRunner) worker
     keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
             "pixel_size", "classes", "n_classes")
-    return {k: meta.get(k) for k in keep}
+    out = {k: meta.get(k) for k in keep}
+    stack = StackSpec.of(meta if meta.get("stack") else
+                         {"stack": (meta.get("manifest") or {}).get("stack"),
+                          "bands": meta["bands"]})
+    if list(stack.channels) != list(meta["bands"]):
+        raise InputError(f"Model artifact {path!r} records the input stack "
+                         f"{list(stack.channels)} but takes bands {meta['bands']}: the "
+                         f"artifact is inconsistent; retrain or re-export it.")
+    out["stack"] = stack.to_dict()
+    return out
 
 
 def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, bytes, dict]]]:
@@ -654,6 +661,7 @@ def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, byt
 
     meta = _load_meta(config.model)
     bands = bandreg.resolve(meta["bands"])
+    stack = StackSpec.from_dict(meta["stack"])
     window = int(config.window or meta["patch_size"])
     multiple = int(meta.get("size_multiple") or 1)
     if window % multiple:
@@ -681,7 +689,8 @@ def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, byt
     for aoi in aois:
         win = (aoi.start, aoi.end)
         if win not in by_window:
-            source = make_source(config.source, aoi.start, aoi.end)
+            # every date of the model's input stack, or a clear error before any chunk
+            source = make_stacked_source(config.source, stack, aoi.start, aoi.end)
             bandreg.require(source.bands, bands,
                             f"{source.kind} source (model {meta['model_id']} needs "
                             f"{', '.join(bands)})")
@@ -707,8 +716,7 @@ def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, byt
                         "chunk_size": config.chunk_size, "threshold": threshold,
                         "prob_dtype": config.prob_dtype, "min_area_m2": config.min_area_m2,
                         "connectivity": config.connectivity, "bands": list(bands),
-                        "fill": [float(v) for v in ((meta.get("normalization") or {})
-                                                    .get("mean") or [])]})
+                        "nodata": NODATA_POLICY})
         import shapely
 
         area = sum(shapely.from_wkb(c.region_wkb).area for c in chunks) / 1e6
