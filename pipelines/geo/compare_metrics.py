@@ -34,6 +34,7 @@ from scipy import ndimage, stats
 
 from pipelines.errors import InputError
 from pipelines.geo.inventory import area_m2
+from pipelines.geo.patches import IGNORE
 
 #: Match criteria accepted by :func:`match_objects`.
 CRITERIA = ("overlap", "iou")
@@ -114,8 +115,10 @@ def pixel_counts(reference: np.ndarray, predicted: np.ndarray, valid: np.ndarray
     """Confusion counts of two landslide masks on the same grid.
 
     Args:
-        reference: ``(h, w)`` mask, landslide where true (non-zero).
-        predicted: ``(h, w)`` mask on the same grid.
+        reference: ``(h, w)`` mask, landslide where true (non-zero). In an integer label
+            mask, :data:`~pipelines.geo.patches.IGNORE` (255) means "no label": such pixels
+            are not counted, never taken as landslide.
+        predicted: ``(h, w)`` mask on the same grid (255 in an integer mask: not counted).
         valid: Optional ``(h, w)`` bool; pixels where it is False (no data on either side,
             outside the area of interest) are not counted.
         pixel_area_m2: Area of one pixel.
@@ -126,14 +129,20 @@ def pixel_counts(reference: np.ndarray, predicted: np.ndarray, valid: np.ndarray
     Raises:
         InputError: the arrays do not have the same shape.
     """
-    ref = np.asarray(reference).astype(bool, copy=False)
-    pred = np.asarray(predicted).astype(bool, copy=False)
+    ref_raw, pred_raw = np.asarray(reference), np.asarray(predicted)
+    ref = ref_raw.astype(bool, copy=False)
+    pred = pred_raw.astype(bool, copy=False)
     if ref.shape != pred.shape or (valid is not None and np.shape(valid) != ref.shape):
         raise InputError(
             f"Masks of shapes {ref.shape}, {pred.shape}"
             f"{'' if valid is None else f' and valid {np.shape(valid)}'} are not on one grid: "
             f"rasterise both sides on the same pixel grid first."
         )
+    for raw in (ref_raw, pred_raw):  # labels of "no label" are never scored
+        if np.issubdtype(raw.dtype, np.integer) and np.iinfo(raw.dtype).max >= IGNORE:
+            ignored = raw == IGNORE
+            if ignored.any():
+                valid = ~ignored if valid is None else np.asarray(valid, dtype=bool) & ~ignored
     if valid is not None:
         v = np.asarray(valid, dtype=bool)
         ref, pred = ref & v, pred & v

@@ -17,8 +17,13 @@ from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, PixelGrid, patch_windows
 
 SPLITS = ("train", "val", "test")
-#: Label value for pixels without valid imagery (ignored by losses and metrics).
+#: Label value of pixels without a usable label: no valid imagery, or ignored by the label
+#: source (e.g. an unlabelled label-raster pixel). Never scored by losses and metrics.
 IGNORE = 255
+#: The one nodata policy of model inputs, in export and predict alike (see
+#: :func:`channels_last`): invalid or non-finite pixels are 0 in every channel (physical
+#: units) and their labels are :data:`IGNORE`. Recorded in sweep signatures.
+NODATA_POLICY = "zero-fill"
 
 
 def stable_unit(*parts: object) -> float:
@@ -172,13 +177,24 @@ def kept_pixels(patches: Sequence[CutPatch], valid: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CutStats:
-    """Counts from cutting one chunk (feeds Beam counters and the manifest)."""
+    """Counts from cutting one chunk (feeds Beam counters and the manifest).
+
+    Attributes:
+        candidates: Patch windows looked at.
+        kept_positive: Kept patches with a labelled landslide pixel.
+        kept_negative: Kept patches without one.
+        dropped_nodata: Patches with too many invalid pixels.
+        dropped_negative: Negative patches left out by ``negative_fraction``.
+        dropped_unlabelled: Patches whose valid pixels are all labelled ignore (255), e.g.
+            unlabelled areas of a label raster (never for vector inventories).
+    """
 
     candidates: int = 0
     kept_positive: int = 0
     kept_negative: int = 0
     dropped_nodata: int = 0
     dropped_negative: int = 0
+    dropped_unlabelled: int = 0
 
 
 def cut_patches(
@@ -195,13 +211,23 @@ def cut_patches(
         chunk_key: The chunk's key (patch keys are ``<chunk>/<row>_<col>``).
         data: ``(bands, h, w)`` float32 on ``grid``.
         valid: ``(h, w)`` bool valid-pixel mask.
-        mask: ``(h, w)`` uint8 labels (0 background, >0 landslide classes).
+        mask: ``(h, w)`` uint8 labels (0 background, 1..254 landslide classes,
+            :data:`IGNORE` no label, e.g. from a label raster).
         grid: The chunk grid (without halo).
         rules: Selection rules.
+
+    A pixel is *labelled* when it is valid and its label is not :data:`IGNORE`. A patch is
+    positive when a labelled pixel is > 0. Patches that have valid pixels but no labelled
+    one carry nothing to learn and are dropped (``dropped_unlabelled``); the nodata rule
+    alone decides about patches without valid pixels, as for vector labels. Kept masks are
+    :data:`IGNORE` where the pixel is invalid or was already :data:`IGNORE`.
     """
     stats = CutStats()
     out: list[CutPatch] = []
     hwc: np.ndarray | None = None  # the chunk channels-last, made on the first kept patch
+    # one pass per chunk: vector labels never hold IGNORE, so their patches skip the test
+    labelled_all = mask != IGNORE
+    has_ignore = not bool(labelled_all.all())
     for w in patch_windows(grid.height, grid.width, rules.size, rules.stride):
         stats.candidates += 1
         rs = slice(w.row_off, w.row_off + w.height)
@@ -210,14 +236,22 @@ def cut_patches(
         if 1.0 - float(v.mean()) > rules.max_nodata_fraction:
             stats.dropped_nodata += 1
             continue
-        m = mask[rs, cs].copy()
-        positive = bool((m[v] > 0).any())
+        mv = mask[rs, cs]
+        if has_ignore:
+            labelled = v & labelled_all[rs, cs]
+            if not labelled.any() and v.any():
+                stats.dropped_unlabelled += 1
+                continue
+            positive = bool((mv[labelled] > 0).any())
+        else:
+            positive = bool((mv[v] > 0).any())
         key = f"{chunk_key}/{w.row_off:05d}_{w.col_off:05d}"
         if not positive and stable_unit("neg", rules.seed, key) >= rules.negative_fraction:
             stats.dropped_negative += 1
             continue
         if hwc is None:
             hwc = channels_last(data, valid)
+        m = mv.copy()
         m[~v] = IGNORE
         out.append(CutPatch(key, hwc[rs, cs], m, grid.subgrid(w), positive, w.row_off,
                             w.col_off))
