@@ -117,7 +117,13 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="Output folder for shards (local or gs://).")
     p.add_argument("--aoi", required=True,
                    help="Area of interest: vector file or minlon,minlat,maxlon,maxlat.")
-    p.add_argument("--inventory", help="Landslide polygons (any vector format).")
+    p.add_argument("--inventory", help="Landslide polygons (any vector format; {year} with "
+                                       "--years).")
+    p.add_argument("--labels", help="A label raster instead of --inventory (integer classes, "
+                                    "e.g. sparse labels; {year} with --years).")
+    p.add_argument("--label-map", help="Label raster values to classes (default "
+                                       "0=ignore,1=background,2=landslide); ignored pixels "
+                                       "are never scored.")
     p.add_argument("--start", help="Date window start, YYYY-MM-DD.")
     p.add_argument("--end", help="Date window end, YYYY-MM-DD.")
     p.add_argument("--bands", help="Comma-separated bands (default B2,B3,B4,B8,B11,B12,DEM,slope).")

@@ -55,6 +55,12 @@ class ExportConfig:
         out: Output folder, local or ``gs://``.
         inventory: Landslide polygons (any vector format); ``None`` writes unlabelled
             patches (all negatives) for inference-style exports.
+        labels: A label raster instead of ``inventory`` (GeoTIFF/COG of integer classes,
+            e.g. sparse point labels); read with nearest resampling onto each chunk.
+        label_map: How the label raster's values map to classes, e.g.
+            ``0=ignore,1=background,2=landslide`` (the default); ignored pixels are 255 in
+            the patch masks and never scored, and patches without a labelled pixel are
+            dropped.
         start: Date window start (YYYY-MM-DD).
         end: Date window end.
         bands: The target image's bands, in this order.
@@ -82,6 +88,8 @@ class ExportConfig:
     aoi: str
     out: str
     inventory: str | None = None
+    labels: str | None = None
+    label_map: str = "0=ignore,1=background,2=landslide"
     start: str | None = None
     end: str | None = None
     bands: tuple[str, ...] = DEFAULT_BANDS
@@ -105,6 +113,13 @@ class ExportConfig:
         assert self.stack is not None
         object.__setattr__(self, "bands", self.stack.bands)
         check_window(self.start, self.end)
+        if self.labels and self.inventory:
+            raise ConfigError("Give either --inventory (polygons) or --labels (a label raster), "
+                              "not both.")
+        if self.labels:
+            from pipelines.geo.labels import LabelMap
+
+            object.__setattr__(self, "label_map", str(LabelMap.parse(str(self.label_map))))
         years = tuple(int(y) for y in self.years)
         object.__setattr__(self, "years", years)
         if years:
@@ -113,13 +128,14 @@ class ExportConfig:
                                   "year is replaced by each.")
             if len(set(years)) != len(years):
                 raise ConfigError(f"Years listed twice: {list(years)}.")
-            if self.inventory and "{year}" not in self.inventory:
+            labels = self.inventory or self.labels
+            if labels and "{year}" not in labels:
                 raise ConfigError(
-                    f"Exporting years {list(years)} with one inventory {self.inventory!r}: put "
-                    f"{{year}} in the inventory path (e.g. inventory_{{year}}.gpkg) so every "
-                    f"year is labelled with its own inventory.")
-        elif self.inventory and "{year}" in self.inventory and not self.start:
-            raise ConfigError("The inventory path holds {year}: give --start/--end.")
+                    f"Exporting years {list(years)} with one set of labels {labels!r}: put "
+                    f"{{year}} in the path (e.g. inventory_{{year}}.gpkg) so every year is "
+                    f"labelled with its own inventory.")
+        elif "{year}" in (self.inventory or self.labels or "") and not self.start:
+            raise ConfigError("The label path holds {year}: give --start/--end.")
         if self.chunk_size < self.patch.size:
             raise ConfigError(
                 f"chunk_size {self.chunk_size} is smaller than the patch size {self.patch.size}."
@@ -142,10 +158,14 @@ class ExportConfig:
         return f"{self.start}/{self.end}" if self.start else ""
 
     def periods(self) -> list[tuple[str | None, str | None, str | None]]:
-        """``(start, end, inventory)`` of every exported period (one without ``years``)."""
+        """``(start, end, labels)`` of every exported period (one without ``years``).
+
+        ``labels`` is the period's inventory or label raster.
+        """
+        labels = self.inventory or self.labels
         if not self.years:
             year = str(parse_date(self.start, "start").year) if self.start else ""
-            inv = self.inventory.replace("{year}", year) if self.inventory else None
+            inv = labels.replace("{year}", year) if labels else None
             return [(self.start, self.end, inv)]
         assert self.start and self.end
         from pipelines.geo.stack import shift_date
@@ -154,7 +174,7 @@ class ExportConfig:
         out: list[tuple[str | None, str | None, str | None]] = []
         for y in self.years:
             s, e = shift_date(s0, y - s0.year, "y"), shift_date(e0, y - s0.year, "y")
-            inv = self.inventory.replace("{year}", str(y)) if self.inventory else None
+            inv = labels.replace("{year}", str(y)) if labels else None
             out.append((s.isoformat(), e.isoformat(), inv))
         return out
 
@@ -204,18 +224,30 @@ def _make_dofns():
             for source in self.sources:
                 source.open()
             self.periods = self.config.periods()
-            self.inventories = [inv.read_inventory(path) if path else None
+            if self.config.labels:
+                from pipelines.geo.labels import LabelMap, LabelRaster
+
+                label_map = LabelMap.parse(self.config.label_map)
+                self.rasters = [LabelRaster(path, label_map).open() if path else None
                                 for _, _, path in self.periods]
+                self.inventories = [None] * len(self.periods)
+            else:
+                self.rasters = [None] * len(self.periods)
+                self.inventories = [inv.read_inventory(path) if path else None
+                                    for _, _, path in self.periods]
             self._by_crs: dict[tuple[int, str], Any] = {}
             self.progress = Progress(self.total, "export", "chunks")
             self.counters = {n: Metrics.counter("export", n) for n in (
                 "chunks_done", "chunks_failed", "patches_candidates", "patches_positive",
-                "patches_negative", "dropped_nodata", "dropped_negative")}
+                "patches_negative", "dropped_nodata", "dropped_negative", "dropped_unlabelled")}
 
         def teardown(self) -> None:
             super().teardown()
             for source in self.sources:
                 source.close()
+            for raster in getattr(self, "rasters", ()):
+                if raster is not None:
+                    raster.close()
 
         def _read(self, element: tuple[str, str, bytes, dict, int]):
             """On the reader thread: the chunk's pixels, valid mask and labels."""
@@ -230,6 +262,9 @@ def _make_dofns():
             yield from self._submit(element, timestamp, window, self._read, element)
 
         def _labels(self, grid, period: int) -> np.ndarray:
+            raster = self.rasters[period]
+            if raster is not None:
+                return raster.read(grid)
             inventory = self.inventories[period]
             if inventory is None:
                 return np.zeros(grid.shape, np.uint8)
@@ -269,6 +304,7 @@ def _make_dofns():
             self.counters["patches_negative"].inc(stats.kept_negative)
             self.counters["dropped_nodata"].inc(stats.dropped_nodata)
             self.counters["dropped_negative"].inc(stats.dropped_negative)
+            self.counters["dropped_unlabelled"].inc(stats.dropped_unlabelled)
             for record in records:
                 yield split, record
             band_stats = None
@@ -328,7 +364,12 @@ def plan_export(config: ExportConfig) -> ExportPlan:
         sources.append(source)
     n_in_aoi: int | None = None
     inventories = [path for _, _, path in config.periods() if path]
-    if inventories:
+    if config.labels:
+        from pipelines.geo.labels import LabelMap, check_label_raster
+
+        for path in inventories:
+            check_label_raster(path, region, LabelMap.parse(config.label_map))
+    elif inventories:
         from pipelines.geo import inventory as inv
 
         n_in_aoi = sum(len(inv.read_inventory(path, region=region)) for path in inventories)
@@ -423,7 +464,8 @@ def _write_manifest(summary: dict, config: ExportConfig, plan_info: dict, files:
         "patches": {s: int(counts.get(f"{s}_patches", 0)) for s in SPLITS},
         "positive_patches": {s: int(counts.get(f"{s}_positive", 0)) for s in SPLITS},
         "dropped": {"nodata": int(counts.get("dropped_nodata", 0)),
-                    "negative": int(counts.get("dropped_negative", 0))},
+                    "negative": int(counts.get("dropped_negative", 0)),
+                    "unlabelled": int(counts.get("dropped_unlabelled", 0))},
         "candidates": int(counts.get("candidates", 0)),
         "chunks_done": int(counts.get("chunks", 0)),
         "chunks_failed": len(failed),
@@ -440,6 +482,13 @@ def _write_manifest(summary: dict, config: ExportConfig, plan_info: dict, files:
 
 
 def _classes(config: ExportConfig) -> dict[str, int]:
+    if config.labels:
+        from pipelines.geo.labels import LabelMap
+
+        ids = sorted(set(LabelMap.parse(config.label_map).classes) | {0})
+        if ids == [0, 1]:
+            return {"background": 0, "landslide": 1}
+        return {"background": 0, **{f"class_{i}": i for i in ids if i}}
     if config.classes:
         return {"background": 0, **config.classes}
     return {"background": 0, "landslide": 1}
@@ -447,6 +496,7 @@ def _classes(config: ExportConfig) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- CLI
 def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
+               labels: str | None = None, label_map: str | None = None,
                start: str | None = None, end: str | None = None, bands: str | None = None,
                pixel_size: float = 10.0, chunk_size: int = 512, patch_size: int = 128,
                stride: int | None = None, negative_fraction: float = 0.25,
@@ -484,6 +534,7 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
                       tuple(c.strip() for c in change.split(",") if c.strip()) if change else ())
     config = ExportConfig(
         source=spec_from_args(source, **source_args), aoi=aoi, out=out, inventory=inventory,
+        labels=labels, **({"label_map": label_map} if label_map else {}),
         start=start, end=end, bands=target, stack=stack,
         years=parse_years(years) if years else (),
         pixel_size=pixel_size, chunk_size=chunk_size,
