@@ -793,6 +793,9 @@ def train(
     else:
         bands = shards.resolve_bands(config.bands)
     val_shards.resolve_bands(bands)
+    # the input stack the artifact will record; a selection of bands that is not a stack
+    # fails here, before any epoch runs or any file is written
+    stack = _stack_of(shards.manifest or {}, bands)
     train_files = shards.split_files("train", include_other=True)
     val_files = val_shards.split_files("val", include_other=val_data is not None)
     if val_shards.patches("val") == 0:
@@ -937,7 +940,7 @@ def train(
         threshold=calibrated["threshold"], training=training, metrics=metrics,
         manifest=manifest, pixel_size=(shards.manifest or {}).get("pixel_size"),
         size_multiple=multiple, saved_model=resolved.saved_model,
-        extra={"stack": _stack_of(manifest, bands)},
+        extra={"stack": stack},
     )
     _remove_tree(backup)
     val = calibrated["val"]

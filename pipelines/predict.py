@@ -635,9 +635,12 @@ def _load_meta(path: str) -> dict:
     keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
             "pixel_size", "classes", "n_classes")
     out = {k: meta.get(k) for k in keep}
-    stack = StackSpec.of(meta if meta.get("stack") else
-                         {"stack": (meta.get("manifest") or {}).get("stack"),
-                          "bands": meta["bands"]})
+    record = meta.get("stack") or (meta.get("manifest") or {}).get("stack")
+    if not record and any("@" in str(b) for b in meta["bands"]):
+        raise InputError(f"Model artifact {path!r} takes stack channels {meta['bands']} but "
+                         f"records no input stack (artifact.json 'stack'): retrain it from "
+                         f"an export that records its stack.")
+    stack = StackSpec.of({"stack": record, "bands": meta["bands"]})
     if list(stack.channels) != list(meta["bands"]):
         raise InputError(f"Model artifact {path!r} records the input stack "
                          f"{list(stack.channels)} but takes bands {meta['bands']}: the "

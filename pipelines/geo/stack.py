@@ -201,6 +201,9 @@ class StackSpec:
                     f"not change between dates, so the target's terrain bands suffice.")
             object.__setattr__(self, "reference_bands", rb)
         change = tuple(_change_name(c) for c in self.change)
+        twice = sorted({c for c in change if change.count(c) > 1})
+        if twice:  # they would make the same channel twice (dNDVI@prev, dNDVI@prev)
+            raise ConfigError(f"Change bands listed twice: {', '.join(twice)}.")
         object.__setattr__(self, "change", change)
         if (change or self.reference_bands) and not refs:
             raise ConfigError("Change and reference bands need at least one reference "

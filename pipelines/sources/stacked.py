@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import ConfigError, InputError, LandslideError
+from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import PixelGrid
 from pipelines.geo.stack import StackSpec, compose
 from pipelines.sources.base import Raster, Source
@@ -125,6 +126,10 @@ def make_stacked_source(spec: Mapping[str, Any], stack: StackSpec, start: str | 
     if not stack.temporal:
         return make_source(spec, start, end, bands=stack.bands)
     target = make_source(spec, start, end, bands=need_target)
+    # the bands of every date, checked here: a missing band or file (listing a GeoTIFF
+    # source's bands reads its files) fails on the launcher, not chunk after chunk
+    bandreg.require(target.bands, need_target, f"{target.kind} source of the target dates "
+                    f"{start}..{end}")
     windows = stack.windows(start, end)
     refs: dict[str, Source] = {}
     for r in stack.references:
@@ -132,6 +137,8 @@ def make_stacked_source(spec: Mapping[str, Any], stack: StackSpec, start: str | 
         try:
             refs[r.name] = make_source(_reference_spec(spec, r.name), rs, re_,
                                        bands=need_refs[r.name])
+            bandreg.require(refs[r.name].bands, need_refs[r.name],
+                            f"{refs[r.name].kind} source")
         except LandslideError as exc:
             cls = type(exc) if isinstance(exc, InputError) else InputError
             how = f"{r.offset} from {start}..{end}" if r.offset else "a fixed window"
