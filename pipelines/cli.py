@@ -206,6 +206,10 @@ def _compare(p: argparse.ArgumentParser) -> None:
                    help="Kernel width in metres of the density maps (default: extent / 25).")
     p.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                    help="Draw the PNG figures (default on; --no-figures for tables only).")
+    p.add_argument("--observed-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="With a raster prediction (a sweep's mask mosaic), match and count only "
+                        "reference landslides at least half inside its valid pixels (default "
+                        "on: a landslide under clouds in every image is not a miss).")
     p.set_defaults(handler=_call("pipelines.compare:compare_cli"))
 
 

@@ -41,7 +41,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -132,6 +132,13 @@ class CompareConfig:
         a_min: Lower bound (m2) of the power-law tail fit (default: the rollover).
         kde_bandwidth_m: Kernel width (m) of the density maps (default: 1/25 of the extent).
         figures: Draw the PNG figures (False: metrics, tables and the report only).
+        observed_only: When the predicted side of a year is a raster with nodata (a sweep's
+            mask mosaic: nodata under clouds or outside the imagery), match and count only
+            the reference landslides at least half inside its observed (valid) pixels, so a
+            landslide no image could show is neither a miss nor a count the prediction had
+            to reach. Pixel metrics are always limited to valid pixels of raster inputs.
+        notes: Sentences the report shows about the comparison (e.g. which areas and
+            years the model was trained on).
     """
 
     reference: str
@@ -151,6 +158,8 @@ class CompareConfig:
     a_min: float | None = None
     kde_bandwidth_m: float | None = None
     figures: bool = True
+    observed_only: bool = True
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.reference or not str(self.reference).strip():
@@ -414,12 +423,13 @@ class RasterMask:
             valid |= v
         return mask, valid
 
-    def vectorize(self, aoi: shapely.Geometry | None, block: int, connectivity: int
-                  ) -> gpd.GeoDataFrame:
+    def vectorize(self, aoi: shapely.Geometry | None, block: int, connectivity: int,
+                  valid: bool = False) -> gpd.GeoDataFrame:
         """Polygons of the landslide pixels, in :attr:`crs`, read window by window.
 
         Each file is read in ``block`` x ``block`` windows (only those meeting ``aoi``);
         polygons cut by a window or file edge are merged back with their neighbours.
+        With ``valid``, the polygons of the valid (observed) pixels instead.
         """
         by_crs: dict[str, list[gpd.GeoDataFrame]] = {}
         piece = 0
@@ -432,7 +442,9 @@ class RasterMask:
                     if aoi_native is not None and not aoi_native.intersects(box(*sub.bounds)):
                         continue
                     values = src.read(1, window=window).astype("float32", copy=False)
-                    mask, _ = self._classify(values, f.nodata, f.path)
+                    mask, ok = self._classify(values, f.nodata, f.path)
+                    if valid:
+                        mask = ok
                     if not mask.any():
                         continue
                     g = vectorize(mask, sub, min_area_m2=0.0, connectivity=connectivity)
@@ -819,6 +831,16 @@ def run_compare(config: CompareConfig) -> dict:
                 problems.add("warning", f"the {role} inventory {res.label} holds no landslides"
                              f"{' inside the AOI' if aoi is not None else ''}", role, year)
 
+        # 2b. Where a raster prediction had no imagery, reference landslides are unobservable.
+        observed_refs = _observed_references(sides, years, aoi, config) \
+            if config.observed_only else {}
+        for year, (_, n_out) in observed_refs.items():
+            inputs_report["reference"][_year_key(year)]["n_unobserved"] = n_out
+            if n_out:
+                logger.info("%s: %d reference landslide(s) lie mostly where the prediction "
+                            "had no valid imagery; they are not matched or counted",
+                            _year_key(year), n_out)
+
         # 3. Density area.
         if region is not None:
             area_km2 = float(area_m2(gpd.GeoSeries([region.geometry], crs=WGS84)).iloc[0]) / 1e6
@@ -838,6 +860,8 @@ def run_compare(config: CompareConfig) -> dict:
             entry: dict = {"pixel": None, "object": None, "stats": {}}
             for role in roles:
                 s = sides.get((role, year))
+                if role == "reference" and year in observed_refs:
+                    s = observed_refs[year][0]
                 if s is not None:
                     st = cm.inventory_stats(s.gdf["area_m2"].to_numpy(), area_km2,
                                             config.bins_per_decade, config.a_min)
@@ -852,7 +876,8 @@ def run_compare(config: CompareConfig) -> dict:
                 if entry["pixel"] is None and ref.bounds is None and pred.bounds is None:
                     problems.add("warning", "both inventories are empty and no AOI was given: "
                                  "no grid for pixel metrics", None, year)
-                obj, matches = cm.object_metrics(ref.gdf, pred.gdf, config.min_overlap,
+                ref_obj = observed_refs[year][0] if year in observed_refs else ref
+                obj, matches = cm.object_metrics(ref_obj.gdf, pred.gdf, config.min_overlap,
                                                  config.match)
                 entry["object"] = obj
                 if len(matches):
@@ -889,6 +914,40 @@ def run_compare(config: CompareConfig) -> dict:
         _write_outputs(config, metrics, stats, sides, overviews, matches_all, aoi, crs,
                        problems, rpt)
     return metrics
+
+
+#: Share of a reference landslide's area that must be observed for it to be scored.
+OBSERVED_SHARE = 0.5
+
+
+def _observed_references(sides: dict, years: Sequence[int | None], aoi: shapely.Geometry | None,
+                         config: CompareConfig) -> dict[int | None, tuple[Side, int]]:
+    """Per year with a raster prediction: the reference limited to observed landslides.
+
+    Returns ``{year: (reference side with only landslides >= OBSERVED_SHARE inside the
+    prediction's valid pixels, number left out)}``.
+    """
+    out: dict[int | None, tuple[Side, int]] = {}
+    for year in years:
+        ref, pred = sides.get(("reference", year)), sides.get(("predicted", year))
+        if ref is None or pred is None or not isinstance(pred.layer, RasterMask) \
+                or not len(ref.gdf):
+            continue
+        seen = pred.layer.vectorize(aoi, config.tile_size, config.connectivity, valid=True)
+        observed = shapely.union_all(seen.geometry.to_numpy()) if len(seen) else None
+        geoms = ref.gdf.geometry.to_numpy()
+        if observed is None:
+            share = np.zeros(len(geoms))
+        else:
+            shapely.prepare(observed)
+            inter = shapely.area(shapely.intersection(geoms, observed))
+            share = inter / np.maximum(shapely.area(geoms), 1e-9)
+        keep = share >= OBSERVED_SHARE
+        gdf = ref.gdf[keep].reset_index(drop=True)
+        report = {**ref.report, "n_unobserved": int((~keep).sum())}
+        out[year] = (Side(ref.role, ref.year, ref.source, gdf, VectorMask(gdf), report,
+                          tuple(gdf.total_bounds) if len(gdf) else None), int((~keep).sum()))
+    return out
 
 
 def _pixel_metrics(ref: Side, pred: Side, crs: str, aoi: shapely.Geometry | None,
@@ -1087,7 +1146,7 @@ def compare_cli(reference: str, out: str, predicted: str | None = None,
                 background: str | None = None, epsg: int | None = None,
                 tile_size: int = 2048, connectivity: int = 4, bins_per_decade: int = 10,
                 a_min: float | None = None, kde_bandwidth: float | None = None,
-                figures: bool = True) -> int:
+                figures: bool = True, observed_only: bool = True) -> int:
     """``landslides compare``: run :func:`run_compare` from command-line values.
 
     Returns:
@@ -1102,7 +1161,7 @@ def compare_cli(reference: str, out: str, predicted: str | None = None,
         resolution=resolution, min_overlap=min_overlap, match=match, min_area=min_area,
         background=background, epsg=epsg, tile_size=tile_size, connectivity=connectivity,
         bins_per_decade=bins_per_decade, a_min=a_min, kde_bandwidth_m=kde_bandwidth,
-        figures=figures,
+        figures=figures, observed_only=observed_only,
     )
     metrics = run_compare(config)
     errs = [p for p in metrics["problems"] if p["level"] == "error"]

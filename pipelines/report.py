@@ -336,6 +336,16 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
         ], left=2).replace(f'<td class="l">{e(status)}</td>',
                            f'<td class="l status-{e(status)}">{e(status)}</td>', 1),
     ]
+    notes = config.get("notes") or []
+    if notes:
+        parts.append("<h2>About this comparison</h2>")
+        parts.append('<ul class="notes">' + "".join(f"<li>{e(str(n))}</li>" for n in notes)
+                     + "</ul>")
+    if config.get("observed_only") and config.get("predicted"):
+        parts.append("<p>Where a prediction is a raster with nodata, only pixels it observed "
+                     "are scored, and reference landslides at least half outside them are "
+                     "neither matched nor counted (the inputs table gives how many per year)."
+                     "</p>")
     probs = metrics.get("problems") or []
     parts.append("<h2>Problems</h2>")
     if probs:
