@@ -39,6 +39,9 @@ SEP = "@"
 #: Spectral indices a change band may be computed of (defined with the bands).
 INDICES = bandreg.INDICES
 _OFFSET = re.compile(r"^([+-]?\d+)\s*([ymd])$")
+#: Composites a reference may ask its source for (the synthetic world: mosaic, greenest;
+#: Earth Engine: all four).
+COMPOSITES = ("mosaic", "greenest", "median", "mean")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,15}$")
 
 
@@ -70,15 +73,22 @@ class Reference:
     Attributes:
         name: Short name used in channel names (``prev`` -> ``B4@prev``).
         offset: Offset of the reference's date window from the target's: ``-1y`` (the same
-            season a year earlier), ``-6m``, ``-30d``. Exclusive with ``start``/``end``.
+            season a year earlier), ``-6m``, ``-30d``; or ``-3y..-1y``, a window from three
+            years before the target's start to one year before its end. Exclusive with
+            ``start``/``end``.
         start: A fixed date window's start (e.g. before an earthquake).
         end: A fixed date window's end.
+        composite: How the source combines the images of the window (``None``: the
+            source's default; ``greenest`` keeps each pixel's greenest clear image, a
+            vegetation baseline from before a scar; ``mosaic`` the most recent clear one;
+            Earth Engine also ``median``, ``mean``).
     """
 
     name: str
     offset: str | None = None
     start: str | None = None
     end: str | None = None
+    composite: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name or ""):
@@ -90,13 +100,23 @@ class Reference:
             raise ConfigError(
                 f"Reference {self.name!r} needs either an offset (e.g. -1y) or a fixed window "
                 f"start/end (e.g. 2014-01-01/2014-12-31), not both and not neither.")
+        if self.composite is not None and self.composite not in COMPOSITES:
+            raise ConfigError(f"Reference {self.name!r}: unknown composite {self.composite!r}; "
+                              f"use one of {', '.join(COMPOSITES)}.")
         if self.offset is not None:
-            m = _OFFSET.match(str(self.offset).strip())
-            if not m or int(m.group(1)) == 0:
-                raise ConfigError(
-                    f"Reference {self.name!r}: offset {self.offset!r} is not a non-zero number "
-                    f"of years, months or days such as -1y, -6m or -30d.")
-            object.__setattr__(self, "offset", f"{int(m.group(1))}{m.group(2)}")
+            parts = []
+            for text in str(self.offset).split(".."):
+                m = _OFFSET.match(text.strip())
+                if not m or int(m.group(1)) == 0:
+                    raise ConfigError(
+                        f"Reference {self.name!r}: offset {self.offset!r} is not a non-zero "
+                        f"number of years, months or days such as -1y, -6m or -30d, or a "
+                        f"range such as -3y..-1y.")
+                parts.append(f"{int(m.group(1))}{m.group(2)}")
+            if len(parts) > 2:
+                raise ConfigError(f"Reference {self.name!r}: offset {self.offset!r} has more "
+                                  f"than two ends; use e.g. -3y..-1y.")
+            object.__setattr__(self, "offset", "..".join(parts))
         else:
             if self.start is None or self.end is None:
                 raise ConfigError(f"Reference {self.name!r}: give both start and end.")
@@ -106,17 +126,21 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
-        """``NAME=OFFSET`` (``prev=-1y``) or ``NAME=START/END`` (``pre=2014-01-01/2014-12-31``)."""
+        """``NAME=OFFSET[:COMPOSITE]`` or ``NAME=START/END[:COMPOSITE]``.
+
+        E.g. ``prev=-1y``, ``base=-3y..-1y:greenest``, ``pre=2014-01-01/2014-12-31``.
+        """
         name, sep, value = str(text).partition("=")
         if not sep or not value.strip():
             raise ConfigError(
-                f"Reference {text!r} is not NAME=OFFSET or NAME=START/END, e.g. prev=-1y or "
-                f"pre=2014-01-01/2014-12-31.")
-        value = value.strip()
+                f"Reference {text!r} is not NAME=OFFSET or NAME=START/END, e.g. prev=-1y, "
+                f"base=-3y..-1y:greenest or pre=2014-01-01/2014-12-31.")
+        value, _, composite = value.strip().partition(":")
+        comp = composite.strip() or None
         if "/" in value:
             start, _, end = value.partition("/")
-            return cls(name.strip(), start=start.strip(), end=end.strip())
-        return cls(name.strip(), offset=value)
+            return cls(name.strip(), start=start.strip(), end=end.strip(), composite=comp)
+        return cls(name.strip(), offset=value, composite=comp)
 
     def window(self, start: str | None, end: str | None) -> tuple[str, str]:
         """The reference's date window for a target window ``start``..``end``.
@@ -129,19 +153,25 @@ class Reference:
         if not (start and end):
             raise ConfigError(f"Reference {self.name!r} is {self.offset} from the target's "
                               f"date window: give --start and --end.")
-        m = _OFFSET.match(self.offset)
-        assert m is not None  # checked in __post_init__
-        amount, unit = int(m.group(1)), m.group(2)
-        return (shift_date(_date(start, "start"), amount, unit).isoformat(),
-                shift_date(_date(end, "end"), amount, unit).isoformat())
+        first, _, last = self.offset.partition("..")
+        shifted = []
+        for date, text in ((start, first), (end, last or first)):
+            m = _OFFSET.match(text)
+            assert m is not None  # checked in __post_init__
+            shifted.append(shift_date(_date(date, "date"), int(m.group(1)), m.group(2)))
+        if shifted[1] <= shifted[0]:
+            raise ConfigError(f"Reference {self.name!r} ({self.offset}) of {start}..{end} is "
+                              f"the empty window {shifted[0]}..{shifted[1]}.")
+        return shifted[0].isoformat(), shifted[1].isoformat()
 
     def describe(self) -> str:
-        return f"{self.name}={self.offset}" if self.offset else \
-            f"{self.name}={self.start}/{self.end}"
+        when = self.offset if self.offset else f"{self.start}/{self.end}"
+        return f"{self.name}={when}" + (f":{self.composite}" if self.composite else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in (("name", self.name), ("offset", self.offset),
-                                  ("start", self.start), ("end", self.end)) if v is not None}
+                                  ("start", self.start), ("end", self.end),
+                                  ("composite", self.composite)) if v is not None}
 
 
 def parse_references(text: str | Sequence[str] | None) -> tuple[Reference, ...]:

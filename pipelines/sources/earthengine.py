@@ -80,7 +80,7 @@ DEMS: dict[str, tuple[str, str, bool]] = {
     "srtm": ("USGS/SRTMGL1_003", "elevation", False),
     "3dep10": ("USGS/3DEP/10m", "elevation", False),
 }
-COMPOSITES = ("median", "mean", "mosaic")
+COMPOSITES = ("median", "mean", "mosaic", "greenest")
 
 #: Every band this source can compute, and the default selection.
 AVAILABLE_BANDS: tuple[str, ...] = bandreg.SENTINEL2_BANDS + bandreg.TERRAIN_BANDS
@@ -118,8 +118,9 @@ class EEConfig:
         max_cloud_prob: Cloud probability (0-100) from which a pixel is masked.
         dem: ``"glo30"`` (Copernicus GLO-30), ``"aw3d30"`` (ALOS AW3D30),
             ``"srtm"`` (SRTM 1 arc-second) or ``"3dep10"`` (USGS 3DEP 10 m).
-        composite: How the masked scenes are combined: ``median``, ``mean`` or ``mosaic``
-            (most recent valid pixel on top).
+        composite: How the masked scenes are combined: ``median``, ``mean``, ``mosaic``
+            (most recent valid pixel on top) or ``greenest`` (each pixel's highest-NDVI
+            scene, a vegetation baseline for a reference image).
         bbox: Optional ``(minlon, minlat, maxlon, maxlat)`` that limits the scenes
             considered (speeds up large windows; pixels are computed only where asked).
         project: Cloud project billed for the requests (None: the credentials' project).
@@ -238,6 +239,13 @@ def _sentinel2(config: EEConfig, names: Sequence[str]) -> ee.Image:
             return img.updateMask(prob.lt(threshold))
 
         col = ee.ImageCollection(joined).map(mask_prob)
+    if config.composite == "greenest":
+        # each pixel from its greenest clear scene: a vegetation baseline (qualityMosaic)
+        def greenness(img: ee.Image) -> ee.Image:
+            return img.addBands(img.normalizedDifference(["B8", "B4"]).rename("greenness"))
+
+        image = col.map(greenness).qualityMosaic("greenness").select(list(names))
+        return image.divide(10000).rename(list(names))
     col = col.select(list(names))
     if config.composite == "median":
         image = col.median()

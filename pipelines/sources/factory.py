@@ -4,9 +4,11 @@ Specs travel inside pipeline configurations (and so to Beam workers) as plain di
 the source object itself is created on the launcher for validation and on every worker
 in ``setup``. Kinds:
 
-``{"kind": "synthetic", "world": DIR, "mask_clouds": bool}``
-    The synthetic world; the year comes from the date window's start (or ``"year"``);
-    cloudy pixels are nodata unless ``mask_clouds`` is false.
+``{"kind": "synthetic", "world": DIR, "mask_clouds": bool, "composite": str}``
+    The synthetic world; the year comes from the date window (or ``"year"``); a window
+    over several years composites their images (``composite``: ``mosaic``, the most
+    recent clear pixel, or ``greenest``); cloudy pixels are nodata unless ``mask_clouds``
+    is false.
 ``{"kind": "geotiff", "images": [GLOB, ...], "dem": PATH?, "band_map": {..}?,
 "scale": "auto"|float, "nodata": float?, "mask_zero": bool}``
     GeoTIFF/COG files (``{year}`` in a path is replaced by the window's year), plus
@@ -88,8 +90,15 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
             raise ConfigError("The synthetic source needs the world folder (--world DIR).")
         if year is None:
             raise ConfigError("The synthetic source needs a year: give --start/--end.")
-        return SyntheticSource(spec["world"], int(year),
-                               mask_clouds=bool(spec.get("mask_clouds", True)))
+        years: int | list[int] = int(year)
+        if not spec.get("year") and end:
+            # a window over several years composites the world's images of those years
+            last = parse_date(end, "end")
+            last_year = last.year - (1 if (last.month, last.day) == (1, 1) else 0)
+            years = list(range(int(year), max(int(year), last_year) + 1))
+        return SyntheticSource(spec["world"], years,
+                               mask_clouds=bool(spec.get("mask_clouds", True)),
+                               composite=str(spec.get("composite", "mosaic")))
     if kind == "geotiff":
         from pipelines.sources.geotiff import GeoTIFFSource, StackSource, TerrainSource
 

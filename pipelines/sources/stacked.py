@@ -94,9 +94,17 @@ class StackedSource(Source):
                 check(region)
 
 
-def _reference_spec(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _reference_spec(spec: Mapping[str, Any], name: str,
+                    composite: str | None = None) -> dict[str, Any]:
     """The source spec of reference ``name``: the same source at another date."""
     ref = {k: v for k, v in spec.items() if k not in {"year", "reference_images"}}
+    if composite:
+        if spec.get("kind") == "geotiff":
+            raise ConfigError(
+                f"Reference {name!r} asks for a {composite!r} composite, which the geotiff "
+                f"source does not make (it mosaics its files): give one composited image with "
+                f"--reference-images {name}=PATH, or drop ':{composite}'.")
+        ref["composite"] = composite
     if spec.get("kind") == "geotiff" and ref.get("images"):
         own = (spec.get("reference_images") or {}).get(name)
         if own:
@@ -135,7 +143,7 @@ def make_stacked_source(spec: Mapping[str, Any], stack: StackSpec, start: str | 
     for r in stack.references:
         rs, re_ = windows[r.name]
         try:
-            refs[r.name] = make_source(_reference_spec(spec, r.name), rs, re_,
+            refs[r.name] = make_source(_reference_spec(spec, r.name, r.composite), rs, re_,
                                        bands=need_refs[r.name])
             bandreg.require(refs[r.name].bands, need_refs[r.name],
                             f"{refs[r.name].kind} source")
