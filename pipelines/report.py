@@ -410,14 +410,17 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
     inp_rows = []
     for role, per in (metrics.get("inputs") or {}).items():
         for y, rep in per.items():
+            unobserved = rep.get("n_unobserved")
+            compared = rep.get("n_compared")
+            if unobserved is not None and compared is not None:
+                compared = compared - unobserved  # what was scored and counted
             inp_rows.append([role, y, rep.get("path"), rep.get("kind"), rep.get("n_read"),
-                             rep.get("n_invalid_repaired"), rep.get("n_empty"),
-                             rep.get("n_compared"), rep.get("reprojected_from"),
-                             rep.get("error")])
+                             rep.get("n_invalid_repaired"), rep.get("n_empty"), unobserved,
+                             compared, rep.get("reprojected_from"), rep.get("error")])
     if inp_rows:
         parts.append(_table(["inventory", "year", "file", "kind", "features read",
-                             "invalid repaired", "empty dropped", "compared", "reprojected from",
-                             "error"], inp_rows, left=4, left_cols=[8, 9]))
+                             "invalid repaired", "empty dropped", "unobserved", "compared",
+                             "reprojected from", "error"], inp_rows, left=4, left_cols=[9, 10]))
     missing = {k: v for k, v in (metrics.get("missing_years") or {}).items() if v}
     if missing:
         parts.append("<p>Missing years: " + "; ".join(

@@ -102,8 +102,17 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
     if kind == "geotiff":
         from pipelines.sources.geotiff import GeoTIFFSource, StackSource, TerrainSource
 
-        images = [str(p).replace("{year}", str(year)) if year else str(p)
-                  for p in spec.get("images", [])]
+        # a window over several years reads every year's files, the most recent first (the
+        # GeoTIFF mosaic keeps the first valid pixel)
+        years_in = [int(year)] if year else []
+        if year and not spec.get("year") and end:
+            last = parse_date(end, "end")
+            last_year = last.year - (1 if (last.month, last.day) == (1, 1) else 0)
+            years_in = list(range(max(int(year), last_year), int(year) - 1, -1))
+        images = list(dict.fromkeys(
+            str(p).replace("{year}", str(y)) for y in (years_in or [None])
+            for p in spec.get("images", []))) if years_in else [
+            str(p) for p in spec.get("images", [])]
         if "{year}" in "".join(images):
             raise ConfigError("Image paths hold {year}: give --start/--end to fill it.")
         parts: list[Source] = []
