@@ -352,10 +352,12 @@ def test_geotiff_refuses_a_composite(world):
     stack = StackSpec(("B4",), parse_references("base=-2y..-1y:greenest"))
     with pytest.raises(ConfigError, match="base"):
         make_stacked_source(spec, stack, "2016-01-01", "2016-12-31")
-    # the same stack without a composite is fine (the reference reads s2_2014.tif)
+    # the same stack without a composite is fine: the reference mosaics every year's files
+    # of its window, the most recent first
     ok = make_stacked_source(spec, StackSpec(("B4",), parse_references("base=-2y..-1y")),
                              "2016-01-01", "2016-12-31")
-    assert ok.references["base"].describe()["paths"] == [world["dir"] + "/s2_2014.tif"]
+    assert ok.references["base"].describe()["paths"] == [
+        world["dir"] + "/s2_2015.tif", world["dir"] + "/s2_2014.tif"]
     # without a composite, the geotiff reference spec is unchanged
     assert "composite" not in _reference_spec(spec, "base", None)
     assert _reference_spec({"kind": "synthetic", "world": "w", "year": 2016}, "base",
