@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all lint bench lock clean venv
+.PHONY: demo test test-all lint bench bench-quality lock clean venv
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Held-out model quality of the demo study for three world seeds (~10 min per seed).
+bench-quality: $(STAMP)
+	$(PY) bench/quality.py $(QUALITY_ARGS)
 
 # Re-pin the lock files from requirements.in / requirements-dev.in.
 lock:

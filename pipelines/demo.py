@@ -3,13 +3,17 @@
 It reproduces the design of the multi-temporal U-Net study (pre-, co- and post-earthquake
 inventories, transfer learning) with nothing to download:
 
-1. generate the world (2013-2019, earthquake in 2015);
-2. export training patches from the training area (outside the investigation area) for
-   one post-event year, and train a U-Net;
-3. fine-tune that artifact on part of the investigation area for the same year
-   (transfer learning) and evaluate both models on the rest of it;
-4. sweep the investigation area for every year;
-5. compare the predicted and reference inventories for every year and write the report.
+1. generate the world (2013-2019 and the years before that the input stack's reference
+   images need; earthquake in 2015);
+2. hold out blocks spread over the investigation area (never trained on, in any year);
+3. export training patches of the training years from the training area, with temporal
+   context (each year's image, the greenest clear view of the same place in the three
+   years before, a vegetation baseline, and their differences), and train a U-Net;
+4. fine-tune that artifact on the investigation area's other blocks (transfer learning)
+   and evaluate both models on patches of the held-out blocks;
+5. sweep the investigation area for every year;
+6. compare the sweeps with the reference inventories on the held-out blocks, every year,
+   and write the report (it names the areas and years seen in training).
 
 Every stage records what it did in ``<out>/stages/<name>.json`` with a fingerprint of its
 configuration; a re-run skips stages whose record matches, so an interrupted demo resumes
@@ -29,6 +33,7 @@ from typing import Any
 
 from pipelines import fsio
 from pipelines.errors import ConfigError
+from pipelines.geo.stack import StackSpec, parse_references
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +46,46 @@ class DemoConfig:
         out: Output folder.
         quick: A smaller world and shorter training (used by the tests, < 3 minutes).
         seed: Seed of the world and of training.
-        train_year: The post-event year used for training and fine-tuning.
+        train_years: Years whose inventories train the models (the others are never seen).
         years: Years swept and compared.
+        references: The input stack's reference images (``NAME=OFFSET`` or
+            ``NAME=START/END``, see :mod:`pipelines.geo.stack`).
+        change: Change bands of every reference.
+        history_years: Years the world holds before the first swept year, for reference
+            images (a stack that needs older images is refused).
     """
 
     out: str = "demo-out"
     quick: bool = False
     seed: int = 42
-    train_year: int = 2016
+    train_years: tuple[int, ...] = (2014, 2016, 2018)
     years: tuple[int, ...] = tuple(range(2013, 2020))
+    references: tuple[str, ...] = ("base=-3y..-1y:greenest",)
+    change: tuple[str, ...] = ("NDVI", "B4", "B8", "B11", "B12")
+    history_years: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.train_year not in self.years:
-            raise ConfigError(f"train_year {self.train_year} must be one of {self.years}.")
+        missing = [y for y in self.train_years if y not in self.years]
+        if missing:
+            raise ConfigError(f"train_years {missing} must be among the years {self.years}.")
+        first = self.world_years[0]
+        for y in self.years:
+            for name, (start, _) in self.stack.windows(f"{y}-01-01", f"{y}-12-31").items():
+                if int(start[:4]) < first:
+                    raise ConfigError(
+                        f"Reference {name!r} of {y} needs the image of {start[:4]}, before the "
+                        f"world's first year {first}: raise history_years.")
+
+    @property
+    def stack(self) -> StackSpec:
+        """The input stack every model of the demo takes."""
+        return StackSpec(BANDS, parse_references(self.references), None, self.change)
+
+    @property
+    def world_years(self) -> tuple[int, ...]:
+        """The years the world holds: the swept ones and ``history_years`` before."""
+        return tuple(range(min(self.years) - self.history_years, max(self.years) + 1))
 
     @property
     def size_km(self) -> float:
@@ -72,6 +103,9 @@ class Stage:
     run: Callable[[DemoConfig], dict]
     weight: float = 1.0  # rough relative duration, for the ETA
     fingerprint: dict = field(default_factory=dict)
+    #: The configuration fields the stage depends on (``None``: all of them), so a study
+    #: that changes only the model reuses the world.
+    uses: tuple[str, ...] | None = None
 
 
 def _digest(obj: Any) -> str:
@@ -92,6 +126,8 @@ class StageRunner:
     def fingerprint(self, stage: Stage) -> str:
         cfg = dataclasses.asdict(self.config)
         cfg.pop("out")
+        if stage.uses is not None:
+            cfg = {k: cfg[k] for k in stage.uses}
         return _digest({"stage": stage.name, "config": cfg, **stage.fingerprint})
 
     def is_done(self, stage: Stage) -> bool:
@@ -133,10 +169,11 @@ def stage_world(cfg: DemoConfig) -> dict:
     from pipelines.sources.synthetic import WorldConfig, generate_world
 
     world = generate_world(cfg.path("world"), WorldConfig(seed=cfg.seed, size_km=cfg.size_km,
-                                                          years=cfg.years))
-    counts = {str(y): world["landslides"][str(y)]["visible"] for y in cfg.years} \
+                                                          years=cfg.world_years))
+    counts = {str(y): world["landslides"][str(y)]["visible"] for y in cfg.world_years} \
         if "landslides" in world else {}
-    return {"world": cfg.path("world"), "landslides_visible": counts}
+    return {"world": cfg.path("world"), "years": list(cfg.world_years),
+            "landslides_visible": counts}
 
 
 def stage_terrain(cfg: DemoConfig) -> dict:
@@ -147,6 +184,12 @@ def stage_terrain(cfg: DemoConfig) -> dict:
 
 
 BANDS = ("B2", "B3", "B4", "B8", "B11", "B12", "DEM", "slope")
+#: Side (m) of the blocks of the investigation area that are held out or fine-tuned on.
+HOLDOUT_BLOCK_M = 1280.0
+#: Share of the investigation area's blocks held out for evaluation.
+HOLDOUT_SHARE = 0.45
+#: Gap (m) between held-out blocks and any training pixel (windows and halos never span it).
+HOLDOUT_GAP_M = 320.0
 
 
 def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
@@ -155,62 +198,97 @@ def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.quick:
         return {"base_filters": 8, "depth": 3, "epochs": 4, "patience": 0, "batch_size": 16,
                 "loss": "bce_dice"}
-    return {"base_filters": 16, "depth": 4, "epochs": 12, "patience": 4, "batch_size": 16,
-            "loss": "bce_dice"}
+    return {"base_filters": 16, "depth": 4, "epochs": 20, "patience": 6, "batch_size": 16,
+            "loss": "bce_dice", "reduce_lr_patience": 3}
+
+
+def _finetune_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """Fine-tuning starts from the base model (lr 1e-4 by default with init_from)."""
+    if cfg.quick:
+        return {"epochs": 3}
+    return {"epochs": 20, "patience": 6, "lr": 5e-4}
 
 
 def _chunk(cfg: DemoConfig) -> int:
-    # 256-px chunks waste fewer edge windows; the quick world's areas need 128 to hold
-    # enough chunks for a spatially blocked validation split.
-    return 128 if cfg.quick else 256
+    # the quick world's areas need small chunks to hold a spatially blocked validation split
+    return 64 if cfg.quick else 128
 
 
 def _stride(cfg: DemoConfig) -> int:
-    return 32 if cfg.quick else 16
+    return 32
 
 
 def stage_areas(cfg: DemoConfig) -> dict:
-    """Split the investigation area: a northern strip to fine-tune on, the rest to evaluate."""
+    """Hold out blocks of the investigation area for evaluation; fine-tune on the others.
+
+    The investigation area is cut into square blocks; a seeded share of them is held out
+    (never trained on, in any year), the rest is where the model is fine-tuned. A gap
+    separates the two, so no training window or its halo reaches a held-out pixel. Held-out
+    blocks spread over the whole area, so they hold its look-alikes (river, gravel, roads).
+    """
+    import geopandas as gpd
+    import numpy as np
     import shapely
     from shapely.geometry import box
 
     from pipelines.geo.grid import load_region
 
     study = load_region(cfg.path("world", "study_area.geojson")).geometry
-    minx, miny, maxx, maxy = study.bounds
-    cut = maxy - 0.4 * (maxy - miny)
-    tune = study.intersection(box(minx, cut, maxx, maxy))
-    rest = study.intersection(box(minx, miny, maxx, cut))
+    world = fsio.read_json(cfg.path("world", "world.json"))
+    crs = world["crs"]
+    geom = gpd.GeoSeries([study], crs="EPSG:4326").to_crs(crs).iloc[0]
+    minx, miny, maxx, maxy = geom.bounds
+    side = HOLDOUT_BLOCK_M / (2.0 if cfg.quick else 1.0)
+    nx, ny = int(np.ceil((maxx - minx) / side)), int(np.ceil((maxy - miny) / side))
+    cells = [(i, j) for j in range(ny) for i in range(nx)]
+    order = np.random.default_rng(cfg.seed).permutation(len(cells))
+    held = {cells[k] for k in order[:max(1, round(HOLDOUT_SHARE * len(cells)))]}
+    blocks = {c: box(minx + c[0] * side, miny + c[1] * side, minx + (c[0] + 1) * side,
+                     miny + (c[1] + 1) * side) for c in cells}
+    gap = HOLDOUT_GAP_M / (2.0 if cfg.quick else 1.0)
+    held_geom = shapely.union_all([blocks[c] for c in held]).intersection(geom)
+    eval_area = held_geom.buffer(-gap / 2.0, join_style="mitre")
+    tune = shapely.union_all([blocks[c] for c in cells if c not in held]).intersection(geom)
+    tune = tune.difference(held_geom.buffer(gap / 2.0, join_style="mitre"))
+    train_area = gpd.read_file(cfg.path("world", "train_area.geojson")).to_crs(crs).union_all()
+    # what the fine-tuned model learns from: the training area and the area's other blocks
+    region = shapely.union_all([train_area, tune])
     out = {}
-    for name, geom in (("finetune_area", tune), ("eval_area", rest)):
+    for name, g in (("finetune_area", tune), ("eval_area", eval_area),
+                    ("finetune_region", region)):
         path = cfg.path("areas", f"{name}.geojson")
-        fsio.write_json(path, {"type": "FeatureCollection", "features": [{
-            "type": "Feature", "properties": {"name": name},
-            "geometry": json.loads(shapely.to_geojson(geom))}]})
+        frame = gpd.GeoDataFrame({"name": [name]}, geometry=[g], crs=crs).to_crs("EPSG:4326")
+        fsio.write_bytes(path, frame.to_json().encode())
         out[name] = path
+        out[f"{name}_km2"] = round(g.area / 1e6, 2)
     return out
 
 
-def _export(cfg: DemoConfig, aoi: str, out: str, fractions: tuple[float, float, float],
-            negative_fraction: float, stride: int | None) -> dict:
+def _areas(cfg: DemoConfig) -> dict:
+    return fsio.read_json(cfg.path("stages", "areas.json"))["result"]
+
+
+def _export(cfg: DemoConfig, aoi: str, out: str, years: tuple[int, ...],
+            fractions: tuple[float, float, float], negative_fraction: float,
+            stride: int | None) -> dict:
     from pipelines.export import ExportConfig, run_export
     from pipelines.geo.patches import PatchRules, SplitPlan
 
-    y = cfg.train_year
+    y = years[0]
     manifest = run_export(ExportConfig(
         source={"kind": "synthetic", "world": cfg.path("world")}, aoi=aoi, out=out,
-        inventory=cfg.path("world", f"inventory_{y}.gpkg"), start=f"{y}-01-01",
-        end=f"{y}-12-31", bands=BANDS, chunk_size=_chunk(cfg),
+        inventory=cfg.path("world", "inventory_{year}.gpkg"), start=f"{y}-01-01",
+        end=f"{y}-12-31", years=years, stack=cfg.stack, chunk_size=_chunk(cfg),
         patch=PatchRules(64, stride=stride, negative_fraction=negative_fraction,
-                         max_nodata_fraction=0.3, seed=cfg.seed),
-        split=SplitPlan(fractions, block=1, seed=cfg.seed), compression="none"))
-    return {"shards": out, "patches": manifest["patches"],
+                         max_nodata_fraction=0.5, seed=cfg.seed),
+        split=SplitPlan(fractions, block=2, seed=cfg.seed), compression="none"))
+    return {"shards": out, "years": list(years), "patches": manifest["patches"],
             "positive_patches": manifest["positive_patches"]}
 
 
 def stage_export_train(cfg: DemoConfig) -> dict:
     return _export(cfg, cfg.path("world", "train_area.geojson"), cfg.path("shards", "train"),
-                   (0.8, 0.2, 0.0), 0.5, _stride(cfg))
+                   cfg.train_years, (0.8, 0.2, 0.0), 1.0, _stride(cfg))
 
 
 def stage_train(cfg: DemoConfig) -> dict:
@@ -224,22 +302,20 @@ def stage_train(cfg: DemoConfig) -> dict:
 
 def stage_export_finetune(cfg: DemoConfig) -> dict:
     areas = _areas(cfg)
-    tune = _export(cfg, areas["finetune_area"], cfg.path("shards", "finetune"), (0.7, 0.3, 0.0),
-                   0.5, _stride(cfg))
-    held = _export(cfg, areas["eval_area"], cfg.path("shards", "eval"), (0.0, 0.0, 1.0), 1.0,
-                   None)
+    # the investigation area's own blocks with the training area, so fine-tuning adds the
+    # area's look-alikes without forgetting what the base model learnt
+    tune = _export(cfg, areas["finetune_region"], cfg.path("shards", "finetune"),
+                   cfg.train_years, (0.8, 0.2, 0.0), 1.0, _stride(cfg))
+    held = _export(cfg, areas["eval_area"], cfg.path("shards", "eval"), cfg.years,
+                   (0.0, 0.0, 1.0), 1.0, None)
     return {"finetune": tune, "eval": held}
-
-
-def _areas(cfg: DemoConfig) -> dict:
-    return fsio.read_json(cfg.path("stages", "areas.json"))["result"]
 
 
 def stage_finetune(cfg: DemoConfig) -> dict:
     from model.train import TrainConfig, train
 
     settings = _train_settings(cfg)
-    settings["epochs"] = max(2, settings["epochs"] // 2)
+    settings.update(_finetune_settings(cfg))
     meta = train(cfg.path("shards", "finetune"), cfg.path("models", "finetuned"),
                  TrainConfig(seed=cfg.seed, init_from=cfg.path("models", "base"), **settings))
     return {"model": cfg.path("models", "finetuned"), "model_id": meta["model_id"]}
@@ -274,23 +350,64 @@ def stage_sweep(cfg: DemoConfig) -> dict:
 
 
 def stage_compare(cfg: DemoConfig) -> dict:
+    """Compare the sweeps with the reference inventories on the held-out blocks only.
+
+    The predicted side is each sweep's mask mosaic, so pixels without clear imagery on
+    every date of the input stack are not scored and reference landslides mostly under
+    them are not counted (``observed_only``).
+    """
     from pipelines.compare import CompareConfig, run_compare
 
     metrics = run_compare(CompareConfig(
         reference=cfg.path("world", "inventory_{year}.gpkg"),
-        predicted=cfg.path("sweeps", "{year}", "inventory.gpkg"),
-        aoi=cfg.path("world", "study_area.geojson"), years=cfg.years,
+        predicted=cfg.path("sweeps", "{year}", "mosaic", "mask.tif"),
+        aoi=_areas(cfg)["eval_area"], years=cfg.years,
         out=cfg.path("report"), resolution=10.0, min_area=200.0,
-        background=cfg.path("terrain", "hillshade.tif")))
-    return {"report": cfg.path("report", "report.html"), "status": metrics.get("status")}
+        background=cfg.path("terrain", "hillshade.tif"), notes=training_notes(cfg)))
+    return {"report": cfg.path("report", "report.html"), "status": metrics.get("status"),
+            "held_out": held_out_summary(metrics)}
+
+
+def training_notes(cfg: DemoConfig) -> tuple[str, ...]:
+    """What the report says about the models' training data."""
+    areas = _areas(cfg)
+    unseen = [y for y in cfg.years if y not in cfg.train_years]
+    return (
+        f"Scored on held-out blocks of the investigation area only ({areas['eval_area']}, "
+        f"{areas['eval_area_km2']} km2): no model was trained on them in any year, and a "
+        f"{HOLDOUT_GAP_M:.0f} m gap separates them from every training pixel.",
+        f"Training areas: the training area ({cfg.path('world', 'train_area.geojson')}) for "
+        f"the base model; fine-tuning adds the investigation area's other blocks "
+        f"({areas['finetune_area']}, {areas['finetune_area_km2']} km2).",
+        f"Training years (inventories seen): {', '.join(map(str, cfg.train_years))}; years "
+        f"never trained on: {', '.join(map(str, unseen)) or 'none'}.",
+        f"Model input stack: {cfg.stack.describe()}.",
+    )
+
+
+def held_out_summary(metrics: dict) -> dict[str, dict]:
+    """Per year: pixel precision/recall/F1 and predicted vs reference counts."""
+    rows = {str(r.get("year")): r for r in (metrics.get("multitemporal") or {}).get("rows", [])}
+    out = {}
+    for year, entry in (metrics.get("years") or {}).items():
+        px = entry.get("pixel") or {}
+        row = rows.get(year, {})
+        out[year] = {"precision": px.get("precision"), "recall": px.get("recall"),
+                     "f1": px.get("f1"), "reference_count": row.get("reference_count"),
+                     "predicted_count": row.get("predicted_count")}
+    return out
+
+
+#: What the world, its terrain and the held-out areas depend on.
+WORLD_FIELDS = ("quick", "seed", "years", "history_years")
 
 
 def stages(cfg: DemoConfig) -> list[Stage]:
     """The demo's stages, in order."""
     return [
-        Stage("world", stage_world, weight=1.0),
-        Stage("terrain", stage_terrain, weight=0.1),
-        Stage("areas", stage_areas, weight=0.05),
+        Stage("world", stage_world, weight=1.0, uses=WORLD_FIELDS),
+        Stage("terrain", stage_terrain, weight=0.1, uses=WORLD_FIELDS),
+        Stage("areas", stage_areas, weight=0.05, uses=WORLD_FIELDS),
         Stage("export_train", stage_export_train, weight=1.0),
         Stage("train", stage_train, weight=6.0, fingerprint={"bands": BANDS}),
         Stage("export_finetune", stage_export_finetune, weight=1.0),
@@ -315,12 +432,19 @@ def summary_lines(out: str, results: dict[str, dict]) -> list[str]:
     for name in ("base", "finetuned"):
         if name in ev:
             m = ev[name]
-            lines.append(f"  {name:9s} model on the held-out part of the investigation area: "
+            lines.append(f"  {name:9s} model on patches of the held-out blocks, all years: "
                          f"precision {m.get('precision', 0):.2f}, recall {m.get('recall', 0):.2f}, "
                          f"F1 {m.get('f1', 0):.2f}, IoU {m.get('iou', 0):.2f}")
-    for year, res in results.get("sweep", {}).items():
-        lines.append(f"  sweep {year}: {res.get('polygons')} landslide polygons, "
-                     f"{res.get('landslide_km2')} km2")
+    held = results.get("compare", {}).get("held_out") or {}
+    if held:
+        lines.append("  sweeps on the held-out blocks (observed pixels; counts of landslides):")
+    for year, m in held.items():
+        def num(v: Any) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
+        lines.append(f"    {year}: precision {num(m.get('precision'))}, recall "
+                     f"{num(m.get('recall'))}, F1 {num(m.get('f1'))}; predicted "
+                     f"{m.get('predicted_count')} vs reference {m.get('reference_count')}")
     report = results.get("compare", {}).get("report")
     if report:
         lines.append(f"Open the report: {report}")
