@@ -7,7 +7,7 @@ inventories, transfer learning) with nothing to download:
    images need; earthquake in 2015);
 2. hold out blocks spread over the investigation area (never trained on, in any year);
 3. export training patches of the training years from the training area, with temporal
-   context (each year's image, the greenest clear view of the same place in the three
+   context (each year's image, the greenest clear view of the same place in the four
    years before, a vegetation baseline, and their differences), and train a U-Net;
 4. fine-tune that artifact on the investigation area's other blocks (transfer learning)
    and evaluate both models on patches of the held-out blocks;
@@ -60,9 +60,9 @@ class DemoConfig:
     seed: int = 42
     train_years: tuple[int, ...] = (2014, 2016, 2018)
     years: tuple[int, ...] = tuple(range(2013, 2020))
-    references: tuple[str, ...] = ("base=-3y..-1y:greenest",)
+    references: tuple[str, ...] = ("base=-4y..-1y:greenest",)
     change: tuple[str, ...] = ("NDVI", "B4", "B8", "B11", "B12")
-    history_years: int = 3
+    history_years: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

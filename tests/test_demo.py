@@ -59,7 +59,7 @@ def test_quick_demo_is_scored_on_held_out_blocks_with_temporal_context(demo_out)
     # the model records its temporal input stack; the training export covers several years
     art = json.loads((demo_out / "models" / "finetuned" / "artifact.json").read_text())
     assert art["stack"]["references"] == [
-        {"name": "base", "offset": "-3y..-1y", "composite": "greenest"}]
+        {"name": "base", "offset": "-4y..-1y", "composite": "greenest"}]
     assert "dNDVI@base" in art["bands"] and art["bands"] == art["stack"]["channels"]
     manifest = json.loads((demo_out / "shards" / "train" / "manifest.json").read_text())
     assert manifest["years"] == [2014, 2016, 2018]
