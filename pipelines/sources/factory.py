@@ -110,7 +110,7 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
             last_year = last.year - (1 if (last.month, last.day) == (1, 1) else 0)
             years_in = list(range(max(int(year), last_year), int(year) - 1, -1))
         images = list(dict.fromkeys(
-            str(p).replace("{year}", str(y)) for y in (years_in or [None])
+            str(p).replace("{year}", str(y)) for y in years_in
             for p in spec.get("images", []))) if years_in else [
             str(p) for p in spec.get("images", [])]
         if "{year}" in "".join(images):

@@ -1589,7 +1589,7 @@ class SyntheticSource(Source):
         if len(self.years) == 1:
             return best if need == optical else best.select(optical)
         data, valid = best.data.copy(), best.valid.copy()
-        score = _ndvi(data, need) if greenest else None
+        score = _ndvi(data, need) if greenest else np.zeros(0, np.float32)
         for i in range(1, len(self.years)):
             if not greenest and valid.all():
                 break
