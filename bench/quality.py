@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import fsio
-from pipelines.demo import (
-    WORLD_FIELDS,
-    DemoConfig,
-    run_demo,
-)
+from pipelines.demo import WORLD_FIELDS, DemoConfig, run_demo, share_world
 
 VARIANTS = ("temporal", "single-date")
 
@@ -41,22 +36,6 @@ def _config(out: str, seed: int, variant: str, quick: bool) -> DemoConfig:
     if variant == "temporal":
         return DemoConfig(out=out, seed=seed, quick=quick)
     return DemoConfig(out=out, seed=seed, quick=quick, references=(), change=())
-
-
-def _share_world(src: str, dst: str) -> None:
-    """Let the single-date study reuse the temporal study's world, terrain and areas.
-
-    Their stage records only depend on :data:`WORLD_FIELDS`, equal in both studies, so the
-    second study reuses them instead of generating the same world again.
-    """
-    os.makedirs(os.path.join(dst, "stages"), exist_ok=True)
-    for name in ("world", "terrain", "areas"):
-        link = os.path.join(dst, name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.abspath(os.path.join(src, name)), link)
-        record = os.path.join(src, "stages", f"{name}.json")
-        if os.path.exists(record):
-            shutil.copyfile(record, os.path.join(dst, "stages", f"{name}.json"))
 
 
 def run_study(out: str, seed: int, variant: str, quick: bool) -> dict:
@@ -131,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in [v for v in VARIANTS if v == "temporal" or seed in single]:
             out = os.path.join(base, variant)
             if first is not None:
-                _share_world(first, out)
+                share_world(first, out)
             rows.append(run_study(out, seed, variant, args.quick))
             first = first or out
             fsio.write_json(args.json, {"world_fields": list(WORLD_FIELDS), "rows": rows})

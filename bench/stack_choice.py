@@ -75,13 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         refs = tuple(r.strip() for r in text.split(";") if r.strip() and r.strip() != "-")
         root = os.path.join(args.out, f"stack{i}")
         if world is not None:  # the same world, terrain and areas for every stack
-            os.makedirs(os.path.join(root, "stages"), exist_ok=True)
-            for name in ("world", "terrain", "areas"):
-                link = os.path.join(root, name)
-                if not os.path.lexists(link):
-                    os.symlink(os.path.abspath(os.path.join(world, name)), link)
-                rec = os.path.join(world, "stages", f"{name}.json")
-                Path(root, "stages", f"{name}.json").write_bytes(Path(rec).read_bytes())
+            demo.share_world(world, root)
         rows.append((text, study(root, args.seed, args.history, refs, args.epochs)))
         world = world or root
     years = sorted({y for _, r in rows for y in r})

@@ -418,6 +418,25 @@ def stages(cfg: DemoConfig) -> list[Stage]:
     ]
 
 
+def share_world(src: str, dst: str) -> None:
+    """Let the study in ``dst`` reuse the world, terrain and areas of the study in ``src``.
+
+    Their stage records depend only on :data:`WORLD_FIELDS`, so a study with the same seed
+    and years but another model or stack reuses them (local folders; links, not copies).
+    """
+    import os
+    import shutil
+
+    os.makedirs(os.path.join(dst, "stages"), exist_ok=True)
+    for name in ("world", "terrain", "areas"):
+        link = os.path.join(dst, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(os.path.join(src, name)), link)
+        record = os.path.join(src, "stages", f"{name}.json")
+        if os.path.exists(record):
+            shutil.copyfile(record, os.path.join(dst, "stages", f"{name}.json"))
+
+
 def run_demo(config: DemoConfig) -> dict[str, dict]:
     """Run (or resume) the demo; returns each stage's result."""
     fsio.makedirs(config.out)

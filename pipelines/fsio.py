@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import DataNotFoundError, OutputError
+from pipelines.errors import DataNotFoundError, OutputError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +224,44 @@ def open_binary(path: str | Path) -> io.BufferedIOBase:
     if is_remote(path):
         return _fs().open(str(path))
     return open(path, "rb")
+
+
+def is_http(path: str | Path) -> bool:
+    """True for ``http://`` and ``https://`` URLs."""
+    return str(path).startswith(("http://", "https://"))
+
+
+def gdal_readable(path: str, tmpdir: str, what: str = "Raster",
+                  hint: str = "check the path") -> str:
+    """A path GDAL can open: local as is, http(s) through ``/vsicurl/``, objects copied.
+
+    Args:
+        path: Local path, URL or ``gs://`` object.
+        tmpdir: Folder that receives a downloaded object (the caller removes it).
+        what: What the file is, for messages (``Raster``, ``Label raster``).
+        hint: What to check when a local file is missing.
+
+    Raises:
+        DataNotFoundError: the file or object does not exist.
+        SourceError: the object cannot be downloaded.
+    """
+    if is_http(path):
+        return f"/vsicurl/{path}"
+    if not is_remote(path):
+        if not Path(path).exists():
+            raise DataNotFoundError(f"{what} {path!r} does not exist; {hint}.")
+        return path
+    if not exists(path):
+        raise DataNotFoundError(f"{what} object {path!r} does not exist; check the bucket and "
+                                f"the object name.")
+    import hashlib
+
+    digest = hashlib.sha1(path.encode()).hexdigest()[:12]
+    local = os.path.join(tmpdir, f"{digest}_{Path(path).name}")
+    log.debug("Downloading %s to %s", path, local)
+    try:
+        with open_binary(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=8 << 20)
+    except OSError as exc:
+        raise SourceError(f"Cannot download {what.lower()} {path!r}: {exc}") from exc
+    return local

@@ -147,3 +147,21 @@ def read_shards(folder, suffix: str = "*.tfrecord*") -> dict[str, list]:
             recs += list(tf.data.TFRecordDataset(plain))
         out[split] = [schema.decode_patch(r.numpy()) for r in recs]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> dict:
+    """A 1.28 km synthetic world of 2014-2016 (earthquake in 2015), with clouds.
+
+    ``dir`` is its folder (a Path), ``meta`` its world.json, ``grid`` its pixel grid,
+    ``aoi`` its AOI file and ``spec`` a synthetic source spec reading it. Read-only.
+    """
+    from pipelines.geo.grid import PixelGrid
+    from pipelines.sources.synthetic import WorldConfig, generate_world
+
+    d = tmp_path_factory.mktemp("tiny_world") / "world"
+    meta = generate_world(str(d), WorldConfig(seed=3, size_km=1.28, years=(2014, 2015, 2016),
+                                              event_year=2015))
+    grid = PixelGrid(meta["crs"], tuple(meta["transform"]), meta["width"], meta["height"])
+    return {"dir": d, "meta": meta, "grid": grid, "aoi": str(d / "aoi.geojson"),
+            "spec": {"kind": "synthetic", "world": str(d)}}

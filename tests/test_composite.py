@@ -15,16 +15,13 @@ import pytest
 import rasterio
 
 from pipelines.errors import ConfigError, InputError
-from pipelines.geo.grid import PixelGrid
 from pipelines.geo.stack import Reference, StackSpec, parse_references
 from pipelines.sources.factory import make_source
 from pipelines.sources.stacked import StackedSource, _reference_spec, make_stacked_source
 from pipelines.sources.synthetic import (
     SENTINEL2_BANDS,
     SyntheticSource,
-    WorldConfig,
     clouds_name,
-    generate_world,
 )
 
 YEARS = (2014, 2015, 2016)
@@ -34,12 +31,9 @@ TERRAIN = ("DEM", "slope")
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("composite_world") / "world"
-    meta = generate_world(str(d), WorldConfig(seed=3, size_km=1.28, years=YEARS,
-                                              event_year=2015))
-    grid = PixelGrid(meta["crs"], tuple(meta["transform"]), meta["width"], meta["height"])
-    return {"dir": str(d), "meta": meta, "grid": grid}
+def world(tiny_world) -> dict:
+    assert tuple(tiny_world["meta"]["years"]) == YEARS
+    return {**tiny_world, "dir": str(tiny_world["dir"])}
 
 
 @pytest.fixture(scope="module")

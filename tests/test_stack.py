@@ -46,15 +46,8 @@ def ndvi(b8: np.ndarray, b4: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    from pipelines.sources.synthetic import WorldConfig, generate_world
-
-    d = tmp_path_factory.mktemp("stack_world") / "world"
-    meta = generate_world(str(d), WorldConfig(seed=3, size_km=1.28, years=YEARS,
-                                              event_year=2015))
-    grid = PixelGrid(meta["crs"], tuple(meta["transform"]), meta["width"], meta["height"])
-    return {"dir": d, "meta": meta, "grid": grid, "aoi": str(d / "aoi.geojson"),
-            "spec": {"kind": "synthetic", "world": str(d)}}
+def world(tiny_world) -> dict:
+    return tiny_world
 
 
 def _export_args(world: dict, out: Path, *extra: str) -> list[str]:

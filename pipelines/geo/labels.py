@@ -23,18 +23,14 @@ GDAL VRT (``gdalbuildvrt labels.vrt tiles/*.tif``). Paths may be local, ``gs://`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
-import os
 import re
-import shutil
 import tempfile
 import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -298,8 +294,7 @@ def _is_gdal_error(exc: BaseException) -> bool:
     return isinstance(exc, RasterioError) or type(exc).__module__.startswith("rasterio")
 
 
-def _is_http(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
+_is_http = fsio.is_http
 
 
 @dataclass
@@ -357,26 +352,11 @@ class LabelRaster:
     # ---- file access
     def _gdal_path(self) -> str:
         """A path GDAL can open: local as is, http(s) through /vsicurl/, gs:// downloaded."""
-        path = self.path
-        if _is_http(path):
-            return f"/vsicurl/{path}"
-        if not fsio.is_remote(path):
-            if not Path(path).exists():
-                raise DataNotFoundError(f"Label raster {path!r} does not exist; check the path "
-                                        f"(a mosaic of label tiles can be one .vrt file).")
-            return path
-        if not fsio.exists(path):
-            raise DataNotFoundError(f"Label raster object {path!r} does not exist; check the "
-                                    f"bucket and the object name.")
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="landslides-labels-")
-        digest = hashlib.sha1(path.encode()).hexdigest()[:12]
-        local = os.path.join(self._tmpdir.name, f"{digest}_{Path(path).name}")
-        try:
-            with fsio.open_binary(path) as src, open(local, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=8 << 20)
-        except OSError as exc:
-            raise SourceError(f"Cannot download the label raster {path!r}: {exc}") from exc
-        return local
+        if fsio.is_remote(self.path):
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="landslides-labels-")
+        return fsio.gdal_readable(self.path, self._tmpdir.name if self._tmpdir else "",
+                                  "Label raster", "check the path (a mosaic of label tiles can "
+                                  "be one .vrt file)")
 
     def open(self) -> LabelRaster:
         """Open the dataset (and download a ``gs://`` object) once; idempotent.

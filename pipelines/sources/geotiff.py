@@ -28,11 +28,9 @@ only between :meth:`open` and :meth:`close` (Beam calls them in a DoFn's ``setup
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
-import shutil
 import tempfile
 import threading
 import warnings
@@ -207,8 +205,7 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in _GLOB_CHARS)
 
 
-def _is_http(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
+_is_http = fsio.is_http
 
 
 def _is_sidecar(path: str) -> bool:
@@ -375,29 +372,15 @@ class GeoTIFFSource(Source):
     # ---- file access
     def _local_path(self, path: str) -> str:
         """A path GDAL can open: local as is, http(s) through /vsicurl/, gs:// downloaded."""
-        if _is_http(path):
-            return f"/vsicurl/{path}"
-        if not fsio.is_remote(path):
-            if not Path(path).exists():
-                raise DataNotFoundError(f"Raster {path!r} does not exist; check the path "
-                                        f"(glob patterns such as 'tiles/*.tif' are accepted).")
-            return path
         if path in self._local:
             return self._local[path]
-        if not fsio.exists(path):
-            raise DataNotFoundError(f"Raster object {path!r} does not exist; check the bucket "
-                                    f"and the object name.")
-        if self._tmpdir is None:
+        if fsio.is_remote(path) and self._tmpdir is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="landslides-geotiff-")
-        digest = hashlib.sha1(path.encode()).hexdigest()[:12]
-        local = os.path.join(self._tmpdir.name, f"{digest}_{Path(path).name}")
-        log.debug("Downloading %s to %s", path, local)
-        try:
-            with fsio.open_binary(path) as src, open(local, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=8 << 20)
-        except OSError as exc:
-            raise SourceError(f"Cannot download raster {path!r}: {exc}") from exc
-        self._local[path] = local
+        local = fsio.gdal_readable(
+            path, self._tmpdir.name if self._tmpdir else "", "Raster",
+            "check the path (glob patterns such as 'tiles/*.tif' are accepted)")
+        if fsio.is_remote(path):
+            self._local[path] = local
         return local
 
     def _dataset(self, path: str) -> rasterio.io.DatasetReader:
