@@ -152,6 +152,9 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-block", type=int, default=2,
                    help="Spatial split block side in chunks (default 2).")
     p.add_argument("--split-polygons", help="Explicit split areas: val=a.geojson,test=b.geojson.")
+    p.add_argument("--split-buffer", type=int, default=0,
+                   help="Pixels cut along chunk edges shared with another split, so splits are "
+                        "2 x this apart and no patch leaks across (default 0).")
     p.add_argument("--seed", type=int, default=0, help="Seed for splits and selection.")
     p.add_argument("--class-attribute", help="Inventory attribute with class values.")
     p.add_argument("--classes", help="Class strings to ids, e.g. scarp=1,deposit=2.")

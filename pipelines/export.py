@@ -74,6 +74,8 @@ class ExportConfig:
         chunk_size: Chunk side in pixels (a multiple of the patch size is best).
         patch: Patch selection rules.
         split: Spatially blocked train/val/test split.
+        split_buffer: Pixels cut from each chunk along edges shared with a chunk of
+            another split, so no patch of one split touches another's (0: none).
         class_attribute: Inventory attribute with class values (scarp/deposit...).
         classes: Mapping of class strings to ids when ``class_attribute`` holds strings.
         num_shards: TFRecord shards per split (0 lets Beam decide).
@@ -99,6 +101,7 @@ class ExportConfig:
     chunk_size: int = 512
     patch: PatchRules = field(default_factory=PatchRules)
     split: SplitPlan = field(default_factory=SplitPlan)
+    split_buffer: int = 0
     class_attribute: str | None = None
     classes: dict[str, int] | None = None
     num_shards: int = 0
@@ -140,6 +143,8 @@ class ExportConfig:
             raise ConfigError(
                 f"chunk_size {self.chunk_size} is smaller than the patch size {self.patch.size}."
             )
+        if self.split_buffer < 0:
+            raise ConfigError(f"split_buffer must be >= 0 pixels, got {self.split_buffer}.")
         if self.num_shards < 0:
             raise ConfigError(f"num_shards must be >= 0, got {self.num_shards}.")
         if self.compression not in COMPRESSIONS:
@@ -385,6 +390,11 @@ def plan_export(config: ExportConfig) -> ExportPlan:
                         config.inventory, region.name)
     chunks = plan_chunks(region, config.pixel_size, config.chunk_size, halo=0, epsg=config.epsg)
     splits = config.split.assign(chunks)
+    if config.split_buffer:
+        from pipelines.geo.patches import buffer_splits
+
+        chunks = buffer_splits(chunks, splits, config.split_buffer)
+        splits = {c.key: splits[c.key] for c in chunks}
     return ExportPlan(region, chunks, splits, n_in_aoi, sources)
 
 
@@ -501,7 +511,7 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
                pixel_size: float = 10.0, chunk_size: int = 512, patch_size: int = 128,
                stride: int | None = None, negative_fraction: float = 0.25,
                max_nodata: float = 0.1, split: str = "0.7,0.15,0.15", split_block: int = 2,
-               split_polygons: str | None = None, seed: int = 0,
+               split_polygons: str | None = None, split_buffer: int = 0, seed: int = 0,
                class_attribute: str | None = None, classes: str | None = None,
                num_shards: int = 0, epsg: int | None = None, compression: str = "gzip",
                reference: list[str] | None = None, change: str | None = None,
@@ -540,6 +550,7 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
         pixel_size=pixel_size, chunk_size=chunk_size,
         patch=PatchRules(patch_size, stride, negative_fraction, max_nodata, seed),
         split=SplitPlan(fractions, split_block, seed, polygons),  # type: ignore[arg-type]
+        split_buffer=split_buffer,
         class_attribute=class_attribute, classes=class_map, num_shards=num_shards, epsg=epsg,
         compression=compression,
     )

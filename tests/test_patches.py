@@ -197,3 +197,61 @@ def test_band_major_stats_equal_channel_last_stats(rng):
     assert a["DEM"]["std"] == pytest.approx(px[:, 1].std(), rel=1e-6)
     with pytest.raises(ValueError, match="expected"):
         BandStats(bands).add_bands(np.zeros((2, 5), np.float32))
+
+
+def _labelled_boxes(patches) -> list:
+    """Map boxes of the labelled (not ignored) pixels of each patch."""
+    out = []
+    for p in patches:
+        a, _, c, _, e, f = p.transform
+        rows, cols = np.nonzero(p.mask != 255)
+        if len(rows):
+            out.append(box(c + a * cols.min(), f + e * (rows.max() + 1),
+                           c + a * (cols.max() + 1), f + e * rows.min()))
+    return out
+
+
+@pytest.mark.parametrize("buffer_px", [0, 16])
+def test_split_buffer_keeps_splits_apart(tiny_world, tmp_path, buffer_px):
+    """With --split-buffer no labelled pixel of one split comes near another split's."""
+    import shapely
+
+    from pipelines import cli
+    from tests.conftest import read_shards
+
+    out = tmp_path / "shards"
+    assert cli.main([
+        "export", "--source", "synthetic", "--world", str(tiny_world["dir"]),
+        "--aoi", tiny_world["aoi"], "--inventory", str(tiny_world["dir"] / "inventory_2016.gpkg"),
+        "--start", "2016-01-01", "--end", "2016-12-31", "--bands", "B4,B8",
+        "--chunk-size", "64", "--patch-size", "32", "--stride", "16",
+        "--negative-fraction", "1", "--max-nodata", "1", "--split", "0.5,0.5,0",
+        "--split-block", "1", "--split-buffer", str(buffer_px), "--compression", "none",
+        "--out", str(out)]) == 0
+    shards = read_shards(out)
+    train, val = _labelled_boxes(shards["train"]), _labelled_boxes(shards["val"])
+    assert train and val
+    gap = min(shapely.distance(t, v) for t in train for v in val)
+    if buffer_px:  # pixels whose centres lie outside the buffers: half a pixel of slack
+        assert gap >= 2 * buffer_px * 10.0 - 10.0, gap
+    else:
+        assert gap == 0.0  # without a buffer, blocks of different splits touch
+
+
+def test_buffer_splits_leaves_chunks_among_their_own_split_alone():
+    from pipelines.geo.grid import load_region, plan_chunks
+    from pipelines.geo.patches import buffer_splits
+
+    region = load_region("85.30,28.10,85.33,28.13")
+    chunks = plan_chunks(region, 10.0, 64, halo=0)
+    rows = sorted({c.key.row for c in chunks})
+    # the top row is "val", everything else "train"
+    splits = {c.key: ("val" if c.key.row == rows[0] else "train") for c in chunks}
+    kept = {c.key: c for c in buffer_splits(chunks, splits, 8)}
+    for c in chunks:
+        near_val = any(splits.get(k) == "val" for k in splits
+                       if abs(k.row - c.key.row) <= 1 and abs(k.col - c.key.col) <= 1)
+        if splits[c.key] == "train" and not near_val:
+            assert kept[c.key].region.equals(c.region)  # untouched
+        elif c.key in kept:
+            assert kept[c.key].region.area < c.region.area  # shrunk towards the other split

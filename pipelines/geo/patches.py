@@ -102,6 +102,44 @@ class SplitPlan:
         return out
 
 
+def buffer_splits(chunks: Sequence[Chunk], splits: Mapping[ChunkKey, str], buffer_px: int
+                  ) -> list[Chunk]:
+    """Shrink every chunk's region away from neighbouring chunks of another split.
+
+    Patches of neighbouring blocks of different splits otherwise touch, and spatially
+    autocorrelated pixels (the same landslide, the same slope) leak from training into
+    validation or test. Each chunk loses a strip ``buffer_px`` wide along every edge and
+    corner it shares with a chunk of another split, so two splits are ``2 * buffer_px``
+    apart; a chunk left with no region is dropped.
+
+    Args:
+        chunks: The planned chunks.
+        splits: Each chunk's split (from :meth:`SplitPlan.assign`).
+        buffer_px: Half the gap between two splits, in pixels (0: no change).
+    """
+    if buffer_px <= 0:
+        return list(chunks)
+    out: list[Chunk] = []
+    for c in chunks:
+        k = c.key
+        width = buffer_px * float(c.spec.pixel_size)
+        others = []
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                n = ChunkKey(k.epsg, k.row + dr, k.col + dc)
+                if (dr or dc) and n in splits and splits[n] != splits[k]:
+                    others.append(c.spec.chunk_box(n))
+        if not others:
+            out.append(c)
+            continue
+        zone = shapely.union_all(others).buffer(width, join_style="mitre")
+        region = c.region.difference(zone)
+        if region.is_empty or region.area <= 0:
+            continue
+        out.append(Chunk(c.key, c.spec, shapely.to_wkb(region)))
+    return out
+
+
 # --------------------------------------------------------------------------- patches
 @dataclass(frozen=True)
 class PatchRules:
