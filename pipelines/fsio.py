@@ -80,13 +80,32 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         raise OutputError(f"Cannot write {str(path)!r}: {exc}") from exc
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, rare)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _local_atomic(path: str | Path) -> Iterator[io.BufferedWriter]:
-    """A binary file in ``path``'s folder that replaces ``path`` only when fully written."""
+    """A binary file in ``path``'s folder that replaces ``path`` only when fully written.
+
+    The file gets the permissions ``open()`` would give it (0666 less the umask), not
+    ``mkstemp``'s private 0600, so outputs can be shared and served.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, p)

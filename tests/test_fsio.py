@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,20 @@ def test_check_writable_names_an_output_that_cannot_be_made(tmp_path):
     blocker.write_bytes(b"")
     with pytest.raises(OutputError, match="file"):
         fsio.check_writable(str(blocker / "under"))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_umask_permissions(tmp_path, umask, mode):
+    """Atomic writes give outputs open()'s permissions, not mkstemp's private 0600."""
+    old = os.umask(umask)
+    try:
+        fsio.write_bytes(tmp_path / "a" / "out.json", b"{}")
+        with fsio.staged_output(tmp_path / "b.tif") as local:
+            Path(local).write_bytes(b"x")
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")  # what open() gives under this umask
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "out.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.tif").stat().st_mode & 0o777 == mode
+    assert plain.stat().st_mode & 0o777 == mode
