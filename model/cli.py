@@ -50,7 +50,8 @@ def _cli(command: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 _FLAG_FIELDS = ("bands", "base_filters", "depth", "dropout", "batch_norm", "bn_momentum",
                 "n_classes", "loss", "alpha", "beta", "gamma", "lr", "batch_size", "epochs",
                 "steps_per_epoch", "patience", "seed", "init_from", "freeze_encoder",
-                "mixed_precision", "strategy", "tpu", "cache", "label", "saved_model")
+                "mixed_precision", "strategy", "tpu", "cache", "label", "saved_model",
+                "allow_partial")
 
 
 def _overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,10 +80,10 @@ def train_cli(data: str, out: str, config: str | None = None, val_data: str | No
 @_cli("evaluate")
 def evaluate_cli(model: str, data: str, split: str = "test", out: str | None = None,
                  threshold: float | None = None, batch_size: int = 16,
-                 label: str | None = None) -> int:
+                 label: str | None = None, allow_partial: bool = False) -> int:
     """``landslides evaluate``: :func:`evaluate`, printing the scores and confusion matrix."""
     result = evaluate(model, data, split=split, out=out, threshold=threshold,
-                      batch_size=batch_size, label=label)
+                      batch_size=batch_size, label=label, allow_partial=allow_partial)
     (tn, fp), (fn, tp) = result["confusion_matrix"]["matrix"]
     width = max(len(str(v)) for v in (tn, fp, fn, tp, "background"))
     corner = "truth \\ predicted"

@@ -85,7 +85,7 @@ _INT_FIELDS = ("base_filters", "depth", "batch_size", "epochs", "steps_per_epoch
                "stats_patches", "n_classes")
 _FLOAT_FIELDS = ("dropout", "bn_momentum", "alpha", "beta", "gamma", "lr", "reduce_lr_factor",
                  "min_lr")
-_BOOL_FIELDS = ("batch_norm", "reduce_lr", "freeze_encoder", "saved_model")
+_BOOL_FIELDS = ("batch_norm", "reduce_lr", "freeze_encoder", "saved_model", "allow_partial")
 _STR_FIELDS = ("loss", "mixed_precision", "strategy", "tpu", "cache", "label", "init_from")
 _OPTIONAL = ("bands", "steps_per_epoch", "validation_steps", "n_classes", "lr", "tpu", "label",
              "init_from")
@@ -132,6 +132,8 @@ class TrainConfig:
         label: Label feature of Earth Engine records (default: found by name).
         stats_patches: Patches read to compute the normalisation without a manifest.
         saved_model: Also export a SavedModel for serving into the artifact.
+        allow_partial: Train on an export some of whose chunks failed (refused by default:
+            the model would learn from part of the area without a word).
     """
 
     bands: tuple[str, ...] | None = None
@@ -167,6 +169,7 @@ class TrainConfig:
     label: str | None = None
     stats_patches: int = 256
     saved_model: bool = True
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS):
@@ -786,6 +789,11 @@ def train(
     started = time.perf_counter()
     shards = data_mod.find_shards(data, label=config.label)
     val_shards = data_mod.find_shards(val_data, label=config.label) if val_data else shards
+    for s in {id(shards): shards, id(val_shards): val_shards}.values():
+        check_complete(s, config.allow_partial, "train on")
+    if shards.patches("train") == 0:
+        raise ConfigError(f"the manifest of {shards.source!r} counts 0 training patches: "
+                          f"export with a train fraction (and check its dropped counts)")
     init = _load_init(config.init_from) if config.init_from else None
     if init is not None:
         bands = _init_bands(init, config.bands)
@@ -950,6 +958,28 @@ def train(
     return meta
 
 
+def check_complete(shards: data_mod.ShardSet, allow_partial: bool, what: str) -> None:
+    """Refuse an export whose manifest records failed chunks, unless told otherwise.
+
+    Raises:
+        ConfigError: ``chunks_failed`` > 0 and not ``allow_partial``; names the count, the
+            list of failures and the two ways out.
+    """
+    manifest = shards.manifest or {}
+    failed = int(manifest.get("chunks_failed") or 0)
+    if not failed:
+        return
+    total = manifest.get("chunks")
+    where = _join(shards.root, "failed_chunks.jsonl")
+    if not allow_partial:
+        raise ConfigError(
+            f"the export {shards.source!r} is incomplete: {failed} of {total} chunk(s) "
+            f"failed (listed in {where}). Rerun the export to redo them, or pass "
+            f"--allow-partial to {what} it anyway")
+    logger.warning("%s: %d of %s chunk(s) of the export failed (%s); going on as asked "
+                   "(--allow-partial)", shards.source, failed, total, where)
+
+
 def _stack_of(manifest: Mapping[str, Any], bands: Sequence[str]) -> dict[str, Any]:
     """The input stack the model takes: the manifest's, cut to the bands trained on.
 
@@ -1005,6 +1035,7 @@ def evaluate(
     threshold: float | None = None,
     batch_size: int = 16,
     label: str | None = None,
+    allow_partial: bool = False,
 ) -> dict:
     """Score an artifact on shards: precision, recall, F1, IoU and the confusion matrix.
 
@@ -1017,6 +1048,7 @@ def evaluate(
         threshold: Decision threshold (default: the artifact's calibrated one).
         batch_size: Patches per prediction batch.
         label: Label feature of Earth Engine records.
+        allow_partial: Score an export some of whose chunks failed.
 
     Returns:
         The evaluation: counts in pixels (ignored pixels excluded), scores, the
@@ -1031,6 +1063,7 @@ def evaluate(
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold must be in [0, 1], got {threshold}")
     shards = data_mod.find_shards(data, label=label)
+    check_complete(shards, allow_partial, "evaluate on")
     try:
         shards.resolve_bands(art.bands)
     except ConfigError as exc:

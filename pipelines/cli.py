@@ -252,6 +252,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label", help="Label band of Earth Engine TFRecord exports.")
     g.add_argument("--saved-model", action=argparse.BooleanOptionalAction, default=None,
                    help="Also export a SavedModel into the artifact (default on).")
+    g.add_argument("--allow-partial", action=argparse.BooleanOptionalAction, default=None,
+                   help="Train on an export some of whose chunks failed (refused by default).")
 
 
 def _train(p: argparse.ArgumentParser) -> None:
@@ -277,6 +279,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
                    help="Decision threshold (default: the artifact's calibrated one).")
     p.add_argument("--batch-size", type=int, default=16, help="Patches per batch (16).")
     p.add_argument("--label", help="Label band of Earth Engine TFRecord exports.")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="Score an export some of whose chunks failed (refused by default).")
     p.set_defaults(handler=_call("model.cli:evaluate_cli"))
 
 

@@ -177,6 +177,11 @@ def test_export_to_cloud_storage_emulator(scene, gcs_bucket):
 
 
 def test_corrupt_tiles_go_to_the_dead_letter_file(scene, tmp_path):
+    _corrupt_export(scene, tmp_path)
+
+
+def _corrupt_export(scene, tmp_path):
+    """An export of a scene with corrupt tiles: exit 1, the failures listed."""
     src = scene["dir"] / "s2.tif"
     bad = tmp_path / "s2_bad.tif"
     data = bytearray(src.read_bytes())
@@ -196,6 +201,28 @@ def test_corrupt_tiles_go_to_the_dead_letter_file(scene, tmp_path):
     assert all("error" in json.loads(line) for line in lines)
     assert manifest["chunks_done"] + manifest["chunks_failed"] == manifest["chunks"]
     assert manifest["chunks_done"] >= 1
+    return out, manifest
+
+
+def test_train_and_evaluate_refuse_a_partial_export(scene, tmp_path, capsys):
+    """A failed export is not silently trained on: refused with the count, unless asked."""
+    out, manifest = _corrupt_export(scene, tmp_path)
+    capsys.readouterr()
+    tiny = ["--base-filters", "4", "--depth", "2", "--epochs", "1", "--batch-size", "8",
+            "--no-saved-model"]
+    model = tmp_path / "model"
+    assert cli.main(["train", "--data", str(out), "--out", str(model), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert f"{manifest['chunks_failed']} of {manifest['chunks']} chunk(s) failed" in err
+    assert "--allow-partial" in err and "failed_chunks.jsonl" in err
+    assert not model.exists()  # refused before anything was written
+    assert cli.main(["train", "--data", str(out), "--out", str(model), *tiny,
+                     "--allow-partial"]) == 0
+    assert (model / "artifact.json").exists()
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(out)]) == 2
+    assert "--allow-partial" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(out),
+                     "--allow-partial"]) == 0
 
 
 def test_bad_input_is_refused_before_launch(scene, tmp_path):
