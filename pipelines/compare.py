@@ -1150,7 +1150,10 @@ def compare_cli(reference: str, out: str, predicted: str | None = None,
     """``landslides compare``: run :func:`run_compare` from command-line values.
 
     Returns:
-        0 when something was computed (problems are in the report and the log).
+        0 when every requested inventory of every year was read and compared; 1 when the
+        report was written but is incomplete: an inventory could not be read (missing,
+        truncated, unusable) or a year lacks one side (the report and metrics.json say
+        which; status ``partial``).
 
     Raises:
         LandslideError: bad configuration, or nothing could be computed (the report and
@@ -1174,7 +1177,11 @@ def compare_cli(reference: str, out: str, predicted: str | None = None,
         raise cls(f"Nothing could be compared: {detail}. The report is in {out}.")
     for p in errs:
         logger.error("%s", p["message"])
-    return 0
+    missing = {role: years for role, years in metrics["missing_years"].items() if years}
+    if missing:
+        logger.error("Missing inventories (%s): the comparison is incomplete; see %s.",
+                     "; ".join(f"{r} {', '.join(y)}" for r, y in missing.items()), out)
+    return 1 if errs or missing else 0
 
 
 __all__ = [

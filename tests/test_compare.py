@@ -346,3 +346,29 @@ def test_output_to_a_bucket(rasuwa_dir, tmp_path, gcs_bucket):
     names = fsio.glob(fsio.join(out, "**"))
     assert fsio.join(out, "report.html") in names
     assert fsio.join(out, "figures", "density_all.png") in names
+
+
+def test_cli_exit_code_says_when_an_inventory_could_not_be_read(tmp_path, caplog):
+    """A missing or truncated inventory makes compare exit 1, not 0 with null metrics."""
+    polys = [box(330000 + 100 * i, 3110000, 330000 + 100 * i + 60, 3110060) for i in range(5)]
+    for year in (2015, 2016):
+        gdf = gpd.GeoDataFrame(geometry=polys, crs=UTM)
+        gdf.to_file(tmp_path / f"ref_{year}.gpkg")
+        gdf.iloc[:4].to_file(tmp_path / f"pred_{year}.gpkg")
+    base = ["-q", "compare", "--reference", str(tmp_path / "ref_{year}.gpkg"),
+            "--predicted", str(tmp_path / "pred_{year}.gpkg"), "--years", "2015,2016",
+            "--resolution", "10", "--no-figures"]
+    assert main([*base, "--out", str(tmp_path / "ok")]) == 0
+    (tmp_path / "pred_2016.gpkg").unlink()  # one predicted year missing
+    caplog.clear()
+    assert main([*base, "--out", str(tmp_path / "missing")]) == 1
+    assert "predicted 2016" in caplog.text
+    m = json.loads((tmp_path / "missing" / "metrics.json").read_text())
+    assert m["missing_years"]["predicted"] == ["2016"] and m["years"]["2015"]["pixel"]
+    data = (tmp_path / "ref_2015.gpkg").read_bytes()  # a truncated reference
+    (tmp_path / "ref_2015.gpkg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "pred_2016.gpkg").write_bytes((tmp_path / "pred_2015.gpkg").read_bytes())
+    assert main([*base, "--out", str(tmp_path / "truncated")]) == 1
+    m = json.loads((tmp_path / "truncated" / "metrics.json").read_text())
+    assert m["status"] == "partial" and any(
+        p["level"] == "error" and p.get("year") == 2015 for p in m["problems"])
