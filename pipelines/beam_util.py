@@ -39,6 +39,46 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> Pipe
     return opts
 
 
+def beam_option_strings() -> list[str]:
+    """Every option string a registered Beam pipeline option accepts (``--runner``...)."""
+    import argparse
+    import contextlib
+    import importlib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    for module in ("apache_beam.runners.dask.dask_runner",):  # options of optional runners
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
+                                     conflict_handler="resolve")
+    todo, seen = list(PipelineOptions.__subclasses__()), set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo += cls.__subclasses__()
+        cls._add_argparse_args(parser)
+    return sorted(s for s in parser._option_string_actions if s.startswith("--"))
+
+
+def unknown_beam_args(args: Sequence[str]) -> list[str]:
+    """The options of ``args`` that are not registered Beam pipeline options.
+
+    Beam itself only logs "Discarding unparseable args" and runs with defaults, so a typo
+    such as ``--treshold`` would silently change a run.
+    """
+    known = set(beam_option_strings())
+    out = []
+    for a in args:
+        if a.startswith("--"):
+            name = a.split("=", 1)[0]
+            if name not in known:
+                out.append(name)
+    return out
+
+
 def is_direct(opts) -> bool:
     from apache_beam.options.pipeline_options import StandardOptions
 

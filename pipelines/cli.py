@@ -409,12 +409,36 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
+    """Stop on an argument that is neither the command's nor a Beam pipeline option."""
+    import difflib
+
+    from pipelines.beam_util import beam_option_strings, unknown_beam_args
+
+    unknown = unknown_beam_args(extra)
+    if not unknown:
+        return
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    ours = [o for o in sub.choices[command]._option_string_actions if o.startswith("--")]
+    beam = beam_option_strings()
+    hints = []
+    for name in unknown:
+        close = list(dict.fromkeys(  # the command's own options first, then Beam's
+            difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
+            + difflib.get_close_matches(name, beam, n=1, cutoff=0.75)))
+        hints.append(f"{name}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    parser.error(f"{command}: unrecognized arguments: {', '.join(hints)}; they are neither "
+                 f"options of `landslides {command}` nor Beam pipeline options")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 partial failure, 2 bad input)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        _refuse_unknown(parser, args.command, extra)
     _setup_logging(args.verbose, args.quiet)
     try:
         code = args.handler(args, extra)
