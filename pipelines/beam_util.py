@@ -40,8 +40,7 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> Pipe
 
 
 def beam_option_strings() -> list[str]:
-    """Every option string a registered Beam pipeline option accepts (``--runner``...)."""
-    import argparse
+    """Every registered Beam pipeline option as a flag (``--runner``, ``--project``...)."""
     import contextlib
     import importlib
 
@@ -50,17 +49,7 @@ def beam_option_strings() -> list[str]:
     for module in ("apache_beam.runners.dask.dask_runner",):  # options of optional runners
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
-                                     conflict_handler="resolve")
-    todo, seen = list(PipelineOptions.__subclasses__()), set()
-    while todo:
-        cls = todo.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        todo += cls.__subclasses__()
-        cls._add_argparse_args(parser)
-    return sorted(s for s in parser._option_string_actions if s.startswith("--"))
+    return sorted(f"--{name}" for name in PipelineOptions([]).get_all_options())
 
 
 def unknown_beam_args(args: Sequence[str]) -> list[str]:
