@@ -284,3 +284,29 @@ def gdal_readable(path: str, tmpdir: str, what: str = "Raster",
     except OSError as exc:
         raise SourceError(f"Cannot download {what.lower()} {path!r}: {exc}") from exc
     return local
+
+
+def fingerprint(path: str | Path) -> str | None:
+    """What identifies the content of a file or object without reading it.
+
+    Local files: size and modification time (ns); ``gs://`` objects: size and update
+    time from the object's metadata; URLs: ``None`` (not known). A file replaced at the
+    same path gets another fingerprint, so resume signatures that hold it redo its work.
+    """
+    p = str(path)
+    if is_http(p):
+        return None
+    if is_remote(p):
+        try:
+            found = _fs().match([p])[0].metadata_list
+        except Exception:  # Beam raises BeamIOError for a missing object
+            return None
+        if not found:
+            return None
+        meta = found[0]
+        return f"{meta.size_in_bytes}:{getattr(meta, 'last_updated_in_seconds', '')}"
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"

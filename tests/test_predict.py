@@ -5,6 +5,7 @@ COGs, mosaics, STAC, resume, dead letters, multi-process, gs:// and bad inputs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -284,6 +285,28 @@ def test_resume_after_a_kill_gives_the_same_outputs(scene, swept, tmp_path):
     # an unchanged rerun recomputes nothing
     again = run_predict(_config(scene, resumed))[0]["counts"]
     assert (again["chunks_computed"], again["chunks_skipped"]) == (0, 16)
+
+
+def test_an_input_replaced_at_the_same_path_is_read_again(scene, tmp_path):
+    """Issue 17, case 1: resume signatures hold what was read, not only its path."""
+    img = tmp_path / "s2.tif"
+    shutil.copyfile(scene["dir"] / "s2.tif", img)
+    cfg = dict(source={"kind": "geotiff", "images": [str(img)]})
+    first = run_predict(_config(scene, tmp_path / "out", **cfg))[0]["counts"]
+    assert first["chunks_computed"] == 16 and first["landslide_px"] > 0
+    dn = scene["dn"].copy()
+    dn[1][dn[1] > 0] = 1600  # the same place, no landslide-bright B8 any more
+    os.utime(img, ns=(1, 1))  # even with an old timestamp the size or time differs
+    _write_tif(img, dn)
+    again = run_predict(_config(scene, tmp_path / "out", **cfg))[0]
+    assert (again["counts"]["chunks_computed"], again["counts"]["chunks_skipped"]) == (16, 0)
+    assert again["counts"]["landslide_px"] == 0
+    assert again["source"]["fingerprints"] != [None]
+    fresh = run_predict(_config(scene, tmp_path / "fresh", **cfg))[0]
+    a, b = _tree(tmp_path / "out"), _tree(tmp_path / "fresh")
+    cogs = [k for k in a if k.endswith(".tif")]
+    assert cogs and all(a[k] == b[k] for k in cogs)  # byte for byte as a fresh run
+    assert fresh["counts"]["landslide_px"] == 0
 
 
 # ----------------------------------------------------------------------------- failures

@@ -510,6 +510,8 @@ class GeoTIFFSource(Source):
             "kind": self.kind,
             "paths": list(self.paths),
             "files": list(self.files),
+            # what was read: a file replaced at the same path changes the run's signature
+            "fingerprints": [fsio.fingerprint(f) for f in self.files],
             "bands": list(self.bands),
             "band_map": dict(self.band_map) if self.band_map else None,
             "scale": self.scale,
@@ -859,7 +861,9 @@ class TerrainSource(Source):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "bands": list(self.bands), "dem": list(self.dem.paths),
-                "files": list(self.dem.files), "nodata": self.dem.nodata,
+                "files": list(self.dem.files),
+                "fingerprints": [fsio.fingerprint(f) for f in self.dem.files],
+                "nodata": self.dem.nodata,
                 "z_factor": self.z_factor, "scale": self.dem.scale}
 
     def footprint(self) -> tuple[str, tuple[float, float, float, float]]:

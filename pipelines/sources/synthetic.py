@@ -1616,7 +1616,9 @@ class SyntheticSource(Source):
     def describe(self) -> dict:
         d = {"kind": self.kind, "bands": list(self.bands), "world": self.world,
              "year": self.year, "crs": self.crs, "mask_clouds": self.mask_clouds,
-             "generator_version": self.generator_version}
+             "generator_version": self.generator_version,
+             # a world regenerated at the same path changes the run's signature
+             "fingerprints": [fsio.fingerprint(fsio.join(self.world, FILES["world"]))]}
         if len(self.years) > 1:
             d.update({"years": sorted(self.years), "composite": self.composite})
         return d
