@@ -338,6 +338,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
                    help="Write the STAC catalog (default on).")
     p.add_argument("--large-model", action="store_true",
                    help="Share one model per machine across worker processes.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Replace a sweep of other dates already in --out (refused by default: "
+                        "their chunks would mix).")
     _source_args(p)
     p.set_defaults(handler=_call("pipelines.predict:predict_cli"), accepts_extra=True)
 

@@ -108,6 +108,8 @@ class PredictConfig:
         epsg: Force one projected CRS instead of per-UTM-zone chunks.
         stac: Write the STAC catalog.
         large_model: Share one model per machine across worker processes.
+        overwrite: Replace the products of a sweep of other dates already in ``out``
+            (refused by default: the mosaic, STAC and inventory would mix dates).
     """
 
     model: str
@@ -137,6 +139,7 @@ class PredictConfig:
     epsg: int | None = None
     stac: bool = True
     large_model: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.events:
@@ -741,6 +744,51 @@ def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, byt
     return sweep, elements
 
 
+#: What makes two sweeps into one folder the same run (their products may be merged).
+_SAME_RUN = ("start", "end", "events", "days_before", "days_after")
+#: The products of a sweep in its folder (per AOI or event).
+_PRODUCTS = ("done", "prob", "mask", "mosaic", "stac", "inventory.gpkg", "inventory.parquet",
+             RUN, FAILED, "events.json")
+
+
+def _one_run_per_folder(config: PredictConfig) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder holding a sweep of other dates.
+
+    Resuming needs the same dates; another date range into the same folder would leave
+    chunks of the old dates in the mosaic, STAC and inventory (chunks empty in the new
+    dates kept their old COGs).
+
+    Raises:
+        ConfigError: ``out`` holds a sweep of other dates and ``overwrite`` is off.
+    """
+    old = fsio.read_record(fsio.join(config.out, CONFIG))
+    if not old:
+        return
+    new = config.to_dict()
+    differ = {k: (old.get(k), new.get(k)) for k in _SAME_RUN if old.get(k) != new.get(k)}
+    if not differ:
+        return
+    what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
+    if not config.overwrite:
+        raise ConfigError(
+            f"{config.out!r} holds a sweep of other dates ({what}); its chunks would mix with "
+            f"this one's. Sweep into another folder (e.g. one per date range), or pass "
+            f"--overwrite to replace it.")
+    log.warning("Replacing the sweep in %s (%s), as asked (--overwrite)", config.out, what)
+    folders = {config.out}
+    if old.get("events"):  # the old run's event folders
+        folders |= {r["out"] for r in (fsio.read_record(
+            fsio.join(config.out, "events.json")) or {}).get("events", []) if r.get("out")}
+    for folder in folders:
+        for name in _PRODUCTS:
+            path = fsio.join(folder, name)
+            if fsio.exists(path):
+                if "." in name:
+                    fsio.delete(path)
+                else:
+                    fsio.remove_tree(path)
+
+
 def build_pipeline(p, sweep: Sweep, elements: Sequence[tuple]) -> None:
     """Add the sweep to the Beam pipeline ``p``."""
     import apache_beam as beam
@@ -794,6 +842,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     sweep, elements = plan_predict(config)
     for job in sweep.jobs:
         fsio.check_writable(job.out)
+    _one_run_per_folder(config)
     fsio.write_json(fsio.join(config.out, CONFIG), config.to_dict())
     log.info("Predicting %d chunk(s) of %d AOI(s) (%.1f km2) with model %s, %d-px windows, "
              "stride %d, halo %d, into %s", len(elements), len(sweep.jobs),
@@ -833,6 +882,7 @@ def predict_cli(model: str, out: str, aoi: str | None = None, point: str | None 
                 min_area: float = 200.0, connectivity: int = 4, prob_dtype: str = "uint8",
                 merge_max_px: int = 50_000_000, retries: int = 3, retry_delay: float = 2.0,
                 epsg: int | None = None, stac: bool = True, large_model: bool = False,
+                overwrite: bool = False,
                 beam_args: list[str] | None = None, **source_args: Any) -> int:
     """``landslides predict``: parse CLI values into a :class:`PredictConfig` and run it.
 
@@ -850,7 +900,7 @@ def predict_cli(model: str, out: str, aoi: str | None = None, point: str | None 
         chunks_per_batch=chunks_per_batch, threshold=threshold, min_area_m2=min_area,
         connectivity=connectivity, prob_dtype=prob_dtype, merge_max_px=merge_max_px,
         retries=retries, retry_delay_s=retry_delay, epsg=epsg, stac=stac,
-        large_model=large_model)
+        large_model=large_model, overwrite=overwrite)
     runs = run_predict(config, beam_args)
     failed = [(r, r["failures"]) for r in runs if r["failures"]["count"]]
     if failed:

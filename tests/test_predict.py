@@ -309,6 +309,24 @@ def test_an_input_replaced_at_the_same_path_is_read_again(scene, tmp_path):
     assert fresh["counts"]["landslide_px"] == 0
 
 
+def test_a_sweep_of_other_dates_into_the_same_folder_is_refused(scene, tmp_path):
+    """Issue 17, case 5: another date range never mixes its chunks with an older sweep's."""
+    out = tmp_path / "out"
+    run_predict(_config(scene, out))
+    before = _tree(out)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_predict(_config(scene, out, start="2017-01-01", end="2017-12-31"))
+    assert _tree(out) == before  # nothing touched
+    # the same dates resume as before; --overwrite replaces the old sweep entirely
+    run_predict(_config(scene, out, start="2017-01-01", end="2017-12-31", overwrite=True))
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["chunks_computed"] == 16 and run["counts"]["chunks_skipped"] == 0
+    fresh = tmp_path / "fresh"
+    run_predict(_config(scene, fresh, start="2017-01-01", end="2017-12-31"))
+    a, b = _tree(out), _tree(fresh)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if k.endswith(".tif"))
+
+
 # ----------------------------------------------------------------------------- failures
 def _corrupt_first_tile(path: Path) -> None:
     """Overwrite the first compressed tile's stream header: the file still opens."""
