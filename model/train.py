@@ -887,8 +887,8 @@ def train(
             model.load_weights(_join(backup, "last.weights.h5"))
             model.optimizer.learning_rate.assign(state["lr"])
             initial_epoch = int(state["epoch"])
-            logger.info("resuming %s from epoch %d (best %s %.4f at epoch %d)", out, MONITOR,
-                        initial_epoch + 1, state["best"], state["best_epoch"] + 1)
+            logger.info("resuming %s from epoch %d (best %s %.4f at epoch %d)", out,
+                        initial_epoch + 1, MONITOR, state["best"], state["best_epoch"] + 1)
             if chief:
                 _trim_history(history_path, initial_epoch)
         elif chief and tf.io.gfile.exists(history_path):

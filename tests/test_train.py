@@ -145,7 +145,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated preemption after the second epoch")
 
 
-def test_interrupted_training_resumes_from_its_last_epoch(shards, tmp_path):
+def test_interrupted_training_resumes_from_its_last_epoch(shards, tmp_path, caplog):
     out = tmp_path / "resumed"
     settings = {"base_filters": 4, "depth": 3, "batch_size": 8, "lr": 0.01, "epochs": 4,
                 "patience": 0, "saved_model": False}
@@ -162,8 +162,13 @@ def test_interrupted_training_resumes_from_its_last_epoch(shards, tmp_path):
     code = main(["train", "--data", str(shards), "--out", str(out), "--config",
                  str(tmp_path / "train.yaml"), "--base-filters", "8"])
     assert code == 2
-    assert main(["train", "--data", str(shards), "--out", str(out), "--config",
-                 str(tmp_path / "train.yaml")]) == 0
+    caplog.clear()
+    with caplog.at_level("INFO", logger="model.train"):
+        assert main(["train", "--data", str(shards), "--out", str(out), "--config",
+                     str(tmp_path / "train.yaml")]) == 0
+    # the resume is logged readably (the arguments were once in the wrong order)
+    assert any(r.getMessage().startswith(f"resuming {out} from epoch 3 (best val_f1_best")
+               for r in caplog.records), [r.getMessage() for r in caplog.records][:5]
     rows = history(out)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert rows[:2] == first  # epochs 0 and 1 were not trained again
