@@ -32,7 +32,7 @@ from pipelines.errors import ConfigError, RegionError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
 from pipelines.geo.patches import SPLITS, PatchRules, SplitPlan
-from pipelines.geo.stack import StackSpec
+from pipelines.geo.stack import StackSpec, shift_date
 from pipelines.shards import COMPRESSIONS
 from pipelines.sources.base import Source
 from pipelines.sources.factory import check_window, parse_date
@@ -113,6 +113,10 @@ class ExportConfig:
             object.__setattr__(self, "stack", StackSpec.from_dict(self.stack))
         if self.stack is None:
             object.__setattr__(self, "stack", StackSpec(tuple(self.bands)))
+        elif tuple(self.bands) != DEFAULT_BANDS and \
+                bandreg.resolve(self.bands) != self.stack.bands:
+            raise ConfigError(f"bands {list(self.bands)} disagree with the stack's target bands "
+                              f"{list(self.stack.bands)}: give the bands once, in the stack.")
         assert self.stack is not None
         object.__setattr__(self, "bands", self.stack.bands)
         check_window(self.start, self.end)
@@ -173,8 +177,6 @@ class ExportConfig:
             inv = labels.replace("{year}", year) if labels else None
             return [(self.start, self.end, inv)]
         assert self.start and self.end
-        from pipelines.geo.stack import shift_date
-
         s0, e0 = parse_date(self.start, "start"), parse_date(self.end, "end")
         out: list[tuple[str | None, str | None, str | None]] = []
         for y in self.years:
