@@ -24,10 +24,11 @@ credentials; ``tf.io.gfile`` cannot be pointed at the Cloud Storage emulator).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +217,41 @@ def _find_manifest(root: str, explicit: bool) -> dict | None:
             logger.info("manifest %s", path)
             return read_json(path)
     return None
+
+
+def locate_corrupt(files: Sequence[str], compression: str) -> tuple[str, int, str] | None:
+    """``(file, record index, message)`` of the first unreadable record, if any.
+
+    Reads every shard to its end (only called after a read already failed).
+    """
+    for path in files:
+        n = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=compression):
+                n += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            return path, n, (exc.message or str(exc)).strip().splitlines()[0]
+    return None
+
+
+@contextlib.contextmanager
+def named_data_errors(files: Sequence[str], compression: str) -> Iterator[None]:
+    """Turn TensorFlow's bare data errors into one naming the shard and the record.
+
+    Raises:
+        SchemaError: a shard of ``files`` is corrupt (truncated, bad compression); the
+            message names the file, the record and what to do.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        found = locate_corrupt(files, compression)
+        if found is None:
+            raise
+        path, index, message = found
+        raise SchemaError(
+            f"shard {path!r} is corrupt at record {index} ({message}): re-run the export that "
+            f"wrote it, or move that file out of the data folder") from exc
 
 
 def _first_record(files: Sequence[str]) -> tuple[bytes, str, str]:

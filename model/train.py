@@ -913,10 +913,13 @@ def train(
             with warnings.catch_warnings():
                 # Keras warns when a finite dataset of unknown length ends an epoch: expected.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
-                model.fit(train_ds, validation_data=val_ds, epochs=resolved.epochs,
-                          shuffle=False, initial_epoch=initial_epoch,
-                          steps_per_epoch=resolved.steps_per_epoch,
-                          validation_steps=resolved.validation_steps, callbacks=cbs, verbose=0)
+                with data_mod.named_data_errors([*train_files, *val_files],
+                                                shards.compression):
+                    model.fit(train_ds, validation_data=val_ds, epochs=resolved.epochs,
+                              shuffle=False, initial_epoch=initial_epoch,
+                              steps_per_epoch=resolved.steps_per_epoch,
+                              validation_steps=resolved.validation_steps, callbacks=cbs,
+                              verbose=0)
         if not chief:
             logger.info("worker done; the chief writes the artifact to %s", out)
             return {}
@@ -1077,17 +1080,18 @@ def evaluate(
     k = art.n_classes
     class_matrix = np.zeros((k, k), np.int64) if k > 1 else None
     n_patches = ignored = 0
-    for image, mask in ds.as_numpy_iterator():
-        prob = art.predict(image, batch_size=len(image))
-        labels = mask[..., 0]
-        for key, value in confusion_counts(labels, prob, threshold).items():
-            counts[key] += value
-        ignored += int(np.count_nonzero(labels == IGNORE_VALUE))
-        n_patches += len(image)
-        if class_matrix is not None:
-            pred = np.argmax(art.model.predict_on_batch(image), axis=-1)
-            keep = (labels != IGNORE_VALUE) & (labels < k)
-            np.add.at(class_matrix, (labels[keep].astype(int), pred[keep]), 1)
+    with data_mod.named_data_errors(files, shards.compression):
+        for image, mask in ds.as_numpy_iterator():
+            prob = art.predict(image, batch_size=len(image))
+            labels = mask[..., 0]
+            for key, value in confusion_counts(labels, prob, threshold).items():
+                counts[key] += value
+            ignored += int(np.count_nonzero(labels == IGNORE_VALUE))
+            n_patches += len(image)
+            if class_matrix is not None:
+                pred = np.argmax(art.model.predict_on_batch(image), axis=-1)
+                keep = (labels != IGNORE_VALUE) & (labels < k)
+                np.add.at(class_matrix, (labels[keep].astype(int), pred[keep]), 1)
     if n_patches == 0:
         raise ConfigError(f"no patch in {files[:3]}...: nothing to evaluate")
     result: dict[str, Any] = {

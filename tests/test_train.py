@@ -327,3 +327,21 @@ def test_config_yaml_and_flags():
         trainer.TrainConfig(freeze_encoder=True)
     with pytest.raises(ConfigError, match="loss must be one of"):
         trainer.TrainConfig(loss="l2")
+
+
+def test_a_corrupt_shard_is_named_with_its_record(trained, tmp_path, capsys):
+    """Issue 17: a truncated shard was reported as a bare 'Graph execution error:'."""
+    root = tmp_path / "shards"
+    write_shards(root, {"train": 12, "val": 6}, compression="")
+    bad = root / "train" / "train-00001-of-00002.tfrecord"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) - len(data) // 4])  # cut inside its 5th record
+    code = main(["train", "--data", str(root), "--out", str(tmp_path / "m"), "--epochs", "1",
+                 *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"shard {str(bad)!r} is corrupt at record 4" in err, err
+    assert "re-run the export" in err
+    assert main(["evaluate", "--model", str(trained), "--data", str(root),
+                 "--split", "train"]) == 2
+    assert f"shard {str(bad)!r} is corrupt" in capsys.readouterr().err
