@@ -834,7 +834,8 @@ def run_compare(config: CompareConfig) -> dict:
         # 2b. Where a raster prediction had no imagery, reference landslides are unobservable.
         observed_refs = _observed_references(sides, years, aoi, config) \
             if config.observed_only else {}
-        for year, (_, n_out) in observed_refs.items():
+        for year, side in observed_refs.items():
+            n_out = side.report["n_unobserved"]
             inputs_report["reference"][_year_key(year)]["n_unobserved"] = n_out
             if n_out:
                 logger.info("%s: %d reference landslide(s) lie mostly where the prediction "
@@ -861,7 +862,7 @@ def run_compare(config: CompareConfig) -> dict:
             for role in roles:
                 s = sides.get((role, year))
                 if role == "reference" and year in observed_refs:
-                    s = observed_refs[year][0]
+                    s = observed_refs[year]
                 if s is not None:
                     st = cm.inventory_stats(s.gdf["area_m2"].to_numpy(), area_km2,
                                             config.bins_per_decade, config.a_min)
@@ -876,7 +877,7 @@ def run_compare(config: CompareConfig) -> dict:
                 if entry["pixel"] is None and ref.bounds is None and pred.bounds is None:
                     problems.add("warning", "both inventories are empty and no AOI was given: "
                                  "no grid for pixel metrics", None, year)
-                ref_obj = observed_refs[year][0] if year in observed_refs else ref
+                ref_obj = observed_refs.get(year, ref)
                 obj, matches = cm.object_metrics(ref_obj.gdf, pred.gdf, config.min_overlap,
                                                  config.match)
                 entry["object"] = obj
@@ -921,13 +922,13 @@ OBSERVED_SHARE = 0.5
 
 
 def _observed_references(sides: dict, years: Sequence[int | None], aoi: shapely.Geometry | None,
-                         config: CompareConfig) -> dict[int | None, tuple[Side, int]]:
+                         config: CompareConfig) -> dict[int | None, Side]:
     """Per year with a raster prediction: the reference limited to observed landslides.
 
-    Returns ``{year: (reference side with only landslides >= OBSERVED_SHARE inside the
-    prediction's valid pixels, number left out)}``.
+    Returns ``{year: reference side with only landslides >= OBSERVED_SHARE inside the
+    prediction's valid pixels}``; its report's ``n_unobserved`` counts those left out.
     """
-    out: dict[int | None, tuple[Side, int]] = {}
+    out: dict[int | None, Side] = {}
     for year in years:
         ref, pred = sides.get(("reference", year)), sides.get(("predicted", year))
         if ref is None or pred is None or not isinstance(pred.layer, RasterMask) \
@@ -945,8 +946,8 @@ def _observed_references(sides: dict, years: Sequence[int | None], aoi: shapely.
         keep = share >= OBSERVED_SHARE
         gdf = ref.gdf[keep].reset_index(drop=True)
         report = {**ref.report, "n_unobserved": int((~keep).sum())}
-        out[year] = (Side(ref.role, ref.year, ref.source, gdf, VectorMask(gdf), report,
-                          tuple(gdf.total_bounds) if len(gdf) else None), int((~keep).sum()))
+        out[year] = Side(ref.role, ref.year, ref.source, gdf, VectorMask(gdf), report,
+                         tuple(gdf.total_bounds) if len(gdf) else None)
     return out
 
 

@@ -746,9 +746,9 @@ def plan_predict(config: PredictConfig) -> tuple[Sweep, list[tuple[int, str, byt
 
 #: What makes two sweeps into one folder the same run (their products may be merged).
 _SAME_RUN = ("start", "end", "events", "days_before", "days_after")
-#: The products of a sweep in its folder (per AOI or event).
-_PRODUCTS = ("done", "prob", "mask", "mosaic", "stac", "inventory.gpkg", "inventory.parquet",
-             RUN, FAILED, "events.json")
+#: The products of a sweep in its folder (per AOI or event): folders, then files.
+_PRODUCT_DIRS = ("done", "prob", "mask", "mosaic", "stac")
+_PRODUCT_FILES = ("inventory.gpkg", "inventory.parquet", RUN, FAILED, "events.json")
 
 
 def _one_run_per_folder(config: PredictConfig) -> None:
@@ -780,13 +780,11 @@ def _one_run_per_folder(config: PredictConfig) -> None:
         folders |= {r["out"] for r in (fsio.read_record(
             fsio.join(config.out, "events.json")) or {}).get("events", []) if r.get("out")}
     for folder in folders:
-        for name in _PRODUCTS:
-            path = fsio.join(folder, name)
-            if fsio.exists(path):
-                if "." in name:
-                    fsio.delete(path)
-                else:
-                    fsio.remove_tree(path)
+        for name in _PRODUCT_DIRS:
+            fsio.remove_tree(fsio.join(folder, name))
+        for name in _PRODUCT_FILES:
+            if fsio.exists(fsio.join(folder, name)):
+                fsio.delete(fsio.join(folder, name))
 
 
 def build_pipeline(p, sweep: Sweep, elements: Sequence[tuple]) -> None:

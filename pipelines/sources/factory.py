@@ -45,6 +45,13 @@ def parse_date(text: str, what: str) -> dt.date:
         raise ConfigError(f"Bad {what} date {text!r}: use YYYY-MM-DD.") from exc
 
 
+def years_of_window(start: str, end: str) -> list[int]:
+    """Every year a date window touches, oldest first (an end on 1 January is exclusive)."""
+    first, last = parse_date(start, "start"), parse_date(end, "end")
+    last_year = last.year - (1 if (last.month, last.day) == (1, 1) else 0)
+    return list(range(first.year, max(first.year, last_year) + 1))
+
+
 def check_window(start: str | None, end: str | None) -> None:
     """Reject a date window that is half-given or empty (end not after start)."""
     if (start is None) != (end is None):
@@ -91,11 +98,9 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
         if year is None:
             raise ConfigError("The synthetic source needs a year: give --start/--end.")
         years: int | list[int] = int(year)
-        if not spec.get("year") and end:
+        if not spec.get("year") and start and end:
             # a window over several years composites the world's images of those years
-            last = parse_date(end, "end")
-            last_year = last.year - (1 if (last.month, last.day) == (1, 1) else 0)
-            years = list(range(int(year), max(int(year), last_year) + 1))
+            years = years_of_window(start, end)
         return SyntheticSource(spec["world"], years,
                                mask_clouds=bool(spec.get("mask_clouds", True)),
                                composite=str(spec.get("composite", "mosaic")))
@@ -105,10 +110,8 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
         # a window over several years reads every year's files, the most recent first (the
         # GeoTIFF mosaic keeps the first valid pixel)
         years_in = [int(year)] if year else []
-        if year and not spec.get("year") and end:
-            last = parse_date(end, "end")
-            last_year = last.year - (1 if (last.month, last.day) == (1, 1) else 0)
-            years_in = list(range(max(int(year), last_year), int(year) - 1, -1))
+        if year and not spec.get("year") and start and end:
+            years_in = years_of_window(start, end)[::-1]
         images = list(dict.fromkeys(
             str(p).replace("{year}", str(y)) for y in years_in
             for p in spec.get("images", []))) if years_in else [

@@ -1602,8 +1602,8 @@ class SyntheticSource(Source):
                 take = other.valid & ~valid  # the most recent clear pixel stays on top
             np.copyto(data, other.data, where=take)
             valid |= take
-        return Raster(data, valid, grid, need).select(optical) if need != optical else \
-            Raster(data, valid, grid, need)
+        out = Raster(data, valid, grid, need)
+        return out if need == optical else out.select(optical)
 
     def open(self) -> None:
         for s in (*self._images, self._terrain, *self._clouds):
