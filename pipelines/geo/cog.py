@@ -7,7 +7,8 @@ locally, one object upload on Cloud Storage): a reader never sees a partial COG.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from pipelines import fsio
-from pipelines.errors import InputError, OutputError
+from pipelines.errors import DataNotFoundError, InputError, OutputError
 from pipelines.geo.grid import PixelGrid
 
 
@@ -120,3 +121,40 @@ def read_raster(path: str, window_grid: PixelGrid | None = None,
                        width=window_grid.width, height=window_grid.height,
                        resampling=resampling) as vrt:
             return vrt.read(), window_grid
+
+
+def is_gdal_error(exc: BaseException) -> bool:
+    """True for errors raised by rasterio/GDAL (``RasterioError`` and GDAL's ``CPLE_*``)."""
+    from rasterio.errors import RasterioError
+
+    return isinstance(exc, RasterioError) or type(exc).__module__.startswith("rasterio")
+
+
+def gdal_error_text(exc: BaseException) -> str:
+    """The error's text with its cause, when the cause says more."""
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc} ({cause})" if cause and str(cause) not in str(exc) else str(exc)
+
+
+def open_dataset(local: str, path: str, what: str,
+                 fail: Callable[[str], Exception]) -> rasterio.io.DatasetReader:
+    """Open ``local`` (the GDAL-readable form of ``path``) with rasterio.
+
+    A raster without georeferencing opens without a warning (callers check its CRS).
+
+    Raises:
+        DataNotFoundError: ``path`` is a URL that answers 404.
+        Exception: ``fail(text)`` for any other GDAL error, so each caller names the file
+            and the fix in its own words.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(local)
+    except Exception as exc:
+        if not is_gdal_error(exc):
+            raise
+        text = gdal_error_text(exc)
+        if fsio.is_http(path) and "404" in text:
+            raise DataNotFoundError(f"{what} URL {path!r} does not exist (HTTP 404).") from exc
+        raise fail(text) from exc

@@ -28,7 +28,6 @@ import math
 import re
 import tempfile
 import threading
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
@@ -45,11 +44,11 @@ from pipelines import fsio
 from pipelines.errors import (
     ConfigError,
     CRSError,
-    DataNotFoundError,
     InputError,
     RegionError,
     SourceError,
 )
+from pipelines.geo.cog import is_gdal_error, open_dataset
 from pipelines.geo.grid import WGS84, PixelGrid, Region
 from pipelines.geo.patches import IGNORE
 
@@ -289,14 +288,6 @@ def _crs_label(crs: rasterio.crs.CRS) -> str:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
-def _is_gdal_error(exc: BaseException) -> bool:
-    """True for rasterio/GDAL errors (``RasterioError`` and GDAL's ``CPLE_*`` classes)."""
-    return isinstance(exc, RasterioError) or type(exc).__module__.startswith("rasterio")
-
-
-_is_http = fsio.is_http
-
-
 @dataclass
 class LabelRaster:
     """A label raster and its value map: a picklable configuration with an open dataset.
@@ -384,21 +375,9 @@ class LabelRaster:
                 self._tmpdir = None
 
     def _open_checked(self) -> Any:
-        local = self._gdal_path()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                ds = rasterio.open(local)
-        except Exception as exc:
-            if not _is_gdal_error(exc):
-                raise
-            if _is_http(self.path) and "404" in str(exc):
-                raise DataNotFoundError(
-                    f"Label raster URL {self.path!r} does not exist (HTTP 404).") from exc
-            raise InputError(
-                f"Cannot open the label raster {self.path!r}: {exc}. Is it a GeoTIFF/COG "
-                f"(or a GDAL VRT)? Re-export it, e.g. `gdal_translate -of COG in out.tif`."
-            ) from exc
+        ds = open_dataset(self._gdal_path(), self.path, "Label raster", lambda text: InputError(
+            f"Cannot open the label raster {self.path!r}: {text}. Is it a GeoTIFF/COG (or a "
+            f"GDAL VRT)? Re-export it, e.g. `gdal_translate -of COG in out.tif`."))
         try:
             self._check_dataset(ds)
         except Exception:
@@ -464,7 +443,7 @@ class LabelRaster:
                     values = vrt.read(self.band)
                     valid = vrt.read_masks(self.band) > 0
             except Exception as exc:
-                if not _is_gdal_error(exc):
+                if not is_gdal_error(exc):
                     raise
                 raise SourceError(f"Cannot read the label raster {self.path!r} onto grid "
                                   f"{grid.crs} {grid.bounds}: {exc}") from exc

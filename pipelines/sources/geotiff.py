@@ -33,7 +33,6 @@ import math
 import os
 import tempfile
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from affine import Affine
 from pyproj import Transformer
 from pyproj.exceptions import ProjError
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -64,6 +63,7 @@ from pipelines.errors import (
 )
 from pipelines.geo import bands as bandreg
 from pipelines.geo import terrain
+from pipelines.geo.cog import gdal_error_text, is_gdal_error, open_dataset
 from pipelines.geo.grid import WGS84, PixelGrid, Region
 from pipelines.sources.base import Raster, Source
 
@@ -205,9 +205,6 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in _GLOB_CHARS)
 
 
-_is_http = fsio.is_http
-
-
 def _is_sidecar(path: str) -> bool:
     return path.lower().endswith(SIDECAR_SUFFIXES)
 
@@ -216,7 +213,7 @@ def _expand(paths: Sequence[str]) -> list[str]:
     """Expand glob patterns, drop sidecar files they match, dedupe and sort."""
     out: list[str] = []
     for p in paths:
-        if _is_glob(p) and not _is_http(p):
+        if _is_glob(p) and not fsio.is_http(p):
             matches = [m for m in fsio.glob(p) if not _is_sidecar(m)]
             if not matches:
                 raise DataNotFoundError(f"No raster matches the pattern {p!r}; check the folder "
@@ -225,16 +222,6 @@ def _expand(paths: Sequence[str]) -> list[str]:
         else:
             out.append(p)
     return sorted(dict.fromkeys(out))
-
-
-def _is_gdal_error(exc: BaseException) -> bool:
-    """True for errors raised by rasterio/GDAL (``RasterioError`` and GDAL's ``CPLE_*``)."""
-    return isinstance(exc, RasterioError) or type(exc).__module__.startswith("rasterio")
-
-
-def _error_text(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return f"{exc} ({cause})" if cause and str(cause) not in str(exc) else str(exc)
 
 
 _RESAMPLING_NAMES = tuple(r.name for r in Resampling if r.value <= Resampling.q3.value)
@@ -389,19 +376,8 @@ class GeoTIFFSource(Source):
         if ds is not None:
             self._handles.move_to_end(path)
             return ds
-        local = self._local_path(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                ds = rasterio.open(local)
-        except Exception as exc:
-            if not _is_gdal_error(exc):
-                raise
-            text = _error_text(exc)
-            if _is_http(path) and "404" in text:
-                raise DataNotFoundError(f"Raster URL {path!r} does not exist (HTTP 404).") from exc
-            raise SourceError(f"Cannot read raster {path!r}: {text}. Is it a valid "
-                              f"GeoTIFF/COG?") from exc
+        ds = open_dataset(self._local_path(path), path, "Raster", lambda text: SourceError(
+            f"Cannot read raster {path!r}: {text}. Is it a valid GeoTIFF/COG?"))
         self._handles[path] = ds
         while len(self._handles) > MAX_OPEN_FILES:  # large mosaics: bound open descriptors
             _, oldest = self._handles.popitem(last=False)
@@ -693,10 +669,10 @@ class GeoTIFFSource(Source):
                            tolerance=TOLERANCE, **extra) as vrt:
                 data = vrt.read(indexes, out_dtype="float32")
         except Exception as exc:
-            if not _is_gdal_error(exc):
+            if not is_gdal_error(exc):
                 raise
             raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
-                              f"{grid.bounds}: {_error_text(exc)}") from exc
+                              f"{grid.bounds}: {gdal_error_text(exc)}") from exc
         return self._finish(info, bands, data, zero_check)
 
     def _read_aligned(self, info: _FileInfo, ds: Any, grid: PixelGrid, indexes: list[int],
@@ -715,10 +691,10 @@ class GeoTIFFSource(Source):
         try:
             raw = ds.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
         except Exception as exc:
-            if not _is_gdal_error(exc):
+            if not is_gdal_error(exc):
                 raise
             raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
-                              f"{grid.bounds}: {_error_text(exc)}") from exc
+                              f"{grid.bounds}: {gdal_error_text(exc)}") from exc
         data = raw.astype(np.float32, copy=False)  # raw is ours: no second copy
         if nodata is not None:
             bad = raw == nodata if not np.isnan(nodata) else np.isnan(raw)
