@@ -1170,12 +1170,11 @@ def render_summary_html(config: ScanConfig, summary: Mapping) -> str:
 
 
 def _rel_link(target: str, start_dir: str) -> str:
-    from pipelines.geo.mosaic import relative_href
-
     if fsio.is_remote(target) != fsio.is_remote(start_dir):
         return target
-    return relative_href(target if fsio.is_remote(target) else os.path.abspath(target),
-                         start_dir if fsio.is_remote(start_dir) else os.path.abspath(start_dir))
+    return fsio.relative_href(
+        target if fsio.is_remote(target) else os.path.abspath(target),
+        start_dir if fsio.is_remote(start_dir) else os.path.abspath(start_dir))
 
 
 def write_scan_stac(config: ScanConfig, inputs: ScanInputs, records: Sequence[dict],
