@@ -10,7 +10,7 @@ A launch produces exactly one Dataflow job and cannot wait for it: the launcher 
 pipeline with ``--template_location``, which makes the Dataflow runner write a job file
 that Dataflow then starts. ``landslides scan`` detects this and submits one period's sweep
 per launch, comparing and summarising the periods whose sweeps have finished since the
-previous launch (see ``pipelines/scan.py`` and ``infra/README.md``).
+previous launch (see ``pipelines/scan/`` and ``infra/README.md``).
 
 Keep this file a thin shim: Beam pickles functions by module, and nothing defined in a
 ``__main__`` module can be unpickled on a worker.

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,13 @@ def join(base: str | Path, *parts: str) -> str:
     if is_remote(base):
         return "/".join([str(base).rstrip("/"), *[p.strip("/") for p in parts]])
     return str(Path(base, *parts))
+
+
+def relative_href(target: str, start_dir: str) -> str:
+    """``target`` relative to the folder ``start_dir`` (local paths and URLs alike)."""
+    if is_remote(target) or is_remote(start_dir):
+        return posixpath.relpath(target.split("://", 1)[1], start_dir.split("://", 1)[1])
+    return os.path.relpath(target, start_dir).replace(os.sep, "/")
 
 
 def exists(path: str | Path) -> bool:

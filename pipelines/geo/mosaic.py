@@ -1,7 +1,7 @@
-"""Put chunk outputs back together: mosaics, merged COGs, polygons, a STAC catalog.
+"""Put chunk outputs back together: mosaics, merged COGs, polygons.
 
-VRT mosaics and merged COGs of the chunk rasters, landslide polygons joined across chunk
-edges, and a STAC catalog of everything a sweep wrote.
+VRT mosaics and merged COGs of the chunk rasters, and landslide polygons joined across
+chunk edges. The STAC catalog of what a sweep wrote is made by :mod:`pipelines.geo.stac`.
 
 Nothing here holds more than one output raster in memory: a VRT only references the
 chunk COGs (written as XML, with paths relative to the VRT so the folder can be moved or
@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import posixpath
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -24,8 +21,11 @@ import numpy as np
 import shapely
 
 from pipelines import fsio
-from pipelines.errors import InputError, OutputError
+from pipelines.errors import InputError
 from pipelines.geo.grid import WGS84, PixelGrid, to_crs
+
+# Kept here until pipelines.predict imports them from pipelines.geo.stac, their home.
+from pipelines.geo.stac import StacAsset, StacItem, write_stac_catalog
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +123,12 @@ def vrt_xml(sources: Sequence[tuple[str, PixelGrid]], dtype: str, nodata: float 
     return "\n".join(lines)
 
 
-def relative_href(target: str, start_dir: str) -> str:
-    """``target`` relative to the folder ``start_dir`` (local paths and URLs alike)."""
-    if fsio.is_remote(target) or fsio.is_remote(start_dir):
-        return posixpath.relpath(target.split("://", 1)[1], start_dir.split("://", 1)[1])
-    return os.path.relpath(target, start_dir).replace(os.sep, "/")
-
-
 def write_vrt(path: str, sources: Sequence[tuple[str, PixelGrid]], dtype: str,
               nodata: float | None, **kwargs) -> str:
     """Write a VRT mosaic of ``sources`` (absolute paths/URLs) at ``path`` atomically."""
     folder = path.rsplit("/", 1)[0] if fsio.is_remote(path) else os.path.dirname(
         os.path.abspath(path))
-    rel = [(relative_href(p, folder), g) for p, g in sources]
+    rel = [(fsio.relative_href(p, folder), g) for p, g in sources]
     fsio.write_bytes(path, vrt_xml(rel, dtype, nodata, **kwargs).encode("utf-8"))
     return path
 
@@ -346,118 +339,6 @@ def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
     return merged.to_crs(crs).reset_index(drop=True)
 
 
-# ----------------------------------------------------------------------------- STAC
-@dataclass(frozen=True)
-class StacAsset:
-    """One file of a STAC item.
-
-    Attributes:
-        path: The file's path or URL (made relative to the item when written).
-        title: Human-readable title.
-        media_type: IANA media type (see :class:`pystac.MediaType`).
-        roles: STAC asset roles (``data``, ``metadata``...).
-    """
-
-    path: str
-    title: str
-    media_type: str
-    roles: tuple[str, ...] = ("data",)
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StacItem:
-    """One STAC item: a chunk's outputs or the whole sweep's mosaics and inventory.
-
-    Attributes:
-        id: Item id (a chunk key, or ``mosaic``).
-        grid: Its pixel grid (footprint, projection extension); ``None`` with ``geometry``.
-        assets: Asset key to :class:`StacAsset`.
-        properties: Extra item properties.
-        geometry: WGS 84 footprint when ``grid`` is ``None``.
-    """
-
-    id: str
-    grid: PixelGrid | None
-    assets: dict[str, StacAsset]
-    properties: dict = field(default_factory=dict)
-    geometry: object | None = None
-
-
-def _footprint(grid: PixelGrid):
-    from shapely.geometry import box
-
-    b = box(*grid.bounds)
-    b = shapely.segmentize(b, max(grid.res * max(grid.width, grid.height) / 8.0, grid.res))
-    return to_crs(b, grid.crs, WGS84)
-
-
-def write_stac_catalog(folder: str, catalog_id: str, description: str,
-                       items: Sequence[StacItem], start: str | None, end: str | None,
-                       title: str | None = None) -> str:
-    """Write a self-contained STAC catalog to ``folder`` (local or ``gs://``).
-
-    Items live at ``<folder>/<id>/<id>.json``; asset hrefs are relative, so the outputs can
-    be moved or served as they are. Written to a temporary folder first and published
-    file by file (``catalog.json`` last), so a reader finding the catalog finds its items.
-
-    Returns:
-        The href of ``catalog.json``.
-    """
-    import datetime as dt
-
-    import pystac
-    from pystac.extensions.projection import ProjectionExtension
-    from shapely.geometry import mapping
-
-    if start and end:
-        t0 = dt.datetime.fromisoformat(str(start)[:10]).replace(tzinfo=dt.UTC)
-        t1 = dt.datetime.fromisoformat(str(end)[:10]).replace(tzinfo=dt.UTC)
-        when: dict = {"datetime": None, "start_datetime": t0, "end_datetime": t1}
-    else:
-        today = dt.datetime.combine(dt.date.today(), dt.time(), tzinfo=dt.UTC)
-        when = {"datetime": today}
-    with tempfile.TemporaryDirectory(prefix="landslides-stac-") as tmp:
-        cat = pystac.Catalog(id=catalog_id, description=description, title=title)
-        for spec in items:
-            geom = _footprint(spec.grid) if spec.grid is not None else spec.geometry
-            if geom is None:
-                raise InputError(f"STAC item {spec.id!r} has neither a grid nor a geometry.")
-            bounds = shapely.bounds(geom).tolist()
-            item = pystac.Item(id=spec.id, geometry=mapping(geom), bbox=bounds,
-                               properties=dict(spec.properties), **when)
-            if spec.grid is not None:
-                proj = ProjectionExtension.ext(item, add_if_missing=True)
-                proj.code = spec.grid.crs
-                proj.shape = [spec.grid.height, spec.grid.width]
-                proj.transform = list(spec.grid.transform)
-            item_dir = os.path.join(tmp, spec.id)
-            for key, asset in spec.assets.items():
-                href = relative_href(asset.path, fsio.join(folder, spec.id))
-                item.add_asset(key, pystac.Asset(href=href, title=asset.title,
-                                                 media_type=asset.media_type,
-                                                 roles=list(asset.roles),
-                                                 extra_fields=dict(asset.extra)))
-            item.set_self_href(os.path.join(item_dir, f"{spec.id}.json"))
-            cat.add_item(item)
-        cat.normalize_hrefs(tmp)
-        cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        written = []
-        for root, _, names in os.walk(tmp):
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), tmp)
-                written.append(rel)
-        written.sort(key=lambda r: (r == "catalog.json", r))  # the catalog last
-        try:
-            for rel in written:
-                fsio.put_file(os.path.join(tmp, rel), fsio.join(folder, *rel.split(os.sep)))
-        except OutputError:
-            raise
-        except OSError as exc:
-            raise OutputError(f"Cannot write the STAC catalog to {folder!r}: {exc}") from exc
-    return fsio.join(folder, "catalog.json")
-
-
 __all__ = [
     "StacAsset",
     "StacItem",
@@ -465,7 +346,6 @@ __all__ = [
     "merge_chunk_polygons",
     "merge_to_cog",
     "mosaic_grid",
-    "relative_href",
     "vrt_xml",
     "write_stac_catalog",
     "write_vrt",

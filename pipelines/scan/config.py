@@ -1,0 +1,500 @@
+"""The scan file: its keys, its periods, and :class:`ScanConfig`, validated on creation.
+
+Parses and checks the YAML mapping (unknown keys, types, paths relative to the file's
+folder, the predict/compare option blocks against the stage configurations), parses the
+``periods`` forms, lays out a period's folders and fingerprints what its outputs depend
+on. Also the names of the records a scan writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import posixpath
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import fsio
+from pipelines.errors import ConfigError
+
+FORMAT = "landslides-scan/1"
+RECORD = "period.json"
+SUBMITTED = "submitted.json"
+SCAN_RECORD = "scan.json"
+CONFIG_COPY = "scan_config.json"
+
+#: Keys of the scan YAML, in the order they are documented.
+KEYS = ("name", "region", "source", "model", "out", "periods", "reference", "predict",
+        "compare", "resubmit_after_hours")
+REQUIRED = ("name", "region", "source", "model", "out", "periods")
+PERIOD_KEYS = ("name", "start", "end")
+#: PredictConfig / CompareConfig fields the scan sets itself (not allowed in the blocks).
+PREDICT_FIXED = frozenset({"model", "source", "out", "aoi", "point", "buffer_m", "events",
+                           "days_before", "days_after", "start", "end"})
+COMPARE_FIXED = frozenset({"reference", "predicted", "out", "aoi", "years"})
+#: Source spec keys per kind (see pipelines.sources.factory); earthengine adds EEConfig's.
+SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("world",),
+    "geotiff": ("images", "dem", "dem_nodata", "band_map", "scale", "nodata", "mask_zero"),
+    "earthengine": ("token_env",),
+}
+#: Source keys holding paths (resolved relative to the YAML file).
+SOURCE_PATHS = ("world", "images", "dem")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_BBOX = re.compile(r"\s*-?[\d.]+\s*(,\s*-?[\d.]+\s*){3}")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class Period:
+    """One period of a scan: a name (its folder) and a date window.
+
+    Attributes:
+        name: Folder name and label (letters, digits, ``.``, ``_``, ``-``).
+        start: First day, ``YYYY-MM-DD``.
+        end: End of the window, ``YYYY-MM-DD``, exclusive (as Earth Engine's
+            ``filterDate``); a calendar year ``Y`` is ``Y-01-01 .. Y+1-01-01``.
+    """
+
+    name: str
+    start: str
+    end: str
+
+    @property
+    def year(self) -> int:
+        """The year the period is about (its start's), which fills ``{year}``."""
+        return int(self.start[:4])
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "start": self.start, "end": self.end}
+
+
+def _date(value: Any, key: str) -> str:
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a date YYYY-MM-DD, got {value!r}.")
+    try:
+        return dt.date.fromisoformat(value.strip()).isoformat()
+    except ValueError:
+        raise ConfigError(f"{key} is not a valid date: {value!r}; use YYYY-MM-DD "
+                          f"(e.g. 2017-06-01).") from None
+
+
+def _years(value: Any, today: dt.date | None = None) -> tuple[int, ...]:
+    """Years of ``periods.years``.
+
+    Accepts ``2016-2023``, ``2016,2018``, ``[2016, 2017]``, ``2016`` or ``2016-`` (open:
+    up to the last complete calendar year, for scans that grow every year).
+    """
+    from pipelines.compare import parse_years
+
+    key = "periods.years"
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{key} must be a year range like 2016-2023, got {value!r}.")
+    if isinstance(value, int):
+        years: tuple[int, ...] = (value,)
+    elif isinstance(value, list | tuple):
+        if not all(isinstance(y, int) and not isinstance(y, bool) for y in value):
+            raise ConfigError(f"{key} must list whole years, got {value!r}.")
+        years = tuple(sorted(set(value)))
+    elif isinstance(value, str):
+        text = value.strip()
+        m = re.fullmatch(r"(\d{4})\s*-\s*", text)
+        if m:
+            last = (today or dt.date.today()).year - 1
+            first = int(m.group(1))
+            if first > last:
+                raise ConfigError(f"{key} {value!r}: no calendar year since {first} has "
+                                  f"ended yet (the last complete year is {last}).")
+            years = tuple(range(first, last + 1))
+        else:
+            try:
+                years = parse_years(text) or ()
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+    else:
+        raise ConfigError(f"{key} must be a year range like 2016-2023, got {value!r}.")
+    if not years:
+        raise ConfigError(f"{key} is empty: give e.g. 2016-2023.")
+    for y in years:
+        if not 1950 <= y <= 2100:
+            raise ConfigError(f"{key}: year {y} is outside 1950..2100.")
+    return years
+
+
+def parse_periods(value: Any, today: dt.date | None = None) -> tuple[Period, ...]:
+    """Periods from the ``periods`` value of a scan file.
+
+    Either ``{"years": "2016-2023"}`` (one period per calendar year, named by the year)
+    or a list of ``{"name", "start", "end"}`` mappings (e.g. monsoon seasons).
+
+    Raises:
+        ConfigError: empty, malformed, duplicated or unordered periods; the message names
+            the key (``periods[2].end``...).
+    """
+    if isinstance(value, tuple) and value and all(isinstance(p, Period) for p in value):
+        periods: tuple[Period, ...] = value
+    elif value is None or (isinstance(value, Sequence | Mapping) and len(value) == 0):
+        raise ConfigError("periods is empty: give `years: 2016-2023` (a period per calendar "
+                          "year) or a list of {name, start, end}.")
+    elif isinstance(value, Mapping):
+        unknown = sorted(str(k) for k in value if k != "years")
+        if unknown:
+            raise ConfigError(f"Unknown key periods.{unknown[0]}; known keys: years (or give "
+                              f"a list of {{name, start, end}}).")
+        periods = tuple(Period(str(y), f"{y}-01-01", f"{y + 1}-01-01")
+                        for y in _years(value.get("years"), today))
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        out = []
+        for i, item in enumerate(value):
+            key = f"periods[{i}]"
+            if isinstance(item, Period):
+                out.append(item)
+                continue
+            if not isinstance(item, Mapping):
+                raise ConfigError(f"{key} must be a mapping {{name, start, end}}, got {item!r}.")
+            unknown = sorted(str(k) for k in item if k not in PERIOD_KEYS)
+            if unknown:
+                raise ConfigError(f"Unknown key {key}.{unknown[0]}; known keys: "
+                                  f"{', '.join(PERIOD_KEYS)}.")
+            for k in PERIOD_KEYS:
+                if item.get(k) is None:
+                    raise ConfigError(f"{key}.{k} is missing: each period needs name, start "
+                                      f"and end.")
+            out.append(Period(str(item["name"]), _date(item["start"], f"{key}.start"),
+                              _date(item["end"], f"{key}.end")))
+        periods = tuple(out)
+    else:
+        raise ConfigError(f"periods must be `years: 2016-2023` or a list of {{name, start, "
+                          f"end}}, got {value!r}.")
+    seen: set[str] = set()
+    for i, p in enumerate(periods):
+        key = f"periods[{i}]"
+        if not _NAME.fullmatch(p.name):
+            raise ConfigError(f"{key}.name {p.name!r} is not a valid folder name: use "
+                              f"letters, digits, '.', '_' or '-' (e.g. monsoon-2017).")
+        if p.name in seen:
+            raise ConfigError(f"{key}.name {p.name!r} is used twice: period names must be "
+                              f"unique.")
+        seen.add(p.name)
+        start, end = _date(p.start, f"{key}.start"), _date(p.end, f"{key}.end")
+        if end <= start:
+            raise ConfigError(f"{key}.end {end} is not after {key}.start {start}: the end "
+                              f"is exclusive, e.g. 2017-06-01 .. 2017-10-01.")
+    return periods
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return isinstance(value, list | tuple) and all(
+            _type_ok(v, args[0]) for v in value) if args else isinstance(value, list | tuple)
+    if origin is dict or tp is dict:
+        return isinstance(value, Mapping)
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_block(block: str, values: Any, cls: type, fixed: frozenset[str]) -> dict[str, Any]:
+    """Check an option block against the fields of ``cls`` (names and types)."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{block} must be a mapping of {cls.__name__} options, got "
+                          f"{values!r}.")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
+    for k, v in values.items():
+        if k in fixed:
+            raise ConfigError(f"{block}.{k} is set by the scan itself (from region, model, "
+                              f"out, periods, reference); remove it. Known keys: "
+                              f"{', '.join(known)}.")
+        if k not in known:
+            raise ConfigError(f"Unknown key {block}.{k}; known keys: {', '.join(known)}.")
+        if not _type_ok(v, hints[k]):
+            raise ConfigError(f"{block}.{k} must be {_type_name(hints[k])}, got {v!r}.")
+    return dict(values)
+
+
+def _check_source(spec: Any) -> dict[str, Any]:
+    from pipelines.sources.factory import KINDS
+
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"source must be a mapping with a kind ({', '.join(KINDS)}), got "
+                          f"{spec!r}.")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"source.kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+    known = list(SOURCE_KEYS[kind])
+    if kind == "earthengine":
+        from pipelines.sources.earthengine import EEConfig
+
+        known += [f.name for f in dataclasses.fields(EEConfig) if f.name not in ("start", "end")]
+    for k in spec:
+        if k != "kind" and k not in known:
+            extra = (" (the scan's periods give the date window)" if k in ("start", "end", "year")
+                     else "")
+            raise ConfigError(f"Unknown key source.{k} for a {kind} source{extra}; known keys: "
+                              f"kind, {', '.join(known)}.")
+    if kind == "synthetic" and not spec.get("world"):
+        raise ConfigError("source.world is required for the synthetic source: the world folder "
+                          "written by `landslides synth`.")
+    if kind == "geotiff" and not (spec.get("images") or spec.get("dem")):
+        raise ConfigError("source.images and/or source.dem are required for the geotiff source.")
+    if kind == "geotiff" and isinstance(spec.get("images"), str):
+        spec = {**spec, "images": [spec["images"]]}
+    return dict(spec)
+
+
+def _resolve(path: Any, base: str | None, key: str) -> Any:
+    """``path`` relative to the folder ``base`` (local or URL); absolute ones unchanged."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{key} must be a path, got {path!r}.")
+    path = os.path.expanduser(path.strip())
+    if base is None or fsio.is_remote(path) or os.path.isabs(path):
+        return path
+    if fsio.is_remote(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+    return os.path.normpath(os.path.join(base, path))
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """A scheduled scan, validated on creation (before anything runs).
+
+    Attributes:
+        name: Scan name (STAC ids, Dataflow job names).
+        region: Vector file (GeoJSON, GeoPackage...) or ``minlon,minlat,maxlon,maxlat``.
+        source: Source spec as in :mod:`pipelines.sources.factory`, without a date window
+            (the periods give it).
+        model: Model artifact folder (local or ``gs://``).
+        out: Output folder (local or ``gs://``).
+        periods: The periods (see :func:`parse_periods` for the accepted forms).
+        reference: Optional reference inventory for compare; ``{year}`` and ``{period}``
+            are filled per period.
+        predict: Options passed to :class:`~pipelines.predict.PredictConfig`.
+        compare: Options passed to :class:`~pipelines.compare.CompareConfig`.
+        resubmit_after_hours: With ``--submit-only``: a submitted sweep that has not
+            finished after this long is submitted again.
+    """
+
+    name: str
+    region: str
+    source: dict[str, Any]
+    model: str
+    out: str
+    periods: tuple[Period, ...]
+    reference: str | None = None
+    predict: dict[str, Any] = field(default_factory=dict)
+    compare: dict[str, Any] = field(default_factory=dict)
+    resubmit_after_hours: float = 24.0
+
+    def __post_init__(self) -> None:
+        from pipelines.compare import CompareConfig
+        from pipelines.predict import PredictConfig
+
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ConfigError(f"name {self.name!r} must be a short identifier (letters, digits, "
+                              f"'.', '_', '-'), e.g. himalaya.")
+        for key in ("region", "model", "out"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{key} is required and must be a path"
+                                  f"{' or a bbox' if key == 'region' else ''}, got {value!r}.")
+        object.__setattr__(self, "source", _check_source(self.source))
+        object.__setattr__(self, "periods", parse_periods(self.periods))
+        if self.reference is not None:
+            if not isinstance(self.reference, str) or not self.reference.strip():
+                raise ConfigError(f"reference must be a path template, got {self.reference!r}.")
+            bad = [m for m in _PLACEHOLDER.findall(self.reference) if m not in ("year", "period")]
+            if bad:
+                raise ConfigError(f"reference {self.reference!r} holds {{{bad[0]}}}: only "
+                                  f"{{year}} and {{period}} are filled.")
+        object.__setattr__(self, "predict", _check_block("predict", self.predict,
+                                                         PredictConfig, PREDICT_FIXED))
+        object.__setattr__(self, "compare", _check_block("compare", self.compare,
+                                                         CompareConfig, COMPARE_FIXED))
+        if not _type_ok(self.resubmit_after_hours, float) or self.resubmit_after_hours <= 0:
+            raise ConfigError(f"resubmit_after_hours must be a positive number, got "
+                              f"{self.resubmit_after_hours!r}.")
+        # Values (ranges, choices) are checked by building the stage configurations once.
+        p0 = self.periods[0]
+        try:
+            self.predict_config(p0)
+        except ConfigError as exc:
+            raise ConfigError(f"predict: {exc}") from None
+        try:
+            self.compare_config(p0)
+        except ConfigError as exc:
+            raise ConfigError(f"compare: {exc}") from None
+
+    # ---- loading
+    @classmethod
+    def from_dict(cls, data: Any, base: str | None = None,
+                  today: dt.date | None = None) -> ScanConfig:
+        """Build from a parsed YAML mapping; relative paths are taken from folder ``base``.
+
+        Raises:
+            ConfigError: unknown or missing keys, or a bad value (the message names it).
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"A scan file must be a mapping of {', '.join(KEYS)}; got "
+                              f"{type(data).__name__}.")
+        unknown = [str(k) for k in data if k not in KEYS]
+        if unknown:
+            raise ConfigError(f"Unknown key {unknown[0]!r} in the scan file; known keys: "
+                              f"{', '.join(KEYS)}.")
+        missing = [k for k in REQUIRED if data.get(k) in (None, "")]
+        if missing:
+            raise ConfigError(f"{missing[0]} is missing from the scan file (required: "
+                              f"{', '.join(REQUIRED)}).")
+        d = dict(data)
+        region = d["region"]
+        if isinstance(region, list | tuple) and len(region) == 4:
+            region = ",".join(str(v) for v in region)
+        if not isinstance(region, str):
+            raise ConfigError(f"region must be a vector file or a bbox, got {region!r}.")
+        d["region"] = region if _BBOX.fullmatch(region) else _resolve(region, base, "region")
+        d["model"] = _resolve(d["model"], base, "model")
+        d["out"] = _resolve(d["out"], base, "out")
+        if d.get("reference") is not None:
+            d["reference"] = _resolve(d["reference"], base, "reference")
+        src = d["source"]
+        if isinstance(src, Mapping):
+            src = dict(src)
+            for k in SOURCE_PATHS:
+                if isinstance(src.get(k), list):
+                    src[k] = [_resolve(v, base, f"source.{k}") for v in src[k]]
+                elif src.get(k) is not None:
+                    src[k] = _resolve(src[k], base, f"source.{k}")
+            d["source"] = src
+        if isinstance(d.get("compare"), Mapping) and d["compare"].get("background"):
+            d["compare"] = {**d["compare"], "background": _resolve(
+                d["compare"]["background"], base, "compare.background")}
+        d["periods"] = parse_periods(d["periods"], today)
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> ScanConfig:
+        """Load and validate a scan file (local or ``gs://``).
+
+        Raises:
+            ConfigError: unreadable YAML or an invalid configuration.
+            DataNotFoundError: ``path`` does not exist.
+        """
+        import yaml
+
+        text = fsio.read_bytes(path).decode("utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Scan file {path!r} is not valid YAML: {exc}") from None
+        path = str(path)
+        base = path.rsplit("/", 1)[0] if fsio.is_remote(path) else os.path.dirname(
+            os.path.abspath(path))
+        return cls.from_dict(data, base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["periods"] = [p.to_dict() for p in self.periods]
+        return d
+
+    # ---- per period
+    def period_path(self, period: Period, *parts: str) -> str:
+        return fsio.join(self.out, "periods", period.name, *parts)
+
+    def predict_config(self, period: Period):  # -> PredictConfig
+        from pipelines.predict import PredictConfig
+
+        return PredictConfig(model=self.model, source=dict(self.source),
+                             out=self.period_path(period, "sweep"), aoi=self.region,
+                             start=period.start, end=period.end, **self.predict)
+
+    def reference_for(self, period: Period) -> str | None:
+        if self.reference is None:
+            return None
+        return self.reference.replace("{year}", str(period.year)).replace("{period}",
+                                                                          period.name)
+
+    def compare_config(self, period: Period):  # -> CompareConfig
+        """Compare against the reference, or describe the predicted inventory alone."""
+        from pipelines.compare import CompareConfig
+
+        predicted = self.period_path(period, "sweep", "inventory.gpkg")
+        ref = self.reference_for(period)
+        return CompareConfig(reference=ref or predicted, predicted=predicted if ref else None,
+                             out=self.period_path(period, "compare"), aoi=self.region,
+                             **self.compare)
+
+    def fingerprint(self, period: Period, model_id: str, region_digest: str = "") -> str:
+        """Hash of everything a period's outputs depend on (not the output folder)."""
+        return _digest({"format": FORMAT, "model_id": model_id, "source": self.source,
+                        "region": self.region, "region_digest": region_digest,
+                        "period": period.to_dict(), "reference": self.reference,
+                        "predict": self.predict, "compare": self.compare})
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _period_of(config: ScanConfig, rec: dict) -> Period:
+    return Period(**rec["period"])
+
+
+__all__ = [
+    "COMPARE_FIXED",
+    "CONFIG_COPY",
+    "FORMAT",
+    "KEYS",
+    "PERIOD_KEYS",
+    "PREDICT_FIXED",
+    "RECORD",
+    "REQUIRED",
+    "SCAN_RECORD",
+    "SOURCE_KEYS",
+    "SOURCE_PATHS",
+    "SUBMITTED",
+    "Period",
+    "ScanConfig",
+    "parse_periods",
+]

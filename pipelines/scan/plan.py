@@ -1,0 +1,209 @@
+"""What a scan run will do: its inputs, the state of each period, and the plan.
+
+Reads what the scan needs once (the model's id, the region), selects the periods named on
+the command line, reads each period's done-record, finished sweep and pending submission,
+and decides for every period whether this run skips, runs, compares or waits for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import fsio
+from pipelines.errors import ConfigError, LandslideError
+from pipelines.scan.config import RECORD, SUBMITTED, Period, ScanConfig
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class ScanInputs:
+    """What the scan reads once before running: the model id and the region."""
+
+    model_id: str
+    region_digest: str
+    region_wkb: bytes = field(repr=False)
+
+    @property
+    def geometry(self):
+        import shapely
+
+        return shapely.from_wkb(self.region_wkb)
+
+
+def check_inputs(config: ScanConfig) -> ScanInputs:
+    """Check that the model, the region and the source's files exist.
+
+    Raises:
+        ConfigError: naming the key (``model``, ``region``, ``source.world``) whose value
+            cannot be used, and why.
+    """
+    from model.artifact import META
+    from pipelines.geo.grid import load_region
+
+    meta_path = fsio.join(config.model, META)
+    if not fsio.exists(meta_path):
+        raise ConfigError(f"model: no model artifact at {config.model!r} ({META} is missing). "
+                          f"Train one with `landslides train` or fix the path.")
+    try:
+        model_id = str(fsio.read_json(meta_path)["model_id"])
+    except (ValueError, KeyError, OSError) as exc:
+        raise ConfigError(f"model: {meta_path!r} is not a readable artifact record ({exc}).") \
+            from None
+    try:
+        region = load_region(config.region)
+    except LandslideError as exc:
+        raise ConfigError(f"region: {exc}") from None
+    if config.source["kind"] == "synthetic":
+        world = fsio.join(config.source["world"], "world.json")
+        if not fsio.exists(world):
+            raise ConfigError(f"source.world: {config.source['world']!r} is not a synthetic "
+                              f"world (no world.json); generate one with `landslides synth`.")
+    return ScanInputs(model_id, hashlib.sha256(region.wkb).hexdigest(), region.wkb)
+
+
+def select_periods(config: ScanConfig, names: str | Sequence[str] | None) -> list[Period]:
+    """The periods named in ``names`` (comma-separated or a list), else all of them."""
+    if names is None or names == "" or names == []:
+        return list(config.periods)
+    wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)
+              if n.strip()]
+    by_name = {p.name: p for p in config.periods}
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--periods names {unknown[0]!r}, which is not a period of scan "
+                          f"{config.name!r}; periods: {', '.join(by_name)}.")
+    return [p for p in config.periods if p.name in set(wanted)]
+
+
+# ----------------------------------------------------------------------------- state
+def load_record(config: ScanConfig, period: Period, fingerprint: str) -> dict | None:
+    """The period's done-record when it matches ``fingerprint`` and its files exist."""
+    path = config.period_path(period, RECORD)
+    rec = fsio.read_record(path)
+    if rec is None or rec.get("fingerprint") != fingerprint:
+        return None
+    if not fsio.exists(config.period_path(period, "sweep", "run.json")):
+        log.warning("Period %s: %s exists but the sweep's run.json is gone; redoing it",
+                    period.name, path)
+        return None
+    return rec
+
+
+def _norm(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def finished_sweep(config: ScanConfig, period: Period, model_id: str) -> dict | None:
+    """The sweep's ``run.json`` if this model and predict configuration made it.
+
+    ``None`` when there is none, it is another configuration's, or it is older than a
+    pending submission.
+    """
+    path = config.period_path(period, "sweep", "run.json")
+    if not fsio.exists(path):
+        return None
+    try:
+        run = fsio.read_json(path)
+    except (ValueError, OSError):
+        return None
+    if (run.get("model") or {}).get("model_id") != model_id:
+        return None
+    if _norm(run.get("config")) != _norm(config.predict_config(period).to_dict()):
+        return None
+    sub = _submitted(config, period)
+    if sub and str((run.get("timings") or {}).get("started", "")) < str(sub.get("started")):
+        return None  # an older run; the submitted sweep has not finished yet
+    return run
+
+
+def _submitted(config: ScanConfig, period: Period) -> dict | None:
+    path = config.period_path(period, SUBMITTED)
+    if not fsio.exists(path):
+        return None
+    try:
+        return fsio.read_json(path)
+    except (ValueError, OSError):
+        return None
+
+
+def _in_flight(config: ScanConfig, period: Period, fingerprint: str) -> dict | None:
+    sub = _submitted(config, period)
+    if not sub or sub.get("fingerprint") != fingerprint:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(str(sub["submitted"]))
+    except (KeyError, ValueError):
+        return None
+    age_h = (dt.datetime.now(dt.UTC) - when).total_seconds() / 3600.0
+    return sub if age_h < config.resubmit_after_hours else None
+
+
+# ----------------------------------------------------------------------------- plan
+@dataclass
+class PlanEntry:
+    """What a run will do with one period."""
+
+    period: Period
+    fingerprint: str
+    action: str  # skip | run | compare | wait | not_selected
+    note: str = ""
+
+
+def plan_scan(config: ScanConfig, inputs: ScanInputs, selected: Sequence[Period],
+              submit_only: bool = False) -> list[PlanEntry]:
+    """Decide, for every period of the scan, whether this run skips or runs it."""
+    chosen = {p.name for p in selected}
+    plan = []
+    for p in config.periods:
+        fp = config.fingerprint(p, inputs.model_id, inputs.region_digest)
+        if p.name not in chosen:
+            plan.append(PlanEntry(p, fp, "not_selected"))
+            continue
+        if load_record(config, p, fp) is not None:
+            plan.append(PlanEntry(p, fp, "skip", "done"))
+            continue
+        run = finished_sweep(config, p, inputs.model_id)
+        if run is not None and run.get("status") == "ok":
+            plan.append(PlanEntry(p, fp, "compare", "sweep finished"))
+            continue
+        sub = _in_flight(config, p, fp) if submit_only else None
+        if sub is not None:
+            plan.append(PlanEntry(p, fp, "wait", f"sweep submitted at {sub.get('submitted')}"))
+            continue
+        plan.append(PlanEntry(p, fp, "run", "submit the sweep" if submit_only
+                              else "predict + compare"))
+    return plan
+
+
+def plan_lines(config: ScanConfig, plan: Sequence[PlanEntry]) -> list[str]:
+    """A readable plan, one line per period."""
+    words = {"skip": "skip", "run": "run", "compare": "compare only", "wait": "wait",
+             "not_selected": "not selected"}
+    todo = sum(e.action in ("run", "compare") for e in plan)
+    lines = [f"Scan {config.name}: {len(plan)} period(s), {todo} to do, "
+             f"{sum(e.action == 'skip' for e in plan)} done; output {config.out}"]
+    for e in plan:
+        note = f" ({e.note})" if e.note else ""
+        lines.append(f"  {e.period.name:<16} {e.period.start} .. {e.period.end}  "
+                     f"{words[e.action]}{note}")
+    return lines
+
+
+__all__ = [
+    "PlanEntry",
+    "ScanInputs",
+    "check_inputs",
+    "finished_sweep",
+    "load_record",
+    "plan_lines",
+    "plan_scan",
+    "select_periods",
+]

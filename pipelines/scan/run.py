@@ -1,0 +1,312 @@
+"""Running a scan: predict and compare each period to do, record it, rebuild the summary.
+
+Sweeps run in this process (``run_predict``, waiting for each Dataflow job) or are
+submitted without waiting (``--submit-only``, forced inside a Flex Template launcher);
+finished sweeps are compared and their periods recorded as done. One failed period does
+not stop the others. :func:`scan_cli` is the ``landslides scan`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines import fsio
+from pipelines.errors import LandslideError
+from pipelines.scan.config import (
+    CONFIG_COPY,
+    FORMAT,
+    RECORD,
+    SCAN_RECORD,
+    SUBMITTED,
+    Period,
+    ScanConfig,
+    _now,
+)
+from pipelines.scan.plan import (
+    ScanInputs,
+    check_inputs,
+    finished_sweep,
+    plan_lines,
+    plan_scan,
+    select_periods,
+)
+from pipelines.scan.summary import update_summary
+
+log = logging.getLogger(__name__)
+
+
+def sweep_problem(run: dict) -> str | None:
+    """Why a finished sweep cannot count as done, or ``None`` when it can."""
+    status = run.get("status")
+    if status == "ok":
+        return None
+    if status == "partial":
+        f = run.get("failures") or {}
+        reasons = ", ".join(f"{k} x{v}" for k, v in (f.get("reasons") or {}).items())
+        where = (run.get("outputs") or {}).get("failed_chunks", "failed_chunks.jsonl")
+        return (f"{(run.get('counts') or {}).get('chunks_failed', '?')} chunk(s) failed "
+                f"({reasons}); see {where}. Re-run the scan to retry them.")
+    if status == "no_data":
+        return "no valid imagery in the period (every pixel is nodata)."
+    return f"the sweep ended with status {status!r}."
+
+
+class PeriodError(LandslideError):
+    """A period that could not be completed (its sweep or comparison failed)."""
+
+
+# ----------------------------------------------------------------------------- running
+def _options(beam_args: Sequence[str] | None):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(list(beam_args or []))
+
+
+def template_mode(beam_args: Sequence[str] | None) -> bool:
+    """True inside a Flex Template launcher.
+
+    There ``--template_location`` makes Dataflow write a job file instead of running the
+    pipeline, so a launch creates exactly one job and cannot wait for it.
+    """
+    from pipelines.beam_util import submitted_only
+
+    return submitted_only(_options(beam_args))
+
+
+def period_beam_args(config: ScanConfig, period: Period,
+                     beam_args: Sequence[str] | None) -> list[str]:
+    """Beam options for one period's sweep: a unique Dataflow job name unless one is set."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    args = list(beam_args or [])
+    opts = _options(args)
+    if "Dataflow" in str(opts.view_as(StandardOptions).runner or "") and \
+            not opts.view_as(GoogleCloudOptions).job_name:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        name = re.sub(r"[^a-z0-9-]+", "-", f"landslides-{config.name}-{period.name}".lower())
+        args.append(f"--job_name={name.strip('-')[:40]}-{stamp}")
+    return args
+
+
+def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
+                 beam_args: Sequence[str] | None) -> dict:
+    """Launch a period's sweep without waiting; records ``submitted.json``.
+
+    The sweep itself writes ``run.json`` when it ends; a later scan run compares it.
+    """
+    import apache_beam as beam
+
+    from pipelines.beam_util import pipeline_options
+    from pipelines.predict import CONFIG, build_pipeline, plan_predict
+
+    pcfg = config.predict_config(period)
+    sweep, elements = plan_predict(pcfg)
+    fsio.makedirs(pcfg.out)
+    fsio.write_json(fsio.join(pcfg.out, CONFIG), pcfg.to_dict())
+    opts = pipeline_options(period_beam_args(config, period, beam_args), "landslides-predict")
+    p = beam.Pipeline(options=opts)
+    build_pipeline(p, sweep, elements)
+    result = p.run()
+    job_id = None
+    get_id = getattr(result, "job_id", None)  # only Dataflow results have a job id
+    if callable(get_id):
+        with contextlib.suppress(Exception):
+            job_id = get_id()
+    rec = {"format": FORMAT, "period": period.to_dict(), "fingerprint": fingerprint,
+           "started": sweep.started, "submitted": _now(), "chunks": len(elements),
+           "job_id": job_id}
+    fsio.write_json(config.period_path(period, SUBMITTED), rec)
+    log.info("Period %s: sweep of %d chunk(s) submitted%s", period.name, len(elements),
+             f" as job {job_id}" if job_id else "")
+    return rec
+
+
+def complete_period(config: ScanConfig, period: Period, inputs: ScanInputs,
+                    fingerprint: str, run: dict) -> dict:
+    """Compare a finished sweep and write the period's done-record (last).
+
+    Raises:
+        PeriodError: the comparison could not compute anything.
+    """
+    from pipelines.compare import run_compare
+
+    ccfg = config.compare_config(period)
+    metrics = run_compare(ccfg)
+    if metrics.get("status") == "failed":
+        errs = "; ".join(p["message"] for p in metrics.get("problems", [])
+                         if p.get("level") == "error")
+        raise PeriodError(f"compare failed: {errs or 'nothing could be computed'} "
+                           f"(report in {ccfg.out}).")
+    entry = (metrics.get("years") or {}).get("all") or {}
+    stats = entry.get("stats") or {}
+    if config.reference:
+        pred, ref = stats.get("predicted"), stats.get("reference")
+    else:
+        pred, ref = stats.get("reference"), None  # stats-only: the prediction is described
+    pixel = dict(entry["pixel"]) if entry.get("pixel") else None
+    if pixel:
+        pixel.pop("grid", None)
+    rec = {
+        "format": FORMAT,
+        "scan": config.name,
+        "period": period.to_dict(),
+        "fingerprint": fingerprint,
+        "model_id": inputs.model_id,
+        "completed": _now(),
+        "sweep": {"status": run.get("status"), "counts": run.get("counts"),
+                  "km2": run.get("km2"), "epsg": (run.get("aoi") or {}).get("epsg"),
+                  "run": config.period_path(period, "sweep", "run.json"),
+                  "stac": (run.get("outputs") or {}).get("stac")},
+        "compare": {"status": metrics.get("status"), "mode": metrics.get("mode"),
+                    "density_area": metrics.get("density_area"),
+                    "metrics": fsio.join(ccfg.out, "metrics.json"),
+                    "report": fsio.join(ccfg.out, "report.html"),
+                    "problems": [p["message"] for p in metrics.get("problems", [])]},
+        "stats": {"predicted": pred, "reference": ref},
+        "pixel": pixel,
+        "object": entry.get("object"),
+    }
+    fsio.write_json(config.period_path(period, RECORD), rec)  # last: the period is done
+    return rec
+
+
+def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
+             beam_args: Sequence[str] | None = None, dry_run: bool = False,
+             submit_only: bool = False) -> dict:
+    """Run (or plan) the scan; returns the run record written to ``out/scan.json``.
+
+    Args:
+        config: The validated scan.
+        periods: Only these periods (names); the summary still covers all done ones.
+        beam_args: Beam pipeline options for every sweep.
+        dry_run: Only plan: log what would run and what is skipped, write nothing.
+        submit_only: Submit sweeps without waiting; compare the finished ones.
+
+    Raises:
+        ConfigError: the model, region or source cannot be used, or ``periods`` names an
+            unknown period; nothing has run.
+    """
+    inputs = check_inputs(config)
+    selected = select_periods(config, periods)
+    template = template_mode(beam_args)
+    if template and not submit_only:
+        log.info("Running inside a Flex Template launcher: one sweep is submitted per launch "
+                 "(--submit-only).")
+        submit_only = True
+    plan = plan_scan(config, inputs, selected, submit_only)
+    for line in plan_lines(config, plan):
+        log.info("%s", line)
+    record: dict[str, Any] = {"format": FORMAT, "scan": config.name, "started": _now(),
+                              "dry_run": dry_run, "submit_only": submit_only,
+                              "model_id": inputs.model_id,
+                              "plan": [{"period": e.period.name, "action": e.action,
+                                        "note": e.note} for e in plan]}
+    if dry_run:
+        return record
+    fsio.makedirs(config.out)
+    fsio.write_json(fsio.join(config.out, CONFIG_COPY), config.to_dict())
+    results: list[dict] = []
+    todo = [e for e in plan if e.action in ("run", "compare")]
+    t_start = time.monotonic()
+    submitted = 0
+    for i, e in enumerate(todo, 1):
+        p = e.period
+        head = f"[{i}/{len(todo)}] period {p.name}"
+        t0 = time.monotonic()
+        res: dict[str, Any] = {"period": p.name, "action": "done"}
+        try:
+            run = finished_sweep(config, p, inputs.model_id)
+            if run is None or run.get("status") != "ok":
+                if submit_only:
+                    if template and submitted >= 1:
+                        res.update(action="queued", note="one sweep per Flex Template launch")
+                        results.append(res)
+                        continue
+                    log.info("%s: submitting the sweep", head)
+                    sub = submit_sweep(config, p, e.fingerprint, beam_args)
+                    submitted += 1
+                    res.update(action="submitted", job_id=sub.get("job_id"))
+                    run = finished_sweep(config, p, inputs.model_id)  # DirectRunner: done now
+                    if run is None or run.get("status") != "ok":
+                        results.append(res)
+                        continue
+                else:
+                    from pipelines.predict import run_predict
+
+                    log.info("%s: predicting %s .. %s", head, p.start, p.end)
+                    run = run_predict(config.predict_config(p),
+                                      period_beam_args(config, p, beam_args))[0]
+            problem = sweep_problem(run)
+            if problem:
+                raise PeriodError(problem)
+            log.info("%s: comparing", head)
+            rec = complete_period(config, p, inputs, e.fingerprint, run)
+            pred = (rec["stats"].get("predicted") or {})
+            res.update(action="done", landslides=pred.get("count"))
+        except Exception as exc:  # one failed period must not stop the others
+            msg = f"{type(exc).__name__}: {exc}"
+            log.error("%s failed: %s", head, msg, exc_info=not isinstance(exc, LandslideError))
+            res.update(action="failed", error=msg)
+        res["seconds"] = round(time.monotonic() - t0, 1)
+        results.append(res)
+        elapsed = time.monotonic() - t_start
+        eta = elapsed / i * (len(todo) - i)
+        log.info("%s: %s in %.0f s (%d/%d, ETA %.0f s)", head, res["action"], res["seconds"],
+                 i, len(todo), eta)
+    summary = update_summary(config, inputs)
+    outcome = {r["period"]: r for r in results}
+    record["periods"] = [
+        outcome.get(e.period.name, {"period": e.period.name,
+                                    "action": {"skip": "skipped", "wait": "in_flight"}.get(
+                                        e.action, e.action)})
+        for e in plan]
+    record.update(finished=_now(), summary=summary["paths"], stac=summary["stac"],
+                  failed=[r["period"] for r in results if r["action"] == "failed"],
+                  done_periods=summary["done"])
+    fsio.write_json(fsio.join(config.out, SCAN_RECORD), record)
+    return record
+
+
+# ----------------------------------------------------------------------------- CLI
+def scan_cli(config: str, periods: str | None = None, dry_run: bool = False,
+             submit_only: bool = False, beam_args: list[str] | None = None) -> int:
+    """``landslides scan``: load the YAML, run the scan, say what happened.
+
+    Returns:
+        0 when every selected period is done (or skipped, submitted, in flight), 1 when
+        some failed (they are listed in ``out/scan.json``).
+    """
+    cfg = ScanConfig.from_yaml(config)
+    rec = run_scan(cfg, periods, beam_args, dry_run=dry_run, submit_only=submit_only)
+    if dry_run:
+        return 0
+    failed = rec.get("failed") or []
+    errors = {r["period"]: r.get("error") for r in rec.get("periods", []) if r.get("error")}
+    for name in failed:
+        log.error("Period %s failed: %s", name, errors.get(name))
+    log.info("Scan %s: %d period(s) done (%s); summary %s", cfg.name,
+             len(rec.get("done_periods", [])), ", ".join(rec.get("done_periods", [])) or "-",
+             rec.get("summary", {}).get("summary.html"))
+    if failed:
+        log.error("%d period(s) failed: %s. Re-run the scan to retry them; done periods are "
+                  "skipped.", len(failed), ", ".join(failed))
+        return 1
+    return 0
+
+
+__all__ = [
+    "PeriodError",
+    "complete_period",
+    "period_beam_args",
+    "run_scan",
+    "scan_cli",
+    "submit_sweep",
+    "sweep_problem",
+    "template_mode",
+]
