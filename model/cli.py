@@ -16,13 +16,13 @@ import tensorflow as tf
 from model.errors import ConfigError, ModelError
 from model.train import (
     TUNING,
-    _join,
     evaluate,
     load_config,
     parse_augment,
     train,
     tune,
 )
+from model.train.files import join
 
 
 def _cli(command: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -134,5 +134,5 @@ def tune_cli(data: str, out: str, config: str | None = None, val_data: str | Non
     for row in rows:
         print(f"{row['rank']:>4}  {row['trial']}" + "".join(f"  {row[k]}" for k in keys)
               + f"  {row['val_f1']:.4f}  {row['val_precision']:.4f}  {row['val_recall']:.4f}")
-    print(f"table {_join(out, TUNING)}; best artifact {_join(out, 'best')}")
+    print(f"table {join(out, TUNING)}; best artifact {join(out, 'best')}")
     return 0

@@ -1,0 +1,81 @@
+"""Callbacks that report on a run: one log line per epoch, and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.train.files import join
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """One log line per epoch with the metrics, patches/s and the ETA."""
+
+    def __init__(self, epochs: int, batch_size: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.steps += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        took = time.perf_counter() - self.start
+        self.times.append(took)
+        eta = (self.epochs - epoch - 1) * float(np.median(self.times))
+        shown = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
+                         if k in ("loss", "f1", "val_loss", "val_precision", "val_recall",
+                                  "val_f1", "val_f1_best", "learning_rate"))
+        logger.info("epoch %d/%d: %s (%.1f s, %.1f patches/s, ETA %.0f s)", epoch + 1,
+                    self.epochs, shown, took, self.steps * self.batch_size / max(took, 1e-9),
+                    eta)
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """TensorBoard scalars per epoch (``logs/train``, ``logs/validation``).
+
+    Written as plain ``simple_value`` summaries with TensorFlow's own event writer, which
+    TensorBoard reads, so training does not need the ``tensorboard`` package installed
+    (Keras' ``TensorBoard`` callback does).
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.writers: dict[str, Any] = {}
+
+    def _writer(self, name: str) -> Any:
+        if name not in self.writers:
+            self.writers[name] = tf.summary.create_file_writer(join(self.log_dir, name))
+        return self.writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from tensorflow.core.framework import summary_pb2
+
+        groups: dict[str, list] = {"train": [], "validation": []}
+        for key, value in (logs or {}).items():
+            group, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            groups[group].append(summary_pb2.Summary.Value(tag=f"epoch_{tag}",
+                                                           simple_value=float(value)))
+        for group, values in groups.items():
+            if values:
+                with self._writer(group).as_default():
+                    tf.summary.experimental.write_raw_pb(
+                        summary_pb2.Summary(value=values).SerializeToString(), step=epoch)
+                self._writer(group).flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self.writers.values():
+            writer.close()

@@ -1,0 +1,244 @@
+""":func:`train`: one training run, from export shards to the written model artifact.
+
+It checks the shards and the settings, resolves what the config leaves to the data (bands,
+classes, normalisation, learning rate) or to ``init_from``, builds the datasets and the
+U-Net under the distribution strategy, resumes from ``_backup/`` when a run was
+interrupted, fits with early stopping, reduce-on-plateau and checkpoints, calibrates the
+decision threshold and writes the artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterable
+
+import keras
+import tensorflow as tf
+
+from model import data as data_mod
+from model.artifact import save_artifact
+from model.distribute import choose_strategy, dtype_policy, is_chief, precision_policy
+from model.errors import ArtifactError, ConfigError
+from model.losses import get_loss
+from model.metrics import landslide_metrics
+from model.train.callbacks import EpochSummaries, ProgressLog
+from model.train.config import TrainConfig
+from model.train.files import join, remove_tree
+from model.train.inputs import cache_for, check_complete, resolve_classes, stack_of
+from model.train.resume import Checkpointer, epochs_in_history, read_state, trim_history
+from model.train.selection import MONITOR, BestThresholdF1, calibrate
+from model.train.transfer import architecture_of, copy_weights, init_bands, load_init, set_frozen
+from model.unet import build_unet, size_multiple
+
+logger = logging.getLogger(__name__)
+
+#: Folders and files of a run beside the artifact (see :mod:`model.train`).
+BACKUP = "_backup"
+HISTORY = "history.csv"
+LOGS = "logs"
+#: Learning rate when the config sets none: from scratch, and with ``init_from``.
+DEFAULT_LR = 1e-3
+FINE_TUNE_LR = 1e-4
+
+
+def train(
+    data: str,
+    out: str,
+    config: TrainConfig | None = None,
+    val_data: str | None = None,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+) -> dict:
+    """Train the U-Net on export shards and write the model artifact to ``out``.
+
+    Args:
+        data: Export folder (``manifest.json`` + split folders) or glob of shards.
+        out: Artifact folder, local or ``gs://``; also holds ``history.csv``, ``logs/`` and,
+            while running, ``_backup/`` (from which an interrupted run resumes).
+        config: Hyper-parameters (default :class:`TrainConfig`).
+        val_data: Validation shards (folder or glob); default: the ``val`` split of ``data``.
+        callbacks: Extra Keras callbacks, run after the built-in ones.
+
+    Returns:
+        The ``artifact.json`` content (``{}`` on the non-chief workers of a multi-worker
+        run: only the chief writes the backup, the history, the logs and the artifact).
+
+    Raises:
+        ConfigError: bad settings, bands the shards lack, missing splits.
+        ArtifactError: a corrupt or incompatible ``init_from`` artifact.
+    """
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    shards = data_mod.find_shards(data, label=config.label)
+    val_shards = data_mod.find_shards(val_data, label=config.label) if val_data else shards
+    for s in {id(shards): shards, id(val_shards): val_shards}.values():
+        check_complete(s, config.allow_partial, "train on")
+    if shards.patches("train") == 0:
+        raise ConfigError(f"the manifest of {shards.source!r} counts 0 training patches: "
+                          f"export with a train fraction (and check its dropped counts)")
+    init = load_init(config.init_from) if config.init_from else None
+    if init is not None:
+        bands = init_bands(init, config.bands)
+        shards.resolve_bands(bands)  # the shards must hold the artifact's bands
+    else:
+        bands = shards.resolve_bands(config.bands)
+    val_shards.resolve_bands(bands)
+    # the input stack the artifact will record; a selection of bands that is not a stack
+    # fails here, before any epoch runs or any file is written
+    stack = stack_of(shards.manifest or {}, bands)
+    train_files = shards.split_files("train", include_other=True)
+    val_files = val_shards.split_files("val", include_other=val_data is not None)
+    if val_shards.patches("val") == 0:
+        raise ConfigError(f"the manifest of {val_shards.source!r} counts 0 validation patches: "
+                          "export with a val fraction, or pass --val-data")
+
+    if init is not None:
+        arch = architecture_of(init.model)
+        norm = init.meta.get("normalization") or {}
+        mean, std, norm_origin = norm.get("mean"), norm.get("std"), f"artifact {init.path}"
+        if mean is None or std is None:
+            raise ArtifactError(f"--init-from {init.path!r}: artifact.json has no normalization")
+        n_classes, classes = arch["n_classes"], init.classes
+        if n_classes == 1:
+            classes = {"background": 0, "landslide": 1}
+        changed = {k: (getattr(config, k), v) for k, v in arch.items()
+                   if getattr(config, k) != v and k != "n_classes"}
+        if changed:
+            logger.info("architecture from %s: %s (config values replaced)", init.path,
+                        {k: v for k, (_, v) in changed.items()})
+        resolved = config.replace(bands=bands, lr=config.lr or FINE_TUNE_LR,
+                                  n_classes=n_classes, **{k: v for k, v in arch.items()
+                                                          if k != "n_classes"})
+    else:
+        n_classes, classes = resolve_classes(shards, config.n_classes)
+        mean, std, norm_origin = data_mod.normalisation_stats(shards, bands,
+                                                              config.stats_patches)
+        resolved = config.replace(bands=bands, lr=config.lr or DEFAULT_LR, n_classes=n_classes)
+    patch_size = shards.patch_size
+    multiple = size_multiple(resolved.depth)
+    if patch_size % multiple:
+        raise ConfigError(f"patches of {patch_size} px do not fit a U-Net of depth "
+                          f"{resolved.depth} (sides must be multiples of {multiple}): "
+                          "lower depth or re-export with another patch size")
+    assert resolved.lr is not None
+
+    strategy = choose_strategy(resolved.strategy, resolved.tpu)
+    policy = precision_policy(resolved.mixed_precision, strategy)
+    replicas = strategy.num_replicas_in_sync
+    if resolved.batch_size % replicas:
+        raise ConfigError(f"batch_size {resolved.batch_size} must be a multiple of the "
+                          f"{replicas} replicas")
+    static = isinstance(strategy, tf.distribute.TPUStrategy)
+    keras.utils.set_random_seed(resolved.seed)
+    train_ds = data_mod.shard_dataset(
+        shards, train_files, bands, resolved.batch_size, training=True,
+        augment_config=resolved.augment, seed=resolved.seed,
+        shuffle_buffer=resolved.shuffle_buffer,
+        cache=cache_for(resolved, shards, "train", len(bands)),
+        repeat=resolved.steps_per_epoch is not None, drop_remainder=static,
+    )
+    val_ds = data_mod.shard_dataset(
+        val_shards, val_files, bands, resolved.batch_size, training=False,
+        cache=cache_for(resolved, val_shards, "val", len(bands)), drop_remainder=static,
+    )
+
+    chief = is_chief(strategy)
+    if chief:
+        tf.io.gfile.makedirs(out)
+    backup = join(out, BACKUP)
+    history_path = join(out, HISTORY)
+    config_dict = resolved.to_dict()
+    state = read_state(backup, config_dict)  # every worker resumes from the chief's backup
+
+    with dtype_policy(policy), strategy.scope():
+        model = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
+                           resolved.batch_norm, n_classes, mean, std, patch_size,
+                           bn_momentum=resolved.bn_momentum)
+        if init is not None:
+            copy_weights(init.model, model, f"--init-from {init.path!r}")
+        if resolved.freeze_encoder:
+            logger.info("froze %d encoder layers", set_frozen(model))
+        model.compile(
+            optimizer=keras.optimizers.Adam(resolved.lr),
+            loss=get_loss(resolved.loss, **resolved.loss_params),
+            metrics=[*landslide_metrics(0.5), BestThresholdF1()],
+        )
+        initial_epoch = 0
+        if state is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(join(backup, "last.weights.h5"))
+            model.optimizer.learning_rate.assign(state["lr"])
+            initial_epoch = int(state["epoch"])
+            logger.info("resuming %s from epoch %d (best %s %.4f at epoch %d)", out,
+                        initial_epoch + 1, MONITOR, state["best"], state["best_epoch"] + 1)
+            if chief:
+                trim_history(history_path, initial_epoch)
+        elif chief and tf.io.gfile.exists(history_path):
+            tf.io.gfile.remove(history_path)
+
+        early = (keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max",
+                                               patience=resolved.patience)
+                 if resolved.patience > 0 else None)
+        plateau = (keras.callbacks.ReduceLROnPlateau(
+            monitor=MONITOR, mode="max", factor=resolved.reduce_lr_factor,
+            patience=resolved.reduce_lr_patience, min_lr=resolved.min_lr)
+            if resolved.reduce_lr else None)
+        checkpointer = Checkpointer(backup, config_dict, early, plateau, state, started,
+                                    write=chief)
+        cbs: list[keras.callbacks.Callback] = [cb for cb in (early, plateau) if cb is not None]
+        cbs.append(checkpointer)
+        if chief:
+            cbs += [keras.callbacks.CSVLogger(history_path, append=True),
+                    EpochSummaries(join(out, LOGS))]
+        cbs += [ProgressLog(resolved.epochs, resolved.batch_size), *callbacks]
+        if initial_epoch < resolved.epochs:
+            with warnings.catch_warnings():
+                # Keras warns when a finite dataset of unknown length ends an epoch: expected.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                with data_mod.named_data_errors([*train_files, *val_files],
+                                                shards.compression):
+                    model.fit(train_ds, validation_data=val_ds, epochs=resolved.epochs,
+                              shuffle=False, initial_epoch=initial_epoch,
+                              steps_per_epoch=resolved.steps_per_epoch,
+                              validation_steps=resolved.validation_steps, callbacks=cbs,
+                              verbose=0)
+        if not chief:
+            logger.info("worker done; the chief writes the artifact to %s", out)
+            return {}
+        best_path = join(backup, "best.weights.h5")
+        if tf.io.gfile.exists(best_path):
+            model.load_weights(best_path)
+
+    # The artifact is a plain float32 single-device model, whatever trained it.
+    final = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
+                       resolved.batch_norm, n_classes, mean, std, patch_size,
+                       bn_momentum=resolved.bn_momentum)
+    copy_weights(model, final, "the trained model")
+    calibrated = calibrate(final, val_ds)
+    epochs_run = epochs_in_history(history_path)
+    metrics = {
+        **calibrated,
+        "best_epoch": checkpointer.best_epoch + 1,
+        "best_epoch_val_f1_best": checkpointer.best,
+        "epochs_run": epochs_run,
+        "train_seconds": round(checkpointer.seconds + time.perf_counter() - started, 1),
+    }
+    manifest = shards.manifest or {"bands": list(shards.available),
+                                   "patch_size": patch_size, "source": shards.source}
+    training = {**config_dict, "data": data, "val_data": val_data,
+                "normalization_from": norm_origin, "strategy_used": type(strategy).__name__,
+                "replicas": replicas, "precision_policy": policy}
+    meta = save_artifact(
+        final, out, bands, patch_size, mean=mean, std=std, classes=classes,
+        threshold=calibrated["threshold"], training=training, metrics=metrics,
+        manifest=manifest, pixel_size=(shards.manifest or {}).get("pixel_size"),
+        size_multiple=multiple, saved_model=resolved.saved_model,
+        extra={"stack": stack},
+    )
+    remove_tree(backup)
+    val = calibrated["val"]
+    logger.info("trained %s: val F1 %.3f (precision %.3f, recall %.3f, IoU %.3f) at threshold "
+                "%.3f; artifact %s", meta["model_id"], val["f1"], val["precision"],
+                val["recall"], val["iou"], calibrated["threshold"], out)
+    return meta

@@ -1,0 +1,96 @@
+"""Transfer learning: a run that starts from a trained artifact (``init_from``).
+
+The artifact's architecture is read back from its layers, the requested bands must be the
+artifact's (by name), weights are copied layer by layer with an error naming any mismatch,
+and the encoder can be frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+
+from model.artifact import Artifact, load_artifact
+from model.errors import ArtifactError, ConfigError
+from model.unet import encoder_layers
+
+logger = logging.getLogger(__name__)
+
+
+def architecture_of(model: keras.Model) -> dict[str, Any]:
+    """The :func:`model.unet.build_unet` settings of a built U-Net, read from its layers.
+
+    Raises:
+        ArtifactError: when the model is not a U-Net built by :mod:`model.unet`.
+    """
+    names = {layer.name for layer in model.layers}
+    try:
+        depth = 0
+        while f"enc{depth}_conv1" in names:
+            depth += 1
+        first = model.get_layer("enc0_conv1")
+        batch_norm = "enc0_bn1" in names
+        return {
+            "base_filters": int(first.filters),
+            "depth": depth,
+            "batch_norm": batch_norm,
+            "bn_momentum": float(model.get_layer("enc0_bn1").momentum) if batch_norm else 0.9,
+            "dropout": float(model.get_layer("enc0_dropout").rate)
+            if "enc0_dropout" in names else 0.0,
+            "n_classes": int(model.outputs[0].shape[-1]),
+        }
+    except (ValueError, AttributeError) as exc:
+        raise ArtifactError(
+            f"the model {model.name!r} is not a U-Net built by model.unet ({exc}); "
+            "--init-from needs an artifact written by `landslides train`"
+        ) from exc
+
+
+def copy_weights(src: keras.Model, dst: keras.Model, what: str) -> None:
+    """Copy weights layer by layer (by name), with a clear error on any mismatch."""
+    for layer in src.layers:
+        if not layer.weights:
+            continue
+        try:
+            dst.get_layer(layer.name).set_weights(layer.get_weights())
+        except ValueError as exc:
+            raise ArtifactError(f"cannot copy the weights of layer {layer.name!r} from "
+                                f"{what}: {exc}") from exc
+
+
+def load_init(path: str) -> Artifact:
+    """Load the ``init_from`` artifact; its errors name ``--init-from``."""
+    try:
+        return load_artifact(path)
+    except ArtifactError as exc:
+        raise ArtifactError(f"--init-from {path!r}: {exc}") from exc
+
+
+def init_bands(init: Artifact, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The bands to train on: the artifact's, in its order (``requested`` may reorder them).
+
+    Raises:
+        ConfigError: ``requested`` lacks some of the artifact's bands or adds others.
+    """
+    if requested is None or tuple(requested) == init.bands:
+        return init.bands
+    missing = sorted(set(init.bands) - set(requested))
+    extra = sorted(set(requested) - set(init.bands))
+    if missing or extra:
+        raise ConfigError(
+            f"--init-from {init.path!r} was trained on bands {list(init.bands)}; the requested "
+            f"bands {list(requested)} lack {missing} and add {extra}: fine-tune on the same "
+            "bands (by name), or train from scratch"
+        )
+    logger.info("bands reordered to the artifact's order %s", list(init.bands))
+    return init.bands
+
+
+def set_frozen(model: keras.Model) -> int:
+    """Make the encoder's layers untrainable; returns how many."""
+    layers = encoder_layers(model)
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)

@@ -1,0 +1,119 @@
+"""``landslides tune``: a grid search, one trained artifact per trial, ranked by val F1.
+
+Trials whose artifact already exists with the same settings are kept, so an interrupted
+search resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from model.artifact import read_meta
+from model.errors import ArtifactError, ConfigError
+from model.train.config import TrainConfig
+from model.train.files import copy_tree, join, write_text
+from model.train.fit import train
+
+logger = logging.getLogger(__name__)
+
+#: The ranked table of trials in the output folder.
+TUNING = "tuning.csv"
+
+_SHORT = {"lr": "lr", "base_filters": "f", "batch_size": "b"}
+
+
+def _trial_id(values: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{_SHORT.get(key, key)}{text}")
+    return "-".join(parts).replace("/", "_")
+
+
+def tune(
+    data: str,
+    out: str,
+    config: TrainConfig | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    val_data: str | None = None,
+) -> list[dict]:
+    """Grid search: train one artifact per combination and rank them by validation F1.
+
+    Args:
+        data: Shards (see :func:`train`).
+        out: Output folder: ``trials/<id>/`` per trial, ``tuning.csv`` (best first) and
+            ``best/`` (a copy of the best trial's artifact).
+        config: Settings shared by all trials (keep ``epochs`` small).
+        grid: Setting name -> values (default: lr 1e-3, 1e-4 x base_filters 8, 16 x
+            batch_size 16, 32, as in the multi-temporal U-Net study).
+        val_data: Validation shards.
+
+    Returns:
+        The table rows, best first. Trials whose artifact exists already (same settings)
+        are not trained again, so an interrupted search resumes.
+    """
+    config = config or TrainConfig()
+    grid = dict(grid or {"lr": [1e-3, 1e-4], "base_filters": [8, 16], "batch_size": [16, 32]})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, values in grid.items():
+        if key not in known:
+            raise ConfigError(f"cannot tune {key!r}: not a training setting ({sorted(known)})")
+        if not values:
+            raise ConfigError(f"the grid of {key!r} is empty")
+    combos = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    trials = [(combo, config.replace(**combo)) for combo in combos]  # validates them all
+    logger.info("grid search of %d trials over %s", len(trials), grid)
+    rows = []
+    for i, (setting, trial_config) in enumerate(trials, 1):
+        tid = _trial_id(setting)
+        trial_out = join(out, "trials", tid)
+        meta = _finished_trial(trial_out, trial_config)
+        if meta is None:
+            logger.info("trial %d/%d %s", i, len(trials), tid)
+            meta = train(data, trial_out, trial_config, val_data=val_data)
+        else:
+            logger.info("trial %d/%d %s: done before, kept", i, len(trials), tid)
+        val = meta["metrics"]["val"]
+        rows.append({
+            "trial": tid, **setting,
+            "val_f1": round(val["f1"], 6), "val_precision": round(val["precision"], 6),
+            "val_recall": round(val["recall"], 6), "val_iou": round(val["iou"], 6),
+            "threshold": meta["threshold"], "best_epoch": meta["metrics"]["best_epoch"],
+            "epochs_run": meta["metrics"]["epochs_run"],
+            "seconds": meta["metrics"]["train_seconds"], "model_id": meta["model_id"],
+            "path": trial_out,
+        })
+    rows.sort(key=lambda r: -r["val_f1"])
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    columns = ["rank", "trial", *grid, "val_f1", "val_precision", "val_recall", "val_iou",
+               "threshold", "best_epoch", "epochs_run", "seconds", "model_id", "path"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tf.io.gfile.makedirs(out)
+    write_text(join(out, TUNING), buf.getvalue())
+    copy_tree(rows[0]["path"], join(out, "best"))
+    logger.info("best trial %s: val F1 %.4f; table %s", rows[0]["trial"], rows[0]["val_f1"],
+                join(out, TUNING))
+    return rows
+
+
+def _finished_trial(path: str, config: TrainConfig) -> dict | None:
+    try:
+        meta = read_meta(path)
+    except ArtifactError:
+        return None
+    saved = {k: v for k, v in meta.get("training", {}).items() if k in config.to_dict()}
+    wanted = config.to_dict()
+    same = all(saved.get(k) == v for k, v in wanted.items() if v is not None)
+    return meta if same and "val" in meta.get("metrics", {}) else None
