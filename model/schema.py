@@ -197,7 +197,9 @@ def encode_patch(
     # "" = no acquisition window known (e.g. undated GeoTIFF mosaics)
     feature["date"].bytes_list.value.append(_text("date", date, allow_empty=True))
     feature["format"].bytes_list.value.append(FORMAT.encode())
-    return example.SerializeToString()
+    # deterministic: map entries in key order, so equal patches give equal bytes (shards
+    # are sorted and hashed by their records' bytes)
+    return example.SerializeToString(deterministic=True)
 
 
 def encode_ee_patch(

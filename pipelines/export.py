@@ -78,7 +78,8 @@ class ExportConfig:
             another split, so no patch of one split touches another's (0: none).
         class_attribute: Inventory attribute with class values (scarp/deposit...).
         classes: Mapping of class strings to ids when ``class_attribute`` holds strings.
-        num_shards: TFRecord shards per split (0 lets Beam decide).
+        num_shards: TFRecord shards per split (0: as many as keep each under
+            ``pipelines.shards.SHARD_BYTES`` of records).
         epsg: Force one projected CRS instead of per-UTM-zone chunks.
         compression: ``gzip`` (default: half-size shards here) or ``none``. Gzip runs with
             ISA-L on its own thread beside the reads (see :mod:`pipelines.shards`); measured
@@ -410,7 +411,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     import apache_beam as beam
 
     from pipelines.beam_util import in_process, pipeline_options, submitted_only
-    from pipelines.shards import make_write_shards, summarise
+    from pipelines.shards import WriteShards, summarise
 
     plan = plan_export(config)
     fsio.check_writable(config.out)
@@ -425,7 +426,8 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
                 for i in range(len(plan.sources)) for c in plan.chunks]
     opts = pipeline_options(beam_args, "landslides-export")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write = make_write_shards()(config.out, config.compression, config.num_shards, SPLITS)
+    write = WriteShards(config.out, config.compression, shard_totals(config, by_split,
+                                                                     len(plan.sources)))
     with beam.Pipeline(options=opts) as p:
         res = (p
                # spread over workers, unless one worker in this process takes them all
@@ -440,7 +442,7 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
                      "region": plan.region.name, "chunks": len(plan.chunks),
                      "chunks_per_split": by_split, "landslides_in_aoi": plan.landslides_in_aoi,
                      "source": plan.source.describe(), "started": started},
-                 files=beam.pvalue.AsList(files), temp=write.temp))
+                 files=beam.pvalue.AsList(files), temp=write.temp, totals=write.totals))
     if submitted_only(opts):
         log.info("Dataflow job written to %s; it writes %s in %s when it ends.",
                  opts.get_all_options()["template_location"], MANIFEST, config.out)
@@ -453,12 +455,30 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     return manifest
 
 
+def shard_totals(config: ExportConfig, chunks_per_split: dict[str, int], sources: int
+                 ) -> dict[str, int]:
+    """Shards per split: ``num_shards``, or enough that none exceeds ``SHARD_BYTES``.
+
+    The automatic count bounds a split's patches by its chunks times the patches a chunk
+    can hold at the stride, for every source (date) exported.
+    """
+    from pipelines.shards import shard_count
+
+    if config.num_shards:
+        return {s: config.num_shards for s in SPLITS}
+    size = config.patch.size
+    per_side = -(-config.chunk_size // (config.patch.stride or size))
+    record = size * size * (4 * len(config.channels) + 1)
+    return {s: shard_count(chunks_per_split.get(s, 0) * per_side ** 2 * sources, record)
+            for s in SPLITS}
+
+
 def _write_manifest(summary: dict, config: ExportConfig, plan_info: dict, files: list[str],
-                    temp: str) -> None:
+                    temp: str, totals: dict[str, int]) -> None:
     from pipelines.geo.patches import IGNORE
     from pipelines.shards import finish_shards
 
-    files = finish_shards(config.out, files, temp)
+    files = finish_shards(config.out, files, temp, totals, config.compression)
     counts, stats, failed = summary["counts"], summary["stats"], summary["failed"]
     manifest = {
         "format": "lsm/v1",

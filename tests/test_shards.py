@@ -1,23 +1,20 @@
-"""The shard writer: TFRecord framing + gzip on a background thread, readable by tf.data."""
+"""The shard writer: TFRecord framing + gzip readable by tf.data; deterministic shards."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines.errors import OutputError
-from pipelines.shards import COMPRESSIONS, finish_shards, shard_name, tfrecord_sink
+from pipelines.shards import COMPRESSIONS, WriteShards, finish_shards, shard_name, write_records
 
 
 def _write(path, records, compression):
-    sink = tfrecord_sink(compression)
     with open(path, "wb") as fh:
-        sink.open(fh)
-        for r in records:
-            sink.write(("train", r))
-        sink.flush()
+        write_records(fh, records, compression)
 
 
 @pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
@@ -48,14 +45,11 @@ class _FailingFile(io.RawIOBase):
         return len(b)
 
 
-def test_a_failing_write_on_the_compressor_thread_reaches_the_caller():
+def test_a_failing_write_is_an_output_error():
     rng = np.random.default_rng(0)
-    sink = tfrecord_sink("gzip")
-    sink.open(_FailingFile(limit=100))
+    # random bytes do not compress: the "disk" fills up
     with pytest.raises(OutputError, match="No space left"):
-        for _ in range(200):  # random bytes do not compress: the "disk" fills up
-            sink.write(("train", rng.bytes(16384)))
-        sink.flush()
+        write_records(_FailingFile(limit=100), [rng.bytes(16384) for _ in range(200)], "gzip")
 
 
 def test_finish_shards_refuses_a_reported_but_missing_shard(tmp_path):
@@ -71,9 +65,11 @@ def test_finish_shards_refuses_a_reported_but_missing_shard(tmp_path):
     assert not temp.exists()
 
 
-def test_unknown_compression_is_refused():
+def test_unknown_compression_is_refused(tmp_path):
     with pytest.raises(ValueError, match="compression"):
-        tfrecord_sink("zstd")
+        write_records(io.BytesIO(), [], "zstd")
+    with pytest.raises(ValueError, match="compression"):
+        WriteShards(str(tmp_path), "zstd", {"train": 1})
 
 
 def test_without_isal_the_standard_gzip_writes_the_same_records(tmp_path, monkeypatch):
@@ -86,3 +82,39 @@ def test_without_isal_the_standard_gzip_writes_the_same_records(tmp_path, monkey
     path = tmp_path / "x.tfrecord.gz"
     _write(path, records, "gzip")
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), "GZIP")] == records
+
+
+def _run_write(out, elements, totals, compression="gzip"):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, is_not_empty
+
+    write = WriteShards(str(out), compression, totals)
+    with beam.Pipeline() as p:
+        files = p | beam.Create(elements) | write
+        assert_that(files, is_not_empty())
+    reported = [str(f) for f in sorted((out / "train").glob("*"))] + \
+        [str(f) for f in sorted((out / "val").glob("*"))]
+    return finish_shards(str(out), reported, write.temp, totals, compression)
+
+
+def test_the_same_records_in_any_order_give_the_same_files(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    records = [("train", rng.bytes(int(rng.integers(10, 3000)))) for _ in range(60)]
+    records += [("val", rng.bytes(50)) for _ in range(5)]
+    totals = {"train": 3, "val": 4, "test": 2}
+    files_a = _run_write(tmp_path / "a", records, totals)
+    files_b = _run_write(tmp_path / "b", list(reversed(records)), totals)
+    names = [f.split("/a/")[1] for f in files_a]
+    # every shard of a split with records exists (some empty), a split without has none
+    assert names == [shard_name("train", i, 3, "gzip") for i in range(3)] + \
+        [shard_name("val", i, 4, "gzip") for i in range(4)]
+    assert [f.split("/b/")[1] for f in files_b] == names
+    for fa, fb in zip(files_a, files_b):
+        assert Path(fa).read_bytes() == Path(fb).read_bytes()
+    read = [r.numpy() for f in files_a for r in tf.data.TFRecordDataset(f, "GZIP")]
+    assert sorted(read) == sorted(r for _, r in records)
+    train = [[r.numpy() for r in tf.data.TFRecordDataset(f, "GZIP")] for f in files_a[:3]]
+    assert all(shard == sorted(shard) for shard in train)  # sorted within each shard
+    assert not list(tmp_path.glob("a/.shards-tmp-*"))

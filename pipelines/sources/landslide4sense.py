@@ -110,7 +110,7 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
 
     from pipelines.beam_util import pipeline_options
     from pipelines.export import MANIFEST
-    from pipelines.shards import finish_shards, make_write_shards, summarise, summary_item
+    from pipelines.shards import WriteShards, finish_shards, shard_count, summarise, summary_item
 
     unknown = [b for b in bands if b not in L4S_BANDS]
     if unknown:
@@ -138,14 +138,16 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
         yield (split, rec)
 
     opts = pipeline_options(beam_args, "landslides-import-l4s")
-    write = make_write_shards()(out, "gzip", num_shards, SPLITS)
+    totals = {s: num_shards or shard_count(len(pairs), 128 * 128 * (4 * len(bands) + 1))
+              for s in SPLITS}
+    write = WriteShards(out, "gzip", totals)
     with beam.Pipeline(options=opts) as p:
         res = (p | beam.Create(pairs) | beam.Reshuffle()
                | beam.ParDo(encode).with_outputs("summary", main="patches"))
         files = res.patches | "Write" >> write
 
         def manifest(summary, files, temp):
-            files = finish_shards(out, files, temp)
+            files = finish_shards(out, files, temp, totals, "gzip")
             counts = summary["counts"]
             fsio.write_json(fsio.join(out, MANIFEST), {
                 "format": "lsm/v1", "compression": "gzip", "bands": list(bands),
