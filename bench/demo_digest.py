@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", help="An earlier digest: exit 1 on any difference.")
     args = p.parse_args(argv)
     if not args.no_run:
+        if os.path.exists(args.out):
+            print(f"{args.out} exists: give a new folder (a demo there reuses its stages and "
+                  f"its files would mix with this run's).")
+            return 2
         cmd = [sys.executable, "-m", "pipelines.cli", "demo", "--seed", str(args.seed),
                "--out", args.out] + ([] if args.full else ["--quick"])
         subprocess.run(cmd, check=True, cwd=ROOT)

@@ -51,7 +51,7 @@ _FLAG_FIELDS = ("bands", "base_filters", "depth", "dropout", "batch_norm", "bn_m
                 "n_classes", "loss", "alpha", "beta", "gamma", "lr", "batch_size", "epochs",
                 "steps_per_epoch", "patience", "seed", "init_from", "freeze_encoder",
                 "mixed_precision", "strategy", "tpu", "cache", "label", "saved_model",
-                "allow_partial")
+                "allow_partial", "deterministic")
 
 
 def _overrides(flags: Mapping[str, Any]) -> dict[str, Any]:

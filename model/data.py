@@ -380,6 +380,7 @@ def make_dataset(
     label: str = "mask",
     shuffle_buffer: int = 512,
     cache: bool = False,
+    deterministic: bool = False,
     repeat: bool = False,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
@@ -404,6 +405,8 @@ def make_dataset(
         label: Label feature name.
         shuffle_buffer: Records in the shuffle buffer.
         cache: Keep the parsed records in memory after the first pass.
+        deterministic: Also when training, read, shuffle and augment in a fixed order
+            (same files and seed, same batches).
         repeat: Repeat forever (for ``steps_per_epoch``).
         drop_remainder: Drop a last partial batch (static batch size, e.g. for TPUs).
 
@@ -417,7 +420,7 @@ def make_dataset(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     parse = make_parser(bands, stored_bands, patch_size, fmt=fmt, label=label)
-    ordered = not training
+    ordered = deterministic or not training
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -438,7 +441,7 @@ def make_dataset(
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             ds = tf.data.Dataset.zip((ds, seeds)).map(
                 lambda pair, s: augment(pair[0], pair[1], augment_config, s),
-                num_parallel_calls=AUTOTUNE, deterministic=False,
+                num_parallel_calls=AUTOTUNE, deterministic=ordered,
             )
     elif repeat:
         ds = ds.repeat()

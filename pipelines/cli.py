@@ -161,7 +161,7 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-shards", type=int, default=0, help="Shards per split (0: auto).")
     p.add_argument("--epsg", type=int, help="Use one projected CRS instead of UTM zones.")
     p.add_argument("--compression", choices=["gzip", "none"], default="gzip",
-                   help="Shard compression (gzip: ISA-L on its own thread, ~half the bytes; none).")
+                   help="Shard compression (gzip: ISA-L level 2, ~half the bytes; none).")
     _source_args(p)
     p.set_defaults(handler=_call("pipelines.export:export_cli"), accepts_extra=True)
 
@@ -254,6 +254,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="Also export a SavedModel into the artifact (default on).")
     g.add_argument("--allow-partial", action=argparse.BooleanOptionalAction, default=None,
                    help="Train on an export some of whose chunks failed (refused by default).")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="Same shards, config and seed give the same model (default on; "
+                        "--no-deterministic lets tf.data reorder for speed).")
 
 
 def _train(p: argparse.ArgumentParser) -> None:

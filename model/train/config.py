@@ -28,7 +28,8 @@ _INT_FIELDS = ("base_filters", "depth", "batch_size", "epochs", "steps_per_epoch
                "stats_patches", "n_classes")
 _FLOAT_FIELDS = ("dropout", "bn_momentum", "alpha", "beta", "gamma", "lr", "reduce_lr_factor",
                  "min_lr")
-_BOOL_FIELDS = ("batch_norm", "reduce_lr", "freeze_encoder", "saved_model", "allow_partial")
+_BOOL_FIELDS = ("batch_norm", "reduce_lr", "freeze_encoder", "saved_model", "allow_partial",
+                "deterministic")
 _STR_FIELDS = ("loss", "mixed_precision", "strategy", "tpu", "cache", "label", "init_from")
 _OPTIONAL = ("bands", "steps_per_epoch", "validation_steps", "n_classes", "lr", "tpu", "label",
              "init_from")
@@ -75,6 +76,9 @@ class TrainConfig:
         saved_model: Also export a SavedModel for serving into the artifact.
         allow_partial: Train on an export some of whose chunks failed (refused by default:
             the model would learn from part of the area without a word).
+        deterministic: The same shards, config and seed give the same weights: records
+            are read, shuffled and augmented in a fixed order and TensorFlow's ops run
+            deterministically. ``False`` lets tf.data reorder for speed.
     """
 
     bands: tuple[str, ...] | None = None
@@ -111,6 +115,7 @@ class TrainConfig:
     stats_patches: int = 256
     saved_model: bool = True
     allow_partial: bool = False
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS):

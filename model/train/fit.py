@@ -131,9 +131,12 @@ def train(
                           f"{replicas} replicas")
     static = isinstance(strategy, tf.distribute.TPUStrategy)
     keras.utils.set_random_seed(resolved.seed)
+    if resolved.deterministic:
+        tf.config.experimental.enable_op_determinism()
     train_ds = data_mod.shard_dataset(
         shards, train_files, bands, resolved.batch_size, training=True,
-        augment_config=resolved.augment, seed=resolved.seed,
+        deterministic=resolved.deterministic, augment_config=resolved.augment,
+        seed=resolved.seed,
         shuffle_buffer=resolved.shuffle_buffer,
         cache=cache_for(resolved, shards, "train", len(bands)),
         repeat=resolved.steps_per_epoch is not None, drop_remainder=static,
