@@ -7,8 +7,9 @@ inventories, transfer learning) with nothing to download:
    images need; earthquake in 2015);
 2. hold out blocks spread over the investigation area (never trained on, in any year);
 3. export training patches of the training years from the training area, with temporal
-   context (each year's image, the greenest clear view of the same place in the four
-   years before, a vegetation baseline, and their differences), and train a U-Net;
+   context (each year's image; the greenest clear view of the same place in the four
+   years before it and in the four years before the study period, a pre-event
+   baseline; their differences), and train a U-Net;
 4. fine-tune that artifact on the investigation area's other blocks (transfer learning)
    and evaluate both models on patches of the held-out blocks;
 5. sweep the investigation area for every year;
@@ -60,7 +61,10 @@ class DemoConfig:
     seed: int = 42
     train_years: tuple[int, ...] = (2014, 2016, 2018)
     years: tuple[int, ...] = tuple(range(2013, 2020))
-    references: tuple[str, ...] = ("base=-4y..-1y:greenest",)
+    # the greenest of the four years before each image, and of the four years before the
+    # first swept year (a pre-event baseline: scars of 2015 still differ from it in 2019)
+    references: tuple[str, ...] = ("base=-4y..-1y:greenest",
+                                   "pre=2009-01-01/2012-12-31:greenest")
     change: tuple[str, ...] = ("NDVI", "B4", "B8", "B11", "B12")
     history_years: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
