@@ -187,7 +187,7 @@ def main() -> None:
 
     from model.artifact import save_artifact
     from model.unet import build_unet, size_multiple
-    from pipelines.sources.synthetic import WorldConfig, generate_world
+    from pipelines.synth import WorldConfig, generate_world
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as d:
         # 2 * side chunks wherever they fall on the world

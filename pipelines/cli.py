@@ -64,7 +64,7 @@ def _synth(p: argparse.ArgumentParser) -> None:
                    help="Year of the earthquake that triggers many landslides (default 2015).")
     p.add_argument("--clouds", action=argparse.BooleanOptionalAction, default=True,
                    help="Add clouds and cloud shadows (default on).")
-    p.set_defaults(handler=_call("pipelines.sources.synthetic:generate_world_cli"))
+    p.set_defaults(handler=_call("pipelines.synth:generate_world_cli"))
 
 
 def _terrain(p: argparse.ArgumentParser) -> None:

@@ -170,7 +170,7 @@ class StageRunner:
 
 # ----------------------------------------------------------------------------- stages
 def stage_world(cfg: DemoConfig) -> dict:
-    from pipelines.sources.synthetic import WorldConfig, generate_world
+    from pipelines.synth import WorldConfig, generate_world
 
     world = generate_world(cfg.path("world"), WorldConfig(seed=cfg.seed, size_km=cfg.size_km,
                                                           years=cfg.world_years))

@@ -543,7 +543,7 @@ def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
     """``landslides export``: parse CLI values into an :class:`ExportConfig` and run it."""
     from pipelines.geo.stack import parse_references
     from pipelines.sources.factory import spec_from_args
-    from pipelines.sources.synthetic import parse_years
+    from pipelines.synth import parse_years
 
     fractions = tuple(float(v) for v in split.split(","))
     if len(fractions) != 3:

@@ -157,7 +157,7 @@ def tiny_world(tmp_path_factory) -> dict:
     ``aoi`` its AOI file and ``spec`` a synthetic source spec reading it. Read-only.
     """
     from pipelines.geo.grid import PixelGrid
-    from pipelines.sources.synthetic import WorldConfig, generate_world
+    from pipelines.synth import WorldConfig, generate_world
 
     d = tmp_path_factory.mktemp("tiny_world") / "world"
     meta = generate_world(str(d), WorldConfig(seed=3, size_km=1.28, years=(2014, 2015, 2016),

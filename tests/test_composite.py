@@ -15,14 +15,12 @@ import pytest
 import rasterio
 
 from pipelines.errors import ConfigError, InputError
+from pipelines.geo.bands import SENTINEL2_BANDS
 from pipelines.geo.stack import Reference, StackSpec, parse_references
 from pipelines.sources.factory import make_source
 from pipelines.sources.stacked import StackedSource, _reference_spec, make_stacked_source
-from pipelines.sources.synthetic import (
-    SENTINEL2_BANDS,
-    SyntheticSource,
-    clouds_name,
-)
+from pipelines.sources.synthetic import SyntheticSource
+from pipelines.synth import clouds_name
 
 YEARS = (2014, 2015, 2016)
 OPTICAL = tuple(SENTINEL2_BANDS)

@@ -40,7 +40,7 @@ def world(tmp_path_factory) -> Path:
 
     from model.artifact import save_artifact
     from model.unet import build_unet
-    from pipelines.sources.synthetic import WorldConfig, generate_world
+    from pipelines.synth import WorldConfig, generate_world
 
     d = tmp_path_factory.mktemp("scan")
     generate_world(str(d / "world"), WorldConfig(seed=3, size_km=2.5, years=(2015, 2016, 2017),

@@ -22,14 +22,14 @@ from pipelines.errors import ConfigError, DataNotFoundError, InputError
 from pipelines.geo import terrain
 from pipelines.geo.bands import SENTINEL2_BANDS, TERRAIN_BANDS
 from pipelines.geo.grid import ChunkKey, GridSpec, PixelGrid
-from pipelines.sources.synthetic import (
+from pipelines.sources.synthetic import SyntheticSource
+from pipelines.synth import (
     FIELDS,
     FOREST,
     GRAVEL,
     LANDCOVER,
     ROAD,
     ROCK,
-    SyntheticSource,
     WorldConfig,
     generate_world,
     parse_years,
