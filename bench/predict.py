@@ -129,13 +129,15 @@ def model_only(cfg, scratch: str) -> tuple[int, float]:
 
     from model.artifact import load_artifact
     from pipelines.predict import ChunkTiles, plan_predict
+    from pipelines.predict.chunk import prepare_chunk
 
-    sweep, elements = plan_predict(dataclasses.replace(cfg, out=scratch))
+    plan, elements = plan_predict(dataclasses.replace(cfg, out=scratch))
     art = load_artifact(cfg.model)
-    sweep.open()
+    for source in plan.sources:
+        source.open()
     tiles, seconds, warm = 0, 0.0, False
     for e in elements:
-        t = sweep.prepare(*e)  # not timed: reading and cutting windows
+        t = prepare_chunk(plan, plan.sources, *e)  # not timed: reading and cutting windows
         if not isinstance(t, ChunkTiles):
             continue
         if not warm:  # trace once, as a worker does on its first chunk
@@ -145,7 +147,8 @@ def model_only(cfg, scratch: str) -> tuple[int, float]:
         art.predict(t.windows, batch_size=cfg.batch_size)
         seconds += time.perf_counter() - t0
         tiles += len(t.windows)
-    sweep.close()
+    for source in plan.sources:
+        source.close()
     return tiles, seconds
 
 
@@ -156,12 +159,15 @@ def _calibrate(world_dir: str, model: str, aoi: str, chunk: int, batch: int,
 
     from model.artifact import load_artifact
     from pipelines.predict import plan_predict
+    from pipelines.predict.chunk import prepare_chunk
 
-    sweep, elements = plan_predict(_config(world_dir, model, aoi,
-                                           os.path.join(scratch, "calib-out"), chunk, batch))
-    sweep.open()
-    tiles = sweep.prepare(*elements[0])
-    sweep.close()
+    plan, elements = plan_predict(_config(world_dir, model, aoi,
+                                          os.path.join(scratch, "calib-out"), chunk, batch))
+    for source in plan.sources:
+        source.open()
+    tiles = prepare_chunk(plan, plan.sources, *elements[0])
+    for source in plan.sources:
+        source.close()
     probs = load_artifact(model).predict(tiles.windows, batch_size=batch)
     return float(np.quantile(probs, 1.0 - positive))
 

@@ -450,7 +450,7 @@ def test_a_window_without_imagery_is_a_clear_error(scene, tmp_path):
 def test_keras_model_handler_in_run_inference(scene, tmp_path):
     from model.artifact import load_artifact
     from pipelines.predict import ChunkTiles, plan_predict
-    from pipelines.transforms.inference import inference_failures
+    from pipelines.predict.pipeline import inference_failures
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0.1, 0.5, (3, 32, 32, 2)).astype(np.float32)
@@ -483,14 +483,14 @@ def test_keras_model_handler_in_run_inference(scene, tmp_path):
             0, "c", "inference", "ArtifactError")
         assert "(n, h, w, 2)" in rec["error"]
 
-    sweep, _ = plan_predict(_config(scene, tmp_path))
+    plan, _ = plan_predict(_config(scene, tmp_path))
     bad = np.zeros((2, 32, 32, 3), np.float32)  # three bands for a two-band model
     with TestPipeline() as p:
         out, dlq = (p | beam.Create([((0, "a"), a), ((0, "b"), tiles), ((0, "c"), bad)])
                     | RunInference(KeyedModelHandler(handler)).with_exception_handling())
         good = out | beam.MapTuple(lambda key, res: (key[1], res))
         assert_that(good, check)
-        failed = dlq.failed_inferences | beam.FlatMap(inference_failures, sweep=sweep)
+        failed = dlq.failed_inferences | beam.FlatMap(inference_failures, plan=plan)
         assert_that(failed, check_failed, label="failed")
 
 

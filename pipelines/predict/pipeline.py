@@ -1,0 +1,270 @@
+"""The predict sweep as a Beam pipeline: composite transforms over the per-chunk steps.
+
+Owns the module-level DoFns and composite ``PTransform``s of the sweep and
+:func:`build_pipeline`, which wires them::
+
+    chunks of every AOI (planned on the launcher; reshuffled over workers)
+      | PrepareChunks: skip or read each chunk and cut its windows
+      |                (the next chunk on a reader thread, during this one's inference)
+      | PredictChunks: RunInference(KeyedModelHandler(KerasModelHandler))
+      |                (model loaded once per worker)
+      | FinishChunks:  blend, write the COGs and the done-record
+      |                (on a writer thread, during the next inference)
+      +-> Finalize, per AOI (CoGroupByKey): inventory, mosaics, STAC, dead letters, run.json
+
+The DoFns open what they need in ``setup`` (the plan's sources; RunInference loads the
+model) and only call the plain functions of :mod:`pipelines.predict.chunk` and
+:mod:`pipelines.predict.finalize`. Failed chunks go to a dead-letter output at every
+stage, recorded in ``failed_chunks.jsonl``, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+
+from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
+from pipelines.predict.finalize import finalize_job
+from pipelines.predict.plan import ChunkElement, SweepPlan
+from pipelines.transforms.background import InBackground
+from pipelines.transforms.inference import METRICS_NAMESPACE, KerasModelHandler
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- DoFns
+class ReadChunkFn(InBackground):
+    """Skip a chunk already done for the same inputs, or read it and cut its windows.
+
+    The next chunk is read on a reader thread while this one goes through inference and
+    blending downstream (one fused stage), the way ``tf.data`` prefetches. The plan's
+    sources are opened in ``setup`` and closed in ``teardown``.
+
+    Main output: ``((job, key), ChunkTiles)`` for RunInference. Tagged ``result``:
+    ``(job, record)`` of skipped and empty chunks. Tagged ``failed``: ``(job, failure)``.
+    """
+
+    thread_name = "chunk-read"
+
+    def __init__(self, plan: SweepPlan, total: int, read_ahead: int = 1) -> None:
+        super().__init__(max_pending=read_ahead)
+        self.plan = plan  # sources built once on the launcher, pickled without clients
+        self.total = total
+
+    def setup(self) -> None:
+        from pipelines.progress import Progress
+
+        super().setup()  # one reader thread: sources are read by it, one chunk at a time
+        self.sources = list(self.plan.sources)
+        for source in self.sources:
+            source.open()
+        self.progress = Progress(self.total, "predict", "chunks")
+        self.counters = {n: Metrics.counter(METRICS_NAMESPACE, n)
+                         for n in ("chunks_skipped", "chunks_empty", "chunks_read_failed",
+                                   "windows")}
+
+    def teardown(self) -> None:
+        super().teardown()
+        for source in self.sources:
+            source.close()
+
+    def process(self, element: ChunkElement,
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        yield from self._submit(element, timestamp, window, prepare_chunk, self.plan,
+                                self.sources, *element)
+
+    def _outputs(self, element: ChunkElement, future: Future):
+        job, key = element[0], element[1]
+        self.progress.update()
+        try:
+            outcome = future.result()
+        except Exception as exc:  # dead letter: recorded, counted, never silent
+            log.warning("chunk %s (%s) failed: %s", key, self.plan.jobs[job].label, exc)
+            self.counters["chunks_read_failed"].inc()
+            yield beam.pvalue.TaggedOutput("failed", (job, failure_record(
+                self.plan, job, key, "read", exc)))
+            return
+        if isinstance(outcome, dict):
+            self.counters["chunks_skipped" if outcome["action"] == "skipped"
+                          else "chunks_empty"].inc()
+            yield beam.pvalue.TaggedOutput("result", (job, outcome))
+            return
+        self.counters["windows"].inc(len(outcome.origins))
+        yield ((job, key), outcome)
+
+
+class BlendWriteFn(InBackground):
+    """Blend a chunk's window predictions, write its COGs, polygons and done-record.
+
+    On a writer thread, while the model predicts the next chunk. Main output:
+    ``(job, record)``; tagged ``failed``: ``(job, failure)``.
+    """
+
+    thread_name = "chunk-write"
+
+    def __init__(self, plan: SweepPlan, max_pending: int = 2) -> None:
+        super().__init__(max_pending=max_pending)
+        self.plan = plan
+
+    def setup(self) -> None:
+        super().setup()
+        self.done = Metrics.counter(METRICS_NAMESPACE, "chunks_done")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "chunks_write_failed")
+
+    def process(self, element: tuple[tuple[int, str], PredictionResult],
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        (job, key), result = element
+        tiles: Any = result.example
+        tiles.windows = None  # blending does not need the windows' pixels: free them now
+        yield from self._submit((job, key), timestamp, window, finish_chunk, self.plan,
+                                tiles, np.asarray(result.inference))
+
+    def _outputs(self, context: tuple[int, str], future: Future):
+        job, key = context
+        try:
+            record = future.result()
+        except Exception as exc:
+            log.warning("chunk %s (%s) failed: %s", key, self.plan.jobs[job].label, exc)
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("failed", (job, failure_record(
+                self.plan, job, key, "write", exc)))
+            return
+        self.done.inc()
+        yield job, record
+
+
+class FinalizeJobFn(beam.DoFn):
+    """Write one job's mosaics, inventory, STAC catalog and run record.
+
+    Input: ``(job, {"job": ..., "result": [records], "failed": [failures]})``. Output:
+    a JSON line naming the job and its ``run.json``.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+
+    def process(self, item: tuple[int, dict[str, list]]):
+        job, groups = item
+        run = finalize_job(self.plan, job, list(groups.get("result", [])),
+                           list(groups.get("failed", [])))
+        yield json.dumps({"job": job, "run_json": run["outputs"]["run"]})
+
+
+def inference_failures(item: tuple[Any, Any], plan: SweepPlan) -> Iterable[tuple[int, dict]]:
+    """Turn one RunInference dead-letter item ``(batch, error)`` into chunk failures."""
+    batch, err = item
+    if isinstance(err, tuple) and len(err) >= 2:  # (type, repr(exception), traceback)
+        reason = getattr(err[0], "__name__", str(err[0]))
+        text = f"{reason}: {err[1]}"
+    else:
+        reason, text = type(err).__name__, str(err)
+    for (job, key), _ in (batch if isinstance(batch, list | tuple) else [batch]):
+        yield job, failure_record(plan, job, key, "inference", text, reason=reason)
+
+
+# ----------------------------------------------------------------------------- transforms
+class PrepareChunks(beam.PTransform):
+    """Chunk elements -> ``{"tiles", "result", "failed"}`` (see :class:`ReadChunkFn`)."""
+
+    def __init__(self, plan: SweepPlan, total: int) -> None:
+        super().__init__()
+        self.plan = plan
+        self.total = total
+
+    def expand(self, elements: beam.PCollection) -> dict[str, beam.PCollection]:
+        read = elements | "Read" >> beam.ParDo(ReadChunkFn(self.plan, self.total)).with_outputs(
+            "result", "failed", main="tiles")
+        return {"tiles": read.tiles, "result": read.result, "failed": read.failed}
+
+
+class PredictChunks(beam.PTransform):
+    """``((job, key), ChunkTiles)`` -> ``{"predictions", "failed"}``.
+
+    ``predictions``: ``((job, key), PredictionResult)`` whose inference is the windows'
+    probabilities; ``failed``: ``(job, failure)`` of the chunks whose inference failed.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def expand(self, tiles: beam.PCollection) -> dict[str, beam.PCollection]:
+        cfg = self.plan.config
+        handler: KeyedModelHandler = KeyedModelHandler(KerasModelHandler(
+            cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
+            large_model=cfg.large_model))
+        preds, dlq = tiles | "Infer" >> RunInference(handler).with_exception_handling()
+        failed = dlq.failed_inferences | "InferFailed" >> beam.FlatMap(inference_failures,
+                                                                       plan=self.plan)
+        return {"predictions": preds, "failed": failed}
+
+
+class FinishChunks(beam.PTransform):
+    """``((job, key), PredictionResult)`` -> ``{"result", "failed"}``.
+
+    See :class:`BlendWriteFn`.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def expand(self, predictions: beam.PCollection) -> dict[str, beam.PCollection]:
+        written = predictions | "BlendWrite" >> beam.ParDo(BlendWriteFn(self.plan)).with_outputs(
+            "failed", main="result")
+        return {"result": written.result, "failed": written.failed}
+
+
+class Finalize(beam.PTransform):
+    """``{"result": (job, record), "failed": (job, failure)}`` -> one JSON line per job.
+
+    Every job is finalized, also one whose chunks all failed or that has none.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def expand(self, pcolls: dict[str, beam.PCollection]) -> beam.PCollection:
+        jobs = (pcolls["result"].pipeline
+                | "Jobs" >> beam.Create([(i, None) for i in range(len(self.plan.jobs))]))
+        return ({"job": jobs, "result": pcolls["result"], "failed": pcolls["failed"]}
+                | "PerJob" >> beam.CoGroupByKey()
+                | "Finalize" >> beam.ParDo(FinalizeJobFn(self.plan)))
+
+
+def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
+    """Add the sweep to the Beam pipeline ``p``."""
+    from pipelines.beam_util import in_process
+
+    read = (p
+            # spread over workers, unless one worker in this process takes them all
+            | "Chunks" >> beam.Create(list(elements), reshuffle=not in_process(p.options))
+            | "Prepare" >> PrepareChunks(plan, len(elements)))
+    predicted = read["tiles"] | "Predict" >> PredictChunks(plan)
+    written = predicted["predictions"] | "Finish" >> FinishChunks(plan)
+    results = (read["result"], written["result"]) | "Results" >> beam.Flatten()
+    failed = ((read["failed"], written["failed"], predicted["failed"])
+              | "Failed" >> beam.Flatten())
+    _ = {"result": results, "failed": failed} | "Finalize" >> Finalize(plan)
+
+
+__all__ = [
+    "BlendWriteFn",
+    "FinalizeJobFn",
+    "Finalize",
+    "FinishChunks",
+    "PredictChunks",
+    "PrepareChunks",
+    "ReadChunkFn",
+    "build_pipeline",
+    "inference_failures",
+]

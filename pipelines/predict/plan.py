@@ -1,0 +1,267 @@
+"""Planning a sweep on the launcher: the frozen :class:`SweepPlan` and what makes it.
+
+Owns :func:`plan_predict` (validate every input, resolve the AOIs, build one source per
+date window, cut each AOI into chunks), the resume signatures (what a chunk's outputs
+depend on) and the one-run-per-folder check. No Beam: the plan is a plain value that is
+pickled into the pipeline's DoFns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from pipelines import fsio
+from pipelines.errors import ConfigError, InputError, RegionError
+from pipelines.geo import bands as bandreg
+from pipelines.geo.blend import Lattice, window_weight
+from pipelines.geo.grid import plan_chunks
+from pipelines.geo.patches import NODATA_POLICY
+from pipelines.geo.stack import StackSpec
+from pipelines.predict.config import CONFIG, FAILED, FORMAT, RUN, PredictConfig, SweepJob
+from pipelines.sources.base import Source
+from pipelines.sources.stacked import make_stacked_source
+
+log = logging.getLogger(__name__)
+
+#: One chunk to sweep: ``(job index, chunk key, region WKB, grid spec dict)``.
+ChunkElement = tuple[int, str, bytes, dict]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the workers need, built once on the launcher and pickled into the DoFns.
+
+    Holds the configuration, the artifact's metadata (not the model: RunInference loads
+    it once per worker), the window lattice and the jobs with their sources
+    (configuration only: the DoFns open them in each worker and pass them to the
+    per-chunk steps).
+
+    Attributes:
+        config: The sweep's configuration.
+        meta: The artifact's metadata that predicting needs (see :func:`load_meta`).
+        lattice: The global window lattice.
+        halo: Context pixels read around each chunk.
+        pixel_size: Metres.
+        threshold: Mask threshold.
+        jobs: The AOIs.
+        sources: One source per date window, unopened; a job names its index.
+        source_info: Each source's description (for signatures and run.json).
+        started: When the sweep was planned (ISO 8601, UTC).
+    """
+
+    config: PredictConfig
+    meta: dict
+    lattice: Lattice
+    halo: int
+    pixel_size: float
+    threshold: float
+    jobs: tuple[SweepJob, ...]
+    sources: tuple[Source, ...]
+    source_info: tuple[dict, ...]
+    started: str
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """The model's input channels, in order."""
+        return tuple(self.meta["bands"])
+
+    @cached_property
+    def weight(self) -> np.ndarray:
+        """The blending weight of one window."""
+        return window_weight(self.lattice.window, self.lattice.floor)
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of ``obj``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def chunk_signature(job: SweepJob, key: str, region_wkb: bytes) -> str:
+    """Hash of everything a chunk's outputs depend on."""
+    return digest({"base": job.base_signature, "key": key,
+                   "region": hashlib.sha256(region_wkb).hexdigest()})
+
+
+def load_meta(path: str) -> dict:
+    """The artifact's metadata that a sweep needs, with its input stack checked.
+
+    Raises:
+        InputError: the artifact cannot be loaded or records an inconsistent stack.
+    """
+    from model.artifact import load_artifact
+    from model.errors import ArtifactError
+
+    try:
+        art = load_artifact(path)
+    except ArtifactError as exc:
+        raise InputError(f"Model artifact {path!r} cannot be used: {exc}") from exc
+    meta = dict(art.meta)  # the model stays cached for an in-process (DirectRunner) worker
+    keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
+            "pixel_size", "classes", "n_classes")
+    out = {k: meta.get(k) for k in keep}
+    record = meta.get("stack") or (meta.get("manifest") or {}).get("stack")
+    if not record and any("@" in str(b) for b in meta["bands"]):
+        raise InputError(f"Model artifact {path!r} takes stack channels {meta['bands']} but "
+                         f"records no input stack (artifact.json 'stack'): retrain it from "
+                         f"an export that records its stack.")
+    stack = StackSpec.of({"stack": record, "bands": meta["bands"]})
+    if list(stack.channels) != list(meta["bands"]):
+        raise InputError(f"Model artifact {path!r} records the input stack "
+                         f"{list(stack.channels)} but takes bands {meta['bands']}: the "
+                         f"artifact is inconsistent; retrain or re-export it.")
+    out["stack"] = stack.to_dict()
+    return out
+
+
+def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
+    """Validate every input and plan the chunks on the launcher (no Beam).
+
+    Returns:
+        The plan (pickled to workers) and the chunk elements ``(job, key, region, spec)``.
+
+    Raises:
+        InputError: bad artifact, AOI, date window or configuration; BandError when the
+            source lacks one of the model's bands; RegionError when the AOI lies outside
+            the source.
+    """
+    from pipelines.geo.aoi_inputs import resolve_aois
+
+    meta = load_meta(config.model)
+    bands = bandreg.resolve(meta["bands"])
+    stack = StackSpec.from_dict(meta["stack"])
+    window = int(config.window or meta["patch_size"])
+    multiple = int(meta.get("size_multiple") or 1)
+    if window % multiple:
+        raise ConfigError(f"window {window} is not a multiple of {multiple}, which model "
+                          f"{meta['model_id']} needs; use e.g. {window - window % multiple}.")
+    lattice = Lattice.from_overlap(window, config.overlap)
+    halo = lattice.halo(config.chunk_size)
+    pixel_size = float(config.pixel_size or meta.get("pixel_size") or 10.0)
+    if meta.get("pixel_size") and abs(float(meta["pixel_size"]) - pixel_size) > 1e-9:
+        log.warning("Predicting at %g m with a model trained at %g m.", pixel_size,
+                    float(meta["pixel_size"]))
+    threshold = float(config.threshold if config.threshold is not None
+                      else meta.get("threshold") or 0.5)
+    if config.chunk_size < window:
+        log.warning("chunk_size %d is smaller than the %d-px window: most windows are read "
+                    "and predicted for several chunks.", config.chunk_size, window)
+    aois = resolve_aois(config.aoi, config.point, config.buffer_m, config.events,
+                        config.start, config.end, config.days_before, config.days_after)
+    sources: list[Source] = []
+    source_info: list[dict] = []
+    by_window: dict[tuple, int] = {}
+    jobs: list[SweepJob] = []
+    elements: list[ChunkElement] = []
+    skipped_outside: list[str] = []
+    for aoi in aois:
+        win = (aoi.start, aoi.end)
+        if win not in by_window:
+            # every date of the model's input stack, or a clear error before any chunk
+            source = make_stacked_source(config.source, stack, aoi.start, aoi.end)
+            bandreg.require(source.bands, bands,
+                            f"{source.kind} source (model {meta['model_id']} needs "
+                            f"{', '.join(bands)})")
+            by_window[win] = len(sources)
+            sources.append(source)
+            source_info.append(source.describe())
+        src_i = by_window[win]
+        covers = getattr(sources[src_i], "check_covers", None)
+        if covers is not None:
+            try:
+                covers(aoi.region)
+            except RegionError:
+                if not aoi.name:
+                    raise
+                skipped_outside.append(aoi.name)
+                continue
+        chunks = plan_chunks(aoi.region, pixel_size, config.chunk_size, halo=halo,
+                             epsg=config.epsg)
+        out = fsio.join(config.out, aoi.name) if aoi.name else config.out
+        base = digest({"format": FORMAT, "model_id": meta["model_id"],
+                       "source": source_info[src_i], "start": aoi.start, "end": aoi.end,
+                       "lattice": lattice.to_dict(), "halo": halo, "pixel_size": pixel_size,
+                       "chunk_size": config.chunk_size, "threshold": threshold,
+                       "prob_dtype": config.prob_dtype, "min_area_m2": config.min_area_m2,
+                       "connectivity": config.connectivity, "bands": list(bands),
+                       "nodata": NODATA_POLICY})
+        import shapely
+
+        area = sum(shapely.from_wkb(c.region_wkb).area for c in chunks) / 1e6
+        job_i = len(jobs)
+        jobs.append(SweepJob(aoi.name, out, aoi.region, aoi.start, aoi.end,
+                             aoi.event_date or (f"{aoi.start}/{aoi.end}" if aoi.start else ""),
+                             src_i, len(chunks), area,
+                             tuple(sorted({c.key.epsg for c in chunks})), base))
+        elements += [(job_i, str(c.key), c.region_wkb, c.spec.to_dict()) for c in chunks]
+    if skipped_outside:
+        log.warning("%d event(s) lie outside the source and are skipped: %s",
+                    len(skipped_outside), ", ".join(skipped_outside[:20]))
+    if not jobs:
+        raise RegionError(f"None of the {len(aois)} events of {config.events!r} lies inside "
+                          f"the source's data; choose a source that covers them.")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    plan = SweepPlan(config, meta, lattice, halo, pixel_size, threshold, tuple(jobs),
+                     tuple(sources), tuple(source_info), started)
+    return plan, elements
+
+
+#: What makes two sweeps into one folder the same run (their products may be merged).
+_SAME_RUN = ("start", "end", "events", "days_before", "days_after")
+#: The products of a sweep in its folder (per AOI or event): folders, then files.
+_PRODUCT_DIRS = ("done", "prob", "mask", "mosaic", "stac")
+_PRODUCT_FILES = ("inventory.gpkg", "inventory.parquet", RUN, FAILED, "events.json")
+
+
+def one_run_per_folder(config: PredictConfig) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder holding a sweep of other dates.
+
+    Resuming needs the same dates; another date range into the same folder would leave
+    chunks of the old dates in the mosaic, STAC and inventory (chunks empty in the new
+    dates kept their old COGs).
+
+    Raises:
+        ConfigError: ``out`` holds a sweep of other dates and ``overwrite`` is off.
+    """
+    old = fsio.read_record(fsio.join(config.out, CONFIG))
+    if not old:
+        return
+    new = config.to_dict()
+    differ = {k: (old.get(k), new.get(k)) for k in _SAME_RUN if old.get(k) != new.get(k)}
+    if not differ:
+        return
+    what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differ.items())
+    if not config.overwrite:
+        raise ConfigError(
+            f"{config.out!r} holds a sweep of other dates ({what}); its chunks would mix with "
+            f"this one's. Sweep into another folder (e.g. one per date range), or pass "
+            f"--overwrite to replace it.")
+    log.warning("Replacing the sweep in %s (%s), as asked (--overwrite)", config.out, what)
+    folders = {config.out}
+    if old.get("events"):  # the old run's event folders
+        folders |= {r["out"] for r in (fsio.read_record(
+            fsio.join(config.out, "events.json")) or {}).get("events", []) if r.get("out")}
+    for folder in folders:
+        for name in _PRODUCT_DIRS:
+            fsio.remove_tree(fsio.join(folder, name))
+        for name in _PRODUCT_FILES:
+            if fsio.exists(fsio.join(folder, name)):
+                fsio.delete(fsio.join(folder, name))
+
+
+__all__ = [
+    "ChunkElement",
+    "SweepPlan",
+    "chunk_signature",
+    "digest",
+    "load_meta",
+    "one_run_per_folder",
+    "plan_predict",
+]

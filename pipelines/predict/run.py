@@ -1,0 +1,115 @@
+"""Running a sweep: :func:`run_predict` on the launcher and the ``landslides predict`` CLI.
+
+Owns the launch: plan the sweep, check the output folders (one run per folder), save the
+configuration, run the Beam pipeline, then read back every AOI's ``run.json``, write
+``events.json`` for event sweeps and report failed chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines import fsio
+from pipelines.errors import NoDataError
+from pipelines.predict.config import CONFIG, RUN, PredictConfig
+from pipelines.predict.pipeline import build_pipeline
+from pipelines.predict.plan import one_run_per_folder, plan_predict
+
+log = logging.getLogger(__name__)
+
+
+def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -> list[dict]:
+    """Run the sweep; returns the run record (``run.json``) of every AOI.
+
+    Raises:
+        InputError: bad configuration or input, before anything is launched.
+        OutputError: an output folder or bucket cannot be written.
+        NoDataError: no AOI had a single valid pixel of imagery (e.g. a date window with
+            no images), after the run.
+    """
+    import apache_beam as beam
+
+    from pipelines.beam_util import pipeline_options, submitted_only
+
+    t0 = time.monotonic()
+    plan, elements = plan_predict(config)
+    for job in plan.jobs:
+        fsio.check_writable(job.out)
+    one_run_per_folder(config)
+    fsio.write_json(fsio.join(config.out, CONFIG), config.to_dict())
+    log.info("Predicting %d chunk(s) of %d AOI(s) (%.1f km2) with model %s, %d-px windows, "
+             "stride %d, halo %d, into %s", len(elements), len(plan.jobs),
+             sum(j.area_km2 for j in plan.jobs), plan.meta["model_id"],
+             plan.lattice.window, plan.lattice.stride, plan.halo, config.out)
+    opts = pipeline_options(beam_args, "landslides-predict")
+    with beam.Pipeline(options=opts) as p:
+        build_pipeline(p, plan, elements)
+    if submitted_only(opts):
+        log.info("Dataflow job written to %s; it writes run.json in %s when it ends.",
+                 opts.get_all_options()["template_location"], config.out)
+        return []
+    runs = [fsio.read_json(job.path(RUN)) for job in plan.jobs]
+    if len(plan.jobs) > 1 or plan.jobs[0].name:
+        fsio.write_json(fsio.join(config.out, "events.json"), {
+            "events": [{"name": j.name, "out": j.out, "status": r["status"],
+                        "counts": r["counts"]} for j, r in zip(plan.jobs, runs)]})
+    n_failed = sum(r["counts"]["chunks_failed"] for r in runs)
+    if n_failed == 0 and all(r["status"] == "no_data" for r in runs):
+        windows = sorted({f"{j.start}..{j.end}" for j in plan.jobs})
+        raise NoDataError(
+            f"No valid imagery in the AOI for the date window(s) {', '.join(windows)}: every "
+            f"pixel is nodata (no image, or all clouds). Widen the date window or check the "
+            f"source.")
+    log.info("Predict finished in %.1f s: %s", time.monotonic() - t0,
+             "; ".join(f"{r['aoi']['name']}: {r['counts']}" for r in runs[:5]))
+    return runs
+
+
+def predict_cli(model: str, out: str, aoi: str | None = None, point: str | None = None,
+                buffer_m: float = 1000.0, events: str | None = None, days_before: int = 0,
+                days_after: int = 90, start: str | None = None, end: str | None = None,
+                source: str = "synthetic", window: int | None = None, overlap: float = 0.5,
+                chunk_size: int = 512, pixel_size: float | None = None, batch_size: int = 16,
+                chunks_per_batch: int = 1, threshold: float | None = None,
+                min_area: float = 200.0, connectivity: int = 4, prob_dtype: str = "uint8",
+                merge_max_px: int = 50_000_000, retries: int = 3, retry_delay: float = 2.0,
+                epsg: int | None = None, stac: bool = True, large_model: bool = False,
+                overwrite: bool = False,
+                beam_args: list[str] | None = None, **source_args: Any) -> int:
+    """``landslides predict``: parse CLI values into a :class:`PredictConfig` and run it.
+
+    Returns:
+        0 when every chunk was written, 1 when some failed (they are listed in
+        ``failed_chunks.jsonl`` of their AOI).
+    """
+    from pipelines.sources.factory import spec_from_args
+
+    config = PredictConfig(
+        model=model, source=spec_from_args(source, **source_args), out=out, aoi=aoi,
+        point=point, buffer_m=buffer_m, events=events, days_before=days_before,
+        days_after=days_after, start=start, end=end, window=window, overlap=overlap,
+        chunk_size=chunk_size, pixel_size=pixel_size, batch_size=batch_size,
+        chunks_per_batch=chunks_per_batch, threshold=threshold, min_area_m2=min_area,
+        connectivity=connectivity, prob_dtype=prob_dtype, merge_max_px=merge_max_px,
+        retries=retries, retry_delay_s=retry_delay, epsg=epsg, stac=stac,
+        large_model=large_model, overwrite=overwrite)
+    runs = run_predict(config, beam_args)
+    failed = [(r, r["failures"]) for r in runs if r["failures"]["count"]]
+    if failed:
+        n = sum(r["counts"]["chunks_failed"] for r, _ in failed)
+        reasons: Counter[str] = Counter()
+        for _, f in failed:
+            reasons.update(f["reasons"])
+        why = ", ".join(f"{k} x{v}" for k, v in reasons.most_common())
+        files = ", ".join(r["outputs"].get("failed_chunks", "") for r, _ in failed[:3])
+        log.error("%d chunk(s) failed after %d retries (%s); see %s. Rerun the same command "
+                  "to retry them: finished chunks are skipped.", n, config.retries, why, files)
+        return 1
+    return 0
+
+
+__all__ = ["predict_cli", "run_predict"]
