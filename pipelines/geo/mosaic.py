@@ -24,9 +24,6 @@ from pipelines import fsio
 from pipelines.errors import InputError
 from pipelines.geo.grid import WGS84, PixelGrid, to_crs
 
-# Kept here until pipelines.predict imports them from pipelines.geo.stac, their home.
-from pipelines.geo.stac import StacAsset, StacItem, write_stac_catalog
-
 log = logging.getLogger(__name__)
 
 _GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -340,13 +337,10 @@ def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
 
 
 __all__ = [
-    "StacAsset",
-    "StacItem",
     "merge_across_zones",
     "merge_chunk_polygons",
     "merge_to_cog",
     "mosaic_grid",
     "vrt_xml",
-    "write_stac_catalog",
     "write_vrt",
 ]

@@ -47,9 +47,18 @@ from pipelines.predict.config import (
     PredictConfig,
     SweepJob,
 )
-from pipelines.predict.pipeline import build_pipeline
 from pipelines.predict.plan import SweepPlan, plan_predict
 from pipelines.predict.run import predict_cli, run_predict
+
+
+def __getattr__(name: str) -> object:
+    # the Beam wiring loads Apache Beam (seconds): only when asked for, so configuring or
+    # planning a sweep (scan --dry-run) does not pay for it
+    if name == "build_pipeline":
+        from pipelines.predict.pipeline import build_pipeline
+
+        return build_pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CONFIG",

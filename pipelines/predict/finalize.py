@@ -196,7 +196,7 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict]) -> dict[s
 
 def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dict) -> str:
     """Write the job's STAC catalog: an item per chunk and one for the mosaics."""
-    from pipelines.geo.mosaic import StacAsset, StacItem, write_stac_catalog
+    from pipelines.geo.stac import StacAsset, StacItem, write_stac_catalog
 
     cog = "image/tiff; application=geotiff; profile=cloud-optimized"
     props = {"landslides:model_id": str(plan.meta["model_id"]),

@@ -16,7 +16,6 @@ from typing import Any
 from pipelines import fsio
 from pipelines.errors import NoDataError
 from pipelines.predict.config import CONFIG, RUN, PredictConfig
-from pipelines.predict.pipeline import build_pipeline
 from pipelines.predict.plan import one_run_per_folder, plan_predict
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     import apache_beam as beam
 
     from pipelines.beam_util import pipeline_options, submitted_only
+    from pipelines.predict.pipeline import build_pipeline  # loads Apache Beam
 
     t0 = time.monotonic()
     plan, elements = plan_predict(config)
