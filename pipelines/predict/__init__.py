@@ -50,16 +50,6 @@ from pipelines.predict.config import (
 from pipelines.predict.plan import SweepPlan, plan_predict
 from pipelines.predict.run import predict_cli, run_predict
 
-
-def __getattr__(name: str) -> object:
-    # the Beam wiring loads Apache Beam (seconds): only when asked for, so configuring or
-    # planning a sweep (scan --dry-run) does not pay for it
-    if name == "build_pipeline":
-        from pipelines.predict.pipeline import build_pipeline
-
-        return build_pipeline
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
     "CONFIG",
     "FAILED",
@@ -72,7 +62,6 @@ __all__ = [
     "PredictConfig",
     "SweepJob",
     "SweepPlan",
-    "build_pipeline",
     "plan_predict",
     "predict_cli",
     "run_predict",

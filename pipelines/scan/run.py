@@ -103,7 +103,8 @@ def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
     import apache_beam as beam
 
     from pipelines.beam_util import pipeline_options
-    from pipelines.predict import CONFIG, build_pipeline, plan_predict
+    from pipelines.predict import CONFIG, plan_predict
+    from pipelines.predict.pipeline import build_pipeline
 
     pcfg = config.predict_config(period)
     sweep, elements = plan_predict(pcfg)
