@@ -113,8 +113,8 @@ class Artifact:
         """Trace the forward pass and run it once on one blank window.
 
         A model's first call costs about one batch's worth of time more than the next
-        ones (tracing, then TensorFlow's graph optimisation: ~0.3 s for a 16x4 U-Net on
-        2 cores); warming up pays it ahead, e.g. while a worker reads its first chunk.
+        ones (tracing, then TensorFlow's graph optimisation); warming up pays it ahead,
+        e.g. while a worker reads its first chunk.
         Idempotent. With ``background``, runs on a thread and returns at once;
         :meth:`predict` waits for it to finish.
         """
@@ -154,8 +154,7 @@ class Artifact:
 
         Traced once (its input signature leaves batch, height and width open), unlike
         ``Model.predict``, which builds a dataset per call and traces again for the last,
-        smaller batch. Measured on a 16x4 U-Net, 25 windows of 128 px: 0.37 s per call
-        against 0.56 s, and 0.69 s against 1.13 s for the first call.
+        smaller batch (``bench/predict.py`` measures the model's throughput).
         """
         if self._fn is None:
             import tensorflow as tf
@@ -342,7 +341,7 @@ def load_artifact(path: str) -> Artifact:
 
     A local artifact loaded before by this process, and unchanged since (same file
     times and sizes), is returned from memory: a DirectRunner sweep validates the
-    artifact on the launcher and then needs it on its in-process worker (~0.6 s each).
+    artifact on the launcher and then needs it on its in-process worker.
     The returned object is shared: do not change its model in place (fine-tuning copies
     the weights into a new model).
 

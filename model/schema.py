@@ -183,7 +183,7 @@ def encode_patch(
     names = _check_bands(bands, c)
     coeffs = _check_transform(transform)
     # Filled in place: building Feature messages first and passing them to the
-    # constructor copies the pixel bytes twice more (measured 0.25 vs 0.08 ms per patch).
+    # constructor copies the pixel bytes twice more.
     example = tf.train.Example()
     feature = example.features.feature
     feature["image"].bytes_list.value.append(image.tobytes())  # C order, also from a view

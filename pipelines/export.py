@@ -81,10 +81,8 @@ class ExportConfig:
         num_shards: TFRecord shards per split (0: as many as keep each under
             ``pipelines.shards.SHARD_BYTES`` of records).
         epsg: Force one projected CRS instead of per-UTM-zone chunks.
-        compression: ``gzip`` (default: half-size shards here) or ``none``. Gzip runs with
-            ISA-L on its own thread beside the reads (see :mod:`pipelines.shards`); measured
-            with ``bench/export.py`` it adds ~2.5 s of CPU per 1,300 patches of 128x128x8
-            but little wall time when a second core is free.
+        compression: ``gzip`` (default, ISA-L; about half the bytes) or ``none``; its cost
+            is in ``bench/export.py``'s output.
     """
 
     source: dict[str, Any]

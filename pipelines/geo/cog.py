@@ -29,8 +29,8 @@ class CogProfile:
         blocksize: Internal tile size in pixels.
         overview_resampling: ``average`` for continuous data, ``nearest``/``mode`` for classes.
         predictor: ``2`` for integers, ``3`` for floats, ``None`` to let GDAL choose.
-        level: Compression level; deflate level 1 wrote the synthetic world's imagery
-            about 3x faster than GDAL's default 6 for the same size, so it is the default.
+        level: Compression level; deflate level 1 is much faster than GDAL's default 6
+            for about the same size on imagery, so it is the default.
     """
 
     compress: str = "deflate"

@@ -345,7 +345,7 @@ class BandStats:
     def add_bands(self, px: np.ndarray) -> BandStats:
         """Add ``(c, n)`` band-major pixel values (all valid and finite).
 
-        Band by band on contiguous rows: ~4x faster than column reductions of ``(n, c)``.
+        Band by band on contiguous rows (faster than column reductions of ``(n, c)``).
         Sums are taken in float64, so the variance of a DEM (mean 3000 m, std 10 m) keeps
         its digits.
         """
@@ -358,7 +358,7 @@ class BandStats:
             row = px[i]
             # sums accumulate in float64 (buffered casts, no float64 copy of the pixels);
             # einsum, not np.dot: BLAS threads would spin on the cores that gzip and the
-            # next chunk's decoding need (measured: 4 s of CPU burnt per 1,300 patches)
+            # next chunk's decoding need
             self.total[i] += row.sum(dtype=np.float64)
             self.total_sq[i] += np.einsum("i,i->", row, row, dtype=np.float64)
             self.minimum[i] = min(self.minimum[i], float(row.min()))

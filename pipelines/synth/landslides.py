@@ -260,7 +260,7 @@ def make_landslides(frame: Frame, S: Slopes, config: WorldConfig
     # Areas: inverse-gamma, stratified (Latin hypercube) so the heavy tail is represented.
     rng = stream(seed, "landslide-areas")
     u = (rng.permutation(total) + rng.uniform(size=total)) / max(total, 1)
-    from scipy import stats  # ~0.4 s to import: only world generation needs it
+    from scipy import stats  # slow to import: only world generation needs it
 
     areas = np.minimum(stats.invgamma.isf(u, AREA_SHAPE, scale=AREA_SCALE), AREA_MAX)
     world_box = box(*grid.bounds)
