@@ -24,8 +24,6 @@ and a finished one returns at once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -112,10 +110,6 @@ class Stage:
     uses: tuple[str, ...] | None = None
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class StageRunner:
     """Runs stages in order, skipping those already done with the same fingerprint."""
 
@@ -132,7 +126,7 @@ class StageRunner:
         cfg.pop("out")
         if stage.uses is not None:
             cfg = {k: cfg[k] for k in stage.uses}
-        return _digest({"stage": stage.name, "config": cfg, **stage.fingerprint})
+        return fsio.digest({"stage": stage.name, "config": cfg, **stage.fingerprint})[:16]
 
     def is_done(self, stage: Stage) -> bool:
         rec = fsio.read_record(self.record_path(stage))

@@ -294,6 +294,17 @@ def gdal_readable(path: str, tmpdir: str, what: str = "Raster",
     return local
 
 
+def digest(obj: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``obj``.
+
+    The one way configurations, stage records and resume signatures are hashed (values
+    JSON cannot hold count by their ``str``).
+    """
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fingerprint(path: str | Path) -> str | None:
     """What identifies the content of a file or object without reading it.
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
@@ -79,14 +77,9 @@ class SweepPlan:
         return window_weight(self.lattice.window, self.lattice.floor)
 
 
-def digest(obj: Any) -> str:
-    """SHA-256 of the canonical JSON of ``obj``."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def chunk_signature(job: SweepJob, key: str, region_wkb: bytes) -> str:
     """Hash of everything a chunk's outputs depend on."""
-    return digest({"base": job.base_signature, "key": key,
+    return fsio.digest({"base": job.base_signature, "key": key,
                    "region": hashlib.sha256(region_wkb).hexdigest()})
 
 
@@ -185,7 +178,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
         chunks = plan_chunks(aoi.region, pixel_size, config.chunk_size, halo=halo,
                              epsg=config.epsg)
         out = fsio.join(config.out, aoi.name) if aoi.name else config.out
-        base = digest({"format": FORMAT, "model_id": meta["model_id"],
+        base = fsio.digest({"format": FORMAT, "model_id": meta["model_id"],
                        "source": source_info[src_i], "start": aoi.start, "end": aoi.end,
                        "lattice": lattice.to_dict(), "halo": halo, "pixel_size": pixel_size,
                        "chunk_size": config.chunk_size, "threshold": threshold,
@@ -260,7 +253,6 @@ __all__ = [
     "ChunkElement",
     "SweepPlan",
     "chunk_signature",
-    "digest",
     "load_meta",
     "one_run_per_folder",
     "plan_predict",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 import os
 import posixpath
 import re
@@ -463,14 +461,10 @@ class ScanConfig:
 
     def fingerprint(self, period: Period, model_id: str, region_digest: str = "") -> str:
         """Hash of everything a period's outputs depend on (not the output folder)."""
-        return _digest({"format": FORMAT, "model_id": model_id, "source": self.source,
+        return fsio.digest({"format": FORMAT, "model_id": model_id, "source": self.source,
                         "region": self.region, "region_digest": region_digest,
                         "period": period.to_dict(), "reference": self.reference,
                         "predict": self.predict, "compare": self.compare})
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _now() -> str:
