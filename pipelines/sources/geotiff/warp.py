@@ -27,7 +27,7 @@ __all__ = ["TOLERANCE", "aligned_offset", "nans", "read_aligned", "resampling_me
 
 #: Largest error, in source pixels, of GDAL's approximate coordinate transformer. GDAL's
 #: default (0.125) makes a pixel's value depend on the window it is warped in; this keeps
-#: reads of overlapping chunks consistent (nearest picks the same source pixel) at ~no cost.
+#: reads of overlapping chunks consistent (nearest picks the same source pixel).
 TOLERANCE = 1e-3
 
 _RESAMPLING_NAMES = tuple(r.name for r in Resampling if r.value <= Resampling.q3.value)
