@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from pipelines.errors import BandError, ConfigError, SourceError
 from pipelines.geo.grid import ChunkKey, GridSpec, PixelGrid, utm_epsg
 from pipelines.sources import earthengine as eem
+from pipelines.sources.earthengine import source as eem_source
 from tests.ee_server import EEServer, Faults, band_values, decode_xy
 
 START, END = "2021-03-01", "2021-06-01"
@@ -270,7 +271,7 @@ def test_expression_built_once_and_carried_as_json(server, monkeypatch):
         calls.append(tuple(bands))
         return real_build(cfg, bands)
 
-    monkeypatch.setattr(eem, "build_image", counting_build)
+    monkeypatch.setattr(eem_source, "build_image", counting_build)  # where the source calls it
     src = make_source(server, bands=eem.AVAILABLE_BANDS)
     assert len(calls) == 1
 

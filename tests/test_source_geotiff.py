@@ -408,7 +408,7 @@ def test_http_urls_are_read_through_vsicurl(two_tiles, tmp_path):
 
 
 def test_open_datasets_are_bounded_and_scans_keep_none(tmp_path, rng, monkeypatch):
-    import pipelines.sources.geotiff as geotiff
+    import pipelines.sources.geotiff.source as geotiff
 
     paths = [write_tif(tmp_path / f"t{i}.tif", rng.integers(1, 99, (1, 10, 10)).astype(np.int16),
                        from_origin(X0 + 100 * i, Y0, 10, 10), descriptions=["DEM"])
@@ -614,7 +614,8 @@ def test_aligned_fast_path_equals_the_warper(tmp_path, monkeypatch, mask_zero):
     """Files already on the target lattice skip the warper; the pixels must not change."""
     import rasterio as rio
 
-    from pipelines.sources import geotiff as gt
+    from pipelines.sources.geotiff import source as gt
+    from pipelines.sources.geotiff.warp import aligned_offset
 
     rng = np.random.default_rng(11)
     data = rng.integers(1, 5000, (3, 60, 70)).astype("uint16")
@@ -632,9 +633,9 @@ def test_aligned_fast_path_equals_the_warper(tmp_path, monkeypatch, mask_zero):
     grid = PixelGrid("EPSG:32645", (10.0, 0.0, 500000.0 - 30, 0.0, -10.0, 3100000.0 - 200), 50, 80)
     src = gt.GeoTIFFSource([str(path)], mask_zero_pixels=mask_zero)
     src.open()
-    assert gt._aligned_offset(src._dataset(str(path)), grid) == (20, -3)
+    assert aligned_offset(src._dataset(str(path)), grid) == (20, -3)
     fast = src.read(grid, ["B2", "B3", "B4"])
-    monkeypatch.setattr(gt, "_aligned_offset", lambda ds, g: None)
+    monkeypatch.setattr(gt, "aligned_offset", lambda ds, g: None)
     slow = gt.GeoTIFFSource([str(path)], mask_zero_pixels=mask_zero).read(grid, ["B2", "B3", "B4"])
     np.testing.assert_array_equal(fast.valid, slow.valid)
     np.testing.assert_array_equal(np.isnan(fast.data), np.isnan(slow.data))

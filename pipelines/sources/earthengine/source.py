@@ -1,0 +1,180 @@
+"""The Earth Engine imagery source: :class:`EarthEngineSource`.
+
+The expression is built **once**, on the launcher
+(:func:`~pipelines.sources.earthengine.expression.build_image`), serialised to JSON and
+carried as a string inside the (pickled) source. Each worker initialises the client in
+:meth:`EarthEngineSource.open` and deserialises the expression; it is never rebuilt per
+element. A read is cut into blocks (:mod:`~pipelines.sources.earthengine.pixels`), each
+fetched with ``ee.data.computePixels`` under the process's concurrency bound; what
+:func:`~pipelines.sources.earthengine.client.is_retryable` accepts is retried
+``max_retries`` times with jittered exponential backoff (Beam's
+``FuzzedExponentialIntervals``), then raised as :class:`~pipelines.errors.SourceError`
+naming the grid and block, so that the pipeline can dead-letter the chunk. Other errors
+(HTTP 400: a bad band, a bad expression) are raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.utils.retry import FuzzedExponentialIntervals
+
+from pipelines.errors import SourceError
+from pipelines.geo import bands as bandreg
+from pipelines.geo.grid import PixelGrid
+from pipelines.sources.base import Raster, Source
+from pipelines.sources.earthengine.client import (
+    client_is_for,
+    http_status,
+    initialize,
+    is_retryable,
+    request_semaphore,
+)
+from pipelines.sources.earthengine.config import AVAILABLE_BANDS, DEFAULT_BANDS, EEConfig
+from pipelines.sources.earthengine.expression import build_image, to_json
+from pipelines.sources.earthengine.pixels import (
+    Block,
+    decode,
+    describe_grid,
+    grid_request,
+    plan_blocks,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EarthEngineSource"]
+
+
+class EarthEngineSource(Source):
+    """Sentinel-2 composite + DEM terrain bands computed by Earth Engine.
+
+    Constructing the source initialises Earth Engine on the launcher and builds the
+    expression once; the pickled source carries only the configuration and the
+    expression's JSON. :meth:`open` (a DoFn's ``setup``) initialises the client in the
+    worker and deserialises the expression.
+
+    Args:
+        config: What to compute and how to reach Earth Engine.
+        bands: The bands the expression provides (default: 12 Sentinel-2 bands, DEM,
+            slope, aspect, curvature); reads may ask for any subset.
+        credentials_factory: A picklable callable returning credentials (e.g. a service
+            account's); None uses stored Earth Engine / application default credentials.
+        expression_json: A previously built expression (from :attr:`expression_json`) to
+            reuse instead of building one.
+
+    Raises:
+        BandError: a band is unknown or not computable in Earth Engine.
+        SourceError: Earth Engine cannot be initialised (unreachable, no credentials).
+    """
+
+    kind = "earthengine"
+
+    def __init__(self, config: EEConfig, bands: Sequence[str] = DEFAULT_BANDS,
+                 credentials_factory: Callable[[], Any] | None = None,
+                 expression_json: str | None = None) -> None:
+        self.config = config
+        self._bands = bandreg.resolve(bands)
+        bandreg.require(AVAILABLE_BANDS, self._bands, "Earth Engine source")
+        self.credentials_factory = credentials_factory
+        if expression_json is None:
+            initialize(config, credentials_factory)
+            expression_json = to_json(build_image(config, self._bands))
+        self.expression_json: str = expression_json
+        self._image: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_image"] = None  # no ee objects in the pickled state
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self._bands
+
+    def open(self) -> None:
+        """Initialise the ``ee`` client in this process and deserialise the expression."""
+        import ee
+
+        with self._lock:
+            initialize(self.config, self.credentials_factory)
+            if self._image is None:
+                self._image = ee.Image(ee.deserializer.fromJSON(self.expression_json))
+
+    def close(self) -> None:
+        self._image = None
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "bands": list(self.bands), "config": self.config.to_dict(),
+                "endpoint": self.config.url}
+
+    def _read(self, grid: PixelGrid, bands: tuple[str, ...]) -> Raster:
+        if (self._image is None
+                or not client_is_for(self.config, self.credentials_factory)):
+            self.open()  # first read, or another source switched the process's client
+        blocks = plan_blocks(grid.width, grid.height, len(bands), self.config.max_request_bytes)
+        data = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
+        for block in blocks:
+            b0, b1 = block.bands
+            w = block.window
+            rows = slice(int(w.row_off), int(w.row_off + w.height))
+            cols = slice(int(w.col_off), int(w.col_off + w.width))
+            data[b0:b1, rows, cols] = self._fetch(grid, block, bands[b0:b1], len(blocks))
+        valid = np.asarray(~np.isnan(data).any(axis=0))
+        logger.debug("Read %s: %d bands in %d request(s), %.1f%% valid", describe_grid(grid),
+                     len(bands), len(blocks), 100.0 * valid.mean())
+        return Raster(data, valid, grid, bands)
+
+    # ------------------------------------------------------------------ requests
+    def _fetch(self, grid: PixelGrid, block: Block, bands: tuple[str, ...],
+               n_blocks: int) -> np.ndarray:
+        """One block, with retries; returns ``(len(bands), h, w)`` float32, NaN = masked."""
+        import ee
+
+        sub = grid.subgrid(block.window)
+        params = {"expression": self._image, "fileFormat": "NUMPY_NDARRAY",
+                  "bandIds": list(bands), "grid": grid_request(sub)}
+        cfg = self.config
+        delays: Iterator[float] = iter(FuzzedExponentialIntervals(
+            cfg.backoff_initial_s, cfg.max_retries, factor=2, fuzz=0.5,
+            max_delay_secs=cfg.backoff_max_s))
+        semaphore = request_semaphore(cfg)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with semaphore:
+                    result = ee.data.computePixels(params)
+                return decode(result, bands, block.window)
+            except Exception as exc:  # classified below; nothing is swallowed
+                where = (f"grid {describe_grid(grid)}, block rows {block.window.row_off}-"
+                         f"{block.window.row_off + block.window.height} cols "
+                         f"{block.window.col_off}-{block.window.col_off + block.window.width} "
+                         f"bands {','.join(bands)} ({n_blocks} block(s))")
+                status = http_status(exc)
+                reason = f"HTTP {status}: {exc}" if status else f"{type(exc).__name__}: {exc}"
+                if not is_retryable(exc):
+                    raise SourceError(f"Earth Engine refused {where}: {reason} (not retried)."
+                                      ) from exc
+                delay = next(delays, None)
+                if delay is None:
+                    raise SourceError(
+                        f"Earth Engine failed {attempt} time(s) on {where}; last error "
+                        f"{reason}. Lower max_concurrency, raise max_retries, or re-run the "
+                        f"dead-lettered chunk later."
+                    ) from exc
+                logger.warning("Earth Engine %s on %s (attempt %d of %d); retrying in %.2f s",
+                               reason, where, attempt, cfg.max_retries + 1, delay)
+                time.sleep(delay)

@@ -1,0 +1,125 @@
+"""The file catalogue of a GeoTIFF source: which files it reads and where they lie.
+
+:func:`expand_paths` turns the given paths and glob patterns into the sorted file list
+(the mosaic priority order), :class:`FileInfo` is what one header scan learns about a file
+(plain data, pickled with the source), and :func:`bounds_in_crs` / :func:`res_in_crs`
+express every file's footprint and pixel size in the CRS of the grid being read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import Transformer
+from pyproj.exceptions import ProjError
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+
+from pipelines import fsio
+from pipelines.errors import DataNotFoundError
+
+__all__ = ["SIDECAR_SUFFIXES", "FileInfo", "bounds_in_crs", "crs_string", "expand_paths",
+           "res_in_crs"]
+
+#: Files a glob may match that are sidecars of a raster, not rasters themselves.
+SIDECAR_SUFFIXES = (".tfw", ".tfwx", ".wld", ".aux.xml", ".ovr", ".msk", ".prj", ".xml",
+                    ".jgw", ".pgw", ".cpg", ".dbf", ".shp", ".shx", ".json", ".txt")
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a scan learns about one file; plain data, pickled with the source."""
+
+    path: str
+    crs: str
+    bounds: tuple[float, float, float, float]
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    band_index: tuple[tuple[str, int], ...]
+
+    def index(self, band: str) -> int:
+        """The 1-based index of ``band`` in the file."""
+        return dict(self.band_index)[band]
+
+    @property
+    def is_integer(self) -> bool:
+        """True when the file stores integers (scaled by the band registry)."""
+        return bool(np.issubdtype(np.dtype(self.dtype), np.integer))
+
+
+def crs_string(crs: rasterio.crs.CRS) -> str:
+    """``EPSG:n`` when ``crs`` has an EPSG code, its WKT otherwise."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in _GLOB_CHARS)
+
+
+def _is_sidecar(path: str) -> bool:
+    return path.lower().endswith(SIDECAR_SUFFIXES)
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+    """Expand glob patterns, drop sidecar files they match, dedupe and sort."""
+    out: list[str] = []
+    for p in paths:
+        if _is_glob(p) and not fsio.is_http(p):
+            matches = [m for m in fsio.glob(p) if not _is_sidecar(m)]
+            if not matches:
+                raise DataNotFoundError(f"No raster matches the pattern {p!r}; check the folder "
+                                        f"and the pattern (e.g. 'tiles/*.tif').")
+            out.extend(matches)
+        else:
+            out.append(p)
+    return sorted(dict.fromkeys(out))
+
+
+def bounds_in_crs(files: Sequence[FileInfo], crs: str) -> np.ndarray:
+    """``(n_files, 4)`` bounds of every file in ``crs`` (inf where not transformable)."""
+    rows = []
+    for f in files:
+        if f.crs == crs:
+            rows.append(f.bounds)
+            continue
+        try:
+            b = transform_bounds(f.crs, crs, *f.bounds, densify_pts=21)
+        except (RasterioError, ValueError):  # PROJ cannot map it: treat as unknown
+            b = (-math.inf, -math.inf, math.inf, math.inf)
+        if not all(math.isfinite(v) for v in b):
+            b = (-math.inf, -math.inf, math.inf, math.inf)
+        rows.append(b)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def res_in_crs(files: Sequence[FileInfo], crs: str) -> np.ndarray:
+    """``(n_files, 2)`` pixel sizes of every file near its centre, in ``crs`` units."""
+    rows = []
+    transformers: dict[str, Transformer] = {}
+    for f in files:
+        t = Affine(*f.transform)
+        pts = [t @ (f.width / 2 + dc, f.height / 2 + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
+        if f.crs != crs:
+            try:
+                if f.crs not in transformers:
+                    transformers[f.crs] = Transformer.from_crs(f.crs, crs, always_xy=True)
+                xs, ys = transformers[f.crs].transform([p[0] for p in pts],
+                                                       [p[1] for p in pts])
+                pts = list(zip(xs, ys))
+            except (ProjError, ValueError):
+                rows.append((math.nan, math.nan))
+                continue
+        rows.append((math.dist(pts[0], pts[1]), math.dist(pts[0], pts[2])))
+    return np.asarray(rows, dtype=np.float64)

@@ -1,0 +1,488 @@
+"""The GeoTIFF / COG imagery source: :class:`GeoTIFFSource`.
+
+:class:`GeoTIFFSource` reads one raster or a mosaic of many (local paths, ``gs://``
+objects, ``http(s)://`` URLs or glob patterns) onto any :class:`PixelGrid`. Every file whose
+footprint meets the grid is warped onto it with rasterio's :class:`~rasterio.vrt.WarpedVRT`
+(GDAL's warper: nodata is excluded from the resampling kernel, pixels outside the file stay
+empty), and the first file, in sorted path order, with a valid value wins per pixel.
+
+Values come back as float32 in physical units (``physical = stored * scale``), NaN where
+invalid, with a ``valid`` mask that is True where every requested band is valid.
+
+Scaling with ``scale="auto"``: integer files use the band registry's scale (``1e-4`` for
+Sentinel-2 reflectance, ``1`` for a DEM); float files use ``1.0``, because float digital
+numbers (e.g. Sentinel-2 DNs 0..10000 stored as float64) cannot be told apart safely from
+float reflectance. Pass ``scale=1e-4`` explicitly for such files; a warning is logged when
+"auto" meets float reflectance far above its plausible range.
+
+The source is a picklable configuration object: open datasets and downloaded copies live
+only between :meth:`~GeoTIFFSource.open` and :meth:`~GeoTIFFSource.close` (Beam calls them
+in a DoFn's ``setup`` and ``teardown``) and are never pickled. Its helpers live beside it:
+band maps in :mod:`~pipelines.sources.geotiff.band_map`, the file catalogue in
+:mod:`~pipelines.sources.geotiff.files`, the pixel arithmetic of one read in
+:mod:`~pipelines.sources.geotiff.warp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from shapely.geometry import box
+
+from pipelines import fsio
+from pipelines.errors import (
+    BandError,
+    ConfigError,
+    CRSError,
+    RegionError,
+    SourceError,
+)
+from pipelines.geo import bands as bandreg
+from pipelines.geo.cog import gdal_error_text, is_gdal_error, open_dataset
+from pipelines.geo.grid import WGS84, PixelGrid, Region
+from pipelines.sources.base import Raster, Source
+from pipelines.sources.geotiff.band_map import band_index, normalise_band_map
+from pipelines.sources.geotiff.files import (
+    FileInfo,
+    bounds_in_crs,
+    crs_string,
+    expand_paths,
+    res_in_crs,
+)
+from pipelines.sources.geotiff.warp import (
+    TOLERANCE,
+    aligned_offset,
+    nans,
+    read_aligned,
+    resampling_method,
+    warp_scales,
+    window_of,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_OPEN_FILES", "GeoTIFFSource"]
+
+#: Datasets kept open at once per source (least recently used ones are closed).
+MAX_OPEN_FILES = 64
+
+
+class GeoTIFFSource(Source):
+    """One GeoTIFF/COG or a mosaic of many, read onto any grid.
+
+    Args:
+        paths: A path or a list of paths: local files, ``gs://`` objects, ``http(s)://``
+            URLs, or glob patterns (expanded with :func:`pipelines.fsio.glob`; sidecar
+            files such as ``.tfw`` or ``.aux.xml`` are skipped). The expanded list is
+            de-duplicated and sorted, which fixes the mosaic priority: the first file with
+            a valid value wins per pixel.
+        band_map: ``{band name: 1-based index or band description}``, or a string
+            ``"B4=1,B3=2,B2=3,B8=4"``. Without it every band's description must name a
+            known band (descriptions naming no known band are ignored).
+        scale: ``physical = stored * scale``. ``"auto"``: integer files use the band
+            registry's scale (and offset), float files 1.0 (float DNs are not guessed:
+            pass ``scale=1e-4`` for Sentinel-2 DNs stored as floats).
+        nodata: Stored value marking missing data, overriding each file's nodata (per band:
+            a pixel whose band equals it is invalid in that band). NaN is always invalid.
+        resampling: Any GDAL resampling name; ``bilinear`` (default) for continuous bands,
+            ``nearest`` for classes or exact sampling.
+        mask_zero_pixels: Treat pixels where *all* bands of a file are 0 as invalid (files
+            whose empty areas are zeros without a nodata flag).
+
+    The first use of :attr:`bands`, :meth:`footprint` or :meth:`read` scans every file's
+    header once (for ``gs://`` objects this downloads them); the result is plain data that
+    is pickled with the source, so touch :attr:`bands` on the launcher and workers will not
+    scan again.
+
+    Raises:
+        ConfigError: bad ``scale``, ``nodata`` or ``resampling``.
+        BandError: a malformed ``band_map``.
+        DataNotFoundError: a glob pattern matches nothing.
+    """
+
+    kind = "geotiff"
+
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        band_map: Mapping[str, int | str] | str | None = None,
+        scale: float | Literal["auto"] = "auto",
+        nodata: float | None = None,
+        resampling: str = "bilinear",
+        mask_zero_pixels: bool = False,
+    ) -> None:
+        given = [str(paths)] if isinstance(paths, str | os.PathLike) else [str(p) for p in paths]
+        if not given or any(not p.strip() for p in given):
+            raise ConfigError(f"GeoTIFF source needs at least one path, got {paths!r}.")
+        if scale != "auto":
+            try:
+                scale = float(scale)
+            except (TypeError, ValueError):
+                scale = float("nan")
+            if not math.isfinite(scale) or scale <= 0:
+                raise ConfigError(f"scale must be 'auto' or a positive number "
+                                  f"(e.g. 1e-4 for Sentinel-2 DNs), got {scale!r}.")
+        if nodata is not None:
+            try:
+                nodata = float(nodata)
+            except (TypeError, ValueError):
+                raise ConfigError(f"nodata must be a number, got {nodata!r}.") from None
+        resampling_method(resampling)
+        self.paths: tuple[str, ...] = tuple(given)
+        self.band_map = normalise_band_map(band_map)
+        self.scale: float | str = scale
+        self.nodata = nodata
+        self.resampling = str(resampling).strip().lower()
+        self.mask_zero_pixels = bool(mask_zero_pixels)
+        # Plain-data cache filled by the first scan; pickled with the source.
+        self._files: list[FileInfo] | None = None
+        self._bounds_in: dict[str, np.ndarray] = {}
+        self._res_in: dict[str, np.ndarray] = {}
+        self._warned_scale = False
+        self._init_runtime()
+
+    # ---- runtime state (never pickled)
+    def _init_runtime(self) -> None:
+        self._lock = threading.RLock()
+        self._handles: OrderedDict[str, rasterio.io.DatasetReader] = OrderedDict()
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._local: dict[str, str] = {}
+        self._opened = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_lock", "_handles", "_tmpdir", "_local", "_opened"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return f"GeoTIFFSource(paths={list(self.paths)!r}, band_map={self.band_map!r})"
+
+    def open(self) -> None:
+        """Start a reading session (once per worker). Idempotent.
+
+        Until :meth:`close`, datasets stay open between reads (at most
+        :data:`MAX_OPEN_FILES`) and each ``gs://`` object is downloaded once, when first
+        needed, into a temporary folder.
+        """
+        with self._lock:
+            self._opened = True
+
+    def close(self) -> None:
+        """Close every open dataset and remove downloaded copies. Idempotent."""
+        with self._lock:
+            for ds in self._handles.values():
+                with contextlib.suppress(Exception):
+                    ds.close()
+            self._handles.clear()
+            self._local.clear()
+            if self._tmpdir is not None:
+                with contextlib.suppress(OSError):
+                    self._tmpdir.cleanup()
+                self._tmpdir = None
+            self._opened = False
+
+    # ---- file access
+    def _local_path(self, path: str) -> str:
+        """A path GDAL can open: local as is, http(s) through /vsicurl/, gs:// downloaded."""
+        if path in self._local:
+            return self._local[path]
+        if fsio.is_remote(path) and self._tmpdir is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="landslides-geotiff-")
+        local = fsio.gdal_readable(
+            path, self._tmpdir.name if self._tmpdir else "", "Raster",
+            "check the path (glob patterns such as 'tiles/*.tif' are accepted)")
+        if fsio.is_remote(path):
+            self._local[path] = local
+        return local
+
+    def _dataset(self, path: str) -> rasterio.io.DatasetReader:
+        """The open dataset of ``path`` (opened once and kept until :meth:`close`)."""
+        ds = self._handles.get(path)
+        if ds is not None:
+            self._handles.move_to_end(path)
+            return ds
+        ds = open_dataset(self._local_path(path), path, "Raster", lambda text: SourceError(
+            f"Cannot read raster {path!r}: {text}. Is it a valid GeoTIFF/COG?"))
+        self._handles[path] = ds
+        while len(self._handles) > MAX_OPEN_FILES:  # large mosaics: bound open descriptors
+            _, oldest = self._handles.popitem(last=False)
+            oldest.close()
+        return ds
+
+    # ---- scanning
+    def _scan(self) -> list[FileInfo]:
+        """Expand the paths and read every file's metadata once (cached, picklable)."""
+        if self._files is not None:
+            return self._files
+        with self._lock:
+            if self._files is not None:
+                return self._files
+            files = [self._scan_file(p) for p in expand_paths(self.paths)]
+            names = [n for n, _ in files[0].band_index]
+            for info in files[1:]:
+                other = [n for n, _ in info.band_index]
+                if set(other) != set(names):
+                    raise BandError(
+                        f"Files disagree on their bands: {files[0].path!r} has "
+                        f"{', '.join(names)} but {info.path!r} has {', '.join(other)}. "
+                        f"Mosaic only files with the same bands, or pass a band_map that "
+                        f"all of them satisfy.")
+            crs0 = files[0].crs
+            if any(f.crs != crs0 for f in files[1:]):
+                log.info("Mosaic of %d files in several CRSs (first: %s).", len(files), crs0)
+            self._files = files
+            log.debug("Scanned %d file(s) for %s: bands %s", len(files), self.kind, names)
+            return files
+
+    def _scan_file(self, path: str) -> FileInfo:
+        ds = self._dataset(path)
+        if ds.crs is None:
+            raise CRSError(f"Raster {path!r} has no CRS; assign one (e.g. gdal_edit.py -a_srs "
+                           f"EPSG:32645 {Path(path).name}) or use a georeferenced copy.")
+        descriptions = tuple(ds.descriptions)
+        info = FileInfo(path=path, crs=crs_string(ds.crs), bounds=tuple(ds.bounds),
+                         transform=tuple(ds.transform)[:6], width=ds.width,
+                         height=ds.height, count=ds.count, dtype=ds.dtypes[0],
+                         nodata=ds.nodata,
+                         band_index=tuple(band_index(self.band_map, path, ds.count,
+                                                     descriptions).items()))
+        if not self._opened:
+            # Scanning outside open()/close() (e.g. on the launcher): keep neither handles
+            # nor downloaded copies.
+            self._handles.pop(path, None)
+            ds.close()
+            local = self._local.pop(path, None)
+            if local:
+                with contextlib.suppress(OSError):
+                    os.unlink(local)
+        return info
+
+    # ---- Source API
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self._scan()[0].band_index)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The expanded, sorted file list (the mosaic priority order)."""
+        return tuple(f.path for f in self._scan())
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "paths": list(self.paths),
+            "files": list(self.files),
+            # what was read: a file replaced at the same path changes the run's signature
+            "fingerprints": [fsio.fingerprint(f) for f in self.files],
+            "bands": list(self.bands),
+            "band_map": dict(self.band_map) if self.band_map else None,
+            "scale": self.scale,
+            "nodata": self.nodata,
+            "resampling": self.resampling,
+            "mask_zero_pixels": self.mask_zero_pixels,
+        }
+
+    def footprint(self) -> tuple[str, tuple[float, float, float, float]]:
+        """``(crs, bounds)``: the union of the files' bounds, in the first file's CRS."""
+        files = self._scan()
+        crs = files[0].crs
+        b = self._bounds_in_crs(crs)
+        b = b[np.isfinite(b).all(axis=1)]
+        return crs, (float(b[:, 0].min()), float(b[:, 1].min()),
+                     float(b[:, 2].max()), float(b[:, 3].max()))
+
+    def _bounds_in_crs(self, crs: str) -> np.ndarray:
+        """``(n_files, 4)`` bounds of every file in ``crs`` (inf where not transformable)."""
+        cached = self._bounds_in.get(crs)
+        if cached is not None:
+            return cached
+        arr = bounds_in_crs(self._scan(), crs)
+        self._bounds_in[crs] = arr
+        return arr
+
+    def _res_in_crs(self, crs: str) -> np.ndarray:
+        """``(n_files, 2)`` pixel sizes of every file near its centre, in ``crs`` units."""
+        cached = self._res_in.get(crs)
+        if cached is not None:
+            return cached
+        arr = res_in_crs(self._scan(), crs)
+        self._res_in[crs] = arr
+        return arr
+
+    def _hits(self, grid: PixelGrid) -> np.ndarray:
+        """Boolean per file: its footprint meets ``grid`` (unknown footprints count as yes)."""
+        b = self._bounds_in_crs(grid.crs)
+        gx0, gy0, gx1, gy1 = grid.bounds
+        return (b[:, 0] < gx1) & (b[:, 2] > gx0) & (b[:, 1] < gy1) & (b[:, 3] > gy0)
+
+    def covers(self, grid: PixelGrid) -> bool:
+        """True when at least one file's footprint overlaps ``grid``."""
+        return bool(self._hits(grid).any())
+
+    def coverage(self, grid: PixelGrid) -> float:
+        """Fraction of ``grid``'s area inside the union of the files' bounding boxes."""
+        b = self._bounds_in_crs(grid.crs)
+        b = b[np.isfinite(b).all(axis=1)]
+        g = box(*grid.bounds)
+        if not len(b) or g.area == 0:
+            return 0.0
+        union = shapely.union_all(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]))
+        return float(union.intersection(g).area / g.area)
+
+    def check_covers(self, region: Region) -> None:
+        """Raise :class:`RegionError` when ``region`` lies entirely outside the data.
+
+        Raises:
+            RegionError: naming the region's bounds and the data's bounds.
+        """
+        geom = region.geometry
+        b = self._bounds_in_crs(WGS84)
+        finite = b[np.isfinite(b).all(axis=1)]
+        if len(finite) < len(b):
+            return  # some footprint cannot be expressed in lon/lat: do not reject early
+        boxes = shapely.box(finite[:, 0], finite[:, 1], finite[:, 2], finite[:, 3])
+        if shapely.intersects(boxes, geom).any():
+            return
+        crs, native = self.footprint()
+        data_ll = (float(finite[:, 0].min()), float(finite[:, 1].min()),
+                   float(finite[:, 2].max()), float(finite[:, 3].max()))
+        raise RegionError(
+            f"The area of interest {region.name!r} (lon/lat bounds "
+            f"{_fmt_bounds(geom.bounds)}) lies outside the data of {self.kind} source "
+            f"({len(b)} file(s), lon/lat bounds {_fmt_bounds(data_ll)}; "
+            f"{_fmt_bounds(native)} in {crs}). Choose a region inside the data or add files "
+            f"that cover it.")
+
+    # ---- reading
+    def _read(self, grid: PixelGrid, bands: tuple[str, ...]) -> Raster:
+        with self._lock:
+            if not self._opened:
+                self.open()
+            files = self._scan()
+            fb = self._bounds_in_crs(grid.crs)
+            out: np.ndarray | None = None  # allocated unless one file fills the whole grid
+            valid = np.zeros(grid.shape, dtype=bool)
+            res_in = self._res_in_crs(grid.crs)
+            for info, hit, bounds, res in zip(files, self._hits(grid), fb, res_in):
+                if not hit:
+                    continue
+                r0, r1, c0, c1 = window_of(grid, bounds)
+                if r1 <= r0 or c1 <= c0:
+                    continue
+                # Warp only the box around pixels that earlier files left empty.
+                todo = ~valid[r0:r1, c0:c1]
+                rows, cols = np.flatnonzero(todo.any(axis=1)), np.flatnonzero(todo.any(axis=0))
+                if not len(rows):
+                    continue
+                r0, r1, c0, c1 = r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
+                sub = grid.subgrid(Window(c0, r0, c1 - c0, r1 - r0))
+                data = self._warp(info, sub, bands, warp_scales(res, grid))
+                take = np.isfinite(data).all(axis=0)
+                if out is None and sub.shape == grid.shape:
+                    out, valid = data, take  # the first file read spans the grid: no copy
+                    if not take.all():
+                        np.copyto(out, np.nan, where=~take)  # NaN in any band: all bands
+                    if valid.all():
+                        break
+                    continue
+                if out is None:
+                    out = nans(len(bands), grid)
+                done = valid[r0:r1, c0:c1]  # a view: updated in place below
+                take &= ~done
+                if take.all():  # one file fills the window: a plain slice copy
+                    out[:, r0:r1, c0:c1] = data
+                    done[...] = True
+                elif take.any():
+                    np.copyto(out[:, r0:r1, c0:c1], data, where=take)  # per pixel, all bands
+                    done |= take
+                if valid.all():
+                    break
+            if out is None:
+                out = nans(len(bands), grid)
+            return Raster(out, valid, grid, bands)
+
+    def _warp(self, info: FileInfo, grid: PixelGrid, bands: tuple[str, ...],
+              scales: dict[str, str]) -> np.ndarray:
+        """``info``'s bands warped onto ``grid``: float32 physical units, NaN invalid."""
+        ds = self._dataset(info.path)
+        nodata = self.nodata if self.nodata is not None else info.nodata
+        extra: dict[str, Any] = dict(scales)
+        zero_check = False
+        if self.mask_zero_pixels and nodata is None:
+            # GDAL treats a pixel as nodata only when *all* bands equal it: exactly "all 0".
+            nodata, extra["UNIFIED_SRC_NODATA"] = 0.0, "YES"
+        else:
+            extra["UNIFIED_SRC_NODATA"] = "NO"  # per-band nodata
+            zero_check = self.mask_zero_pixels and nodata != 0
+        indexes = [info.index(b) for b in bands]
+        offset = aligned_offset(ds, grid)
+        if offset is not None:
+            data = read_aligned(info, ds, grid, indexes, offset, nodata,
+                                unified=extra["UNIFIED_SRC_NODATA"] == "YES")
+            return self._finish(info, bands, data, zero_check)
+        try:
+            with WarpedVRT(ds, crs=grid.crs, transform=grid.affine, width=grid.width,
+                           height=grid.height, resampling=resampling_method(self.resampling),
+                           src_nodata=nodata, nodata=float("nan"), dtype="float32",
+                           tolerance=TOLERANCE, **extra) as vrt:
+                data = vrt.read(indexes, out_dtype="float32")
+        except Exception as exc:
+            if not is_gdal_error(exc):
+                raise
+            raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
+                              f"{grid.bounds}: {gdal_error_text(exc)}") from exc
+        return self._finish(info, bands, data, zero_check)
+
+    def _finish(self, info: FileInfo, bands: tuple[str, ...], data: np.ndarray,
+                zero_check: bool) -> np.ndarray:
+        if zero_check:
+            data[:, (data == 0).all(axis=0)] = np.nan
+        for k, band in enumerate(bands):
+            if self.scale == "auto":
+                if info.is_integer:
+                    spec = bandreg.get(band)
+                    if spec.scale != 1.0:
+                        data[k] *= np.float32(spec.scale)
+                    if spec.offset != 0.0:
+                        data[k] += np.float32(spec.offset)
+                else:
+                    self._warn_float_scale(info, band, data[k])
+            elif self.scale != 1.0:
+                data[k] *= np.float32(self.scale)
+        return data
+
+    def _warn_float_scale(self, info: FileInfo, band: str, values: np.ndarray) -> None:
+        if self._warned_scale or not np.isfinite(values).any():
+            return
+        hi = bandreg.get(band).valid_range[1]
+        vmax = float(np.nanmax(values))
+        if bandreg.get(band).unit == "reflectance" and vmax > hi:
+            self._warned_scale = True
+            log.warning(
+                "Band %s of %s is float with values up to %g, far above reflectance; "
+                "scale='auto' keeps float values as they are. If these are digital numbers, "
+                "pass scale=1e-4 (CLI: --scale 1e-4).", band, info.path, vmax)
+
+
+
+def _fmt_bounds(b: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
