@@ -18,7 +18,6 @@ from pipelines import fsio
 from pipelines.cli import main
 from pipelines.compare import (
     CompareConfig,
-    merge_across_edges,
     parse_years,
     resolve_input,
     run_compare,
@@ -27,6 +26,7 @@ from pipelines.errors import ConfigError, CRSError, DataNotFoundError
 from pipelines.geo.cog import CATEGORICAL, write_cog
 from pipelines.geo.grid import GridSpec, PixelGrid
 from pipelines.geo.inventory import rasterize, read_inventory, vectorize
+from pipelines.geo.polygons import merge_across_edges
 
 UTM = "EPSG:32645"
 
@@ -296,9 +296,9 @@ def test_merge_across_edges_joins_shared_edges_only():
     c = box(20, 10, 30, 20)  # touches b at a corner only
     d = box(40, 0, 50, 10)
     g = gpd.GeoDataFrame({"piece": [0, 1, 2, 2]}, geometry=[a, b, c, d], crs=UTM)
-    four = merge_across_edges(g, connectivity=4)
+    four = merge_across_edges(g, connectivity=4, tolerance=0.0, piece="piece")
     assert sorted(four.area.tolist()) == [100.0, 100.0, 200.0]
-    eight = merge_across_edges(g, connectivity=8)
+    eight = merge_across_edges(g, connectivity=8, tolerance=0.0, piece="piece")
     assert sorted(eight.area.tolist()) == [100.0, 300.0]
 
 

@@ -34,7 +34,7 @@ from pipelines.errors import (
 from pipelines.geo.aoi_inputs import parse_point, read_events
 from pipelines.geo.blend import window_weight
 from pipelines.geo.grid import PixelGrid
-from pipelines.geo.mosaic import merge_chunk_polygons
+from pipelines.geo.polygons import merge_across_edges
 from pipelines.predict import PredictConfig, run_predict
 from pipelines.transforms.inference import KerasModelHandler
 
@@ -507,16 +507,16 @@ def test_merge_chunk_polygons_joins_across_edges_only():
                  sq(30, 10, 40, 20),                     # b: touches b's first at a corner
                  sq(40, 20, 50, 30),                     # c: touches b's second at a corner
                  sq(100, 0, 130, 10)], crs="EPSG:32645")
-    four = merge_chunk_polygons(gdf, connectivity=4)
+    four = merge_across_edges(gdf, connectivity=4)
     assert len(four) == 4  # only the shared edge joins
     first = four.iloc[0]
     assert first["area_m2"] == 300.0 and first["n_pixels"] == 3 and first["chunks"] == 2
     assert first["prob_mean"] == pytest.approx((0.9 * 2 + 0.6) / 3)
     assert first["prob_max"] == 0.95 and first.geometry.equals(sq(0, 0, 30, 10))
-    eight = merge_chunk_polygons(gdf, connectivity=8)
+    eight = merge_across_edges(gdf, connectivity=8)
     # corners join different chunks (b-c), never two pieces of the same chunk (b-b)
     assert sorted(eight["n_pixels"]) == [2, 3, 3]
-    assert merge_chunk_polygons(gdf.iloc[:0], 4).empty
+    assert merge_across_edges(gdf.iloc[:0], 4).empty
 
 
 def test_merge_chunk_polygons_aggregates_nan_and_distinct_chunks():
@@ -530,7 +530,7 @@ def test_merge_chunk_polygons_aggregates_nan_and_distinct_chunks():
         "prob_mean": [nan, nan, 0.2, 0.8, 0.5, nan],
         "prob_max": [nan, nan, 0.3, 0.9, 0.6, nan],
     }, geometry=[sq(500), sq(0), sq(50), sq(60), sq(10), sq(70)], crs="EPSG:32645")
-    out = merge_chunk_polygons(gdf, connectivity=4)
+    out = merge_across_edges(gdf, connectivity=4)
     # groups in the order of their first member: z | a+b | c+d+c
     assert list(out["n_pixels"]) == [1, 2, 5]
     assert list(out["chunks"]) == [1, 2, 2]  # c counted once though two of its parts join

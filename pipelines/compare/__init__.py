@@ -44,7 +44,7 @@ The package, one module per job:
 
 from pipelines.compare.config import CompareConfig, parse_years
 from pipelines.compare.inputs import ResolvedInput, resolve_input
-from pipelines.compare.layers import RasterMask, VectorMask, merge_across_edges
+from pipelines.compare.layers import RasterMask, VectorMask
 from pipelines.compare.outputs import stats_rows
 from pipelines.compare.pixel_metrics import (
     ConfusionOverview,
@@ -61,7 +61,6 @@ __all__ = [
     "VectorMask",
     "common_grid",
     "compare_cli",
-    "merge_across_edges",
     "parse_years",
     "resolve_input",
     "run_compare",

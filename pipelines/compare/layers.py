@@ -2,7 +2,8 @@
 
 :class:`RasterMask` reads a mask made of one or more files (a COG, a VRT, chunk COGs):
 their metadata, their landslide and valid pixels on any grid, and their polygons window by
-window, merged back across window and file edges (:func:`merge_across_edges`).
+window, merged back across window and file edges
+(:func:`pipelines.geo.polygons.merge_across_edges`).
 :class:`VectorMask` burns polygons onto any grid.
 """
 
@@ -21,14 +22,13 @@ from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from shapely.geometry import box
 
 from pipelines import fsio
 from pipelines.errors import CRSError, InputError
 from pipelines.geo.grid import PixelGrid, to_crs
 from pipelines.geo.inventory import rasterize, vectorize
+from pipelines.geo.polygons import merge_across_edges
 
 #: Raster value meaning "no data" in a sweep's mask (besides the file's own nodata).
 MASK_NODATA = 255
@@ -183,45 +183,12 @@ class RasterMask:
                     piece += 1
         parts = []
         for crs, frames in by_crs.items():
-            merged = merge_across_edges(pd.concat(frames, ignore_index=True), connectivity)
+            merged = merge_across_edges(pd.concat(frames, ignore_index=True), connectivity,
+                                        tolerance=0.0, piece="piece")[["geometry"]]
             parts.append(merged.to_crs(self.crs) if crs != self.crs else merged)
         if not parts:
             return gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=self.crs), crs=self.crs)
         return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=self.crs)
-
-
-def merge_across_edges(gdf: gpd.GeoDataFrame, connectivity: int = 4) -> gpd.GeoDataFrame:
-    """Union polygons of different pieces (windows, chunks) that continue across an edge.
-
-    Polygons of one piece never share an edge (they are distinct connected regions), so
-    only pairs from different pieces (column ``piece``) that share an edge (4-connectivity)
-    or at least a point (8-connectivity) are joined, transitively.
-
-    Returns:
-        Geometry-only frame, one row per landslide.
-    """
-    geoms = np.asarray(gdf.geometry.values, dtype=object)
-    n = len(geoms)
-    if n == 0:
-        return gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=gdf.crs), crs=gdf.crs)
-    piece = gdf["piece"].to_numpy()
-    left, right = gdf.sindex.query(geoms, predicate="intersects")
-    sel = (left < right) & (piece[left] != piece[right])
-    left, right = left[sel], right[sel]
-    if connectivity == 4 and left.size:
-        shared = shapely.length(shapely.intersection(geoms[left], geoms[right])) > 0
-        left, right = left[shared], right[shared]
-    if left.size == 0:
-        out = geoms
-    else:
-        graph = coo_matrix((np.ones(left.size), (left, right)), shape=(n, n))
-        _, labels = connected_components(graph, directed=False)
-        sizes = np.bincount(labels)
-        out_list = [g for g, lab in zip(geoms, labels) if sizes[lab] == 1]
-        for lab in np.flatnonzero(sizes > 1):
-            out_list.append(shapely.union_all(geoms[labels == lab]))
-        out = np.asarray(out_list, dtype=object)
-    return gpd.GeoDataFrame(geometry=gpd.GeoSeries(out, crs=gdf.crs), crs=gdf.crs)
 
 
 class VectorMask:

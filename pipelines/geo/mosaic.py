@@ -1,7 +1,8 @@
 """Put chunk outputs back together: mosaics, merged COGs, polygons.
 
 VRT mosaics and merged COGs of the chunk rasters, and landslide polygons joined across
-chunk edges. The STAC catalog of what a sweep wrote is made by :mod:`pipelines.geo.stac`.
+UTM zones (across chunk edges: :mod:`pipelines.geo.polygons`). The STAC catalog of what
+a sweep wrote is made by :mod:`pipelines.geo.stac`.
 
 Nothing here holds more than one output raster in memory: a VRT only references the
 chunk COGs (written as XML, with paths relative to the VRT so the folder can be moved or
@@ -14,7 +15,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -23,6 +23,7 @@ import shapely
 from pipelines import fsio
 from pipelines.errors import InputError
 from pipelines.geo.grid import WGS84, PixelGrid, to_crs
+from pipelines.geo.polygons import combine, groups
 
 log = logging.getLogger(__name__)
 
@@ -157,121 +158,6 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
 
 
 # ----------------------------------------------------------------------------- polygons
-def merge_chunk_polygons(gdf, connectivity: int = 4, tolerance: float = 1e-6):
-    """Join polygons that continue across chunk edges into one polygon each.
-
-    Args:
-        gdf: GeoDataFrame in one projected CRS with columns ``chunk`` (the chunk each
-            polygon came from), ``edge`` (it touches its chunk's border), ``area_m2``,
-            ``n_pixels`` and optionally ``prob_mean``/``prob_max``.
-        connectivity: 4: polygons of different chunks join when they share a boundary
-            segment; 8: touching at a corner is enough (as the mask's pixel connectivity).
-        tolerance: Smallest shared boundary length (CRS units) that counts for 4.
-
-    Returns:
-        A GeoDataFrame with one row per landslide: ``area_m2`` and ``n_pixels`` summed,
-        ``prob_mean`` pixel-weighted, ``prob_max`` the maximum, ``chunks`` the number of
-        chunks it spans; in the order of each group's first polygon.
-    """
-    n = len(gdf)
-    if n == 0:
-        out = gdf.drop(columns=[c for c in ("chunk", "edge") if c in gdf.columns])
-        out = out.copy()
-        out["chunks"] = np.zeros(0, dtype="int64")
-        return out
-    geoms = np.asarray(gdf.geometry.values, dtype=object)
-    chunk = np.asarray(gdf["chunk"].astype(str))
-    edge_idx = np.flatnonzero(np.asarray(gdf["edge"], dtype=bool))
-    rows: list[np.ndarray] = []
-    cols_: list[np.ndarray] = []
-    if len(edge_idx) > 1:
-        eg = geoms[edge_idx]
-        tree = shapely.STRtree(eg)
-        a, b = tree.query(eg, predicate="intersects")
-        keep = (a < b) & (chunk[edge_idx[a]] != chunk[edge_idx[b]])
-        a, b = edge_idx[a[keep]], edge_idx[b[keep]]
-        if connectivity == 4 and len(a):
-            shared = shapely.length(shapely.intersection(geoms[a], geoms[b]))
-            a, b = a[shared > tolerance], b[shared > tolerance]
-        rows.append(a)
-        cols_.append(b)
-    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    c = np.concatenate(cols_) if cols_ else np.zeros(0, dtype=np.int64)
-    return _combine(gdf, _groups(n, r, c), shapely.union_all)
-
-
-def _groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Connected components of the pairs ``(a[i], b[i])`` over ``n`` items.
-
-    Returns:
-        Each item's group number; groups are numbered in the order of their first member.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    _, first = np.unique(labels, return_index=True)  # first member of each component
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[labels]
-
-
-def _combine(gdf, group: np.ndarray, union):
-    """One row per group (``group``: each row's group number, from :func:`_groups`).
-
-    Geometries are joined with ``union`` (single-member groups keep theirs);
-    ``area_m2`` and ``n_pixels`` are summed, ``prob_mean`` pixel-weighted over its
-    finite values, ``prob_max`` the largest finite value (NaN when there is none), and
-    ``chunks`` the number of distinct chunks (or the sum of ``chunks`` when the rows are
-    already merged parts).
-    """
-    import geopandas as gpd
-
-    geoms = np.asarray(gdf.geometry.values, dtype=object)
-    n_groups = int(group.max()) + 1 if len(group) else 0
-    cols = [c for c in ("area_m2", "n_pixels", "prob_mean", "prob_max") if c in gdf.columns]
-    values = {col: np.asarray(gdf[col].to_numpy(), dtype=np.float64) for col in cols}
-    npx = values.get("n_pixels", np.ones(len(gdf)))
-    out: dict[str, Any] = {}
-    for col in cols:
-        vals = values[col]
-        if col == "prob_mean":
-            ok = np.isfinite(vals)
-            w = np.where(ok, npx, 0.0)
-            tot = np.bincount(group, weights=np.where(ok, vals, 0.0) * w, minlength=n_groups)
-            wsum = np.bincount(group, weights=w, minlength=n_groups)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[col] = np.where(wsum > 0, tot / wsum, np.nan)
-        elif col == "prob_max":
-            best = np.full(n_groups, -np.inf)
-            np.maximum.at(best, group, np.where(np.isfinite(vals), vals, -np.inf))
-            out[col] = np.where(np.isfinite(best), best, np.nan)
-        elif col == "n_pixels":
-            out[col] = np.bincount(group, weights=vals, minlength=n_groups).astype(np.int64)
-        else:
-            out[col] = np.bincount(group, weights=vals, minlength=n_groups)
-    if "chunks" in gdf.columns:  # already merged parts: add up their chunk counts
-        out["chunks"] = np.bincount(group, weights=np.asarray(gdf["chunks"].to_numpy(),
-                                                              dtype=np.float64),
-                                    minlength=n_groups).astype(np.int64)
-    else:  # distinct chunks per group
-        _, chunk_code = np.unique(np.asarray(gdf["chunk"].astype(str)), return_inverse=True)
-        pairs = np.unique(np.stack([group, chunk_code.ravel()]), axis=1)
-        out["chunks"] = np.bincount(pairs[0], minlength=n_groups).astype(np.int64)
-    sizes = np.bincount(group, minlength=n_groups)
-    out_geoms = np.empty(n_groups, dtype=object)
-    single = sizes[group] == 1
-    out_geoms[group[single]] = geoms[single]
-    if (~single).any():
-        order = np.flatnonzero(~single)
-        order = order[np.argsort(group[order], kind="stable")]
-        bounds = np.flatnonzero(np.diff(group[order])) + 1
-        for members in np.split(order, bounds):
-            out_geoms[group[members[0]]] = union(geoms[members])
-    return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(out_geoms, crs=gdf.crs), crs=gdf.crs)
-
-
 def _zone_edges(epsg: int, bounds: tuple[float, float, float, float]):
     """The limits of UTM zone ``epsg`` near ``bounds`` (lon/lat), in that zone's CRS.
 
@@ -296,7 +182,8 @@ def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
     are joined (their gap closed morphologically); areas and pixel counts are summed.
 
     Args:
-        parts: Per-zone GeoDataFrames in their UTM CRS (from :func:`merge_chunk_polygons`).
+        parts: Per-zone GeoDataFrames in their UTM CRS (from
+            :func:`pipelines.geo.polygons.merge_across_edges`).
         pixel_size: Pixel size in metres.
         crs: CRS of the result.
     """
@@ -332,13 +219,12 @@ def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
         grown = shapely.union_all(shapely.buffer(geoms, d, join_style="mitre"))
         return shapely.buffer(grown, -d, join_style="mitre")
 
-    merged = _combine(allm, _groups(len(allm), a, b), close)
+    merged = combine(allm, groups(len(allm), a, b), close)
     return merged.to_crs(crs).reset_index(drop=True)
 
 
 __all__ = [
     "merge_across_zones",
-    "merge_chunk_polygons",
     "merge_to_cog",
     "mosaic_grid",
     "vrt_xml",

@@ -114,7 +114,8 @@ def job_inventory(plan: SweepPlan, job: SweepJob, results: list[dict]):
     import shapely
 
     from pipelines.geo.grid import WGS84
-    from pipelines.geo.mosaic import merge_across_zones, merge_chunk_polygons
+    from pipelines.geo.mosaic import merge_across_zones
+    from pipelines.geo.polygons import merge_across_edges
 
     parts = []
     for epsg in job.epsgs:
@@ -128,7 +129,7 @@ def job_inventory(plan: SweepPlan, job: SweepJob, results: list[dict]):
              "prob_mean": np.asarray([p["prob_mean"] for _, p in rows], dtype=np.float64),
              "prob_max": np.asarray([p["prob_max"] for _, p in rows], dtype=np.float64)},
             geometry=gpd.GeoSeries(geoms, crs=f"EPSG:{epsg}"), crs=f"EPSG:{epsg}")
-        parts.append(merge_chunk_polygons(gdf, plan.config.connectivity))
+        parts.append(merge_across_edges(gdf, plan.config.connectivity))
     # one zone: its UTM CRS (exact pixel outlines); several: WGS 84, joined at zone limits
     crs = f"EPSG:{job.epsgs[0]}" if len(job.epsgs) == 1 else WGS84
     gdf = merge_across_zones(parts, plan.pixel_size, crs)
