@@ -35,7 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Held-out model quality of the demo study for three world seeds (~10 min per seed).
+# Held-out model quality of the demo study for three world seeds (it prints each study's time).
 bench-quality: $(STAMP)
 	$(PY) bench/quality.py $(QUALITY_ARGS)
 
