@@ -23,7 +23,7 @@ from model.metrics import best_threshold, confusion_counts, scores
 from model.schema import decode_patch
 from model.unet import encoder_layers
 from pipelines.cli import main
-from tests.test_data import BANDS, write_shards
+from tests.model.test_data import BANDS, write_shards
 
 # tiny and fast: 32 px patches, 3 bands, a 3-level U-Net with 4 base filters
 # Results must not depend on how loaded the machine is (CI runs two workers on two cores):
@@ -277,7 +277,7 @@ def test_mirrored_strategy_with_mixed_precision_writes_a_float32_artifact(shards
     out = tmp_path / "mirrored"
     done = subprocess.run([sys.executable, "-c", _MIRRORED, str(shards), str(out)],
                           capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1],
+                          cwd=Path(__file__).resolve().parents[2],
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
     training = json.loads(done.stdout.strip().splitlines()[-1])
@@ -306,7 +306,7 @@ def test_strategy_and_precision_choice():
 
 
 def test_example_config_is_valid():
-    path = Path(__file__).resolve().parents[1] / "model" / "configs" / "train.yaml"
+    path = Path(__file__).resolve().parents[2] / "model" / "configs" / "train.yaml"
     config, grid = trainer.load_config(str(path), {"epochs": 3})
     assert config.epochs == 3 and config.lr == 1e-3 and config.beta == 0.7
     assert config.depth == 5 and config.batch_size == 32 and config.augment.rot90
