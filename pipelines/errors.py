@@ -51,3 +51,37 @@ class SourceError(LandslideError, OSError):
 
 class OutputError(LandslideError, OSError):
     """A failure writing outputs (unwritable folder or bucket, full disk)."""
+
+
+class TransientSourceError(SourceError):
+    """A source failure that may pass on its own (HTTP 429 or 5xx, timeouts, drops).
+
+    Attributes:
+        exhausted: The source already retried it as often as its budget allows, so the
+            chunk must not be retried again (retries would multiply, not add up).
+    """
+
+    def __init__(self, message: str, *, exhausted: bool = False) -> None:
+        super().__init__(message)
+        self.exhausted = exhausted
+
+
+#: The two failure classes of a chunk (see :func:`failure_class`).
+TRANSIENT, PERMANENT = "transient", "permanent"
+
+
+def failure_class(exc: BaseException) -> str:
+    """``transient`` (worth retrying) or ``permanent`` (retrying gives the same answer).
+
+    Permanent: a corrupt file, a refused request (4xx other than 429), a missing band.
+    Only :class:`TransientSourceError`, timeouts and connection failures are transient;
+    every other error, including other :class:`SourceError`, is permanent.
+    """
+    if isinstance(exc, TransientSourceError | TimeoutError | ConnectionError):
+        return TRANSIENT
+    return PERMANENT
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    """A transient failure that its source has not already retried to exhaustion."""
+    return failure_class(exc) == TRANSIENT and not getattr(exc, "exhausted", False)

@@ -21,7 +21,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import DataNotFoundError, OutputError, SourceError
+from pipelines.errors import (
+    TRANSIENT,
+    DataNotFoundError,
+    OutputError,
+    SourceError,
+    TransientSourceError,
+    failure_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +296,9 @@ def gdal_readable(path: str, tmpdir: str, what: str = "Raster",
     try:
         with open_binary(path) as src, open(local, "wb") as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)
-    except OSError as exc:
-        raise SourceError(f"Cannot download {what.lower()} {path!r}: {exc}") from exc
+    except OSError as exc:  # a dropped connection or a timeout may pass: retried
+        kind = TransientSourceError if failure_class(exc) == TRANSIENT else SourceError
+        raise kind(f"Cannot download {what.lower()} {path!r}: {exc}") from exc
     return local
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import fsio
-from pipelines.errors import DataNotFoundError, InputError
+from pipelines.errors import PERMANENT, failure_class, worth_retrying
 from pipelines.geo.blend import blend, chunk_windows, cut_windows
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, PixelGrid
 from pipelines.geo.patches import channels_last
@@ -109,12 +109,13 @@ def load_done(job: SweepJob, key: str) -> dict | None:
 
 def read_chunk(source: Source, grid: PixelGrid, bands: Sequence[str], retries: int,
                retry_delay_s: float) -> Raster:
-    """Read ``grid`` from ``source``, retrying transient errors with exponential backoff."""
-    from apache_beam.utils import retry
+    """Read ``grid`` from ``source``, retrying transient errors with exponential backoff.
 
-    def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, OSError | TimeoutError | ConnectionError) and not \
-            isinstance(exc, DataNotFoundError | InputError)
+    Only failures :func:`~pipelines.errors.worth_retrying` are retried: a corrupt file or a
+    refused request fails at once, and a source that spent its own retry budget (Earth
+    Engine) is not retried again.
+    """
+    from apache_beam.utils import retry
 
     def note(fmt: str, *args: Any) -> None:
         log.info("retrying a chunk read after %s s: %s", args[0] if args else "?",
@@ -122,7 +123,7 @@ def read_chunk(source: Source, grid: PixelGrid, bands: Sequence[str], retries: i
 
     read = retry.with_exponential_backoff(
         num_retries=retries, initial_delay_secs=retry_delay_s,
-        retry_filter=retryable, logger=note)(source.read)
+        retry_filter=worth_retrying, logger=note)(source.read)
     return read(grid, bands)
 
 
@@ -310,7 +311,8 @@ def failure_record(plan: SweepPlan, job_i: int, key: str, stage: str,
     if reason is None:
         reason = type(exc).__name__ if not isinstance(exc, str) else text.split(":", 1)[0]
     rec: dict[str, Any] = {"aoi": plan.jobs[job_i].label, "chunk": key, "stage": stage,
-                           "error": text, "reason": reason}
+                           "error": text, "reason": reason,
+                           "class": PERMANENT if isinstance(exc, str) else failure_class(exc)}
     if stage == "read":
         rec["retries"] = plan.config.retries
     return rec

@@ -5,6 +5,7 @@ COGs, mosaics, STAC, resume, dead letters, multi-process, gs:// and bad inputs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -344,6 +345,7 @@ def _cli_args(scene, out, *extra, images=None):
 
 
 def test_failed_chunks_are_dead_lettered_and_a_rerun_completes(scene, swept, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     swept_out, _ = swept
     images = tmp_path / "imgs"
     images.mkdir()
@@ -358,6 +360,8 @@ def test_failed_chunks_are_dead_lettered_and_a_rerun_completes(scene, swept, tmp
     n = run["counts"]["chunks_failed"]
     assert n == len(failed) == 9  # every chunk whose read area meets the broken tile
     assert all(f["stage"] == "read" and f["reason"] == "SourceError" for f in failed)
+    assert all(f["class"] == "permanent" for f in failed)  # a corrupt file: no retry
+    assert "retrying a chunk read" not in caplog.text
     assert "Cannot read raster" in failed[0]["error"]
     assert f"{n} chunk(s) failed" in caplog.text and "SourceError" in caplog.text
     assert run["status"] == "partial" and run["counts"]["chunks_computed"] == 16 - n

@@ -234,6 +234,24 @@ def test_bad_request_is_not_retried(server):
     assert len(server.pixel_requests()) == 1
 
 
+@pytest.mark.parametrize("status", [429, 403])
+def test_a_chunk_read_spends_one_retry_budget(server, status):
+    """The sweep's chunk retries never multiply the source's own: a persistent 429 costs
+    1 + max_retries requests (not (1 + retries) x (1 + max_retries)), a 403 costs one."""
+    from pipelines.errors import PERMANENT, TRANSIENT, failure_class
+    from pipelines.predict.chunk import read_chunk
+
+    grid = chunk_read_grid(85.3, 28.1, chunk_size=16, halo=0)
+    server.configure(faults=Faults(status=status, every=1))
+    src = make_source(server, bands=XY_BANDS, max_retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(SourceError) as err:
+        read_chunk(src, grid, XY_BANDS, retries=3, retry_delay_s=0.01)
+    assert time.monotonic() - t0 < 5
+    assert len(server.pixel_requests()) == (3 if status == 429 else 1)
+    assert failure_class(err.value) == (TRANSIENT if status == 429 else PERMANENT)
+
+
 # --------------------------------------------------------------------------- concurrency
 def test_concurrency_bounded_per_process(server):
     server.configure(latency_s=0.05)

@@ -8,9 +8,11 @@ element. A read is cut into blocks (:mod:`~pipelines.sources.earthengine.pixels`
 fetched with ``ee.data.computePixels`` under the process's concurrency bound; what
 :func:`~pipelines.sources.earthengine.client.is_retryable` accepts is retried
 ``max_retries`` times with jittered exponential backoff (Beam's
-``FuzzedExponentialIntervals``), then raised as :class:`~pipelines.errors.SourceError`
-naming the grid and block, so that the pipeline can dead-letter the chunk. Other errors
-(HTTP 400: a bad band, a bad expression) are raised at once.
+``FuzzedExponentialIntervals``), then raised as an exhausted
+:class:`~pipelines.errors.TransientSourceError` naming the grid and block, so that the
+pipeline dead-letters the chunk without retrying it again (one budget, not retries
+multiplied). Other errors (HTTP 400 or 403: a bad band, a bad expression, no access) are
+raised at once as a permanent :class:`~pipelines.errors.SourceError`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from apache_beam.utils.retry import FuzzedExponentialIntervals
 
-from pipelines.errors import SourceError
+from pipelines.errors import SourceError, TransientSourceError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import PixelGrid
 from pipelines.sources.base import Raster, Source
@@ -169,11 +171,11 @@ class EarthEngineSource(Source):
                     raise SourceError(f"Earth Engine refused {where}: {reason} (not retried)."
                                       ) from exc
                 delay = next(delays, None)
-                if delay is None:
-                    raise SourceError(
+                if delay is None:  # transient, but this request's budget is spent
+                    raise TransientSourceError(
                         f"Earth Engine failed {attempt} time(s) on {where}; last error "
                         f"{reason}. Lower max_concurrency, raise max_retries, or re-run the "
-                        f"dead-lettered chunk later."
+                        f"dead-lettered chunk later.", exhausted=True
                     ) from exc
                 logger.warning("Earth Engine %s on %s (attempt %d of %d); retrying in %.2f s",
                                reason, where, attempt, cfg.max_retries + 1, delay)
