@@ -40,9 +40,12 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
     results = sorted(results, key=lambda r: r["key"])
     failures = sorted(failures, key=lambda f: (f["chunk"], f["stage"]))
     outputs: dict[str, Any] = {}
+    # a sweep with failed chunks names its products *.partial.*, so that nothing reads
+    # them as a complete map of the AOI; each run removes the other kind's leftovers
+    partial = bool(failures)
     gdf = job_inventory(plan, job, results)
-    outputs["inventory"] = write_job_inventory(job, gdf)
-    outputs["mosaics"] = write_mosaics(plan, job, results)
+    outputs["inventory"] = write_job_inventory(job, gdf, partial)
+    outputs["mosaics"] = write_mosaics(plan, job, results, partial)
     failed_path = job.path(FAILED)
     if failures:
         fsio.write_bytes(failed_path, "".join(
@@ -51,7 +54,7 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
     elif fsio.exists(failed_path):  # a clean rerun supersedes the old dead letters
         fsio.delete(failed_path)
     if plan.config.stac:
-        outputs["stac"] = write_stac(plan, job, results, outputs)
+        outputs["stac"] = write_stac(plan, job, results, outputs, partial)
     outputs["run"] = job.path(RUN)
     actions = Counter(r["action"] for r in results)
     states = Counter(r["state"] for r in results)
@@ -147,18 +150,43 @@ def job_inventory(plan: SweepPlan, job: SweepJob, results: list[dict]):
     return gdf[[*cols, "geometry"]].set_geometry("geometry")
 
 
-def write_job_inventory(job: SweepJob, gdf) -> dict[str, str]:
-    """Write the inventory as GeoPackage and GeoParquet; returns their paths."""
+PARTIAL = ".partial"
+
+
+def _tagged(path: str, partial: bool) -> str:
+    """``inventory.gpkg`` -> ``inventory.partial.gpkg`` for a partial sweep."""
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}{PARTIAL}{dot}{ext}" if partial else path
+
+
+def _drop_other(path: str, partial: bool) -> None:
+    """Delete the other kind of ``path`` (partial or complete) left by an older run."""
+    other = _tagged(path, not partial)
+    if fsio.exists(other):
+        fsio.delete(other)
+
+
+def write_job_inventory(job: SweepJob, gdf, partial: bool = False) -> dict[str, str]:
+    """Write the inventory as GeoPackage and GeoParquet; returns their paths.
+
+    With ``partial`` (some chunks failed) the files are ``inventory.partial.*``.
+    """
     from pipelines.geo.inventory import write_inventory
 
-    paths = {"gpkg": job.path("inventory.gpkg"), "parquet": job.path("inventory.parquet")}
-    for path in paths.values():
-        write_inventory(gdf, path)
+    paths = {}
+    for ext in ("gpkg", "parquet"):
+        paths[ext] = _tagged(job.path(f"inventory.{ext}"), partial)
+        write_inventory(gdf, paths[ext])
+        _drop_other(job.path(f"inventory.{ext}"), partial)
     return paths
 
 
-def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict]) -> dict[str, Any]:
-    """Write a VRT (and, when small, a merged COG) of probability and mask per CRS."""
+def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: bool = False
+                  ) -> dict[str, Any]:
+    """Write a VRT (and, when small, a merged COG) of probability and mask per CRS.
+
+    With ``partial`` (some chunks failed) the files are ``<kind>.partial.vrt|tif``.
+    """
     from pipelines.geo.mosaic import merge_to_cog, mosaic_grid, write_vrt
 
     out: dict[str, Any] = {}
@@ -181,22 +209,33 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict]) -> dict[s
             else:
                 dtype, nodata, scale = "uint8", float(NODATA_U8), None
             desc = "landslide_probability" if kind == "prob" else "landslide"
-            vrt = job.path("mosaic", f"{kind}{suffix}.vrt")
+            vrt = _tagged(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
             write_vrt(vrt, list(zip(files, grids)), dtype, nodata, description=desc,
                       scale=scale)
+            _drop_other(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
             entry = {"vrt": vrt, "crs": f"EPSG:{epsg}", "shape": [big.height, big.width]}
             if small:
-                cog = job.path("mosaic", f"{kind}{suffix}.tif")
                 kt = dict(tags, scale=repr(scale)) if scale else tags
+                cog = _tagged(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
                 merge_to_cog(cog, files, nodata, tags=kt, categorical=kind == "mask",
                              description=desc)
+                _drop_other(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
                 entry["cog"] = cog
             out[f"{kind}{suffix}"] = entry
     return out
 
 
-def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dict) -> str:
-    """Write the job's STAC catalog: an item per chunk and one for the mosaics."""
+def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dict,
+               partial: bool = False) -> str:
+    """Write the job's STAC catalog: an item per chunk and one for the mosaics.
+
+    The mosaic item of a ``partial`` sweep says so (``landslides:partial``) and covers
+    only the chunks that were computed, not the whole AOI.
+    """
+    import shapely
+    from shapely.geometry import box
+
+    from pipelines.geo.grid import WGS84, to_crs
     from pipelines.geo.stac import StacAsset, StacItem, write_stac_catalog
 
     cog = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -224,7 +263,13 @@ def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dic
                                           "application/xml", ("data", "overview"))
         if "cog" in m:
             assets[f"{name}_cog"] = StacAsset(m["cog"], f"{name} mosaic", cog)
-    items.append(StacItem("mosaic", None, assets, props, geometry=job.region.geometry))
+    footprint = job.region.geometry
+    done = [PixelGrid.from_dict(r["grid"]) for r in results if r.get("files")]
+    if partial and done:
+        footprint = footprint.intersection(shapely.union_all(
+            [to_crs(box(*g.bounds), g.crs, WGS84) for g in done]))
+    items.append(StacItem("mosaic", None, assets, {**props, "landslides:partial": partial},
+                          geometry=footprint))
     return write_stac_catalog(job.path("stac"), f"landslides-{job.label}"[:100],
                               f"Landslide predictions of {job.label} by model "
                               f"{plan.meta['model_id']}", items, job.start, job.end)

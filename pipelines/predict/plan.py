@@ -210,7 +210,8 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
 _SAME_RUN = ("start", "end", "events", "days_before", "days_after")
 #: The products of a sweep in its folder (per AOI or event): folders, then files.
 _PRODUCT_DIRS = ("done", "prob", "mask", "mosaic", "stac")
-_PRODUCT_FILES = ("inventory.gpkg", "inventory.parquet", RUN, FAILED, "events.json")
+_PRODUCT_FILES = ("inventory.gpkg", "inventory.parquet", "inventory.partial.gpkg",
+                  "inventory.partial.parquet", RUN, FAILED, "events.json")
 
 
 def one_run_per_folder(config: PredictConfig) -> None:

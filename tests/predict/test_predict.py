@@ -370,6 +370,18 @@ def test_failed_chunks_are_dead_lettered_and_a_rerun_completes(scene, swept, tmp
         assert not (out / "prob" / f"{f['chunk']}.tif").exists()
     # the rest is written and mosaicked: the VRT lists only the chunks that succeeded
     assert len(list((out / "prob").glob("*.tif"))) == 16 - n
+    # ... under names that say it is partial: nothing looks like a complete map
+    assert not (out / "inventory.gpkg").exists() and not (out / "mosaic" / "mask.vrt").exists()
+    assert (out / "inventory.partial.gpkg").exists()
+    assert (out / "mosaic" / "mask.partial.vrt").exists()
+    import pystac
+    from shapely.geometry import shape
+
+    cat = pystac.Catalog.from_file(str(out / "stac" / "catalog.json"))
+    mosaic_item = next(i for i in cat.get_items(recursive=True) if i.id == "mosaic")
+    assert mosaic_item.properties["landslides:partial"] is True
+    aoi = gpd.read_file(scene["aoi"]).to_crs(4326).union_all()
+    assert shape(mosaic_item.geometry).area < 0.95 * aoi.area  # the computed chunks only
     # a rerun with the input unchanged retries only the failed chunks
     assert cli.main(args) == 1
     run = json.loads((out / "run.json").read_text())
@@ -381,6 +393,7 @@ def test_failed_chunks_are_dead_lettered_and_a_rerun_completes(scene, swept, tmp
     run = json.loads((out / "run.json").read_text())
     assert (run["counts"]["chunks_computed"], run["counts"]["chunks_skipped"]) == (16, 0)
     assert not (out / "failed_chunks.jsonl").exists()
+    assert not list(out.rglob("*.partial.*"))  # the complete run replaced them
     for name in ("mask.tif", "prob.tif"):
         np.testing.assert_array_equal(_read(out / "mosaic" / name),
                                       _read(swept_out / "mosaic" / name))
