@@ -237,6 +237,7 @@ def test_example_scan_configs_validate():
 
     him = ScanConfig.from_yaml(str(INFRA / "examples" / "scan-himalaya.yaml"))
     assert him.source["kind"] == "earthengine"
+    assert him.source["dem"] == "glo30"  # an Earth Engine DEM name, not a path to resolve
     assert Path(him.region) == INFRA / "examples" / "himalaya.geojson"
     assert him.model.startswith("gs://") and him.out.startswith("gs://")
     last = dt.date.today().year - 1
