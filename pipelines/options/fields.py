@@ -78,12 +78,14 @@ def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MIS
 
 def nested(cls: type, *, default_factory: Any = MISSING,
            convert: Callable[[Any], Any] | None = None, overrides: bool = False,
-           exclude: tuple[str, ...] = (), group: str | None = None, yaml: bool = False,
-           template: bool = False) -> Any:
-    """A field built from the options of dataclass ``cls`` (see the module docstring)."""
+           exclude: tuple[str, ...] = (), group: str | None = None) -> Any:
+    """A field built from the options of dataclass ``cls`` (see the module docstring).
+
+    Its flags, YAML and template settings are those of ``cls``'s fields; the field itself
+    is never a key of a YAML block (the scan sets a sweep's source itself).
+    """
     meta: dict[str, Any] = {"nested": cls, "convert": convert, "overrides": overrides,
-                            "exclude": exclude, "group": group, "yaml": yaml,
-                            "template": template, "cli": True}
+                            "exclude": exclude, "group": group}
     if overrides and default_factory is MISSING:
         default_factory = dict
     return dataclasses.field(default_factory=default_factory, metadata=meta)
