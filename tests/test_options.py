@@ -274,6 +274,8 @@ def test_the_scan_source_takes_every_source_option_the_cli_offers(kind, name):
 def test_source_keys_are_the_options_of_each_kind():
     from pipelines.sources.earthengine import EEConfig
 
+    # every source option is a key of some kind's spec, and each kind's keys are its own
+    assert all(f.metadata["kinds"] for f in dataclasses.fields(SourceOptions))
     for kind in KINDS:
         ours = spec_keys(kind)
         assert all(kind in f.metadata["kinds"] for f in ours.values())

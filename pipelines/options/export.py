@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import ConfigError
-from pipelines.options.fields import nested, option
-from pipelines.options.predict import BBOX_OR_GCS, DATE
+from pipelines.options.fields import BBOX_OR_GCS, DATE, nested, option
 from pipelines.options.source import SourceOptions
 
 #: The bands exported without ``--bands``.

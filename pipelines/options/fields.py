@@ -51,6 +51,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 MISSING: Any = dataclasses.MISSING
+#: Template value patterns: a Cloud Storage path, a vector file there or a bbox, a date.
+GCS = r"^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/.*)?$"
+BBOX_OR_GCS = r"^(gs://.+|-?[0-9.]+,-?[0-9.]+,-?[0-9.]+,-?[0-9.]+)$"
+DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,
@@ -292,6 +296,9 @@ def type_name(tp: Any) -> str:
 
 
 __all__ = [
+    "BBOX_OR_GCS",
+    "DATE",
+    "GCS",
     "add_arguments",
     "base_type",
     "cli_fields",

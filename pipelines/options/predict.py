@@ -12,15 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import ConfigError
-from pipelines.options.fields import nested, option
+from pipelines.options.fields import BBOX_OR_GCS, DATE, nested, option
 from pipelines.options.source import SourceOptions
 
 #: Encodings of the probability COGs.
 PROB_DTYPES = ("uint8", "float32")
 AOI = "area of interest (exactly one)"
-GCS = r"^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/.*)?$"
-BBOX_OR_GCS = r"^(gs://.+|-?[0-9.]+,-?[0-9.]+,-?[0-9.]+,-?[0-9.]+)$"
-DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.options.commands import COMMANDS
-from pipelines.options.fields import base_type, cli_fields, default_of, flag_of, help_of
+from pipelines.options.fields import GCS, base_type, cli_fields, default_of, flag_of, help_of
 
 #: The commands a launch can run, in the order of the ``command`` parameter.
 TEMPLATE_COMMANDS = ("scan", "predict", "export")
-GCS = r"^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/.*)?$"
 _INT = r"^-?[0-9]+$"
 _FLOAT = r"^-?[0-9]+(\.[0-9]*)?([eE]-?[0-9]+)?$"
 _BOOL = r"^(true|false)$"
