@@ -22,75 +22,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-COMMANDS = ("scan", "predict", "export")
-_SWEEP = ("predict", "export")
-
-
-@dataclass(frozen=True)
-class Param:
-    """How one template parameter becomes ``landslides`` arguments.
-
-    Attributes:
-        flag: The ``landslides`` option it fills.
-        commands: The commands it applies to.
-        kind: ``value`` (``--flag VALUE``), ``switch`` (``true`` adds ``--flag``),
-            ``toggle`` (``--flag`` / ``--no-flag``) or ``list`` (comma-separated values,
-            one ``--flag VALUE`` each).
-    """
-
-    flag: str
-    commands: tuple[str, ...]
-    kind: str = "value"
-
-
-#: Template parameter name -> its mapping. Every one is declared in
-#: infra/scan-template-metadata.json (checked by tests/test_infra.py).
-PARAMS: dict[str, Param] = {
-    # scan
-    "config": Param("--config", ("scan",)),
-    "periods": Param("--periods", ("scan",)),
-    "dry_run": Param("--dry-run", ("scan",), "switch"),
-    # predict and export: where and when
-    "out": Param("--out", _SWEEP),
-    "aoi": Param("--aoi", _SWEEP),
-    "start": Param("--start", _SWEEP),
-    "end": Param("--end", _SWEEP),
-    "pixel_size": Param("--pixel-size", _SWEEP),
-    "chunk_size": Param("--chunk-size", _SWEEP),
-    "epsg": Param("--epsg", _SWEEP),
-    # imagery source
-    "source": Param("--source", _SWEEP),
-    "world": Param("--world", _SWEEP),
-    "images": Param("--images", _SWEEP, "list"),
-    "dem": Param("--dem", _SWEEP),
-    "band_map": Param("--band-map", _SWEEP),
-    "ee_project": Param("--ee-project", _SWEEP),
-    "ee_dem": Param("--ee-dem", _SWEEP),
-    "ee_cloud_mask": Param("--ee-cloud-mask", _SWEEP),
-    "ee_high_volume": Param("--ee-high-volume", _SWEEP, "switch"),
-    "ee_max_concurrency": Param("--ee-max-concurrency", _SWEEP),
-    # predict
-    "model": Param("--model", ("predict",)),
-    "point": Param("--point", ("predict",)),
-    "events": Param("--events", ("predict",)),
-    "buffer_m": Param("--buffer-m", ("predict",)),
-    "batch_size": Param("--batch-size", ("predict",)),
-    "chunks_per_batch": Param("--chunks-per-batch", ("predict",)),
-    "threshold": Param("--threshold", ("predict",)),
-    "min_area": Param("--min-area", ("predict",)),
-    "prob_dtype": Param("--prob-dtype", ("predict",)),
-    "large_model": Param("--large-model", ("predict",), "switch"),
-    "stac": Param("--stac", ("predict",), "toggle"),
-    # export
-    "inventory": Param("--inventory", ("export",)),
-    "bands": Param("--bands", ("export",)),
-    "patch_size": Param("--patch-size", ("export",)),
-    "negative_fraction": Param("--negative-fraction", ("export",)),
-    "split": Param("--split", ("export",)),
-    "compression": Param("--compression", ("export",)),
-}
+# Template parameter name -> the flag it fills (a Param), generated from the commands'
+# options by pipelines/options/template.py, which also writes
+# infra/scan-template-metadata.json.
+from pipelines.options.template import PARAMS
+from pipelines.options.template import TEMPLATE_COMMANDS as COMMANDS
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")

@@ -33,6 +33,7 @@ from typing import Any
 from pipelines import fsio
 from pipelines.errors import ConfigError
 from pipelines.geo.stack import StackSpec, parse_references
+from pipelines.options.fields import option
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class DemoConfig:
             images (a stack that needs older images is refused).
     """
 
-    out: str = "demo-out"
-    quick: bool = False
-    seed: int = 42
+    out: str = option("demo-out", "Output folder (default %(default)s).")
+    quick: bool = option(False, "A smaller world and shorter training (a few minutes).")
+    seed: int = option(42, "Seed of the world and training.")
     train_years: tuple[int, ...] = (2014, 2016, 2018)
     years: tuple[int, ...] = tuple(range(2013, 2020))
     # the greenest of the four years before each image, and of the four years before the
@@ -468,8 +469,8 @@ def summary_lines(out: str, results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def demo_cli(out: str, quick: bool, seed: int) -> int:
+def demo_command(config: DemoConfig) -> int:
     """``landslides demo``: run the study and say where the outputs are."""
-    results = run_demo(DemoConfig(out=out, quick=quick, seed=seed))
-    log.info("\n".join(summary_lines(out, results)))
+    results = run_demo(config)
+    log.info("\n".join(summary_lines(config.out, results)))
     return 0

@@ -33,6 +33,7 @@ from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, Region, load_region, plan_chunks
 from pipelines.geo.patches import SPLITS, PatchRules, SplitPlan
 from pipelines.geo.stack import StackSpec, shift_date
+from pipelines.options.export import DEFAULT_BANDS, ExportOptions
 from pipelines.shards import COMPRESSIONS
 from pipelines.sources.base import Source
 from pipelines.sources.factory import check_window, parse_date
@@ -40,7 +41,6 @@ from pipelines.sources.stacked import make_stacked_source
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BANDS = ("B2", "B3", "B4", "B8", "B11", "B12", "DEM", "slope")
 MANIFEST = "manifest.json"
 FAILED = "failed_chunks.jsonl"
 
@@ -525,54 +525,7 @@ def _classes(config: ExportConfig) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- CLI
-def export_cli(out: str, aoi: str, source: str, inventory: str | None = None,
-               labels: str | None = None, label_map: str | None = None,
-               start: str | None = None, end: str | None = None, bands: str | None = None,
-               pixel_size: float = 10.0, chunk_size: int = 512, patch_size: int = 128,
-               stride: int | None = None, negative_fraction: float = 0.25,
-               max_nodata: float = 0.1, split: str = "0.7,0.15,0.15", split_block: int = 2,
-               split_polygons: str | None = None, split_buffer: int = 0, seed: int = 0,
-               class_attribute: str | None = None, classes: str | None = None,
-               num_shards: int = 0, epsg: int | None = None, compression: str = "gzip",
-               reference: list[str] | None = None, change: str | None = None,
-               reference_bands: str | None = None, years: str | None = None,
-               beam_args: list[str] | None = None,
-               **source_args: Any) -> int:
-    """``landslides export``: parse CLI values into an :class:`ExportConfig` and run it."""
-    from pipelines.geo.stack import parse_references
-    from pipelines.sources.factory import spec_from_args
-    from pipelines.synth import parse_years
-
-    fractions = tuple(float(v) for v in split.split(","))
-    if len(fractions) != 3:
-        raise ConfigError(f"--split needs three fractions train,val,test; got {split!r}.")
-    polygons: dict[str, bytes] = {}
-    if split_polygons:
-        import shapely
-
-        for item in split_polygons.split(","):
-            name, _, path = item.partition("=")
-            polygons[name.strip()] = shapely.to_wkb(load_region(path.strip()).geometry)
-    class_map = None
-    if classes:
-        class_map = {k.strip(): int(v) for k, v in
-                     (item.split("=") for item in classes.split(","))}
-    target = tuple(b.strip() for b in bands.split(",")) if bands else DEFAULT_BANDS
-    stack = StackSpec(target, parse_references(reference or ()),
-                      tuple(b.strip() for b in reference_bands.split(","))
-                      if reference_bands else None,
-                      tuple(c.strip() for c in change.split(",") if c.strip()) if change else ())
-    config = ExportConfig(
-        source=spec_from_args(source, **source_args), aoi=aoi, out=out, inventory=inventory,
-        labels=labels, **({"label_map": label_map} if label_map else {}),
-        start=start, end=end, bands=target, stack=stack,
-        years=parse_years(years) if years else (),
-        pixel_size=pixel_size, chunk_size=chunk_size,
-        patch=PatchRules(patch_size, stride, negative_fraction, max_nodata, seed),
-        split=SplitPlan(fractions, split_block, seed, polygons),  # type: ignore[arg-type]
-        split_buffer=split_buffer,
-        class_attribute=class_attribute, classes=class_map, num_shards=num_shards, epsg=epsg,
-        compression=compression,
-    )
-    manifest = run_export(config, beam_args)
+def export_command(options: ExportOptions, beam_args: Sequence[str] | None = None) -> int:
+    """``landslides export``: run the export; 1 when some chunks failed, else 0."""
+    manifest = run_export(options.to_config(), beam_args)
     return 1 if manifest.get("chunks_failed") else 0

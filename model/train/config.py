@@ -35,6 +35,18 @@ _OPTIONAL = ("bands", "steps_per_epoch", "validation_steps", "n_classes", "lr", 
              "init_from")
 
 
+def _opt(default: Any, help: str, *, factory: bool = False, **more: Any) -> Any:
+    """A setting that is also a ``landslides train|tune`` flag.
+
+    The metadata (``help``, with ``%(default)s`` for the default, and ``choices``) is what
+    ``pipelines/options/train.py`` builds the flags from; settings without it are YAML-only.
+    """
+    meta = {"help": help, **more}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyper-parameter of a training run.
@@ -81,41 +93,51 @@ class TrainConfig:
             deterministically. ``False`` lets tf.data reorder for speed.
     """
 
-    bands: tuple[str, ...] | None = None
-    base_filters: int = 16
-    depth: int = 5
-    dropout: float = 0.1
-    batch_norm: bool = True
-    bn_momentum: float = 0.9
-    n_classes: int | None = None
-    loss: str = "tversky"
-    alpha: float = 0.3
-    beta: float = 0.7
-    gamma: float = 0.75
-    lr: float | None = None
-    batch_size: int = 32
-    epochs: int = 50
-    steps_per_epoch: int | None = None
+    bands: tuple[str, ...] | None = _opt(None, "Comma-separated input bands (default: the "
+                                         "manifest's).")
+    base_filters: int = _opt(16, "Filters of the first block (%(default)s).")
+    depth: int = _opt(5, "U-Net encoder blocks (default %(default)s).")
+    dropout: float = _opt(0.1, "Dropout rate (default %(default)s).")
+    batch_norm: bool = _opt(True, "Batch normalisation (default %(default)s).")
+    bn_momentum: float = _opt(0.9, "Batch-norm momentum (default %(default)s).")
+    n_classes: int | None = _opt(None, "1: binary sigmoid; K: softmax classes (default: from "
+                                 "the manifest).")
+    loss: str = _opt("tversky", "Loss (default %(default)s).", choices=tuple(LOSSES))
+    alpha: float = _opt(0.3, "Tversky false-positive weight (%(default)s).")
+    beta: float = _opt(0.7, "Tversky false-negative weight (%(default)s).")
+    gamma: float = _opt(0.75, "Focal Tversky exponent (%(default)s).")
+    lr: float | None = _opt(None, "Adam learning rate (1e-3; 1e-4 with --init-from).")
+    batch_size: int = _opt(32, "Global batch size (default %(default)s).")
+    epochs: int = _opt(50, "Maximum epochs (default %(default)s).")
+    steps_per_epoch: int | None = _opt(None, "Batches per epoch (default: all).")
     validation_steps: int | None = None
-    patience: int = 10
+    patience: int = _opt(10, "Early-stopping patience (%(default)s; 0: off).")
     reduce_lr: bool = True
     reduce_lr_patience: int = 4
     reduce_lr_factor: float = 0.5
     min_lr: float = 1e-6
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
-    init_from: str | None = None
-    freeze_encoder: bool = False
-    mixed_precision: str = "auto"
-    strategy: str = "auto"
-    tpu: str | None = None
-    cache: str = "auto"
+    augment: AugmentConfig = _opt(AugmentConfig, "none, or e.g. flip_h,flip_v,rot90,rot45,"
+                                  "shear=0.2,blur=0.3,sharpen=0.3.", factory=True)
+    seed: int = _opt(0, "Seed (default %(default)s).")
+    init_from: str | None = _opt(None, "Start from this model artifact (fine-tuning).")
+    freeze_encoder: bool = _opt(False, "Keep the encoder of --init-from fixed.")
+    mixed_precision: str = _opt("auto", "auto: mixed precision on GPU/TPU only (default).",
+                                choices=PRECISIONS)
+    strategy: str = _opt("auto", "tf.distribute strategy (auto: from the devices and "
+                         "TF_CONFIG).", choices=STRATEGIES)
+    tpu: str | None = _opt(None, "TPU name or address (implies --strategy tpu).")
+    cache: str = _opt("auto", "Cache parsed patches in memory (auto: when under 1 GiB).",
+                      choices=CACHE_MODES)
     shuffle_buffer: int = 512
-    label: str | None = None
+    label: str | None = _opt(None, "Label band of Earth Engine TFRecord exports.")
     stats_patches: int = 256
-    saved_model: bool = True
-    allow_partial: bool = False
-    deterministic: bool = True
+    saved_model: bool = _opt(True, "Also export a SavedModel into the artifact (default "
+                             "%(default)s).")
+    allow_partial: bool = _opt(False, "Train on an export some of whose chunks failed "
+                               "(refused by default).")
+    deterministic: bool = _opt(True, "Same shards, config and seed give the same model "
+                               "(default %(default)s; --no-deterministic lets tf.data "
+                               "reorder for speed).")
 
     def __post_init__(self) -> None:
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS):

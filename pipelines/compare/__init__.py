@@ -29,17 +29,18 @@ the outputs: ``metrics.json``, ``stats.csv``, ``matches.csv``, ``compare_config.
 Bad input does not stop the report: a missing year on one side, an empty inventory, an AOI
 that misses one input are recorded in ``metrics.json`` (``problems``) and in the report,
 and the rest is computed. Only when nothing at all could be computed does
-:func:`compare_cli` fail (after writing the report).
+:func:`compare_command` fail (after writing the report).
 
 The package, one module per job:
 
-- :mod:`~pipelines.compare.config`: :class:`CompareConfig`, its validation, ``--years``.
+- :mod:`~pipelines.compare.config`: :class:`CompareConfig` (defined with its options in
+  :mod:`pipelines.options.compare`), its validation, ``--years``.
 - :mod:`~pipelines.compare.inputs`: resolving paths, reading each side into one CRS.
 - :mod:`~pipelines.compare.layers`: raster masks and polygons burnt onto a grid.
 - :mod:`~pipelines.compare.pixel_metrics`: the streaming pixel metrics and overview map.
 - :mod:`~pipelines.compare.problems`: the warnings and errors met on the way.
 - :mod:`~pipelines.compare.outputs`: tables, figures, metrics.json, report.html.
-- :mod:`~pipelines.compare.run`: :func:`run_compare` and :func:`compare_cli`.
+- :mod:`~pipelines.compare.run`: :func:`run_compare` and :func:`compare_command`.
 """
 
 from pipelines.compare.config import CompareConfig, parse_years
@@ -51,7 +52,7 @@ from pipelines.compare.pixel_metrics import (
     common_grid,
     streaming_pixel_counts,
 )
-from pipelines.compare.run import compare_cli, run_compare
+from pipelines.compare.run import compare_command, run_compare
 
 __all__ = [
     "CompareConfig",
@@ -60,7 +61,7 @@ __all__ = [
     "ResolvedInput",
     "VectorMask",
     "common_grid",
-    "compare_cli",
+    "compare_command",
     "parse_years",
     "resolve_input",
     "run_compare",

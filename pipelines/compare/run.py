@@ -1,4 +1,4 @@
-"""One comparison end to end: :func:`run_compare` wires the stages; :func:`compare_cli` runs it.
+"""One comparison end to end: :func:`run_compare` wires the stages; :func:`compare_command`.
 
 Reads every input, chooses the CRS, computes the per-year pixel and object metrics and
 statistics and the multi-temporal table, and hands the result to the outputs.
@@ -13,7 +13,7 @@ import geopandas as gpd
 import pandas as pd
 
 from pipelines import errors
-from pipelines.compare.config import CompareConfig, _year_key, parse_years
+from pipelines.compare.config import CompareConfig, _year_key
 from pipelines.compare.inputs import (
     SIDES,
     ResolvedInput,
@@ -193,14 +193,8 @@ def run_compare(config: CompareConfig) -> dict:
     return metrics
 
 
-def compare_cli(reference: str, out: str, predicted: str | None = None,
-                aoi: str | None = None, years: str | None = None, resolution: float = 5.0,
-                min_overlap: float = 0.1, match: str = "overlap", min_area: float = 0.0,
-                background: str | None = None, epsg: int | None = None,
-                tile_size: int = 2048, connectivity: int = 4, bins_per_decade: int = 10,
-                a_min: float | None = None, kde_bandwidth: float | None = None,
-                figures: bool = True, observed_only: bool = True) -> int:
-    """``landslides compare``: run :func:`run_compare` from command-line values.
+def compare_command(config: CompareConfig) -> int:
+    """``landslides compare``: run :func:`run_compare` and say whether it is complete.
 
     Returns:
         0 when every requested inventory of every year was read and compared; 1 when the
@@ -209,16 +203,9 @@ def compare_cli(reference: str, out: str, predicted: str | None = None,
         which; status ``partial``).
 
     Raises:
-        LandslideError: bad configuration, or nothing could be computed (the report and
-            metrics.json are written first and say why).
+        LandslideError: nothing could be computed (the report and metrics.json are written
+            first and say why).
     """
-    config = CompareConfig(
-        reference=reference, out=out, predicted=predicted, aoi=aoi, years=parse_years(years),
-        resolution=resolution, min_overlap=min_overlap, match=match, min_area=min_area,
-        background=background, epsg=epsg, tile_size=tile_size, connectivity=connectivity,
-        bins_per_decade=bins_per_decade, a_min=a_min, kde_bandwidth_m=kde_bandwidth,
-        figures=figures, observed_only=observed_only,
-    )
     metrics = run_compare(config)
     errs = [p for p in metrics["problems"] if p["level"] == "error"]
     if metrics["status"] == "failed":
@@ -227,11 +214,11 @@ def compare_cli(reference: str, out: str, predicted: str | None = None,
         if not (isinstance(cls, type) and issubclass(cls, errors.LandslideError)):
             cls = InputError
         detail = "; ".join(p["message"] for p in errs)
-        raise cls(f"Nothing could be compared: {detail}. The report is in {out}.")
+        raise cls(f"Nothing could be compared: {detail}. The report is in {config.out}.")
     for p in errs:
         logger.error("%s", p["message"])
     missing = {role: years for role, years in metrics["missing_years"].items() if years}
     if missing:
         logger.error("Missing inventories (%s): the comparison is incomplete; see %s.",
-                     "; ".join(f"{r} {', '.join(y)}" for r, y in missing.items()), out)
+                     "; ".join(f"{r} {', '.join(y)}" for r, y in missing.items()), config.out)
     return 1 if errs or missing else 0

@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -47,6 +48,9 @@ from pipelines.errors import (
 )
 from pipelines.geo.cog import CONTINUOUS, write_cog
 from pipelines.geo.grid import PixelGrid
+
+if TYPE_CHECKING:
+    from pipelines.options.terrain import TerrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -458,12 +462,11 @@ def _write_from(src: rasterio.io.DatasetReader, dem: str, out: str, names: tuple
     return paths
 
 
-def write_terrain_cli(dem: str, out: str, products: str, z_factor: float,
-                      nodata: float | None) -> int:
-    """``landslides terrain``: :func:`write_terrain` with a comma-separated product list."""
-    names = [p.strip() for p in products.split(",") if p.strip()]
-    paths = write_terrain(dem, out, names, z_factor=z_factor, nodata=nodata)
+def terrain_command(options: TerrainOptions) -> int:
+    """``landslides terrain``: :func:`write_terrain`, saying where the products are."""
+    paths = write_terrain(options.dem, options.out, options.products,
+                          z_factor=options.z_factor, nodata=options.nodata)
     for p, path in paths.items():
         log.info("wrote %s: %s", p, path)
-    log.info("Terrain products of %s are in %s", dem, out)
+    log.info("Terrain products of %s are in %s", options.dem, options.out)
     return 0

@@ -27,12 +27,13 @@ again ends with the same outputs as an uninterrupted one.
 
 The package, in the order a chunk meets it:
 
-* :mod:`~pipelines.predict.config`: :class:`PredictConfig`, :class:`SweepJob`, constants;
+* :mod:`~pipelines.options.predict`: :class:`PredictConfig`, the options;
+* :mod:`~pipelines.predict.config`: :class:`SweepJob`, constants;
 * :mod:`~pipelines.predict.plan`: :func:`plan_predict` -> the frozen :class:`SweepPlan`;
 * :mod:`~pipelines.predict.chunk`: the per-chunk steps (prepare, finish, failure record);
 * :mod:`~pipelines.predict.finalize`: one AOI's inventory, mosaics, STAC and run.json;
 * :mod:`~pipelines.predict.pipeline`: the DoFns, composite transforms, :func:`build_pipeline`;
-* :mod:`~pipelines.predict.run`: :func:`run_predict` and the ``landslides predict`` CLI.
+* :mod:`~pipelines.predict.run`: :func:`run_predict` and :func:`predict_command`.
 """
 
 from pipelines.predict.chunk import ChunkTiles
@@ -48,7 +49,7 @@ from pipelines.predict.config import (
     SweepJob,
 )
 from pipelines.predict.plan import SweepPlan, plan_predict
-from pipelines.predict.run import predict_cli, run_predict
+from pipelines.predict.run import predict_command, run_predict
 
 __all__ = [
     "CONFIG",
@@ -63,6 +64,6 @@ __all__ = [
     "SweepJob",
     "SweepPlan",
     "plan_predict",
-    "predict_cli",
+    "predict_command",
     "run_predict",
 ]

@@ -1,4 +1,4 @@
-"""Running a sweep: :func:`run_predict` on the launcher and the ``landslides predict`` CLI.
+"""Running a sweep: :func:`run_predict` on the launcher and ``landslides predict``.
 
 Owns the launch: plan the sweep, check the output folders (one run per folder), save the
 configuration, run the Beam pipeline, then read back every AOI's ``run.json``, write
@@ -11,7 +11,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 from pipelines import fsio
 from pipelines.errors import NoDataError
@@ -69,34 +68,13 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     return runs
 
 
-def predict_cli(model: str, out: str, aoi: str | None = None, point: str | None = None,
-                buffer_m: float = 1000.0, events: str | None = None, days_before: int = 0,
-                days_after: int = 90, start: str | None = None, end: str | None = None,
-                source: str = "synthetic", window: int | None = None, overlap: float = 0.5,
-                chunk_size: int = 512, pixel_size: float | None = None, batch_size: int = 16,
-                chunks_per_batch: int = 1, threshold: float | None = None,
-                min_area: float = 200.0, connectivity: int = 4, prob_dtype: str = "uint8",
-                merge_max_px: int = 50_000_000, retries: int = 3, retry_delay: float = 2.0,
-                epsg: int | None = None, stac: bool = True, large_model: bool = False,
-                overwrite: bool = False,
-                beam_args: list[str] | None = None, **source_args: Any) -> int:
-    """``landslides predict``: parse CLI values into a :class:`PredictConfig` and run it.
+def predict_command(config: PredictConfig, beam_args: Sequence[str] | None = None) -> int:
+    """``landslides predict``: run the sweep and say which chunks failed.
 
     Returns:
         0 when every chunk was written, 1 when some failed (they are listed in
         ``failed_chunks.jsonl`` of their AOI).
     """
-    from pipelines.sources.factory import spec_from_args
-
-    config = PredictConfig(
-        model=model, source=spec_from_args(source, **source_args), out=out, aoi=aoi,
-        point=point, buffer_m=buffer_m, events=events, days_before=days_before,
-        days_after=days_after, start=start, end=end, window=window, overlap=overlap,
-        chunk_size=chunk_size, pixel_size=pixel_size, batch_size=batch_size,
-        chunks_per_batch=chunks_per_batch, threshold=threshold, min_area_m2=min_area,
-        connectivity=connectivity, prob_dtype=prob_dtype, merge_max_px=merge_max_px,
-        retries=retries, retry_delay_s=retry_delay, epsg=epsg, stac=stac,
-        large_model=large_model, overwrite=overwrite)
     runs = run_predict(config, beam_args)
     failed = [(r, r["failures"]) for r in runs if r["failures"]["count"]]
     if failed:
@@ -112,4 +90,4 @@ def predict_cli(model: str, out: str, aoi: str | None = None, point: str | None 
     return 0
 
 
-__all__ = ["predict_cli", "run_predict"]
+__all__ = ["predict_command", "run_predict"]

@@ -37,7 +37,7 @@ Modules, in the order a run uses them:
 
 - :mod:`~pipelines.scan.config`: the YAML keys, periods and :class:`ScanConfig`.
 - :mod:`~pipelines.scan.plan`: inputs read once, each period's state, the plan.
-- :mod:`~pipelines.scan.run`: predict/submit, compare, record; ``scan_cli``.
+- :mod:`~pipelines.scan.run`: predict/submit, compare, record; ``scan_command``.
 - :mod:`~pipelines.scan.trends`: the multi-temporal table.
 - :mod:`~pipelines.scan.summary`: ``out/summary/`` and the HTML page.
 - :mod:`~pipelines.scan.stac`: the root STAC catalog (through :mod:`pipelines.geo.stac`).
@@ -57,7 +57,7 @@ from pipelines.scan.plan import (
 from pipelines.scan.run import (
     complete_period,
     run_scan,
-    scan_cli,
+    scan_command,
     submit_sweep,
     template_mode,
 )
@@ -77,7 +77,7 @@ __all__ = [
     "plan_lines",
     "plan_scan",
     "run_scan",
-    "scan_cli",
+    "scan_command",
     "select_periods",
     "submit_sweep",
     "template_mode",

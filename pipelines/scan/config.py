@@ -13,7 +13,6 @@ import datetime as dt
 import os
 import posixpath
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,10 @@ from typing import Any
 
 from pipelines import fsio
 from pipelines.errors import ConfigError
+from pipelines.options.compare import CompareConfig
+from pipelines.options.fields import is_option, type_name, value_fits, yaml_keys
+from pipelines.options.predict import PredictConfig
+from pipelines.options.source import check_spec
 
 FORMAT = "landslides-scan/1"
 RECORD = "period.json"
@@ -28,23 +31,7 @@ SUBMITTED = "submitted.json"
 SCAN_RECORD = "scan.json"
 CONFIG_COPY = "scan_config.json"
 
-#: Keys of the scan YAML, in the order they are documented.
-KEYS = ("name", "region", "source", "model", "out", "periods", "reference", "predict",
-        "compare", "resubmit_after_hours")
-REQUIRED = ("name", "region", "source", "model", "out", "periods")
 PERIOD_KEYS = ("name", "start", "end")
-#: PredictConfig / CompareConfig fields the scan sets itself (not allowed in the blocks).
-PREDICT_FIXED = frozenset({"model", "source", "out", "aoi", "point", "buffer_m", "events",
-                           "days_before", "days_after", "start", "end"})
-COMPARE_FIXED = frozenset({"reference", "predicted", "out", "aoi", "years"})
-#: Source spec keys per kind (see pipelines.sources.factory); earthengine adds EEConfig's.
-SOURCE_KEYS: dict[str, tuple[str, ...]] = {
-    "synthetic": ("world",),
-    "geotiff": ("images", "dem", "dem_nodata", "band_map", "scale", "nodata", "mask_zero"),
-    "earthengine": ("token_env",),
-}
-#: Source keys holding paths (resolved relative to the YAML file).
-SOURCE_PATHS = ("world", "images", "dem")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _BBOX = re.compile(r"\s*-?[\d.]+\s*(,\s*-?[\d.]+\s*){3}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -95,7 +82,7 @@ def _years(value: Any, today: dt.date | None = None) -> tuple[int, ...]:
     Accepts ``2016-2023``, ``2016,2018``, ``[2016, 2017]``, ``2016`` or ``2016-`` (open:
     up to the last complete calendar year, for scans that grow every year).
     """
-    from pipelines.compare import parse_years
+    from pipelines.options.compare import parse_years
 
     key = "periods.years"
     if isinstance(value, bool) or value is None:
@@ -193,47 +180,22 @@ def parse_periods(value: Any, today: dt.date | None = None) -> tuple[Period, ...
     return periods
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return isinstance(value, list | tuple) and all(
-            _type_ok(v, args[0]) for v in value) if args else isinstance(value, list | tuple)
-    if origin is dict or tp is dict:
-        return isinstance(value, Mapping)
-    return True
+def _fixed(cls: type) -> frozenset[str]:
+    """Options of ``cls`` the scan sets itself (not keys of its YAML block)."""
+    return frozenset(f.name for f in dataclasses.fields(cls)
+                     if is_option(f)) - frozenset(yaml_keys(cls))
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_block(block: str, values: Any, cls: type, fixed: frozenset[str]) -> dict[str, Any]:
-    """Check an option block against the fields of ``cls`` (names and types)."""
+def _check_block(block: str, values: Any, cls: type) -> dict[str, Any]:
+    """Check an option block against the YAML options of ``cls`` (names and types)."""
     if values is None:
         return {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"{block} must be a mapping of {cls.__name__} options, got "
                           f"{values!r}.")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
+    known = yaml_keys(cls)
+    fixed = _fixed(cls)
     for k, v in values.items():
         if k in fixed:
             raise ConfigError(f"{block}.{k} is set by the scan itself (from region, model, "
@@ -241,39 +203,27 @@ def _check_block(block: str, values: Any, cls: type, fixed: frozenset[str]) -> d
                               f"{', '.join(known)}.")
         if k not in known:
             raise ConfigError(f"Unknown key {block}.{k}; known keys: {', '.join(known)}.")
-        if not _type_ok(v, hints[k]):
-            raise ConfigError(f"{block}.{k} must be {_type_name(hints[k])}, got {v!r}.")
+        if not value_fits(v, hints[k]):
+            raise ConfigError(f"{block}.{k} must be {type_name(hints[k])}, got {v!r}.")
     return dict(values)
 
 
-def _check_source(spec: Any) -> dict[str, Any]:
-    from pipelines.sources.factory import KINDS
+def _resolve_source(src: Mapping[str, Any], base: str | None) -> dict[str, Any]:
+    """The source spec with its paths (as the kind's options say) relative to ``base``."""
+    from pipelines.options.source import path_keys
 
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"source must be a mapping with a kind ({', '.join(KINDS)}), got "
-                          f"{spec!r}.")
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ConfigError(f"source.kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-    known = list(SOURCE_KEYS[kind])
-    if kind == "earthengine":
-        from pipelines.sources.earthengine import EEConfig
-
-        known += [f.name for f in dataclasses.fields(EEConfig) if f.name not in ("start", "end")]
-    for k in spec:
-        if k != "kind" and k not in known:
-            extra = (" (the scan's periods give the date window)" if k in ("start", "end", "year")
-                     else "")
-            raise ConfigError(f"Unknown key source.{k} for a {kind} source{extra}; known keys: "
-                              f"kind, {', '.join(known)}.")
-    if kind == "synthetic" and not spec.get("world"):
-        raise ConfigError("source.world is required for the synthetic source: the world folder "
-                          "written by `landslides synth`.")
-    if kind == "geotiff" and not (spec.get("images") or spec.get("dem")):
-        raise ConfigError("source.images and/or source.dem are required for the geotiff source.")
-    if kind == "geotiff" and isinstance(spec.get("images"), str):
-        spec = {**spec, "images": [spec["images"]]}
-    return dict(spec)
+    out = dict(src)
+    for k in path_keys(str(out.get("kind"))):
+        value = out.get(k)
+        if isinstance(value, Mapping):  # reference_images: name -> path(s)
+            out[k] = {n: [_resolve(v, base, f"source.{k}.{n}") for v in p]
+                      if isinstance(p, list) else _resolve(p, base, f"source.{k}.{n}")
+                      for n, p in value.items()}
+        elif isinstance(value, list):
+            out[k] = [_resolve(v, base, f"source.{k}") for v in value]
+        elif value is not None:
+            out[k] = _resolve(value, base, f"source.{k}")
+    return out
 
 
 def _resolve(path: Any, base: str | None, key: str) -> Any:
@@ -323,8 +273,6 @@ class ScanConfig:
     resubmit_after_hours: float = 24.0
 
     def __post_init__(self) -> None:
-        from pipelines.compare import CompareConfig
-        from pipelines.predict import PredictConfig
 
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ConfigError(f"name {self.name!r} must be a short identifier (letters, digits, "
@@ -334,7 +282,7 @@ class ScanConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{key} is required and must be a path"
                                   f"{' or a bbox' if key == 'region' else ''}, got {value!r}.")
-        object.__setattr__(self, "source", _check_source(self.source))
+        object.__setattr__(self, "source", check_spec(self.source))
         object.__setattr__(self, "periods", parse_periods(self.periods))
         if self.reference is not None:
             if not isinstance(self.reference, str) or not self.reference.strip():
@@ -344,10 +292,10 @@ class ScanConfig:
                 raise ConfigError(f"reference {self.reference!r} holds {{{bad[0]}}}: only "
                                   f"{{year}} and {{period}} are filled.")
         object.__setattr__(self, "predict", _check_block("predict", self.predict,
-                                                         PredictConfig, PREDICT_FIXED))
+                                                         PredictConfig))
         object.__setattr__(self, "compare", _check_block("compare", self.compare,
-                                                         CompareConfig, COMPARE_FIXED))
-        if not _type_ok(self.resubmit_after_hours, float) or self.resubmit_after_hours <= 0:
+                                                         CompareConfig))
+        if not value_fits(self.resubmit_after_hours, float) or self.resubmit_after_hours <= 0:
             raise ConfigError(f"resubmit_after_hours must be a positive number, got "
                               f"{self.resubmit_after_hours!r}.")
         # Values (ranges, choices) are checked by building the stage configurations once.
@@ -392,15 +340,8 @@ class ScanConfig:
         d["out"] = _resolve(d["out"], base, "out")
         if d.get("reference") is not None:
             d["reference"] = _resolve(d["reference"], base, "reference")
-        src = d["source"]
-        if isinstance(src, Mapping):
-            src = dict(src)
-            for k in SOURCE_PATHS:
-                if isinstance(src.get(k), list):
-                    src[k] = [_resolve(v, base, f"source.{k}") for v in src[k]]
-                elif src.get(k) is not None:
-                    src[k] = _resolve(src[k], base, f"source.{k}")
-            d["source"] = src
+        if isinstance(d["source"], Mapping):
+            d["source"] = _resolve_source(d["source"], base)
         if isinstance(d.get("compare"), Mapping) and d["compare"].get("background"):
             d["compare"] = {**d["compare"], "background": _resolve(
                 d["compare"]["background"], base, "compare.background")}
@@ -436,9 +377,7 @@ class ScanConfig:
     def period_path(self, period: Period, *parts: str) -> str:
         return fsio.join(self.out, "periods", period.name, *parts)
 
-    def predict_config(self, period: Period):  # -> PredictConfig
-        from pipelines.predict import PredictConfig
-
+    def predict_config(self, period: Period) -> PredictConfig:
         return PredictConfig(model=self.model, source=dict(self.source),
                              out=self.period_path(period, "sweep"), aoi=self.region,
                              start=period.start, end=period.end, **self.predict)
@@ -449,10 +388,8 @@ class ScanConfig:
         return self.reference.replace("{year}", str(period.year)).replace("{period}",
                                                                           period.name)
 
-    def compare_config(self, period: Period):  # -> CompareConfig
+    def compare_config(self, period: Period) -> CompareConfig:
         """Compare against the reference, or describe the predicted inventory alone."""
-        from pipelines.compare import CompareConfig
-
         predicted = self.period_path(period, "sweep", "inventory.gpkg")
         ref = self.reference_for(period)
         return CompareConfig(reference=ref or predicted, predicted=predicted if ref else None,
@@ -467,6 +404,12 @@ class ScanConfig:
                         "predict": self.predict, "compare": self.compare})
 
 
+#: Keys of the scan YAML (the fields of ScanConfig), in the order they are documented.
+KEYS = tuple(f.name for f in dataclasses.fields(ScanConfig))
+REQUIRED = tuple(f.name for f in dataclasses.fields(ScanConfig)
+                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -476,17 +419,13 @@ def _period_of(config: ScanConfig, rec: dict) -> Period:
 
 
 __all__ = [
-    "COMPARE_FIXED",
     "CONFIG_COPY",
     "FORMAT",
     "KEYS",
     "PERIOD_KEYS",
-    "PREDICT_FIXED",
     "RECORD",
     "REQUIRED",
     "SCAN_RECORD",
-    "SOURCE_KEYS",
-    "SOURCE_PATHS",
     "SUBMITTED",
     "Period",
     "ScanConfig",

@@ -3,7 +3,7 @@
 Sweeps run in this process (``run_predict``, waiting for each Dataflow job) or are
 submitted without waiting (``--submit-only``, forced inside a Flex Template launcher);
 finished sweeps are compared and their periods recorded as done. One failed period does
-not stop the others. :func:`scan_cli` is the ``landslides scan`` command.
+not stop the others. :func:`scan_command` is the ``landslides scan`` command.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines import fsio
 from pipelines.errors import LandslideError
+from pipelines.options.scan import ScanOptions
 from pipelines.scan.config import (
     CONFIG_COPY,
     FORMAT,
@@ -275,17 +276,17 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
 
 
 # ----------------------------------------------------------------------------- CLI
-def scan_cli(config: str, periods: str | None = None, dry_run: bool = False,
-             submit_only: bool = False, beam_args: list[str] | None = None) -> int:
+def scan_command(options: ScanOptions, beam_args: Sequence[str] | None = None) -> int:
     """``landslides scan``: load the YAML, run the scan, say what happened.
 
     Returns:
         0 when every selected period is done (or skipped, submitted, in flight), 1 when
         some failed (they are listed in ``out/scan.json``).
     """
-    cfg = ScanConfig.from_yaml(config)
-    rec = run_scan(cfg, periods, beam_args, dry_run=dry_run, submit_only=submit_only)
-    if dry_run:
+    cfg = ScanConfig.from_yaml(options.config)
+    rec = run_scan(cfg, options.periods, beam_args, dry_run=options.dry_run,
+                   submit_only=options.submit_only)
+    if options.dry_run:
         return 0
     failed = rec.get("failed") or []
     errors = {r["period"]: r.get("error") for r in rec.get("periods", []) if r.get("error")}
@@ -306,7 +307,7 @@ __all__ = [
     "complete_period",
     "period_beam_args",
     "run_scan",
-    "scan_cli",
+    "scan_command",
     "submit_sweep",
     "sweep_problem",
     "template_mode",

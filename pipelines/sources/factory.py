@@ -2,7 +2,9 @@
 
 Specs travel inside pipeline configurations (and so to Beam workers) as plain dicts;
 the source object itself is created on the launcher for validation and on every worker
-in ``setup``. Kinds:
+in ``setup``. Specs come from :class:`pipelines.options.source.SourceOptions` (the
+command-line flags) or from a scan file (checked by
+:func:`pipelines.options.source.check_spec`). Kinds:
 
 ``{"kind": "synthetic", "world": DIR, "mask_clouds": bool, "composite": str}``
     The synthetic world; the year comes from the date window (or ``"year"``); a window
@@ -26,9 +28,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipelines.errors import ConfigError, SourceError
+from pipelines.options.source import KINDS
 from pipelines.sources.base import Source
-
-KINDS = ("synthetic", "geotiff", "earthengine")
 
 
 def window_year(start: str | None, end: str | None) -> int | None:
@@ -157,51 +158,3 @@ def parse_reference_images(items: Sequence[str]) -> dict[str, list[str]]:
         out.setdefault(name.strip(), []).extend(p.strip() for p in paths.split(";")
                                                 if p.strip())
     return out
-
-
-def spec_from_args(source: str, world: str | None = None, images: list[str] | None = None,
-                   dem: str | None = None, band_map: str | None = None,
-                   scale: str | None = None, nodata: float | None = None,
-                   mask_zero: bool = False, dem_nodata: float | None = None,
-                   ee_project: str | None = None, ee_dem: str | None = None,
-                   ee_cloud_mask: str | None = None, ee_high_volume: bool = False,
-                   ee_endpoint: str | None = None,
-                   ee_max_concurrency: int | None = None,
-                   ee_token_env: str | None = None,
-                   keep_clouds: bool = False,
-                   reference_images: Sequence[str] | None = None) -> dict[str, Any]:
-    """Assemble a source spec from CLI-style arguments (unset values are left out)."""
-    if source == "synthetic":
-        spec_s: dict[str, Any] = {"kind": "synthetic", "world": world}
-        if keep_clouds:
-            spec_s["mask_clouds"] = False
-        return spec_s
-    if source == "geotiff":
-        spec: dict[str, Any] = {"kind": "geotiff", "images": list(images or []), "dem": dem,
-                                "mask_zero": mask_zero}
-        if band_map:
-            from pipelines.sources.geotiff import parse_band_map
-
-            spec["band_map"] = parse_band_map(band_map)
-        if scale not in (None, "auto"):
-            spec["scale"] = float(scale)  # type: ignore[arg-type]
-        if nodata is not None:
-            spec["nodata"] = nodata
-        if dem_nodata is not None:
-            spec["dem_nodata"] = dem_nodata
-        if reference_images:
-            spec["reference_images"] = parse_reference_images(reference_images)
-        return spec
-    if source == "earthengine":
-        spec = {"kind": "earthengine", "project": ee_project, "high_volume": ee_high_volume,
-                "endpoint": ee_endpoint}
-        if ee_dem:
-            spec["dem"] = ee_dem
-        if ee_cloud_mask:
-            spec["cloud_mask"] = ee_cloud_mask
-        if ee_max_concurrency:
-            spec["max_concurrency"] = ee_max_concurrency
-        if ee_token_env:
-            spec["token_env"] = ee_token_env
-        return spec
-    raise ConfigError(f"Unknown source kind {source!r}; choose one of {', '.join(KINDS)}.")

@@ -15,12 +15,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines import fsio
 from pipelines.errors import ConfigError, DataNotFoundError, InputError
 from pipelines.geo.patches import IGNORE, SPLITS, stable_unit
+
+if TYPE_CHECKING:
+    from pipelines.options.import_l4s import ImportL4SOptions
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +174,10 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
     return fsio.read_json(fsio.join(out, MANIFEST))
 
 
-def import_l4s_cli(data_dir: str, out: str, bands: str | None, split: str, seed: int,
-                   num_shards: int, beam_args: list[str] | None = None) -> int:
-    fractions = tuple(float(v) for v in split.split(","))
-    chosen = tuple(b.strip() for b in bands.split(",")) if bands else L4S_BANDS
-    m = import_l4s(data_dir, out, chosen, fractions, seed, num_shards, beam_args)
-    log.info("Wrote %s patches to %s", m["patches"], out)
+def import_l4s_command(options: ImportL4SOptions, beam_args: Sequence[str] | None = None
+                       ) -> int:
+    """``landslides import-l4s``: :func:`import_l4s`, saying how many patches it wrote."""
+    m = import_l4s(options.data_dir, options.out, options.bands, options.fractions,
+                   options.seed, options.num_shards, beam_args)
+    log.info("Wrote %s patches to %s", m["patches"], options.out)
     return 0

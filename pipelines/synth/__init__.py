@@ -57,7 +57,7 @@ from pipelines.synth.world import (
     DEM_NODATA,
     GENERATOR_VERSION,
     generate_world,
-    generate_world_cli,
+    synth_command,
 )
 
 __all__ = [
@@ -81,10 +81,10 @@ __all__ = [
     "WorldConfig",
     "clouds_name",
     "generate_world",
-    "generate_world_cli",
     "inventory_name",
     "parse_years",
     "s2_name",
     "sun_position",
+    "synth_command",
     "world_grid",
 ]

@@ -12,6 +12,25 @@ import numpy as np
 
 from pipelines.errors import ConfigError
 from pipelines.geo.grid import utm_epsg
+from pipelines.options.fields import option
+
+
+def parse_years(text: str | Sequence[int]) -> tuple[int, ...]:
+    """Parse ``"2013-2019"``, ``"2013,2015,2017"`` or ``"2014-2016,2019"`` into years."""
+    if not isinstance(text, str):
+        return tuple(int(y) for y in text)
+    years: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d{4})\s*(?:-\s*(\d{4}))?", part)
+        if not m:
+            raise ConfigError(f"Bad years {text!r}: expected e.g. '2013-2019' or "
+                              f"'2013,2015,2017'.")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise ConfigError(f"Bad year range {part!r}: the end comes before the start.")
+        years.extend(range(a, b + 1))
+    return tuple(sorted(set(years)))
 
 
 @dataclass(frozen=True)
@@ -29,12 +48,15 @@ class WorldConfig:
         center_lat: Latitude of the world's centre.
     """
 
-    seed: int = 42
-    size_km: float = 12.0
-    pixel_size: float = 10.0
-    years: tuple[int, ...] = tuple(range(2013, 2020))
-    event_year: int = 2015
-    clouds: bool = True
+    seed: int = option(42, "Random seed (default %(default)s).")
+    size_km: float = option(12.0, "Side of the square world in km (default %(default)s).",
+                            units="km")
+    pixel_size: float = option(10.0, "Metres (default %(default)s).", units="m")
+    years: tuple[int, ...] = option(tuple(range(2013, 2020)), "Year range, e.g. 2013-2019.",
+                                    parse=parse_years)
+    event_year: int = option(2015, "Year of the earthquake that triggers many landslides "
+                             "(default %(default)s).")
+    clouds: bool = option(True, "Add clouds and cloud shadows (default on).")
     center_lon: float = 85.35
     center_lat: float = 28.15
 
@@ -83,21 +105,3 @@ class WorldConfig:
         d = dataclasses.asdict(self)
         d["years"] = list(self.years)
         return d
-
-
-def parse_years(text: str | Sequence[int]) -> tuple[int, ...]:
-    """Parse ``"2013-2019"``, ``"2013,2015,2017"`` or ``"2014-2016,2019"`` into years."""
-    if not isinstance(text, str):
-        return tuple(int(y) for y in text)
-    years: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d{4})\s*(?:-\s*(\d{4}))?", part)
-        if not m:
-            raise ConfigError(f"Bad years {text!r}: expected e.g. '2013-2019' or "
-                              f"'2013,2015,2017'.")
-        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-        if b < a:
-            raise ConfigError(f"Bad year range {part!r}: the end comes before the start.")
-        years.extend(range(a, b + 1))
-    return tuple(sorted(set(years)))

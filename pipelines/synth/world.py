@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -19,7 +20,7 @@ from pipelines.geo.bands import SENTINEL2_BANDS, TERRAIN_BANDS
 from pipelines.geo.cog import CATEGORICAL, CogProfile, write_cog
 from pipelines.geo.grid import WGS84, PixelGrid
 from pipelines.synth.clouds import CLOUD_LEGEND
-from pipelines.synth.config import WorldConfig, parse_years
+from pipelines.synth.config import WorldConfig
 from pipelines.synth.frame import Frame, world_grid
 from pipelines.synth.imagery import DN_SCALE, render_year
 from pipelines.synth.landcover import LANDCOVER, make_landcover
@@ -27,6 +28,9 @@ from pipelines.synth.landslides import STATUSES, inventory_rows, make_landslides
 from pipelines.synth.layout import FILES, clouds_name, inventory_name, s2_name
 from pipelines.synth.spectra import make_textures
 from pipelines.synth.terrain import make_terrain
+
+if TYPE_CHECKING:
+    from pipelines.options.synth import SynthOptions
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +195,9 @@ def generate_world(out: str, config: WorldConfig = _DEFAULT_CONFIG) -> dict:
     return world
 
 
-def generate_world_cli(out: str, seed: int, size_km: float, pixel_size: float, years: str,
-                       clouds: bool, event_year: int) -> int:
-    """``landslides synth``: generate the world; returns the exit code."""
-    config = WorldConfig(seed=seed, size_km=size_km, pixel_size=pixel_size,
-                         years=parse_years(years), event_year=event_year, clouds=clouds)
-    world = generate_world(out, config)
+def synth_command(options: SynthOptions) -> int:
+    """``landslides synth``: generate the world and log its landslides per year."""
+    world = generate_world(options.out, options.config)
     for year, c in world["landslides"].items():
         log.info("%s: %d visible landslides (%d new, %d active, %d reactivated), %.0f m2.",
                  year, c["visible"], c["new"], c["active"], c["reactivated"],

@@ -209,6 +209,23 @@ def test_dry_run_plans_without_writing(world, first, caplog):
     assert re.search(r"2016 +2016-01-01 \.\. 2017-01-01 +skip \(done\)", caplog.text)
 
 
+def test_every_cli_source_option_works_in_the_scan_file(world, first):
+    """``mask_clouds: false`` (``--keep-clouds`` on the command line) reaches the sweep."""
+    path = _yaml(world, "clouds", out="../clouds", periods={"years": 2016}, source={
+        "kind": "synthetic", "world": "../world", "mask_clouds": False})
+    assert cli.main(["scan", "--config", path]) == 0
+    sweep = world / "clouds" / "periods" / "2016" / "sweep"
+    saved = json.loads((sweep / "predict_config.json").read_text())
+    assert saved["source"] == {"kind": "synthetic", "world": str(world / "world"),
+                               "mask_clouds": False}
+
+    def valid(folder: Path) -> int:
+        return json.loads((folder / "run.json").read_text())["counts"]["valid_px"]
+
+    # cloudy pixels are imagery now, not nodata
+    assert valid(sweep) > valid(first["out"] / "periods" / "2016" / "sweep")
+
+
 def test_beam_options_reach_every_sweep(world):
     assert cli.main(["scan", "--config", _yaml(world, "runner", out="../runner",
                                                periods={"years": 2016}),

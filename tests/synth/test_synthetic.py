@@ -415,14 +415,18 @@ def test_default_world_under_a_minute(tmp_path: Path) -> None:
 
 def test_keep_clouds_flag_reaches_the_source(world: tuple[Path, dict]) -> None:
     from pipelines import cli
-    from pipelines.sources.factory import make_source, spec_from_args
+    from pipelines.options.export import ExportOptions
+    from pipelines.options.fields import from_namespace
+    from pipelines.options.source import SourceOptions
+    from pipelines.sources.factory import make_source
 
     w, _ = world
-    assert spec_from_args("synthetic", world=str(w)) == {"kind": "synthetic", "world": str(w)}
-    spec = spec_from_args("synthetic", world=str(w), keep_clouds=True)
+    assert SourceOptions(world=str(w)).to_spec() == {"kind": "synthetic", "world": str(w)}
+    spec = SourceOptions(world=str(w), mask_clouds=False).to_spec()
     assert make_source(spec, "2016-01-01", "2016-12-31").describe()["mask_clouds"] is False
     assert make_source(dict(spec, mask_clouds=True), "2016-01-01",
                        "2016-12-31").describe()["mask_clouds"] is True
     args = cli.build_parser().parse_args(["export", "--out", "o", "--aoi", "a", "--world",
                                           str(w), "--keep-clouds"])
-    assert args.keep_clouds is True
+    assert args.mask_clouds is False
+    assert from_namespace(ExportOptions, args).source == spec
