@@ -17,7 +17,7 @@ import pytest
 import rasterio
 from shapely.geometry import box
 
-from pipelines.errors import DataNotFoundError
+from pipelines.errors import DataNotFoundError, SourceError, TransientSourceError
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, PixelGrid
 from pipelines.predict import ChunkTiles, PredictConfig, plan_predict
 from pipelines.predict.chunk import (
@@ -179,14 +179,17 @@ class _Failing:
 def test_read_errors_are_retried_only_when_transient(planned):
     plan, elements = planned
     element = next(iter(elements.values()))
-    flaky = _Failing(OSError("connection reset"))
+    flaky = _Failing(ConnectionResetError("connection reset"))
     with pytest.raises(OSError, match="connection reset"):
         prepare_chunk(plan, [flaky], *element)
     assert flaky.calls == plan.config.retries + 1 == 3
-    missing = _Failing(DataNotFoundError("no scene"))
-    with pytest.raises(DataNotFoundError):
-        prepare_chunk(plan, [missing], *element)
-    assert missing.calls == 1
+    # permanent: a missing scene, a corrupt file, a source whose own retries are spent
+    for error in (DataNotFoundError("no scene"), SourceError("Cannot read raster x.tif"),
+                  TransientSourceError("HTTP 429 seven times", exhausted=True)):
+        failing = _Failing(error)
+        with pytest.raises(type(error)):
+            prepare_chunk(plan, [failing], *element)
+        assert failing.calls == 1, error
 
 
 # ----------------------------------------------------------------------------- finish
@@ -259,10 +262,12 @@ def test_a_failure_record_names_the_chunk_the_stage_and_the_error(planned):
     rec = failure_record(plan, 0, "32645_10_20", "read", OSError("disk gone"))
     assert rec == {"aoi": label, "chunk": "32645_10_20", "stage": "read",
                    "error": "OSError: disk gone", "reason": "OSError",
-                   "retries": plan.config.retries}
+                   "retries": plan.config.retries, "class": "permanent"}
     rec = failure_record(plan, 0, "k", "write", ValueError("bad"))
     assert rec == {"aoi": label, "chunk": "k", "stage": "write", "error": "ValueError: bad",
-                   "reason": "ValueError"}
+                   "reason": "ValueError", "class": "permanent"}
+    rec = failure_record(plan, 0, "k", "read", TimeoutError("slow server"))
+    assert rec["class"] == "transient"
     rec = failure_record(plan, 0, "k", "inference", "ArtifactError: wrong shape",
                          reason="ArtifactError")
     assert (rec["stage"], rec["error"], rec["reason"]) == (
@@ -284,7 +289,9 @@ def test_the_chunk_steps_and_finalize_make_a_whole_sweep_without_beam(scene, pla
     assert run["status"] == "partial" and run["failures"]["reasons"] == {"OSError": 1}
     assert (c["chunks_total"], c["chunks_computed"], c["chunks_empty"]) == (9, 9, 1)
     assert c["landslide_px"] == sum(r["positive_px"] for r in results) > 0
-    gdf = gpd.read_file(plan.jobs[0].path("inventory.gpkg"))
+    # a chunk failed: the products say they are partial
+    assert not os.path.exists(plan.jobs[0].path("inventory.gpkg"))
+    gdf = gpd.read_file(plan.jobs[0].path("inventory.partial.gpkg"))
     # the bright block across the chunk edge is one polygon; the 1-px one is dropped
     assert len(gdf) == c["polygons"] == 1
     assert gdf.loc[0, "chunks"] == 2 and gdf.loc[0, "area_m2"] == pytest.approx(10 * 14 * 100)
