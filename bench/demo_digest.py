@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--full", action="store_true", help="The full demo, not --quick.")
     p.add_argument("--no-run", action="store_true", help="Digest a finished run only.")
+    p.add_argument("--references", help="The demo's reference images, ';'-separated (default: "
+                                        "the demo's own), e.g. to digest a change against a "
+                                        "run made before the demo's stack changed.")
     p.add_argument("--json", help="Write the digest here.")
     p.add_argument("--against", help="An earlier digest: exit 1 on any difference.")
     args = p.parse_args(argv)
@@ -86,9 +89,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out} exists: give a new folder (a demo there reuses its stages and "
                   f"its files would mix with this run's).")
             return 2
-        cmd = [sys.executable, "-m", "pipelines.cli", "demo", "--seed", str(args.seed),
-               "--out", args.out] + ([] if args.full else ["--quick"])
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        if args.references is not None:
+            import logging
+
+            from pipelines.demo import DemoConfig, run_demo
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+            refs = tuple(r.strip() for r in args.references.split(";") if r.strip())
+            run_demo(DemoConfig(out=args.out, seed=args.seed, quick=not args.full,
+                                references=refs))
+        else:
+            cmd = [sys.executable, "-m", "pipelines.cli", "demo", "--seed", str(args.seed),
+                   "--out", args.out] + ([] if args.full else ["--quick"])
+            subprocess.run(cmd, check=True, cwd=ROOT)
     result = digest(args.out)
     if not result["probability_cogs"]:
         print(f"No probability COGs under {args.out}/sweeps: is it a demo output?")
