@@ -1,0 +1,170 @@
+"""The export's run configuration (:class:`ExportConfig`) and its output file names.
+
+The command-line options live in :mod:`pipelines.options.export`
+(:class:`~pipelines.options.export.ExportOptions`), which builds this structured value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.errors import ConfigError
+from pipelines.geo import bands as bandreg
+from pipelines.geo.patches import PatchRules, SplitPlan
+from pipelines.geo.stack import StackSpec, shift_date
+from pipelines.options.export import DEFAULT_BANDS
+from pipelines.shards import COMPRESSIONS
+from pipelines.sources.factory import check_window, parse_date
+
+MANIFEST = "manifest.json"
+FAILED = "failed_chunks.jsonl"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything an export needs; saved as ``export_config.json`` beside the shards.
+
+    Attributes:
+        source: Source spec (see :mod:`pipelines.sources.factory`).
+        aoi: Area of interest: a vector file or ``minlon,minlat,maxlon,maxlat``.
+        out: Output folder, local or ``gs://``.
+        inventory: Landslide polygons (any vector format); ``None`` writes unlabelled
+            patches (all negatives) for inference-style exports.
+        labels: A label raster instead of ``inventory`` (GeoTIFF/COG of integer classes,
+            e.g. sparse point labels); read with nearest resampling onto each chunk.
+        label_map: How the label raster's values map to classes, e.g.
+            ``0=ignore,1=background,2=landslide`` (the default); ignored pixels are 255 in
+            the patch masks and never scored, and patches without a labelled pixel are
+            dropped.
+        start: Date window start (YYYY-MM-DD).
+        end: Date window end.
+        bands: The target image's bands, in this order.
+        stack: The input stack (reference dates and change bands; see
+            :mod:`pipelines.geo.stack`); ``None``: a single-date stack of ``bands``. Its
+            channels are what the shards hold, and it is recorded in the manifest.
+        years: Export several labelled years in one run: the date window's year is
+            replaced by each (same month and day) and ``{year}`` in ``inventory`` is filled;
+            a chunk keeps its split in every year, so no place is in two splits.
+        pixel_size: Metres.
+        chunk_size: Chunk side in pixels (a multiple of the patch size is best).
+        patch: Patch selection rules.
+        split: Spatially blocked train/val/test split.
+        split_buffer: Pixels cut from each chunk along edges shared with a chunk of
+            another split, so no patch of one split touches another's (0: none).
+        class_attribute: Inventory attribute with class values (scarp/deposit...).
+        classes: Mapping of class strings to ids when ``class_attribute`` holds strings.
+        num_shards: TFRecord shards per split (0: as many as keep each under
+            ``pipelines.shards.SHARD_BYTES`` of records).
+        epsg: Force one projected CRS instead of per-UTM-zone chunks.
+        compression: ``gzip`` (default, ISA-L; about half the bytes) or ``none``; its cost
+            is in ``bench/export.py``'s output.
+    """
+
+    source: dict[str, Any]
+    aoi: str
+    out: str
+    inventory: str | None = None
+    labels: str | None = None
+    label_map: str = "0=ignore,1=background,2=landslide"
+    start: str | None = None
+    end: str | None = None
+    bands: tuple[str, ...] = DEFAULT_BANDS
+    stack: StackSpec | None = None
+    years: tuple[int, ...] = ()
+    pixel_size: float = 10.0
+    chunk_size: int = 512
+    patch: PatchRules = field(default_factory=PatchRules)
+    split: SplitPlan = field(default_factory=SplitPlan)
+    split_buffer: int = 0
+    class_attribute: str | None = None
+    classes: dict[str, int] | None = None
+    num_shards: int = 0
+    epsg: int | None = None
+    compression: str = "gzip"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stack, dict):
+            object.__setattr__(self, "stack", StackSpec.from_dict(self.stack))
+        if self.stack is None:
+            object.__setattr__(self, "stack", StackSpec(tuple(self.bands)))
+        elif tuple(self.bands) != DEFAULT_BANDS and \
+                bandreg.resolve(self.bands) != self.stack.bands:
+            raise ConfigError(f"bands {list(self.bands)} disagree with the stack's target bands "
+                              f"{list(self.stack.bands)}: give the bands once, in the stack.")
+        assert self.stack is not None
+        object.__setattr__(self, "bands", self.stack.bands)
+        check_window(self.start, self.end)
+        if self.labels and self.inventory:
+            raise ConfigError("Give either --inventory (polygons) or --labels (a label raster), "
+                              "not both.")
+        if self.labels:
+            from pipelines.geo.labels import LabelMap
+
+            object.__setattr__(self, "label_map", str(LabelMap.parse(str(self.label_map))))
+        years = tuple(int(y) for y in self.years)
+        object.__setattr__(self, "years", years)
+        if years:
+            if not self.start:
+                raise ConfigError("Several years need a date window (--start/--end) whose "
+                                  "year is replaced by each.")
+            if len(set(years)) != len(years):
+                raise ConfigError(f"Years listed twice: {list(years)}.")
+            labels = self.inventory or self.labels
+            if labels and "{year}" not in labels:
+                raise ConfigError(
+                    f"Exporting years {list(years)} with one set of labels {labels!r}: put "
+                    f"{{year}} in the path (e.g. inventory_{{year}}.gpkg) so every year is "
+                    f"labelled with its own inventory.")
+        elif "{year}" in (self.inventory or self.labels or "") and not self.start:
+            raise ConfigError("The label path holds {year}: give --start/--end.")
+        if self.chunk_size < self.patch.size:
+            raise ConfigError(
+                f"chunk_size {self.chunk_size} is smaller than the patch size {self.patch.size}."
+            )
+        if self.split_buffer < 0:
+            raise ConfigError(f"split_buffer must be >= 0 pixels, got {self.split_buffer}.")
+        if self.num_shards < 0:
+            raise ConfigError(f"num_shards must be >= 0, got {self.num_shards}.")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"compression must be one of {sorted(COMPRESSIONS)}, got {self.compression!r}."
+            )
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """What every patch holds, in order: the stack's channels."""
+        assert self.stack is not None
+        return self.stack.channels
+
+    @property
+    def date(self) -> str:
+        return f"{self.start}/{self.end}" if self.start else ""
+
+    def periods(self) -> list[tuple[str | None, str | None, str | None]]:
+        """``(start, end, labels)`` of every exported period (one without ``years``).
+
+        ``labels`` is the period's inventory or label raster.
+        """
+        labels = self.inventory or self.labels
+        if not self.years:
+            year = str(parse_date(self.start, "start").year) if self.start else ""
+            inv = labels.replace("{year}", year) if labels else None
+            return [(self.start, self.end, inv)]
+        assert self.start and self.end
+        s0, e0 = parse_date(self.start, "start"), parse_date(self.end, "end")
+        out: list[tuple[str | None, str | None, str | None]] = []
+        for y in self.years:
+            s, e = shift_date(s0, y - s0.year, "y"), shift_date(e0, y - s0.year, "y")
+            inv = labels.replace("{year}", str(y)) if labels else None
+            out.append((s.isoformat(), e.isoformat(), inv))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["split"]["polygons"] = sorted(self.split.polygons)
+        assert self.stack is not None
+        d["stack"] = self.stack.to_dict()
+        d["years"] = list(self.years)
+        return d
