@@ -193,10 +193,10 @@ def test_options_match_the_functions_they_feed():
     """Where an options class lists a library function's parameters, they agree."""
     from model.train import evaluate
     from pipelines.geo.terrain import write_terrain
+    from pipelines.import_l4s import import_l4s
     from pipelines.options.import_l4s import ImportL4SOptions
     from pipelines.options.terrain import TerrainOptions
     from pipelines.options.train import EvaluateOptions
-    from pipelines.sources.landslide4sense import import_l4s
 
     for cls, fn in ((EvaluateOptions, evaluate), (TerrainOptions, write_terrain),
                     (ImportL4SOptions, import_l4s)):

@@ -31,7 +31,6 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -48,9 +47,6 @@ from pipelines.errors import (
 )
 from pipelines.geo.cog import CONTINUOUS, write_cog
 from pipelines.geo.grid import PixelGrid
-
-if TYPE_CHECKING:
-    from pipelines.options.terrain import TerrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -460,13 +456,3 @@ def _write_from(src: rasterio.io.DatasetReader, dem: str, out: str, names: tuple
             paths[p] = path
         results.clear()
     return paths
-
-
-def terrain_command(options: TerrainOptions) -> int:
-    """``landslides terrain``: :func:`write_terrain`, saying where the products are."""
-    paths = write_terrain(options.dem, options.out, options.products,
-                          z_factor=options.z_factor, nodata=options.nodata)
-    for p, path in paths.items():
-        log.info("wrote %s: %s", p, path)
-    log.info("Terrain products of %s are in %s", options.dem, options.out)
-    return 0

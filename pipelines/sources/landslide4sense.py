@@ -1,4 +1,4 @@
-"""Landslide4Sense (L4S) archives -> our TFRecord shards + manifest.
+"""Reading Landslide4Sense (L4S) archives (``landslides import-l4s`` turns them into shards).
 
 The published layout is ``img/image_N.h5`` (dataset ``img``, 128 x 128 x 14 float: Sentinel-2
 B1-B12 *including* B10, then slope and DEM from ALOS PALSAR) and, for labelled parts,
@@ -15,16 +15,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipelines import fsio
-from pipelines.errors import ConfigError, DataNotFoundError, InputError
+from pipelines.errors import DataNotFoundError, InputError
 from pipelines.geo.patches import IGNORE, SPLITS, stable_unit
-
-if TYPE_CHECKING:
-    from pipelines.options.import_l4s import ImportL4SOptions
 
 log = logging.getLogger(__name__)
 
@@ -104,80 +99,3 @@ def assign_split(index: int, fractions: Sequence[float], seed: int) -> str:
     u = stable_unit("l4s", seed, index)
     edges = np.cumsum(fractions)
     return SPLITS[int(np.searchsorted(edges, u, side="right"))]
-
-
-def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
-               fractions: Sequence[float] = (0.8, 0.2, 0.0), seed: int = 0,
-               num_shards: int = 0, beam_args: Sequence[str] | None = None) -> dict:
-    """Convert a Landslide4Sense folder into shards + ``manifest.json`` with Beam."""
-    import apache_beam as beam
-
-    from pipelines.beam_util import pipeline_options
-    from pipelines.export import MANIFEST
-    from pipelines.shards import WriteShards, finish_shards, shard_count, summarise, summary_item
-
-    unknown = [b for b in bands if b not in L4S_BANDS]
-    if unknown:
-        raise ConfigError(f"Landslide4Sense has no band(s) {unknown}; it has {L4S_BANDS}.")
-    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(f"Split fractions {tuple(fractions)} must be three values summing to 1.")
-    pairs = find_pairs(data_dir)
-    bands = tuple(bands)
-    fsio.makedirs(out)
-    log.info("Importing %d Landslide4Sense patches from %s", len(pairs), data_dir)
-
-    def encode(pair: L4SPair):
-        from model.schema import encode_patch
-        from pipelines.geo.patches import BandStats
-
-        img, mask = read_pair(pair, bands)
-        split = assign_split(pair.index, fractions, seed)
-        rec = encode_patch(img, mask, bands, f"l4s/image_{pair.index}", "", IDENTITY, "")
-        valid = mask != IGNORE if pair.mask else np.ones(mask.shape, bool)
-        stats = BandStats(bands).add(img, valid) if split == "train" else None
-        positive = bool((mask[mask != IGNORE] > 0).any())
-        counts = {f"{split}_patches": 1, f"{split}_positive": int(positive),
-                  "labelled": int(pair.mask is not None)}
-        yield beam.pvalue.TaggedOutput("summary", summary_item(counts, stats))
-        yield (split, rec)
-
-    opts = pipeline_options(beam_args, "landslides-import-l4s")
-    totals = {s: num_shards or shard_count(len(pairs), 128 * 128 * (4 * len(bands) + 1))
-              for s in SPLITS}
-    write = WriteShards(out, "gzip", totals)
-    with beam.Pipeline(options=opts) as p:
-        res = (p | beam.Create(pairs) | beam.Reshuffle()
-               | beam.ParDo(encode).with_outputs("summary", main="patches"))
-        files = res.patches | "Write" >> write
-
-        def manifest(summary, files, temp):
-            files = finish_shards(out, files, temp, totals, "gzip")
-            counts = summary["counts"]
-            fsio.write_json(fsio.join(out, MANIFEST), {
-                "format": "lsm/v1", "compression": "gzip", "bands": list(bands),
-                "patch_size": 128,
-                "source": {"kind": "landslide4sense", "data_dir": data_dir,
-                           "units": "Landslide4Sense normalised values (not physical units)"},
-                "georeferenced": False, "ignore_value": IGNORE,
-                "classes": {"background": 0, "landslide": 1},
-                "patches": {s: int(counts.get(f"{s}_patches", 0)) for s in SPLITS},
-                "positive_patches": {s: int(counts.get(f"{s}_positive", 0)) for s in SPLITS},
-                "labelled_patches": int(counts.get("labelled", 0)),
-                "files": {s: [f for f in files if f"/{s}/" in f] for s in SPLITS},
-                "stats": summary["stats"],
-                "config": {"fractions": list(fractions), "seed": seed, "bands": list(bands)},
-            })
-
-        _ = (res.summary | "Summarise" >> summarise(bands)
-             | "Manifest" >> beam.Map(manifest, files=beam.pvalue.AsList(files),
-                                      temp=write.temp))
-    return fsio.read_json(fsio.join(out, MANIFEST))
-
-
-def import_l4s_command(options: ImportL4SOptions, beam_args: Sequence[str] | None = None
-                       ) -> int:
-    """``landslides import-l4s``: :func:`import_l4s`, saying how many patches it wrote."""
-    m = import_l4s(options.data_dir, options.out, options.bands, options.fractions,
-                   options.seed, options.num_shards, beam_args)
-    log.info("Wrote %s patches to %s", m["patches"], options.out)
-    return 0

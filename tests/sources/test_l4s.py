@@ -67,7 +67,7 @@ def test_import_roundtrip_bands_masks_and_manifest(l4s_dir, tmp_path):
 
 
 def test_bad_l4s_inputs(l4s_dir, tmp_path):
-    from pipelines.sources.landslide4sense import import_l4s
+    from pipelines.import_l4s import import_l4s
 
     with pytest.raises(DataNotFoundError, match="img/"):
         import_l4s(str(tmp_path), str(tmp_path / "o"))
