@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines import fsio
 from pipelines.errors import ConfigError, LandslideError
+from pipelines.geo.stack import StackSpec
 from pipelines.scan.config import RECORD, SUBMITTED, Period, ScanConfig
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,12 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class ScanInputs:
-    """What the scan reads once before running: the model id and the region."""
+    """What the scan reads once before running: the model id, its stack, the region."""
 
     model_id: str
     region_digest: str
     region_wkb: bytes = field(repr=False)
+    stack: dict[str, Any] | None = None
 
     @property
     def geometry(self):
@@ -53,8 +55,11 @@ def check_inputs(config: ScanConfig) -> ScanInputs:
         raise ConfigError(f"model: no model artifact at {config.model!r} ({META} is missing). "
                           f"Train one with `landslides train` or fix the path.")
     try:
-        model_id = str(fsio.read_json(meta_path)["model_id"])
-    except (ValueError, KeyError, OSError) as exc:
+        meta = fsio.read_json(meta_path)
+        model_id = str(meta["model_id"])
+        record = meta.get("stack") or (meta.get("manifest") or {}).get("stack")
+        stack = StackSpec.of({"stack": record, "bands": meta["bands"]}).to_dict()
+    except (ValueError, KeyError, OSError, LandslideError) as exc:
         raise ConfigError(f"model: {meta_path!r} is not a readable artifact record ({exc}).") \
             from None
     try:
@@ -66,7 +71,7 @@ def check_inputs(config: ScanConfig) -> ScanInputs:
         if not fsio.exists(world):
             raise ConfigError(f"source.world: {config.source['world']!r} is not a synthetic "
                               f"world (no world.json); generate one with `landslides synth`.")
-    return ScanInputs(model_id, hashlib.sha256(region.wkb).hexdigest(), region.wkb)
+    return ScanInputs(model_id, hashlib.sha256(region.wkb).hexdigest(), region.wkb, stack)
 
 
 def select_periods(config: ScanConfig, names: str | Sequence[str] | None) -> list[Period]:
@@ -183,6 +188,34 @@ def plan_scan(config: ScanConfig, inputs: ScanInputs, selected: Sequence[Period]
     return plan
 
 
+def check_periods(config: ScanConfig, inputs: ScanInputs, plan: Sequence[PlanEntry]
+                  ) -> dict[str, str]:
+    """Which periods this run would sweep the source cannot supply, and why.
+
+    A period is checked with every date of the model's input stack (its references
+    included), on the launcher and in dry runs, so a plan never lists as runnable a
+    period the source lacks. The entries of such periods get the reason as their note.
+
+    Returns:
+        Period name -> the source's message (e.g. the year the world lacks).
+    """
+    from pipelines.sources.stacked import make_stacked_source
+
+    if not inputs.stack:
+        return {}
+    stack = StackSpec.from_dict(inputs.stack)
+    problems: dict[str, str] = {}
+    for e in plan:
+        if e.action != "run":
+            continue
+        try:
+            make_stacked_source(config.source, stack, e.period.start, e.period.end).close()
+        except LandslideError as exc:
+            problems[e.period.name] = str(exc)
+            e.note = f"cannot run: {exc}"
+    return problems
+
+
 def plan_lines(config: ScanConfig, plan: Sequence[PlanEntry]) -> list[str]:
     """A readable plan, one line per period."""
     words = {"skip": "skip", "run": "run", "compare": "compare only", "wait": "wait",
@@ -201,6 +234,7 @@ __all__ = [
     "PlanEntry",
     "ScanInputs",
     "check_inputs",
+    "check_periods",
     "finished_sweep",
     "load_record",
     "plan_lines",

@@ -32,6 +32,7 @@ from pipelines.scan.config import (
 from pipelines.scan.plan import (
     ScanInputs,
     check_inputs,
+    check_periods,
     finished_sweep,
     plan_lines,
     plan_scan,
@@ -202,13 +203,15 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
                  "(--submit-only).")
         submit_only = True
     plan = plan_scan(config, inputs, selected, submit_only)
+    problems = check_periods(config, inputs, plan)
     for line in plan_lines(config, plan):
         log.info("%s", line)
     record: dict[str, Any] = {"format": FORMAT, "scan": config.name, "started": _now(),
                               "dry_run": dry_run, "submit_only": submit_only,
                               "model_id": inputs.model_id,
                               "plan": [{"period": e.period.name, "action": e.action,
-                                        "note": e.note} for e in plan]}
+                                        "note": e.note} for e in plan],
+                              "problems": problems}
     if dry_run:
         return record
     fsio.makedirs(config.out)
@@ -281,13 +284,16 @@ def scan_command(options: ScanOptions, beam_args: Sequence[str] | None = None) -
 
     Returns:
         0 when every selected period is done (or skipped, submitted, in flight), 1 when
-        some failed (they are listed in ``out/scan.json``).
+        some failed (they are listed in ``out/scan.json``) or, in a dry run, when the
+        source cannot supply a period the plan would run.
     """
     cfg = ScanConfig.from_yaml(options.config)
     rec = run_scan(cfg, options.periods, beam_args, dry_run=options.dry_run,
                    submit_only=options.submit_only)
     if options.dry_run:
-        return 0
+        for name, problem in (rec.get("problems") or {}).items():
+            log.error("Period %s cannot run: %s", name, problem)
+        return 1 if rec.get("problems") else 0
     failed = rec.get("failed") or []
     errors = {r["period"]: r.get("error") for r in rec.get("periods", []) if r.get("error")}
     for name in failed:

@@ -209,6 +209,18 @@ def test_dry_run_plans_without_writing(world, first, caplog):
     assert re.search(r"2016 +2016-01-01 \.\. 2017-01-01 +skip \(done\)", caplog.text)
 
 
+def test_a_dry_run_says_which_period_the_source_cannot_supply(world, caplog):
+    """The world holds 2015-2017: the plan marks 2018, and the dry run exits 1."""
+    caplog.set_level("INFO", logger="pipelines.scan")
+    fresh = world / "dry-late"
+    cfg = _yaml(world, "late", out="../dry-late", periods={"years": "2016-2018"})
+    assert cli.main(["scan", "--config", cfg, "--dry-run"]) == 1
+    assert re.search(r"2018 +2018-01-01 \.\. 2019-01-01 +run \(cannot run: Year 2018 is not "
+                     r"in the synthetic world", caplog.text)
+    assert "Period 2018 cannot run" in caplog.text and "Period 2016 cannot" not in caplog.text
+    assert not fresh.exists()
+
+
 def test_every_cli_source_option_works_in_the_scan_file(world, first):
     """``mask_clouds: false`` (``--keep-clouds`` on the command line) reaches the sweep."""
     path = _yaml(world, "clouds", out="../clouds", periods={"years": 2016}, source={
