@@ -197,7 +197,7 @@ def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.quick:
         return {"base_filters": 8, "depth": 3, "epochs": 4, "patience": 0, "batch_size": 16,
                 "loss": "bce_dice"}
-    return {"base_filters": 16, "depth": 4, "epochs": 20, "patience": 6, "batch_size": 16,
+    return {"base_filters": 16, "depth": 4, "epochs": 30, "patience": 8, "batch_size": 16,
             "loss": "bce_dice", "reduce_lr_patience": 3}
 
 
@@ -205,7 +205,7 @@ def _finetune_settings(cfg: DemoConfig) -> dict[str, Any]:
     """Fine-tuning starts from the base model (lr 1e-4 by default with init_from)."""
     if cfg.quick:
         return {"epochs": 3}
-    return {"epochs": 20, "patience": 6, "lr": 5e-4}
+    return {"epochs": 12, "patience": 4, "lr": 5e-4}
 
 
 def _chunk(cfg: DemoConfig) -> int:
