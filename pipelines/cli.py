@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from model.errors import ModelError
-from pipelines import __version__
+from pipelines import __version__, termination
 from pipelines.errors import LandslideError
 from pipelines.options.commands import COMMANDS
 from pipelines.options.fields import add_arguments, from_namespace
@@ -58,10 +58,24 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if verbose < 1:  # Beam logs what unwinds through it with a traceback: -v shows it
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_no_beam_traceback)
     if verbose < 2:
         for noisy in ("apache_beam", "absl", "tensorflow", "rasterio", "urllib3", "google",
                       "fiona", "pyogrio", "matplotlib", "h5py"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _no_beam_traceback(record: logging.LogRecord) -> bool:
+    """Keep the line, drop the traceback, of errors Beam logs (or any after a SIGTERM).
+
+    The error itself reaches :func:`main`, which says what it is and what to do.
+    """
+    if record.exc_info and (termination.stopping.is_set()
+                            or record.name.startswith("apache_beam")):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
@@ -87,7 +101,11 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extra: list[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 partial failure, 2 bad input)."""
+    """Run the CLI; returns the process exit code.
+
+    0 ok, 1 partial failure, 2 bad input, 130 interrupted (Ctrl-C), 143 terminated by
+    SIGTERM (see :mod:`pipelines.termination`).
+    """
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(words) or "")
     args, extra = parser.parse_known_args(words)
@@ -98,16 +116,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         _refuse_unknown(parser, args.command, extra)
     _setup_logging(args.verbose, args.quiet)
     try:
-        options = from_namespace(command.options_class(), args)
-        run = command.runner()
-        code = run(options, extra) if command.beam else run(options)
-    except (LandslideError, ModelError) as exc:
-        print(f"landslides {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"landslides {args.command}: interrupted", file=sys.stderr)
-        return 130
+        with termination.handle_sigterm():
+            options = from_namespace(command.options_class(), args)
+            run = command.runner()
+            code = run(options, extra) if command.beam else run(options)
+    except BaseException as exc:
+        if termination.stopping.is_set():  # whatever the SIGTERM unwound into (Beam wraps)
+            return _terminated(args.command)
+        if isinstance(exc, LandslideError | ModelError):
+            print(f"landslides {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"landslides {args.command}: interrupted", file=sys.stderr)
+            return 130
+        raise
     return int(code or 0)
+
+
+def _terminated(command: str, grace_s: float = 60.0) -> int:
+    """After a SIGTERM: let the work in flight end, say what became of it, exit 143."""
+    left = termination.wait_idle(grace_s)
+    ended = termination.ended()
+    finished = [w for w, ok in ended if ok]
+    abandoned = [w for w, ok in ended if not ok] + left
+    print(f"landslides {command}: terminated by SIGTERM; finished: "
+          f"{', '.join(finished) or 'nothing in flight'}; abandoned: "
+          f"{', '.join(abandoned) or 'nothing'}. Nothing half-written was published: "
+          f"run the same command again to resume.", file=sys.stderr)
+    return termination.EXIT_SIGTERM
 
 
 if __name__ == "__main__":

@@ -53,6 +53,18 @@ class OutputError(LandslideError, OSError):
     """A failure writing outputs (unwritable folder or bucket, full disk)."""
 
 
+class CorruptOutputError(OutputError):
+    """An output of an earlier run found damaged (truncated or overwritten) when reused.
+
+    Attributes:
+        path: The damaged file or object.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class TransientSourceError(SourceError):
     """A source failure that may pass on its own (HTTP 429 or 5xx, timeouts, drops).
 

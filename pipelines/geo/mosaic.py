@@ -21,7 +21,7 @@ import numpy as np
 import shapely
 
 from pipelines import fsio
-from pipelines.errors import InputError
+from pipelines.errors import CorruptOutputError, InputError
 from pipelines.geo.grid import WGS84, PixelGrid, to_crs
 from pipelines.geo.polygons import combine, groups
 
@@ -131,6 +131,30 @@ def write_vrt(path: str, sources: Sequence[tuple[str, PixelGrid]], dtype: str,
     return path
 
 
+def _checked(stack: contextlib.ExitStack, path: str):
+    """``path`` opened (kept open by ``stack``) once it reads whole and georeferenced.
+
+    Raises:
+        CorruptOutputError: it does not (a truncated or overwritten file).
+    """
+    import rasterio
+
+    from pipelines.geo.cog import gdal_error_text, is_gdal_error
+
+    try:
+        ds = stack.enter_context(rasterio.open(stack.enter_context(fsio.local_copy(path))))
+        if ds.crs is None or not np.all(np.isfinite(tuple(ds.transform)[:6])):
+            raise ValueError(f"no usable georeferencing (CRS {ds.crs}, transform "
+                             f"{tuple(ds.transform)[:6]})")
+        ds.read()  # decodes every block; what the merge reads next stays in GDAL's cache
+    except Exception as exc:
+        if not (is_gdal_error(exc) or isinstance(exc, ValueError)):
+            raise
+        raise CorruptOutputError(f"{path!r} is truncated or corrupt: "
+                                 f"{gdal_error_text(exc)}", path) from exc
+    return ds
+
+
 def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
                  tags: Mapping[str, str] | None = None, categorical: bool = False,
                  description: str | None = None) -> str:
@@ -138,8 +162,10 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
 
     The caller bounds the size (see ``merge_max_px`` in the predict configuration): the
     whole mosaic is held in memory once.
+
+    Raises:
+        CorruptOutputError: one of ``files`` is truncated or corrupt (its ``path``).
     """
-    import rasterio
     from rasterio.merge import merge
 
     from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, write_cog
@@ -147,8 +173,7 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
     if not files:
         raise InputError(f"Nothing to merge into {dest!r}.")
     with contextlib.ExitStack() as stack:
-        datasets = [stack.enter_context(rasterio.open(stack.enter_context(fsio.local_copy(f))))
-                    for f in files]
+        datasets = [_checked(stack, f) for f in files]
         crs = str(datasets[0].crs)
         arr, transform = merge(datasets, nodata=nodata)
     grid = PixelGrid.from_affine(crs, transform, arr.shape[2], arr.shape[1])

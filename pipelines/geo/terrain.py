@@ -45,7 +45,7 @@ from pipelines.errors import (
     InputError,
     NoDataError,
 )
-from pipelines.geo.cog import CONTINUOUS, write_cog
+from pipelines.geo.cog import CONTINUOUS, gdal_error_text, write_cog
 from pipelines.geo.grid import PixelGrid
 
 log = logging.getLogger(__name__)
@@ -334,14 +334,27 @@ def _row_spacing(src: rasterio.io.DatasetReader, row0: int, nrows: int) -> Res:
 
 
 def _read_block(src: rasterio.io.DatasetReader, row0: int, row1: int,
-                nodata: float | None, use_mask: bool) -> np.ndarray:
-    """Rows ``[row0, row1)`` of band 1 as float64 with NaN for nodata."""
+                nodata: float | None, use_mask: bool, dem: str = "") -> np.ndarray:
+    """Rows ``[row0, row1)`` of band 1 as float64 with NaN for nodata.
+
+    Raises:
+        InputError: the rows cannot be decoded (a truncated or corrupt file).
+    """
     win = Window(0, row0, src.width, row1 - row0)
-    z = src.read(1, window=win).astype(np.float64)
+    try:
+        z = src.read(1, window=win).astype(np.float64)
+        mask = src.read_masks(1, window=win) if use_mask else None
+    except rasterio.errors.RasterioIOError as exc:
+        name = dem or src.name
+        raise InputError(
+            f"Cannot read DEM {name!r}: rows {row0}-{row1 - 1} of {src.height} are "
+            f"unreadable, so the file is truncated or corrupt ({gdal_error_text(exc)}). "
+            f"Download or export it again (`gdalinfo -checksum {name}` shows whether a "
+            f"copy is whole).") from exc
     if nodata is not None:
         z[z == nodata] = np.nan
-    if use_mask:
-        z[src.read_masks(1, window=win) == 0] = np.nan
+    if mask is not None:
+        z[mask == 0] = np.nan
     return z
 
 
@@ -428,7 +441,7 @@ def _write_from(src: rasterio.io.DatasetReader, dem: str, out: str, names: tuple
         for k in range(nblocks):
             r0, r1 = k * block_rows, min(h, (k + 1) * block_rows)
             lo, hi = max(0, r0 - 1), min(h, r1 + 1)  # 1-row overlap on each side
-            z = _read_block(src, lo, hi, nodata, use_mask)
+            z = _read_block(src, lo, hi, nodata, use_mask, dem)
             n_valid += int(np.count_nonzero(np.isfinite(z[r0 - lo:r0 - lo + (r1 - r0)])))
             block = _compute(z, _row_spacing(src, lo, hi - lo), names, z_factor)
             for p in names:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import fsio
+from pipelines import fsio, termination
 from pipelines.errors import PERMANENT, failure_class, worth_retrying
 from pipelines.geo.blend import blend, chunk_windows, cut_windows
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, PixelGrid
@@ -152,6 +152,13 @@ def prepare_chunk(plan: SweepPlan, sources: Sequence[Source], job_i: int, key: s
         A record dict for a skipped chunk or one without valid imagery (its done-record
         is written here), else :class:`ChunkTiles` for inference.
     """
+    # abandoned when a SIGTERM came before it started; finished when it came during
+    with termination.in_flight(f"chunk {key} of {plan.jobs[job_i].label} (read)"):
+        return _prepare_chunk(plan, sources, job_i, key, region_wkb, spec_d)
+
+
+def _prepare_chunk(plan: SweepPlan, sources: Sequence[Source], job_i: int, key: str,
+                   region_wkb: bytes, spec_d: dict) -> ChunkTiles | dict:
     job = plan.jobs[job_i]
     sig = chunk_signature(job, key, region_wkb)
     done = load_done(job, key)
@@ -213,6 +220,12 @@ def finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict:
         tiles: The chunk, as :func:`prepare_chunk` returned it (``windows`` unused).
         probs: The windows' probabilities, ``(n, h, w)``.
     """
+    # the COGs, then the done-record: once started it runs to its end, even after SIGTERM
+    with termination.in_flight(f"chunk {tiles.key} of {plan.jobs[tiles.job].label} (write)"):
+        return _finish_chunk(plan, tiles, probs)
+
+
+def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict:
     from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, CogProfile, write_cog
 
     job = plan.jobs[tiles.job]

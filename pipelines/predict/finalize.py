@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import fsio
+from pipelines.errors import CorruptOutputError
 from pipelines.geo.grid import PixelGrid
 from pipelines.predict.config import FAILED, FORMAT, NODATA_U8, PROB_SCALE, RUN, SweepJob
 from pipelines.predict.plan import SweepPlan
@@ -217,12 +218,33 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: 
             if small:
                 kt = dict(tags, scale=repr(scale)) if scale else tags
                 cog = _tagged(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
-                merge_to_cog(cog, files, nodata, tags=kt, categorical=kind == "mask",
-                             description=desc)
+                try:
+                    merge_to_cog(cog, files, nodata, tags=kt, categorical=kind == "mask",
+                                 description=desc)
+                except CorruptOutputError as exc:
+                    raise _damaged_chunk(job, recs, files, exc) from exc
                 _drop_other(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
                 entry["cog"] = cog
             out[f"{kind}{suffix}"] = entry
     return out
+
+
+def _damaged_chunk(job: SweepJob, recs: list[dict], files: list[str],
+                   exc: CorruptOutputError) -> CorruptOutputError:
+    """The error for a chunk COG damaged since it was written; forgets that chunk.
+
+    Its done-record is deleted, so the same command recomputes the chunk instead of
+    trusting the file again (sizes alone do not show bytes overwritten in place).
+    """
+    rec = next((r for r, f in zip(recs, files) if f == exc.path), None)
+    done = job.path("done", f"{rec['key']}.json") if rec else None
+    if done and fsio.exists(done):
+        fsio.delete(done)
+    return CorruptOutputError(
+        f"Chunk output {exc}. It was written by an earlier run and damaged since; "
+        + (f"its done-record {done} is deleted, so running the same command again "
+           f"recomputes that chunk" if done else "delete it")
+        + " (or re-run with --overwrite to redo the whole sweep).", exc.path)
 
 
 def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dict,
