@@ -168,7 +168,9 @@ def run_compare(config: CompareConfig) -> dict:
                 {y: s for y, s in stats["reference"].items() if y is not None},
                 {y: s for y, s in stats["predicted"].items() if y is not None}
                 if "predicted" in stats else None)
-        status = ("failed" if not per_year else "partial" if problems.errors() else "ok")
+        # a year missing one side is incomplete too: the command exits 1 for it
+        incomplete = problems.errors() or any(missing.values())
+        status = ("failed" if not per_year else "partial" if incomplete else "ok")
         if status == "failed":
             problems.add("error", "nothing could be computed: no input could be read inside "
                          "the area of interest (see the problems above)")

@@ -145,5 +145,5 @@ def test_compare_with_a_missing_reference_year_exits_1(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "reference 2016" in proc.stderr
     m = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
-    assert m["missing_years"]["reference"] == ["2016"]
+    assert m["missing_years"]["reference"] == ["2016"] and m["status"] == "partial"
     assert m["years"]["2015"]["pixel"]  # the year it could read is still scored
