@@ -100,11 +100,16 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extra: list[s
                  f"options of `landslides {command}` nor Beam pipeline options")
 
 
+#: Exit code of an error that is none of ours (BSD's EX_SOFTWARE).
+EXIT_UNEXPECTED = 70
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code.
 
-    0 ok, 1 partial failure, 2 bad input, 130 interrupted (Ctrl-C), 143 terminated by
-    SIGTERM (see :mod:`pipelines.termination`).
+    0 ok, 1 partial failure, 2 bad input, 70 an unexpected error (the traceback with
+    ``-v``), 130 interrupted (Ctrl-C), 143 terminated by SIGTERM (see
+    :mod:`pipelines.termination`).
     """
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(words) or "")
@@ -129,7 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt):
             print(f"landslides {args.command}: interrupted", file=sys.stderr)
             return 130
-        raise
+        if args.verbose or not isinstance(exc, Exception):
+            raise
+        # not one of our errors: a bug or an environment problem nobody foresaw
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"landslides {args.command}: unexpected error: {type(exc).__name__}: {first}. "
+              f"Outputs already written are kept; run again with -v for the traceback and "
+              f"report it.", file=sys.stderr)
+        return EXIT_UNEXPECTED
     return int(code or 0)
 
 

@@ -147,3 +147,22 @@ def test_compare_with_a_missing_reference_year_exits_1(tmp_path):
     m = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
     assert m["missing_years"]["reference"] == ["2016"] and m["status"] == "partial"
     assert m["years"]["2015"]["pixel"]  # the year it could read is still scored
+
+
+def test_an_unexpected_error_is_one_line_and_exit_70(tmp_path, capsys, monkeypatch):
+    """An error none of ours (here a bug planted in the terrain command) is one line and
+    exit 70 without -v, the full traceback with -v."""
+    from pipelines import cli
+    from pipelines import terrain as terrain_cmd
+
+    def broken(options):
+        raise ZeroDivisionError("division by zero in a planted bug")
+
+    monkeypatch.setattr(terrain_cmd, "terrain_command", broken)
+    args = ["terrain", str(tmp_path / "dem.tif"), "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 70
+    err = capsys.readouterr().err
+    assert "unexpected error: ZeroDivisionError: division by zero" in err
+    assert "Traceback" not in err and "-v" in err
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["-v", *args])
