@@ -98,3 +98,54 @@ def test_sigterm_mid_sweep_stops_cleanly_and_the_rerun_is_identical(
     ga, gb = gpd.read_file(out / "inventory.gpkg"), gpd.read_file(full / "inventory.gpkg")
     assert len(ga) == len(gb) > 0
     assert ga["area_m2"].sum() == pytest.approx(gb["area_m2"].sum(), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_scan_stops_cleanly_and_the_rerun_is_identical(
+        threshold_model, wide_scene, tmp_path):
+    """A scheduled scan stopped by SIGTERM in its first period's sweep exits 143, leaves
+    that period not done, and the same command then completes the scan with the same
+    chunk COGs and inventories as a scan never interrupted."""
+    import yaml
+
+    ref = tmp_path / "ref.gpkg"
+    gpd.read_file(wide_scene["aoi"]).to_crs(32645).buffer(-2000).to_frame("geometry") \
+        .to_file(ref)
+
+    def config(out: str) -> str:
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "rel", "region": str(wide_scene["aoi"]), "model": threshold_model,
+            "source": {"kind": "geotiff", "images": [str(wide_scene["image"])]},
+            "out": str(tmp_path / out), "periods": {"years": "2019-2020"},
+            "reference": str(ref), "predict": {"chunk_size": 64},
+            "compare": {"resolution": 10.0, "figures": False}}))
+        return str(path)
+
+    out = tmp_path / "scan"
+    log = tmp_path / "terminated.log"
+    proc = landslides_popen("scan", "--config", config("scan"), log=log)
+    try:
+        _wait_for(lambda: any(out.glob("periods/2019/sweep/done/*.json")), proc, 120)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == EXIT_SIGTERM, text[-3000:]
+    assert "landslides scan: terminated by SIGTERM" in text and "Traceback" not in text
+    assert not (out / "periods" / "2019" / "period.json").exists()  # not done
+    assert half_written(out / "periods" / "2019" / "sweep") == []
+
+    resumed = landslides("scan", "--config", config("scan"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    fresh = landslides("scan", "--config", config("fresh"), timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    for period in ("2019", "2020"):
+        a, b = (d / "periods" / period / "sweep" for d in (out, tmp_path / "fresh"))
+        for sub in ("prob", "mask"):
+            ta, tb = _tree(a / sub), _tree(b / sub)
+            assert len(ta) == N_CHUNKS and ta == tb
+        ga, gb = gpd.read_file(a / "inventory.gpkg"), gpd.read_file(b / "inventory.gpkg")
+        assert len(ga) == len(gb) > 0
