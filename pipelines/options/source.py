@@ -112,6 +112,10 @@ class SourceOptions:
     ee_max_concurrency: int | None = option(
         None, "Concurrent Earth Engine requests per worker (default 8).",
         key="max_concurrency", kinds=EE, group=GROUP)
+    ee_max_retries: int | None = option(
+        None, "Retries of one Earth Engine request on 429/5xx before its chunk is failed "
+        "(default 6; the sweep does not retry it again).", key="max_retries", kinds=EE,
+        group=GROUP)
     ee_token_env: str | None = option(
         None, "Read an Earth Engine access token from environment variable VAR.",
         key="token_env", metavar="VAR", kinds=EE, group=GROUP, template=False)
@@ -147,9 +151,10 @@ class SourceOptions:
             return spec
         spec = {"kind": "earthengine", "project": self.ee_project,
                 "high_volume": self.ee_high_volume, "endpoint": self.ee_endpoint}
-        for name in ("ee_dem", "ee_cloud_mask", "ee_max_concurrency", "ee_token_env"):
+        for name in ("ee_dem", "ee_cloud_mask", "ee_max_concurrency", "ee_max_retries",
+                     "ee_token_env"):
             value = getattr(self, name)
-            if value:
+            if value is not None and value is not False and value != "":
                 spec[_FIELDS[name].metadata["key"]] = value
         return spec
 

@@ -166,3 +166,41 @@ def test_an_unexpected_error_is_one_line_and_exit_70(tmp_path, capsys, monkeypat
     assert "Traceback" not in err and "-v" in err
     with pytest.raises(ZeroDivisionError):
         cli.main(["-v", *args])
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_earth_engine_refusals_fail_fast_with_one_budget(tmp_path, monkeypatch, status):
+    """An Earth Engine 403 over a 14-chunk sweep is not retried (one request per chunk) and
+    ends in well under 20 s; a persistent 429 spends the configured budget
+    (--ee-max-retries) once per chunk, never multiplied by the sweep's --retries."""
+    import time
+
+    from pipelines import cli
+    from tests.ee_server import EEServer, Faults
+    from tests.predict.test_predict import _save_threshold_model
+
+    monkeypatch.setenv("LSM_TEST_EE_TOKEN", "test-token")
+    model = _save_threshold_model(tmp_path / "thr", bands=("B1", "B2"), k=0.05, t=500.0,
+                                  on="B1")
+    out = tmp_path / "out"
+    with EEServer() as server:
+        server.configure(faults=Faults(status=status, every=1))
+        t0 = time.monotonic()
+        code = cli.main([
+            "predict", "--model", model, "--out", str(out), "--source", "earthengine",
+            "--ee-endpoint", server.url, "--ee-project", "test-project",
+            "--ee-token-env", "LSM_TEST_EE_TOKEN", "--start", "2021-03-01",
+            "--end", "2021-06-01", "--aoi", "85.300,28.100,85.309,28.106",
+            "--chunk-size", "32", "--retries", "3", "--retry-delay", "0.5",
+            "--ee-max-retries", "1"])
+        took = time.monotonic() - t0
+        requests = len(server.pixel_requests())
+    assert code == 1
+    failed = [json.loads(line) for line in (out / "failed_chunks.jsonl").read_text()
+              .splitlines()]
+    run = json.loads((out / "run.json").read_text())
+    assert len(failed) == run["counts"]["chunks_failed"] == run["counts"]["chunks_total"] >= 9
+    assert {f["class"] for f in failed} == {"permanent" if status == 403 else "transient"}
+    # a chunk is one block here: 1 request for a 403, 1 + max_retries for a 429
+    assert requests == len(failed) * (1 if status == 403 else 2)
+    assert took < (20 if status == 403 else 60), f"{took:.1f} s"
