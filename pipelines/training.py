@@ -15,24 +15,34 @@ import tensorflow as tf
 
 from model.train import TUNING, evaluate, load_config, train, tune
 from model.train.files import join
+from pipelines import fsio
 from pipelines.options.train import EvaluateOptions, TrainOptions, TuneOptions
 
 _DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
                 tf.errors.NotFoundError, tf.errors.PermissionDeniedError)
 
 
-def _reads_data(command: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Turn a TensorFlow error reading the records into a one-line message and exit code 2."""
+def _reads_data(command: str, out_is_folder: bool = True
+                ) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Turn a TensorFlow error on the records or the output into one line and exit code 2.
+
+    The output folder is checked for writing first, so an unwritable ``--out`` is named as
+    such before any data is read; a later error whose text names the output folder is
+    reported as a write failure, any other as a read failure.
+    """
 
     def decorate(fn: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> int:
+        def wrapper(options: Any) -> int:
+            out = getattr(options, "out", None)
+            if out and out_is_folder:
+                fsio.check_writable(out)  # OutputError: one line, exit 2 (pipelines.cli)
             try:
-                return fn(*args, **kwargs)
+                return fn(options)
             except _DATA_ERRORS as exc:
                 first = (exc.message or str(exc)).strip().splitlines()[0]
-                print(f"landslides {command}: error reading the data: {first}",
-                      file=sys.stderr)
+                what = "writing the output" if out and str(out) in first else "reading the data"
+                print(f"landslides {command}: error {what}: {first}", file=sys.stderr)
                 return 2
 
         return wrapper
@@ -52,7 +62,7 @@ def train_command(options: TrainOptions) -> int:
     return 0
 
 
-@_reads_data("evaluate")
+@_reads_data("evaluate", out_is_folder=False)
 def evaluate_command(options: EvaluateOptions) -> int:
     """``landslides evaluate``: the scores and the confusion matrix."""
     result = evaluate(options.model, options.data, split=options.split, out=options.out,

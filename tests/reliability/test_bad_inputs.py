@@ -204,3 +204,16 @@ def test_earth_engine_refusals_fail_fast_with_one_budget(tmp_path, monkeypatch, 
     # a chunk is one block here: 1 request for a 403, 1 + max_retries for a 429
     assert requests == len(failed) * (1 if status == 403 else 2)
     assert took < (20 if status == 403 else 60), f"{took:.1f} s"
+
+
+def test_train_into_an_unwritable_folder_is_named_as_a_write_failure(tmp_path, capsys):
+    """An --out that cannot be written is refused before training, as a write failure."""
+    from pipelines import cli
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    code = cli.main(["train", "--data", str(tmp_path / "no-shards"), "--out",
+                     str(blocker / "model")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "file.txt" in err and "reading the data" not in err
