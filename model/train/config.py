@@ -89,8 +89,9 @@ class TrainConfig:
         allow_partial: Train on an export some of whose chunks failed (refused by default:
             the model would learn from part of the area without a word).
         deterministic: The same shards, config and seed give the same weights: records
-            are read, shuffled and augmented in a fixed order and TensorFlow's ops run
-            deterministically. ``False`` lets tf.data reorder for speed.
+            are read, shuffled and augmented in a fixed order, and on GPUs and TPUs
+            TensorFlow's op determinism is switched on. ``False`` lets tf.data reorder
+            for speed.
     """
 
     bands: tuple[str, ...] | None = _opt(None, "Comma-separated input bands (default: the "
