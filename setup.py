@@ -45,6 +45,8 @@ setup(
     extras_require={
         # TensorFlow is needed to train and predict; workers that only export can skip it.
         "tf": ["tensorflow-cpu>=2.21,<2.22"],
+        # Beam's Dask runner (--runner dask) on an existing dask.distributed cluster.
+        "dask": ["apache-beam[dask]>=2.77,<3"],
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "mypy", "gcp-storage-emulator"],
     },
     entry_points={"console_scripts": ["landslides=pipelines.cli:main"]},

@@ -8,12 +8,20 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: ``--runner`` short names of the runners this project documents
+RUNNER_ALIASES = {"dask": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+DASK_RUNNER = RUNNER_ALIASES["dask"]
+
 
 def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> PipelineOptions
     """Pipeline options from the Beam arguments that follow a stage's own.
 
     Defaults to the DirectRunner. On Dataflow, ships this project to the workers with
-    ``--setup_file`` (unless given) and names the job.
+    ``--setup_file`` (unless given) and names the job. ``--runner dask`` is Beam's Dask
+    runner on the dask.distributed scheduler ``--dask_client_address`` names; unless
+    ``--dask_npartitions`` or ``--dask_partition_size`` is given, the work is cut into
+    two partitions per worker thread of that cluster (Beam's default puts up to 128
+    chunks in one partition, which one worker runs alone).
     """
     from apache_beam.options.pipeline_options import (
         GoogleCloudOptions,
@@ -26,6 +34,9 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> Pipe
     std = opts.view_as(StandardOptions)
     if not std.runner:
         std.runner = "DirectRunner"
+    std.runner = RUNNER_ALIASES.get(str(std.runner).lower(), std.runner)
+    if is_dask(opts):
+        _default_dask_partitions(opts)
     if "Dataflow" in str(std.runner):
         setup = opts.view_as(SetupOptions)
         if not setup.setup_file and not setup.requirements_file:
@@ -39,6 +50,46 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> Pipe
     return opts
 
 
+def is_dask(opts) -> bool:
+    """True when ``opts`` run on Beam's Dask runner."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return "DaskRunner" in str(opts.view_as(StandardOptions).runner)
+
+
+def keeps_finish_bundle_outputs(opts) -> bool:
+    """False on runners that drop what a DoFn emits in ``finish_bundle``.
+
+    Beam 2.77's Dask runner collects a partition's outputs before it calls
+    ``finish_bundle`` (``apply_dofn_to_bundle``), so such outputs are lost.
+    """
+    return not is_dask(opts)
+
+
+def _default_dask_partitions(opts) -> None:
+    """Two Dask bag partitions per worker thread, unless the user chose a size."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    if dask.get("npartitions") or dask.get("partition_size") or not dask.get("address"):
+        return  # chosen by the user, or a cluster Beam starts in this process
+    from distributed import Client
+
+    with Client(dask["address"], timeout=dask.get("timeout") or 30,
+                set_as_default=False) as client:
+        threads = sum(client.nthreads().values())
+    opts.view_as(DaskOptions).npartitions = max(2, 2 * threads)
+    log.info("Dask cluster at %s has %d worker threads: %d partitions", dask["address"],
+             threads, 2 * threads)
+
+
+def release(p) -> None:
+    """Close what the runner left open after ``p`` ran (the Dask runner's client)."""
+    client = getattr(getattr(p, "result", None), "client", None)
+    if client is not None:
+        client.close()
+
+
 def beam_option_strings() -> list[str]:
     """Every registered Beam pipeline option as a flag (``--runner``, ``--project``...)."""
     import contextlib
@@ -49,7 +100,16 @@ def beam_option_strings() -> list[str]:
     for module in ("apache_beam.runners.dask.dask_runner",):  # options of optional runners
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-    return sorted(f"--{name}" for name in PipelineOptions([]).get_all_options())
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    flags = {f"--{name}" for name in PipelineOptions([]).get_all_options()}
+    parser = _BeamArgumentParser(allow_abbrev=False)  # flags whose dest differs
+    for cls in PipelineOptions.__subclasses__():  # (--dask_client_address -> address)
+        with contextlib.suppress(Exception):
+            cls._add_argparse_args(parser)
+    flags.update(s for action in parser._actions for s in action.option_strings
+                 if s.startswith("--"))
+    return sorted(flags)
 
 
 def unknown_beam_args(args: Sequence[str]) -> list[str]:

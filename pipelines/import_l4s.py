@@ -33,9 +33,17 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
     """Convert a Landslide4Sense folder into shards + ``manifest.json`` with Beam."""
     import apache_beam as beam
 
-    from pipelines.beam_util import pipeline_options
+    from pipelines.beam_util import pipeline_options, release
     from pipelines.export import MANIFEST
-    from pipelines.shards import WriteShards, finish_shards, shard_count, summarise, summary_item
+    from pipelines.shards import (
+        GatherOne,
+        WriteShards,
+        finish_shards,
+        shard_count,
+        summarise,
+        summary_item,
+    )
+    from pipelines.transforms.tagged import SplitTags
 
     unknown = [b for b in bands if b not in L4S_BANDS]
     if unknown:
@@ -59,8 +67,8 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
         positive = bool((mask[mask != IGNORE] > 0).any())
         counts = {f"{split}_patches": 1, f"{split}_positive": int(positive),
                   "labelled": int(pair.mask is not None)}
-        yield beam.pvalue.TaggedOutput("summary", summary_item(counts, stats))
-        yield (split, rec)
+        yield "summary", summary_item(counts, stats)
+        yield "patches", (split, rec)
 
     opts = pipeline_options(beam_args, "landslides-import-l4s")
     totals = {s: num_shards or shard_count(len(pairs), 128 * 128 * (4 * len(bands) + 1))
@@ -68,10 +76,11 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
     write = WriteShards(out, "gzip", totals)
     with beam.Pipeline(options=opts) as p:
         res = (p | beam.Create(pairs) | beam.Reshuffle()
-               | beam.ParDo(encode).with_outputs("summary", main="patches"))
-        files = res.patches | "Write" >> write
+               | beam.ParDo(encode) | "Split" >> SplitTags("summary", "patches"))
+        files = res["patches"] | "Write" >> write
 
-        def manifest(summary, files, temp):
+        def manifest(parts, temp):
+            summary, files = parts["summary"], parts["files"]
             files = finish_shards(out, files, temp, totals, "gzip")
             counts = summary["counts"]
             fsio.write_json(fsio.join(out, MANIFEST), {
@@ -89,9 +98,12 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
                 "config": {"fractions": list(fractions), "seed": seed, "bands": list(bands)},
             })
 
-        _ = (res.summary | "Summarise" >> summarise(bands)
-             | "Manifest" >> beam.Map(manifest, files=beam.pvalue.AsList(files),
-                                      temp=write.temp))
+        # a join, not a side input: every step then runs on any runner (pipelines.shards)
+        _ = ({"summary": res["summary"] | "Summarise" >> summarise(bands),
+              "files": files | "ListFiles" >> beam.combiners.ToList()}
+             | "Gather" >> GatherOne()
+             | "Manifest" >> beam.Map(manifest, temp=write.temp))
+    release(p)
     return fsio.read_json(fsio.join(out, MANIFEST))
 
 

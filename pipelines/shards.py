@@ -237,6 +237,34 @@ def _merge(acc: dict, item: dict) -> dict:
     return acc
 
 
+class GatherOne(beam.PTransform):
+    """``{name: PCollection of one element}`` -> one dict ``{name: element}``.
+
+    None when a part is empty. A join rather than side inputs, so the step that reads the
+    dict comes after every step that made its parts on any runner (Beam 2.77's Dask
+    runner computes only the pipeline's last step and what it reads; a side input it
+    evaluates again, apart).
+    """
+
+    def expand(self, parts: dict[str, beam.PCollection]) -> beam.PCollection:
+        names = sorted(parts)
+        keyed = [parts[n] | f"Key_{n}" >> beam.Map(_keyed, name=n) for n in names]
+        return (keyed
+                | "Flatten" >> beam.Flatten()
+                | "Group" >> beam.GroupByKey()
+                | "Parts" >> beam.FlatMap(_parts, names=names))
+
+
+def _keyed(value: Any, name: str) -> tuple[None, tuple[str, Any]]:
+    return None, (name, value)
+
+
+def _parts(item: tuple[None, Iterable[tuple[str, Any]]], names: list[str]) -> Iterable[dict]:
+    parts = dict(item[1])
+    if set(parts) == set(names):
+        yield parts
+
+
 def summarise(bands: tuple[str, ...]) -> Any:
     """``CombineGlobally`` of :class:`Summary` (every run has at least one element)."""
     return beam.CombineGlobally(Summary(bands)).without_defaults()

@@ -131,9 +131,10 @@ def _usage(command: str) -> tuple[frozenset[str], frozenset[str]]:
 
 @cache
 def _beam_options() -> frozenset[str]:
-    from apache_beam.options.pipeline_options import PipelineOptions
+    """The Beam flags the CLI accepts (also those whose dest differs, --dask_client_address)."""
+    from pipelines.beam_util import beam_option_strings
 
-    return frozenset(f"--{name}" for name in PipelineOptions([]).get_all_options())
+    return frozenset(beam_option_strings())
 
 
 def _opt(args: list[str], name: str) -> str | None:

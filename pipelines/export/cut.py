@@ -26,6 +26,7 @@ from pipelines.progress import Progress
 from pipelines.shards import summary_item
 from pipelines.sources.base import Source
 from pipelines.transforms.background import InBackground
+from pipelines.transforms.tagged import SplitTags
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,17 @@ class CutChunk(InBackground):
     """Read chunks, label them, cut and encode patches; dead-letter failures.
 
     Chunks are read (pixels, valid mask, labels) on a reader thread, two ahead of the
-    one being cut and encoded (GDAL decoding and numpy release the GIL). Main
-    output: ``(split, record)``; ``summary``: one :func:`summary_item` per chunk.
+    one being cut and encoded (GDAL decoding and numpy release the GIL). Outputs
+    ``("records", (split, record))`` and one ``("summary", summary_item)`` per chunk
+    (see :mod:`pipelines.transforms.tagged`).
     """
 
     thread_name = "chunk-read"
 
-    def __init__(self, config: ExportConfig, sources: list[Source], total: int) -> None:
-        super().__init__(max_pending=2)  # the reader never waits for the encoder
+    def __init__(self, config: ExportConfig, sources: list[Source], total: int,
+                 overlap: bool = True) -> None:
+        # the reader never waits for the encoder
+        super().__init__(max_pending=2, overlap=overlap)
         self.config = config
         # one per period, built once on the launcher, pickled without clients
         self.sources = sources
@@ -125,9 +129,9 @@ class CutChunk(InBackground):
         except Exception as exc:  # dead-letter: recorded, counted, never silent
             log.warning("chunk %s failed: %s", key, exc)
             self.counters["chunks_failed"].inc()
-            yield beam.pvalue.TaggedOutput("summary", summary_item(failed={
+            yield "summary", summary_item(failed={
                 "chunk": key_text, "split": split, "date": date,
-                "error": f"{type(exc).__name__}: {exc}"}))
+                "error": f"{type(exc).__name__}: {exc}"})
             return
         self.counters["chunks_done"].inc()
         self.counters["patches_candidates"].inc(stats.candidates)
@@ -137,7 +141,7 @@ class CutChunk(InBackground):
         self.counters["dropped_negative"].inc(stats.dropped_negative)
         self.counters["dropped_unlabelled"].inc(stats.dropped_unlabelled)
         for record in records:
-            yield split, record
+            yield "records", (split, record)
         band_stats = None
         if split == "train" and patches:
             # band-major pixels of the kept patches straight from the chunk: one pass,
@@ -149,23 +153,29 @@ class CutChunk(InBackground):
         counts = dataclasses.asdict(stats)
         counts.update({"chunks": 1, f"{split}_patches": len(patches),
                        f"{split}_positive": stats.kept_positive})
-        yield beam.pvalue.TaggedOutput("summary", summary_item(counts, band_stats))
+        yield "summary", summary_item(counts, band_stats)
         self.progress.update()
 
 
 class CutPatches(beam.PTransform):
-    """Chunk elements -> ``records`` (``(split, record)``) and ``summary`` outputs.
+    """Chunk elements -> ``{"records": (split, record), "summary": summary_item}``.
 
     Args:
         config: The export's configuration.
         sources: One source per exported period, built on the launcher.
         total: The number of chunk elements (for progress).
+        overlap: Read ahead on a thread (False on runners that drop what
+            ``finish_bundle`` emits, see :class:`InBackground`).
     """
 
-    def __init__(self, config: ExportConfig, sources: list[Source], total: int) -> None:
+    def __init__(self, config: ExportConfig, sources: list[Source], total: int,
+                 overlap: bool = True) -> None:
         super().__init__()
         self.config, self.sources, self.total = config, sources, total
+        self.overlap = overlap
 
-    def expand(self, chunks):
-        return chunks | "Cut" >> beam.ParDo(CutChunk(self.config, self.sources, self.total)
-                                            ).with_outputs("summary", main="records")
+    def expand(self, chunks) -> dict[str, beam.PCollection]:
+        return (chunks
+                | "Cut" >> beam.ParDo(CutChunk(self.config, self.sources, self.total,
+                                               self.overlap))
+                | "Split" >> SplitTags("records", "summary"))

@@ -26,8 +26,14 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     """
     import apache_beam as beam
 
-    from pipelines.beam_util import in_process, pipeline_options, submitted_only
-    from pipelines.shards import WriteShards, summarise
+    from pipelines.beam_util import (
+        in_process,
+        keeps_finish_bundle_outputs,
+        pipeline_options,
+        release,
+        submitted_only,
+    )
+    from pipelines.shards import GatherOne, WriteShards, summarise
 
     plan = plan_export(config)
     fsio.check_writable(config.out)
@@ -49,16 +55,22 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
         res = (p
                # spread over workers, unless one worker in this process takes them all
                | "Chunks" >> beam.Create(elements, reshuffle=not in_process(opts))
-               | "Cut" >> CutPatches(config, plan.sources, len(elements)))
-        files = res.records | "Write" >> write
-        _ = (res.summary
-             | "Summarise" >> summarise(config.channels)
+               | "Cut" >> CutPatches(config, plan.sources, len(elements),
+                                     overlap=keeps_finish_bundle_outputs(opts)))
+        files = res["records"] | "Write" >> write
+        summary = res["summary"] | "Summarise" >> summarise(config.channels)
+        # the manifest joins the summary and the file list (no side input): the last step
+        # then depends on every other, which Beam 2.77's Dask runner needs (it computes
+        # only the pipeline's last step and what that step reads)
+        _ = ({"summary": summary, "files": files | "ListFiles" >> beam.combiners.ToList()}
+             | "Gather" >> GatherOne()
              | "Manifest" >> beam.Map(
                  _write_manifest, config=config, plan_info={
                      "region": plan.region.name, "chunks": len(plan.chunks),
                      "chunks_per_split": by_split, "landslides_in_aoi": plan.landslides_in_aoi,
                      "source": plan.source.describe(), "started": started},
-                 files=beam.pvalue.AsList(files), temp=write.temp, totals=write.totals))
+                 temp=write.temp, totals=write.totals))
+    release(p)
     if submitted_only(opts):
         log.info("Dataflow job written to %s; it writes %s in %s when it ends.",
                  opts.get_all_options()["template_location"], MANIFEST, config.out)
@@ -89,10 +101,12 @@ def shard_totals(config: ExportConfig, chunks_per_split: dict[str, int], sources
             for s in SPLITS}
 
 
-def _write_manifest(summary: dict, config: ExportConfig, plan_info: dict, files: list[str],
-                    temp: str, totals: dict[str, int]) -> None:
+def _write_manifest(parts: dict, config: ExportConfig, plan_info: dict, temp: str,
+                    totals: dict[str, int]) -> None:
     from pipelines.geo.patches import IGNORE
     from pipelines.shards import finish_shards
+
+    summary, files = parts["summary"], parts["files"]
 
     files = finish_shards(config.out, files, temp, totals, config.compression)
     counts, stats, failed = summary["counts"], summary["stats"], summary["failed"]

@@ -35,7 +35,8 @@ from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
 from pipelines.predict.finalize import finalize_job
 from pipelines.predict.plan import ChunkElement, SweepPlan
 from pipelines.transforms.background import InBackground
-from pipelines.transforms.inference import METRICS_NAMESPACE, KerasModelHandler
+from pipelines.transforms.inference import METRICS_NAMESPACE, InferenceError, KerasModelHandler
+from pipelines.transforms.tagged import SplitTags
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,16 @@ class ReadChunkFn(InBackground):
     blending downstream (one fused stage), the way ``tf.data`` prefetches. The plan's
     sources are opened in ``setup`` and closed in ``teardown``.
 
-    Main output: ``((job, key), ChunkTiles)`` for RunInference. Tagged ``result``:
-    ``(job, record)`` of skipped and empty chunks. Tagged ``failed``: ``(job, failure)``.
+    Outputs ``(tag, value)`` pairs (see :mod:`pipelines.transforms.tagged`): ``tiles``:
+    ``((job, key), ChunkTiles)`` for RunInference; ``result``: ``(job, record)`` of
+    skipped and empty chunks; ``failed``: ``(job, failure)``.
     """
 
     thread_name = "chunk-read"
 
-    def __init__(self, plan: SweepPlan, total: int, read_ahead: int = 1) -> None:
-        super().__init__(max_pending=read_ahead)
+    def __init__(self, plan: SweepPlan, total: int, read_ahead: int = 1,
+                 overlap: bool = True) -> None:
+        super().__init__(max_pending=read_ahead, overlap=overlap)
         self.plan = plan  # sources built once on the launcher, pickled without clients
         self.total = total
 
@@ -89,29 +92,29 @@ class ReadChunkFn(InBackground):
         except Exception as exc:  # dead letter: recorded, counted, never silent
             log.warning("chunk %s (%s) failed: %s", key, self.plan.jobs[job].label, exc)
             self.counters["chunks_read_failed"].inc()
-            yield beam.pvalue.TaggedOutput("failed", (job, failure_record(
-                self.plan, job, key, "read", exc)))
+            yield "failed", (job, failure_record(self.plan, job, key, "read", exc))
             return
         if isinstance(outcome, dict):
             self.counters["chunks_skipped" if outcome["action"] == "skipped"
                           else "chunks_empty"].inc()
-            yield beam.pvalue.TaggedOutput("result", (job, outcome))
+            yield "result", (job, outcome)
             return
         self.counters["windows"].inc(len(outcome.origins))
-        yield ((job, key), outcome)
+        yield "tiles", ((job, key), outcome)
 
 
 class BlendWriteFn(InBackground):
     """Blend a chunk's window predictions, write its COGs, polygons and done-record.
 
-    On a writer thread, while the model predicts the next chunk. Main output:
-    ``(job, record)``; tagged ``failed``: ``(job, failure)``.
+    On a writer thread, while the model predicts the next chunk. Outputs ``("result",
+    (job, record))`` and ``("failed", (job, failure))``; a chunk whose inference failed
+    (its result holds an :class:`InferenceError`) becomes an ``inference`` failure.
     """
 
     thread_name = "chunk-write"
 
-    def __init__(self, plan: SweepPlan, max_pending: int = 2) -> None:
-        super().__init__(max_pending=max_pending)
+    def __init__(self, plan: SweepPlan, max_pending: int = 2, overlap: bool = True) -> None:
+        super().__init__(max_pending=max_pending, overlap=overlap)
         self.plan = plan
 
     def setup(self) -> None:
@@ -122,6 +125,12 @@ class BlendWriteFn(InBackground):
     def process(self, element: tuple[tuple[int, str], PredictionResult],
                 timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         (job, key), result = element
+        if isinstance(result.inference, InferenceError):
+            err = result.inference
+            self.failed.inc()
+            yield "failed", (job, failure_record(self.plan, job, key, "inference", err.text,
+                                                 reason=err.reason))
+            return
         tiles: Any = result.example
         tiles.windows = None  # blending does not need the windows' pixels: free them now
         yield from self._submit((job, key), timestamp, window, finish_chunk, self.plan,
@@ -134,11 +143,10 @@ class BlendWriteFn(InBackground):
         except Exception as exc:
             log.warning("chunk %s (%s) failed: %s", key, self.plan.jobs[job].label, exc)
             self.failed.inc()
-            yield beam.pvalue.TaggedOutput("failed", (job, failure_record(
-                self.plan, job, key, "write", exc)))
+            yield "failed", (job, failure_record(self.plan, job, key, "write", exc))
             return
         self.done.inc()
-        yield job, record
+        yield "result", (job, record)
 
 
 class FinalizeJobFn(beam.DoFn):
@@ -159,7 +167,11 @@ class FinalizeJobFn(beam.DoFn):
 
 
 def inference_failures(item: tuple[Any, Any], plan: SweepPlan) -> Iterable[tuple[int, dict]]:
-    """Turn one RunInference dead-letter item ``(batch, error)`` into chunk failures."""
+    """Turn one RunInference dead-letter item ``(batch, error)`` into chunk failures.
+
+    For ``RunInference(...).with_exception_handling()``; the sweep itself records its
+    inference failures in the handler (see :class:`PredictChunks`).
+    """
     batch, err = item
     if isinstance(err, tuple) and len(err) >= 2:  # (type, repr(exception), traceback)
         reason = getattr(err[0], "__name__", str(err[0]))
@@ -174,37 +186,59 @@ def inference_failures(item: tuple[Any, Any], plan: SweepPlan) -> Iterable[tuple
 class PrepareChunks(beam.PTransform):
     """Chunk elements -> ``{"tiles", "result", "failed"}`` (see :class:`ReadChunkFn`)."""
 
-    def __init__(self, plan: SweepPlan, total: int) -> None:
+    def __init__(self, plan: SweepPlan, total: int, overlap: bool = True) -> None:
         super().__init__()
         self.plan = plan
         self.total = total
+        self.overlap = overlap
 
     def expand(self, elements: beam.PCollection) -> dict[str, beam.PCollection]:
-        read = elements | "Read" >> beam.ParDo(ReadChunkFn(self.plan, self.total)).with_outputs(
-            "result", "failed", main="tiles")
-        return {"tiles": read.tiles, "result": read.result, "failed": read.failed}
+        return (elements
+                | "Read" >> beam.ParDo(ReadChunkFn(self.plan, self.total,
+                                                   overlap=self.overlap))
+                | "Split" >> SplitTags("tiles", "result", "failed"))
 
 
 class PredictChunks(beam.PTransform):
-    """``((job, key), ChunkTiles)`` -> ``{"predictions", "failed"}``.
+    """``((job, key), ChunkTiles)`` -> ``((job, key), PredictionResult)``.
 
-    ``predictions``: ``((job, key), PredictionResult)`` whose inference is the windows'
-    probabilities; ``failed``: ``(job, failure)`` of the chunks whose inference failed.
+    The result's ``inference`` is the windows' probabilities, or an
+    :class:`InferenceError` for a chunk whose inference failed (:class:`FinishChunks`
+    records it). The handler catches the errors rather than
+    ``RunInference.with_exception_handling``: that is a multi-output ``ParDo``, which
+    Beam 2.77's Dask runner mixes up (see :mod:`pipelines.transforms.tagged`).
+    ``batched=False`` predicts each chunk in a plain ``ParDo`` (model loaded in its
+    ``setup``) instead of ``RunInference``, whose ``BatchElements`` emits a bundle's
+    last batch in ``finish_bundle``: for runners that drop such outputs.
     """
 
-    def __init__(self, plan: SweepPlan) -> None:
+    def __init__(self, plan: SweepPlan, batched: bool = True) -> None:
         super().__init__()
         self.plan = plan
+        self.batched = batched
 
-    def expand(self, tiles: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, tiles: beam.PCollection) -> beam.PCollection:
         cfg = self.plan.config
-        handler: KeyedModelHandler = KeyedModelHandler(KerasModelHandler(
+        handler = KerasModelHandler(
             cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
-            large_model=cfg.large_model))
-        preds, dlq = tiles | "Infer" >> RunInference(handler).with_exception_handling()
-        failed = dlq.failed_inferences | "InferFailed" >> beam.FlatMap(inference_failures,
-                                                                       plan=self.plan)
-        return {"predictions": preds, "failed": failed}
+            large_model=cfg.large_model, capture_errors=True)
+        if not self.batched:
+            return tiles | "InferEach" >> beam.ParDo(InferEachFn(handler))
+        return tiles | "Infer" >> RunInference(KeyedModelHandler(handler))
+
+
+class InferEachFn(beam.DoFn):
+    """``(key, example)`` -> ``(key, PredictionResult)``, one example per model call."""
+
+    def __init__(self, handler: KerasModelHandler) -> None:
+        self.handler = handler
+
+    def setup(self) -> None:
+        self.model = self.handler.load_model()
+
+    def process(self, element: tuple[Any, Any]):
+        key, example = element
+        yield key, next(iter(self.handler.run_inference([example], self.model)))
 
 
 class FinishChunks(beam.PTransform):
@@ -213,14 +247,15 @@ class FinishChunks(beam.PTransform):
     See :class:`BlendWriteFn`.
     """
 
-    def __init__(self, plan: SweepPlan) -> None:
+    def __init__(self, plan: SweepPlan, overlap: bool = True) -> None:
         super().__init__()
         self.plan = plan
+        self.overlap = overlap
 
     def expand(self, predictions: beam.PCollection) -> dict[str, beam.PCollection]:
-        written = predictions | "BlendWrite" >> beam.ParDo(BlendWriteFn(self.plan)).with_outputs(
-            "failed", main="result")
-        return {"result": written.result, "failed": written.failed}
+        return (predictions
+                | "BlendWrite" >> beam.ParDo(BlendWriteFn(self.plan, overlap=self.overlap))
+                | "Split" >> SplitTags("result", "failed"))
 
 
 class Finalize(beam.PTransform):
@@ -243,17 +278,17 @@ class Finalize(beam.PTransform):
 
 def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
     """Add the sweep to the Beam pipeline ``p``."""
-    from pipelines.beam_util import in_process
+    from pipelines.beam_util import in_process, keeps_finish_bundle_outputs
 
+    overlap = keeps_finish_bundle_outputs(p.options)
     read = (p
             # spread over workers, unless one worker in this process takes them all
             | "Chunks" >> beam.Create(list(elements), reshuffle=not in_process(p.options))
-            | "Prepare" >> PrepareChunks(plan, len(elements)))
-    predicted = read["tiles"] | "Predict" >> PredictChunks(plan)
-    written = predicted["predictions"] | "Finish" >> FinishChunks(plan)
+            | "Prepare" >> PrepareChunks(plan, len(elements), overlap=overlap))
+    predicted = read["tiles"] | "Predict" >> PredictChunks(plan, batched=overlap)
+    written = predicted | "Finish" >> FinishChunks(plan, overlap=overlap)
     results = (read["result"], written["result"]) | "Results" >> beam.Flatten()
-    failed = ((read["failed"], written["failed"], predicted["failed"])
-              | "Failed" >> beam.Flatten())
+    failed = (read["failed"], written["failed"]) | "Failed" >> beam.Flatten()
     _ = {"result": results, "failed": failed} | "Finalize" >> Finalize(plan)
 
 
@@ -262,6 +297,7 @@ __all__ = [
     "FinalizeJobFn",
     "Finalize",
     "FinishChunks",
+    "InferEachFn",
     "PredictChunks",
     "PrepareChunks",
     "ReadChunkFn",

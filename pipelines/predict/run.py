@@ -31,7 +31,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     """
     import apache_beam as beam
 
-    from pipelines.beam_util import pipeline_options, submitted_only
+    from pipelines.beam_util import pipeline_options, release, submitted_only
     from pipelines.predict.pipeline import build_pipeline  # loads Apache Beam
 
     t0 = time.monotonic()
@@ -47,6 +47,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
     opts = pipeline_options(beam_args, "landslides-predict")
     with beam.Pipeline(options=opts) as p:
         build_pipeline(p, plan, elements)
+    release(p)
     if submitted_only(opts):
         log.info("Dataflow job written to %s; it writes run.json in %s when it ends.",
                  opts.get_all_options()["template_location"], config.out)

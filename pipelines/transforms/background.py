@@ -32,12 +32,16 @@ class InBackground(beam.DoFn):
     Args:
         max_pending: Elements whose work may be queued or running besides the one being
             emitted (memory grows with it).
+        overlap: False to emit each element's outputs in its ``process`` (no overlap),
+            for runners that drop what ``finish_bundle`` emits (Beam 2.77's Dask runner
+            collects a bundle's outputs before it calls ``finish_bundle``); see
+            :func:`pipelines.beam_util.keeps_finish_bundle_outputs`.
     """
 
     thread_name = "background"
 
-    def __init__(self, max_pending: int) -> None:
-        self.max_pending = max(1, int(max_pending))
+    def __init__(self, max_pending: int, overlap: bool = True) -> None:
+        self.max_pending = max(1, int(max_pending)) if overlap else 0
 
     def setup(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)

@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "landslides_predict"
 
 
+class InferenceError:
+    """The inference of an example that failed (with ``capture_errors``): why, as text."""
+
+    def __init__(self, reason: str, text: str) -> None:
+        self.reason, self.text = reason, text
+
+    def __repr__(self) -> str:
+        return f"InferenceError({self.text!r})"
+
+
 def _windows(example: Any) -> np.ndarray:
     w = getattr(example, "windows", example)
     if w is None:
@@ -50,14 +60,19 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
             already batched), so 1 is best unless examples are tiny.
         large_model: Share one model per machine across processes (Beam's
             ``multi_process_shared``); for models too big to load once per process.
+        capture_errors: An example whose prediction raises gets an
+            :class:`InferenceError` as its inference instead of failing the batch, so a
+            pipeline can dead-letter it without ``with_exception_handling`` (a
+            multi-output step, which not every runner supports).
     """
 
     def __init__(self, artifact_path: str, batch_size: int = 16, max_chunks_per_batch: int = 1,
-                 large_model: bool = False) -> None:
+                 large_model: bool = False, capture_errors: bool = False) -> None:
         super().__init__(min_batch_size=1, max_batch_size=max(1, int(max_chunks_per_batch)),
                          large_model=large_model)
         self.artifact_path = str(artifact_path)
         self.batch_size = int(batch_size)
+        self.capture_errors = bool(capture_errors)
 
     def load_model(self) -> Artifact:
         from model.artifact import load_artifact
@@ -74,13 +89,21 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
                       ) -> Iterable[PredictionResult]:
         out = []
         for example in batch:
-            x = _windows(example)
-            if len(x):
-                probs = model.predict(x, batch_size=self.batch_size)
-            else:
-                probs = np.zeros((0, *x.shape[1:3]), dtype=np.float32)
+            try:
+                probs: Any = self._predict(example, model)
+            except Exception as exc:
+                if not self.capture_errors:
+                    raise
+                log.warning("inference failed: %s: %s", type(exc).__name__, exc)
+                probs = InferenceError(type(exc).__name__, f"{type(exc).__name__}: {exc}")
             out.append(PredictionResult(example, probs, model_id=model.model_id))
         return out
+
+    def _predict(self, example: Any, model: Artifact) -> np.ndarray:
+        x = _windows(example)
+        if len(x):
+            return model.predict(x, batch_size=self.batch_size)
+        return np.zeros((0, *x.shape[1:3]), dtype=np.float32)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return int(sum(_windows(e).nbytes for e in batch))
@@ -89,4 +112,4 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
         return METRICS_NAMESPACE
 
 
-__all__ = ["METRICS_NAMESPACE", "KerasModelHandler"]
+__all__ = ["METRICS_NAMESPACE", "InferenceError", "KerasModelHandler"]
