@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 from collections import Counter
 from typing import Any
 
@@ -22,6 +23,8 @@ from pipelines.errors import CorruptOutputError
 from pipelines.geo.grid import PixelGrid
 from pipelines.predict.config import FAILED, FORMAT, NODATA_U8, PROB_SCALE, RUN, SweepJob
 from pipelines.predict.plan import SweepPlan
+
+log = logging.getLogger(__name__)
 
 
 def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
@@ -40,6 +43,16 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
     job = plan.jobs[job_i]
     results = sorted(results, key=lambda r: r["key"])
     failures = sorted(failures, key=lambda f: (f["chunk"], f["stage"]))
+    # every planned chunk must come back, done or dead-lettered: a runner that drops
+    # elements must not leave a sweep that looks complete
+    lost = job.n_chunks - len({r["key"] for r in results} | {f["chunk"] for f in failures})
+    if lost > 0:
+        log.error("%d chunk(s) of %s were planned but came back neither written nor failed: "
+                  "the runner lost them; the sweep is partial, re-run it to redo them.",
+                  lost, job.label)
+        failures.append({"aoi": job.label, "chunk": f"({lost} unaccounted)", "stage": "lost",
+                         "error": f"{lost} planned chunk(s) never came back from the runner",
+                         "reason": "LostChunks", "class": "transient", "count": lost})
     outputs: dict[str, Any] = {}
     # a sweep with failed chunks names its products *.partial.*, so that nothing reads
     # them as a complete map of the AOI; each run removes the other kind's leftovers
@@ -85,7 +98,8 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
             "chunks_computed": actions.get("computed", 0),
             "chunks_skipped": actions.get("skipped", 0),
             "chunks_empty": states.get("empty", 0),
-            "chunks_failed": len({f["chunk"] for f in failures}),
+            "chunks_failed": len({f["chunk"] for f in failures if f["stage"] != "lost"})
+            + max(lost, 0),
             "polygons": len(gdf),
             "valid_px": valid_px,
             "landslide_px": sum(r.get("positive_px", 0) for r in results),

@@ -297,3 +297,22 @@ def test_the_chunk_steps_and_finalize_make_a_whole_sweep_without_beam(scene, pla
     assert gdf.loc[0, "chunks"] == 2 and gdf.loc[0, "area_m2"] == pytest.approx(10 * 14 * 100)
     with open(plan.jobs[0].path("run.json")) as f:
         assert json.load(f)["counts"] == c
+
+
+def test_finalize_flags_chunks_the_runner_lost(scene, planned, tmp_path):
+    """A runner that drops an element (Beam's Dask runner did) must not leave a sweep that
+    looks complete: a planned chunk that came back neither written nor failed makes the
+    sweep partial and is recorded."""
+    plan, elements = planned
+    results = []
+    for element in elements.values():
+        tiles = prepare_chunk(plan, plan.sources, *element)
+        results.append(tiles if isinstance(tiles, dict)
+                       else finish_chunk(plan, tiles, _probs(tiles.windows)))
+    run = finalize_job(plan, 0, results[1:], [])  # one chunk never came back
+    assert run["status"] == "partial"
+    assert run["counts"]["chunks_failed"] == 1 and run["failures"]["reasons"] == {
+        "LostChunks": 1}
+    assert os.path.exists(plan.jobs[0].path("inventory.partial.gpkg"))
+    full = finalize_job(plan, 0, results, [])  # all accounted for: complete again
+    assert full["status"] == "ok" and full["counts"]["chunks_failed"] == 0
