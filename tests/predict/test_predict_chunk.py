@@ -276,13 +276,19 @@ def test_a_failure_record_names_the_chunk_the_stage_and_the_error(planned):
 
 
 # ----------------------------------------------------------------------------- finalize
-def test_the_chunk_steps_and_finalize_make_a_whole_sweep_without_beam(scene, planned):
-    plan, elements = planned
+def _sweep_all(plan, elements) -> list[dict]:
+    """Every chunk prepared and finished in order, as the pipeline's steps would."""
     results = []
     for element in elements.values():
         tiles = prepare_chunk(plan, plan.sources, *element)
         results.append(tiles if isinstance(tiles, dict)
                        else finish_chunk(plan, tiles, _probs(tiles.windows)))
+    return results
+
+
+def test_the_chunk_steps_and_finalize_make_a_whole_sweep_without_beam(scene, planned):
+    plan, elements = planned
+    results = _sweep_all(plan, elements)
     failures = [failure_record(plan, 0, "32645_0_0", "read", OSError("x"))]
     run = finalize_job(plan, 0, results, failures)
     c = run["counts"]
@@ -304,11 +310,7 @@ def test_finalize_flags_chunks_the_runner_lost(scene, planned, tmp_path):
     looks complete: a planned chunk that came back neither written nor failed makes the
     sweep partial and is recorded."""
     plan, elements = planned
-    results = []
-    for element in elements.values():
-        tiles = prepare_chunk(plan, plan.sources, *element)
-        results.append(tiles if isinstance(tiles, dict)
-                       else finish_chunk(plan, tiles, _probs(tiles.windows)))
+    results = _sweep_all(plan, elements)
     run = finalize_job(plan, 0, results[1:], [])  # one chunk never came back
     assert run["status"] == "partial"
     assert run["counts"]["chunks_failed"] == 1 and run["failures"]["reasons"] == {
