@@ -226,6 +226,27 @@ def delete(path: str | Path) -> None:
         os.unlink(path)
 
 
+def check_creatable(out: str | Path) -> None:
+    """A local folder ``out`` could be made and written: checked without creating it.
+
+    For commands that must not leave a folder behind when they refuse bad input (see
+    :func:`check_writable`, which creates it). Buckets answer at the first write.
+
+    Raises:
+        OutputError: naming the path in the way (a file) or the folder not writable.
+    """
+    if is_remote(out):
+        return
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a "
+                          f"file. Choose another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is not "
+                          f"writable. Choose another folder or fix its permissions.")
+
+
 def check_writable(out: str | Path) -> None:
     """Create ``out`` if needed and write, then delete, a probe file in it.
 

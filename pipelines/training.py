@@ -7,10 +7,8 @@ cannot read are turned into the same one-line message here.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
@@ -18,29 +16,10 @@ import tensorflow as tf
 from model.train import TUNING, evaluate, load_config, train, tune
 from model.train.files import join
 from pipelines import fsio
-from pipelines.errors import OutputError
 from pipelines.options.train import EvaluateOptions, TrainOptions, TuneOptions
 
 _DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
                 tf.errors.NotFoundError, tf.errors.PermissionDeniedError)
-
-
-def _check_can_create(out: str) -> None:
-    """A local ``out`` folder can be made and written (checked without creating it).
-
-    Raises:
-        OutputError: naming the path in the way (a file) or the folder not writable.
-    """
-    if fsio.is_remote(out):
-        return  # a bucket answers at the first write
-    path = Path(out).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputError(f"--out {out!r} cannot be created: {str(existing)!r} is a file. "
-                          f"Choose another folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {out!r} cannot be written: {str(existing)!r} is not "
-                          f"writable. Choose another folder or fix its permissions.")
 
 
 def _reads_data(command: str, out_is_folder: bool = True
@@ -57,7 +36,7 @@ def _reads_data(command: str, out_is_folder: bool = True
         def wrapper(options: Any) -> int:
             out = getattr(options, "out", None)
             if out and out_is_folder:
-                _check_can_create(str(out))
+                fsio.check_creatable(str(out))
             try:
                 return fn(options)
             except _DATA_ERRORS as exc:
