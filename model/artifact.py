@@ -33,6 +33,9 @@ from model.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 FORMAT = "lsm-artifact/v1"
+#: What a model does (``artifact.json`` ``task``): a landslide mask per pixel (the U-Net,
+#: the default of artifacts without the key) or one class per image (a classifier).
+SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
 META = "artifact.json"
 KERAS_FILE = "model.keras"
 SAVED_MODEL = "saved_model"
@@ -291,6 +294,25 @@ def _publish(tmp: str, out: str, names: Sequence[str]) -> None:
         else:
             shutil.copyfile(os.path.join(tmp, name), staging)
         os.replace(staging, dst)
+
+
+def task_of(meta: Mapping[str, Any]) -> str:
+    """``segmentation`` or ``classification``: what the artifact's model does."""
+    return str(meta.get("task") or SEGMENTATION)
+
+
+def require_segmentation(meta: Mapping[str, Any], path: str, what: str) -> None:
+    """Refuse an image classifier where a segmentation model is needed.
+
+    Raises:
+        ArtifactError: naming the artifact, what it is and which commands take it.
+    """
+    if task_of(meta) != SEGMENTATION:
+        raise ArtifactError(
+            f"{path!r} is an image classifier (landslides classify-train): it gives one class "
+            f"per image, and {what} needs a segmentation model trained with `landslides "
+            f"train`. Score or explain the classifier with `landslides classify-eval` or "
+            f"`landslides explain`")
 
 
 def read_meta(path: str) -> dict:

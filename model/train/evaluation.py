@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import data as data_mod
-from model.artifact import load_artifact
+from model.artifact import load_artifact, require_segmentation
 from model.errors import ConfigError
 from model.metrics import confusion_counts, scores
 from model.schema import IGNORE_VALUE
@@ -54,6 +54,7 @@ def evaluate(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     art = load_artifact(model)
+    require_segmentation(art.meta, model, "`landslides evaluate`")
     threshold = art.threshold if threshold is None else float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold must be in [0, 1], got {threshold}")

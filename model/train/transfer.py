@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from model.artifact import Artifact, load_artifact
+from model.artifact import Artifact, load_artifact, require_segmentation
 from model.errors import ArtifactError, ConfigError
 from model.unet import encoder_layers
 
@@ -63,7 +63,9 @@ def copy_weights(src: keras.Model, dst: keras.Model, what: str) -> None:
 def load_init(path: str) -> Artifact:
     """Load the ``init_from`` artifact; its errors name ``--init-from``."""
     try:
-        return load_artifact(path)
+        art = load_artifact(path)
+        require_segmentation(art.meta, path, "fine-tuning the U-Net")
+        return art
     except ArtifactError as exc:
         raise ArtifactError(f"--init-from {path!r}: {exc}") from exc
 
