@@ -22,7 +22,7 @@ _DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
                 tf.errors.NotFoundError, tf.errors.PermissionDeniedError)
 
 
-def _reads_data(command: str, out_is_folder: bool = True
+def reads_data(command: str, out_is_folder: bool = True
                 ) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Turn a TensorFlow error on the records or the output into one line and exit code 2.
 
@@ -50,7 +50,7 @@ def _reads_data(command: str, out_is_folder: bool = True
     return decorate
 
 
-@_reads_data("train")
+@reads_data("train")
 def train_command(options: TrainOptions) -> int:
     """``landslides train``: YAML config + flags -> :func:`model.train.train`; a summary."""
     cfg, _ = load_config(options.config, options.settings)
@@ -62,7 +62,7 @@ def train_command(options: TrainOptions) -> int:
     return 0
 
 
-@_reads_data("evaluate", out_is_folder=False)
+@reads_data("evaluate", out_is_folder=False)
 def evaluate_command(options: EvaluateOptions) -> int:
     """``landslides evaluate``: the scores and the confusion matrix."""
     result = evaluate(options.model, options.data, split=options.split, out=options.out,
@@ -82,7 +82,7 @@ def evaluate_command(options: EvaluateOptions) -> int:
     return 0
 
 
-@_reads_data("tune")
+@reads_data("tune")
 def tune_command(options: TuneOptions) -> int:
     """``landslides tune``: the grid from flags (or the YAML's ``tune``); the ranking."""
     cfg, grid = load_config(options.config, options.settings)
@@ -100,4 +100,4 @@ def tune_command(options: TuneOptions) -> int:
     return 0
 
 
-__all__ = ["evaluate_command", "train_command", "tune_command"]
+__all__ = ["evaluate_command", "reads_data", "train_command", "tune_command"]

@@ -70,6 +70,17 @@ COMMANDS: dict[str, Command] = {
                         "pipelines.training:evaluate_command"),
     "tune": Command("Grid search (lr x filters x batch size), ranked by validation F1.",
                     "pipelines.options.train:TuneOptions", "pipelines.training:tune_command"),
+    "classify-train": Command("Train image classifiers (landslide / not) on keras.applications "
+                              "backbones; compare them.",
+                              "pipelines.options.classify:ClassifyTrainOptions",
+                              "pipelines.classify:classify_train_command"),
+    "classify-eval": Command("Score image classifiers: accuracy, precision, recall, specificity, "
+                             "F1, ROC-AUC, one table.",
+                             "pipelines.options.classify:ClassifyEvalOptions",
+                             "pipelines.classify:classify_eval_command"),
+    "explain": Command("Grad-CAM heat maps of a classifier or U-Net: PNG overlays and COGs.",
+                       "pipelines.options.classify:ExplainOptions",
+                       "pipelines.explain:explain_command"),
     "predict": Command("Sweep a region with a model: probability/mask COGs, mosaic, "
                        "inventory, STAC.", "pipelines.options.predict:PredictConfig",
                        "pipelines.predict.run:predict_command", beam=True),

@@ -208,6 +208,8 @@ def _add_one(target: Any, f: dataclasses.Field, hint: Any, overrides: bool) -> N
         kwargs["metavar"] = flag_of(f).lstrip("-").replace("-", "_").upper()
     if overrides or "parse" in m:
         kwargs["default"] = None
+        if default is MISSING and not overrides:  # a required option with its own parser
+            kwargs["required"] = True
     elif default is MISSING:
         kwargs["required"] = True
     else:
