@@ -56,6 +56,10 @@ class PredictConfig:
         large_model: Share one model per machine across worker processes.
         overwrite: Replace the products of a sweep of other dates already in ``out``
             (refused by default: the mosaic, STAC and inventory would mix dates).
+        explain: Also write a Grad-CAM heat map per chunk (``explain/<key>.tif``): each
+            window's landslide probability summed over its predicted pixels, weighed at
+            ``explain_layer``, blended like the probabilities (raw, float32, NaN nodata).
+        explain_layer: The layer of ``explain`` (default: the U-Net's bottleneck).
     """
 
     model: str = option(help="Model artifact folder (local or gs://).", yaml=False, path=True,
@@ -109,6 +113,11 @@ class PredictConfig:
     large_model: bool = option(False, "Share one model per machine across worker processes.")
     overwrite: bool = option(False, "Replace a sweep of other dates already in --out (refused "
                              "by default: their chunks would mix).")
+    explain: bool = option(False, "Also write Grad-CAM heat maps per chunk (explain/<key>.tif "
+                           "beside prob/): what drives each window's predicted landslides.",
+                           label="Grad-CAM heat maps")
+    explain_layer: str | None = option(None, "Layer weighed by --explain (default: the "
+                                       "U-Net's bottleneck).", label="Grad-CAM layer")
 
     def __post_init__(self) -> None:
         from pipelines.sources.factory import check_window
@@ -138,6 +147,9 @@ class PredictConfig:
             raise ConfigError(f"buffer_m must be positive, got {self.buffer_m}.")
         if self.retries < 0 or self.retry_delay_s < 0:
             raise ConfigError("retries and retry_delay_s must be >= 0.")
+        if self.explain_layer is not None and not self.explain:
+            raise ConfigError(f"explain_layer {self.explain_layer!r} is set but explain is "
+                              f"off: pass --explain too, or drop --explain-layer.")
         if self.pixel_size is not None and self.pixel_size <= 0:
             raise ConfigError(f"pixel_size must be positive, got {self.pixel_size}.")
 

@@ -7,8 +7,8 @@ without Beam:
 * :func:`prepare_chunk`: skip a chunk whose done-record matches this run's inputs, or read
   it plus a halo and cut the lattice windows (:class:`ChunkTiles`);
 * :func:`finish_chunk`: blend the windows' probabilities, crop the halo, threshold, write
-  ``prob/<key>.tif`` and ``mask/<key>.tif``, then ``done/<key>.json`` (with the chunk's
-  polygons) last;
+  ``prob/<key>.tif`` and ``mask/<key>.tif`` (and, with ``explain``, the blended Grad-CAM
+  ``explain/<key>.tif``), then ``done/<key>.json`` (with the chunk's polygons) last;
 * :func:`failure_record`: the dead-letter record of a chunk that failed at some stage.
 
 Output encoding: probabilities are ``uint8`` by default (``p * 250`` rounded, 255 nodata):
@@ -218,7 +218,8 @@ def finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict:
     Args:
         plan: The sweep's plan.
         tiles: The chunk, as :func:`prepare_chunk` returned it (``windows`` unused).
-        probs: The windows' probabilities, ``(n, h, w)``.
+        probs: The windows' probabilities, ``(n, h, w)``; with ``explain``,
+            ``(n, h, w, 2)``: the probabilities and the windows' Grad-CAM maps.
     """
     # the COGs, then the done-record: once started it runs to its end, even after SIGTERM
     with termination.in_flight(f"chunk {tiles.key} of {plan.jobs[tiles.job].label} (write)"):
@@ -231,6 +232,9 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
     job = plan.jobs[tiles.job]
     chunk = Chunk(ChunkKey.parse(tiles.key), GridSpec(**tiles.spec), tiles.region_wkb)
     grid = chunk.grid
+    cams = None
+    if probs.ndim == 4:  # with --explain: the probabilities and the windows' Grad-CAM
+        probs, cams = probs[..., 0], probs[..., 1]
     prob, valid, mask = blend_chunk(plan, tiles, probs, grid.shape)
     tags = chunk_tags(plan, job, tiles.key, tiles.signature)
     if plan.config.prob_dtype == "uint8":
@@ -249,6 +253,16 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
     write_cog(job.path(files["mask"]), mask_px, grid, nodata=float(NODATA_U8),
               band_names=["landslide"], profile=CATEGORICAL,
               tags={**tags, "legend": "0=no landslide,1=landslide"})
+    if cams is not None:
+        heat = blend(cams, tiles.origins, plan.weight, plan.halo, grid.shape)
+        heat[~valid] = np.nan
+        files["explain"] = f"explain/{tiles.key}.tif"
+        write_cog(job.path(files["explain"]), heat.astype(np.float32), grid,
+                  nodata=float("nan"), band_names=["gradcam"],
+                  profile=dataclasses.replace(CONTINUOUS, predictor=3),
+                  tags={**tags, "layer": str(plan.meta.get("explain_layer")),
+                        "units": "Grad-CAM of the landslide probability summed over each "
+                                 "window's predicted pixels (raw)"})
     polygons = chunk_polygons(grid, mask, prob, valid, plan.config.connectivity,
                               plan.config.min_area_m2)
     rec = chunk_record(chunk, tiles.signature, "done", valid, files, polygons,

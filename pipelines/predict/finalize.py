@@ -200,6 +200,8 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: 
                   ) -> dict[str, Any]:
     """Write a VRT (and, when small, a merged COG) of probability and mask per CRS.
 
+    Sweeps with ``explain`` also get one of the Grad-CAM maps (``explain.vrt|tif``).
+
     With ``partial`` (some chunks failed) the files are ``<kind>.partial.vrt|tif``.
     """
     from pipelines.geo.mosaic import merge_to_cog, mosaic_grid, write_vrt
@@ -215,15 +217,18 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: 
         small = big.width * big.height <= plan.config.merge_max_px
         tags = {"model_id": str(plan.meta["model_id"]), "threshold": repr(plan.threshold),
                 "start": job.start or "", "end": job.end or ""}
-        for kind in ("prob", "mask"):
+        kinds = ("prob", "mask", *(("explain",) if all("explain" in r["files"]
+                                                       for r in recs) else ()))
+        for kind in kinds:
             files = [job.path(r["files"][kind]) for r in recs]
             if kind == "prob" and plan.config.prob_dtype == "uint8":
                 dtype, nodata, scale = "uint8", float(NODATA_U8), 1.0 / PROB_SCALE
-            elif kind == "prob":
+            elif kind in ("prob", "explain"):
                 dtype, nodata, scale = "float32", float("nan"), None
             else:
                 dtype, nodata, scale = "uint8", float(NODATA_U8), None
-            desc = "landslide_probability" if kind == "prob" else "landslide"
+            desc = {"prob": "landslide_probability", "mask": "landslide",
+                    "explain": "gradcam"}[kind]
             vrt = _tagged(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
             write_vrt(vrt, list(zip(files, grids)), dtype, nodata, description=desc,
                       scale=scale)
@@ -285,6 +290,9 @@ def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dic
             "probability": StacAsset(job.path(r["files"]["prob"]), "Landslide probability",
                                      cog),
             "mask": StacAsset(job.path(r["files"]["mask"]), "Landslide mask", cog),
+            **({"gradcam": StacAsset(job.path(r["files"]["explain"]),
+                                     "Grad-CAM heat map (landslide probability)", cog)}
+               if "explain" in r["files"] else {}),
         }, {**props, "landslides:chunk": r["key"]}))
     assets = {
         "inventory_gpkg": StacAsset(outputs["inventory"]["gpkg"], "Landslide polygons",

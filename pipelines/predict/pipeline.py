@@ -221,7 +221,9 @@ class PredictChunks(beam.PTransform):
         cfg = self.plan.config
         handler = KerasModelHandler(
             cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
-            large_model=cfg.large_model, capture_errors=True)
+            large_model=cfg.large_model, capture_errors=True,
+            explain_layer=self.plan.meta.get("explain_layer"),
+            explain_threshold=self.plan.threshold)
         if not self.batched:
             return tiles | "InferEach" >> beam.ParDo(InferEachFn(handler))
         return tiles | "Infer" >> RunInference(KeyedModelHandler(handler))

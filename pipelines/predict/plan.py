@@ -83,17 +83,22 @@ def chunk_signature(job: SweepJob, key: str, region_wkb: bytes) -> str:
                    "region": hashlib.sha256(region_wkb).hexdigest()})
 
 
-def load_meta(path: str) -> dict:
+def load_meta(path: str, explain: bool = False, layer: str | None = None) -> dict:
     """The artifact's metadata that a sweep needs, with its input stack checked.
 
+    With ``explain``, ``explain_layer`` is the layer Grad-CAM weighs (``layer``, checked,
+    or the model's default).
+
     Raises:
-        InputError: the artifact cannot be loaded or records an inconsistent stack.
+        InputError: the artifact cannot be loaded, records an inconsistent stack, is an
+            image classifier, or has no such layer.
     """
-    from model.artifact import load_artifact
-    from model.errors import ArtifactError
+    from model.artifact import load_artifact, require_segmentation
+    from model.errors import ArtifactError, ModelError
 
     try:
         art = load_artifact(path)
+        require_segmentation(art.meta, path, "a predict sweep")
     except ArtifactError as exc:
         raise InputError(f"Model artifact {path!r} cannot be used: {exc}") from exc
     meta = dict(art.meta)  # the model stays cached for an in-process (DirectRunner) worker
@@ -111,6 +116,14 @@ def load_meta(path: str) -> dict:
                          f"{list(stack.channels)} but takes bands {meta['bands']}: the "
                          f"artifact is inconsistent; retrain or re-export it.")
     out["stack"] = stack.to_dict()
+    out["explain_layer"] = None
+    if explain:
+        from model.explain import find_layer
+
+        try:
+            out["explain_layer"] = find_layer(art.model, layer)
+        except ModelError as exc:
+            raise InputError(f"--explain with model {path!r}: {exc}") from exc
     return out
 
 
@@ -127,7 +140,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     """
     from pipelines.geo.aoi_inputs import resolve_aois
 
-    meta = load_meta(config.model)
+    meta = load_meta(config.model, config.explain, config.explain_layer)
     bands = bandreg.resolve(meta["bands"])
     stack = StackSpec.from_dict(meta["stack"])
     window = int(config.window or meta["patch_size"])
@@ -184,7 +197,8 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
                        "chunk_size": config.chunk_size, "threshold": threshold,
                        "prob_dtype": config.prob_dtype, "min_area_m2": config.min_area_m2,
                        "connectivity": config.connectivity, "bands": list(bands),
-                       "nodata": NODATA_POLICY})
+                       "nodata": NODATA_POLICY,
+                       **({"explain": meta["explain_layer"]} if config.explain else {})})
         import shapely
 
         area = sum(shapely.from_wkb(c.region_wkb).area for c in chunks) / 1e6
@@ -209,7 +223,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
 #: What makes two sweeps into one folder the same run (their products may be merged).
 _SAME_RUN = ("start", "end", "events", "days_before", "days_after")
 #: The products of a sweep in its folder (per AOI or event): folders, then files.
-_PRODUCT_DIRS = ("done", "prob", "mask", "mosaic", "stac")
+_PRODUCT_DIRS = ("done", "prob", "mask", "explain", "mosaic", "stac")
 _PRODUCT_FILES = ("inventory.gpkg", "inventory.parquet", "inventory.partial.gpkg",
                   "inventory.partial.parquet", RUN, FAILED, "events.json")
 

@@ -8,9 +8,11 @@ output.
 
 One RunInference example is the stack of windows of one chunk (``(n, h, w, c)`` float32
 physical units, or an object holding it as ``.windows``); its inference is ``(n, h, w)``
-landslide probabilities. Each example is predicted on its own, in model batches of
-``batch_size`` windows, so a chunk's prediction never depends on which other chunks
-shared its RunInference batch (reruns give bit-identical outputs).
+landslide probabilities, or with ``explain_layer`` ``(n, h, w, 2)``: the probabilities and
+each window's Grad-CAM (:func:`model.explain.explain_segmentation`). Each example is
+predicted on its own, in model batches of ``batch_size`` windows, so a chunk's prediction
+never depends on which other chunks shared its RunInference batch (reruns give
+bit-identical outputs).
 """
 
 from __future__ import annotations
@@ -64,15 +66,22 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
             :class:`InferenceError` as its inference instead of failing the batch, so a
             pipeline can dead-letter it without ``with_exception_handling`` (a
             multi-output step, which not every runner supports).
+        explain_layer: Also compute each window's Grad-CAM at this layer (the landslide
+            probability summed over the window's pixels at ``explain_threshold`` and
+            above).
+        explain_threshold: The threshold of that predicted mask.
     """
 
     def __init__(self, artifact_path: str, batch_size: int = 16, max_chunks_per_batch: int = 1,
-                 large_model: bool = False, capture_errors: bool = False) -> None:
+                 large_model: bool = False, capture_errors: bool = False,
+                 explain_layer: str | None = None, explain_threshold: float = 0.5) -> None:
         super().__init__(min_batch_size=1, max_batch_size=max(1, int(max_chunks_per_batch)),
                          large_model=large_model)
         self.artifact_path = str(artifact_path)
         self.batch_size = int(batch_size)
         self.capture_errors = bool(capture_errors)
+        self.explain_layer = explain_layer
+        self.explain_threshold = float(explain_threshold)
 
     def load_model(self) -> Artifact:
         from model.artifact import load_artifact
@@ -101,9 +110,17 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
 
     def _predict(self, example: Any, model: Artifact) -> np.ndarray:
         x = _windows(example)
-        if len(x):
-            return model.predict(x, batch_size=self.batch_size)
-        return np.zeros((0, *x.shape[1:3]), dtype=np.float32)
+        if not len(x):
+            extra = (2,) if self.explain_layer else ()
+            return np.zeros((0, *x.shape[1:3], *extra), dtype=np.float32)
+        if self.explain_layer:
+            from model.explain import explain_segmentation
+
+            exp = explain_segmentation(model.model, np.asarray(x, np.float32),
+                                       self.explain_layer, threshold=self.explain_threshold,
+                                       batch_size=self.batch_size)
+            return np.stack([exp.probability, exp.cams], axis=-1).astype(np.float32)
+        return model.predict(x, batch_size=self.batch_size)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return int(sum(_windows(e).nbytes for e in batch))

@@ -511,6 +511,33 @@ def test_keras_model_handler_in_run_inference(scene, tmp_path):
         assert_that(failed, check_failed, label="failed")
 
 
+def test_a_unet_sweep_with_explain_writes_gradcam_cogs_mosaics_and_stac(scene, tmp_path,
+                                                                        capsys):
+    """``--explain`` through Beam (RunInference and the writer) with a real U-Net."""
+    out = tmp_path / "explained"
+    assert cli.main(["predict", "--model", scene["unet"], "--source", "geotiff", "--images",
+                     str(scene["dir"] / "s2.tif"), "--aoi", scene["aoi"], "--start", START,
+                     "--end", END, "--chunk-size", "128", "--threshold", "0.01",
+                     "--explain", "--out", str(out)]) == 0
+    done = [json.loads(p.read_text()) for p in sorted((out / "done").glob("*.json"))]
+    written = [d for d in done if d["files"]]
+    assert written and all("explain" in d["files"] for d in written)
+    for d in written:
+        with rasterio.open(out / d["files"]["explain"]) as src:
+            cam = src.read(1)
+            assert src.tags()["layer"] == "enc2_relu2"  # the U-Net's bottleneck
+            assert src.transform == rasterio.open(out / d["files"]["prob"]).transform
+        prob = _read(out / d["files"]["prob"])
+        np.testing.assert_array_equal(np.isnan(cam), prob == 255)
+        assert (cam[~np.isnan(cam)] >= 0).all()
+    assert np.nanmax(_read(out / "mosaic" / "explain.tif")) > 0
+    catalog = json.loads((out / "stac" / "catalog.json").read_text())
+    assert catalog["type"] == "Catalog"
+    item = next(json.loads(p.read_text()) for p in (out / "stac").rglob("*.json")
+                if "gradcam" in json.loads(p.read_text()).get("assets", {}))
+    assert item["assets"]["gradcam"]["href"].endswith(".tif")
+
+
 def test_merge_chunk_polygons_joins_across_edges_only():
     sq = lambda x0, y0, x1, y1: box(x0, y0, x1, y1)  # noqa: E731
     gdf = gpd.GeoDataFrame({

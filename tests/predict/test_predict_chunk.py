@@ -318,3 +318,87 @@ def test_finalize_flags_chunks_the_runner_lost(scene, planned, tmp_path):
     assert os.path.exists(plan.jobs[0].path("inventory.partial.gpkg"))
     full = finalize_job(plan, 0, results, [])  # all accounted for: complete again
     assert full["status"] == "ok" and full["counts"]["chunks_failed"] == 0
+
+
+# ----------------------------------------------------------------------------- explain
+@pytest.fixture(scope="module")
+def explainable(scene):
+    """The handcrafted model with an inner, encoder-named feature map for Grad-CAM."""
+    import keras
+
+    from model.artifact import save_artifact
+
+    inp = keras.Input((None, None, len(BANDS)))
+    feat = keras.layers.Conv2D(2, 1, use_bias=False, name="enc0_relu2")(inp)
+    score = keras.layers.Conv2D(1, 1, activation="sigmoid", name="score")(feat)
+    model = keras.Model(inp, score)
+    model.get_layer("enc0_relu2").set_weights([np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2)])
+    kernel = np.zeros((1, 1, 2, 1), np.float32)
+    kernel[0, 0, 1, 0] = 40.0
+    model.get_layer("score").set_weights([kernel, np.array([-40.0 * 0.3], np.float32)])
+    path = str(scene["dir"] / "explainable")
+    save_artifact(model, path, BANDS, patch_size=32, size_multiple=1, threshold=0.5,
+                  saved_model=False, training={"handcrafted": "sigmoid, inner identity"})
+    return path
+
+
+def test_explain_writes_a_gradcam_cog_beside_each_probability_cog(scene, explainable,
+                                                                  tmp_path):
+    """Through the RunInference handler and the chunk steps: each window's Grad-CAM of its
+    predicted pixels, blended like the probabilities, lights the bright-B8 block only."""
+    from pipelines.transforms.inference import KerasModelHandler
+
+    plan, elements = plan_predict(_config(scene, tmp_path / "out", model=explainable,
+                                          explain=True))
+    assert plan.meta["explain_layer"] == "enc0_relu2"
+    plain, _ = plan_predict(_config(scene, tmp_path / "plain", model=explainable))
+    assert plan.jobs[0].base_signature != plain.jobs[0].base_signature  # redone if toggled
+    handler = KerasModelHandler(explainable, batch_size=8, explain_layer="enc0_relu2",
+                                explain_threshold=plan.threshold)
+    model = handler.load_model()
+    heat = np.full((N, N), np.nan, np.float32)
+    for source in plan.sources:
+        source.open()
+    try:
+        for key, element in sorted({e[1]: e for e in elements}.items()):
+            tiles = prepare_chunk(plan, plan.sources, *element)
+            if not isinstance(tiles, ChunkTiles):
+                continue
+            out = handler.run_inference([tiles], model)[0].inference
+            assert out.shape == (*tiles.windows.shape[:3], 2)
+            np.testing.assert_allclose(out[..., 0], _probs(tiles.windows), atol=1e-5)
+            rec = finish_chunk(plan, tiles, out)
+            cam, tags = _read(plan.jobs[0].path(rec["files"]["explain"]))
+            prob, _ = _read(plan.jobs[0].path(rec["files"]["prob"]))
+            assert tags["layer"] == "enc0_relu2" and tags["chunk"] == key
+            np.testing.assert_array_equal(np.isnan(cam), prob == 255)  # same nodata
+            r0, c0 = _offset(_grid(key, element))
+            heat[r0:r0 + 32, c0:c0 + 32] = cam
+    finally:
+        for source in plan.sources:
+            source.close()
+    assert np.nanmin(heat) >= 0
+    block = heat[20:30, 26:40]  # the bright block, the only predicted landslide
+    assert np.nanmin(block) > 5 * np.nanmax(heat[60:86, 40:86])
+    finalize_job(plan, 0, _sweep_records(plan), [])
+    assert os.path.exists(plan.jobs[0].path("mosaic", "explain.vrt"))
+
+
+def _sweep_records(plan) -> list[dict]:
+    folder = plan.jobs[0].path("done")
+    out = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            out.append({**json.load(f), "action": "computed"})
+    return out
+
+
+def test_explain_needs_a_model_with_an_inner_feature_map(scene, tmp_path):
+    from pipelines.errors import InputError
+
+    with pytest.raises(InputError, match="no inner layer"):
+        plan_predict(_config(scene, tmp_path / "o", explain=True))
+    with pytest.raises(InputError, match=r"no layer 'nope'"):
+        plan_predict(_config(scene, tmp_path / "o", explain=True, explain_layer="nope"))
+    with pytest.raises(InputError, match="pass --explain too"):
+        _config(scene, tmp_path / "o", explain_layer="enc0_relu2")
