@@ -406,6 +406,13 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
                          ("other", "Distributions and trends")):
         if figs.get(key):
             parts += [f"<h2>{heading}</h2>", _figures(figs[key])]
+    if figs.get("explain"):
+        parts += ["<h2>What the model looks at (Grad-CAM)</h2>",
+                  "<p>Grad-CAM heat maps from <code>landslides explain</code>: where the "
+                  "feature maps of one layer push the model's score (a classifier's "
+                  "landslide logit, or a U-Net's landslide probability summed over its "
+                  "predicted pixels) up; bright is strong. They show what the model "
+                  "attends to, not where landslides are.</p>", _figures(figs["explain"])]
     parts.append("<h2>Inputs</h2>")
     inp_rows = []
     for role, per in (metrics.get("inputs") or {}).items():

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
     with tempfile.TemporaryDirectory(prefix="landslides-compare-") as stage:
         figdir = Path(stage, "figures")
         figdir.mkdir()
-        figures: dict[str, list[dict]] = {"overlay": [], "density": [], "other": []}
+        figures: dict[str, list[dict]] = {"overlay": [], "density": [], "other": [],
+                                          "explain": []}
 
         def fig(kind: str, name: str, title: str, draw) -> None:
             if not config.figures:
@@ -147,6 +149,7 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
         if metrics.get("multitemporal") and len(metrics["multitemporal"]["rows"]) >= 2:
             fig("other", "trends.png", "Trends across years",
                 lambda p: rpt.trends_figure(metrics["multitemporal"], p))
+        figures["explain"] = _explanations(config, figdir, problems)
         metrics["figures"] = figures
 
         rows = stats_rows(metrics)
@@ -171,6 +174,30 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
         for rel in order:
             fsio.put_file(os.path.join(stage, rel), fsio.join(config.out, *rel.split("/")))
     logger.info("comparison written to %s (status %s)", config.out, metrics["status"])
+
+
+def _explanations(config: CompareConfig, figdir: Path, problems: Problems) -> list[dict]:
+    """Copy the Grad-CAM PNGs of ``config.explanations`` into ``figures/explain/``.
+
+    A pattern that matches nothing is a warning in the report, not a failure.
+    """
+    out: list[dict] = []
+    if not config.explanations:
+        return out
+    (figdir / "explain").mkdir(exist_ok=True)
+    for pattern in config.explanations:
+        paths = sorted(fsio.glob(pattern)) if any(c in pattern for c in "*?[") else (
+            [pattern] if fsio.exists(pattern) else [])
+        pngs = [p for p in paths if p.lower().endswith(".png")]
+        if not pngs:
+            problems.add("warning", f"explanations {pattern!r}: no PNG found")
+        for path in pngs:
+            name = f"{len(out):03d}_{os.path.basename(path)}"
+            with fsio.local_copy(path) as local:
+                shutil.copyfile(local, figdir / "explain" / name)
+            out.append({"path": f"figures/explain/{name}",
+                        "title": os.path.splitext(os.path.basename(path))[0]})
+    return out
 
 
 def _read_background(path: str, grid: PixelGrid) -> np.ndarray:

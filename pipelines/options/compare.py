@@ -77,6 +77,9 @@ class CompareConfig:
             to reach. Pixel metrics are always limited to valid pixels of raster inputs.
         notes: Sentences the report shows about the comparison (e.g. which areas and
             years the model was trained on).
+        explanations: Grad-CAM overlays (PNG files or globs, e.g. the output of
+            ``landslides explain``) copied into the report's figures and shown in their
+            own section; none: no section.
     """
 
     reference: str = option(help="Reference inventory: vector file, mask COG/VRT or glob of "
@@ -119,6 +122,10 @@ class CompareConfig:
         "under clouds in every image is not a miss).")
     notes: tuple[str, ...] = option((), "Sentences the report shows about the comparison.",
                                     cli=False)
+    explanations: tuple[str, ...] = option(
+        (), "Grad-CAM overlay PNGs (from landslides explain), files or globs, shown in a "
+        "report section; repeatable.", action="append", parse=tuple,
+        metavar="PNG_OR_GLOB")
 
     def __post_init__(self) -> None:
         if not self.reference or not str(self.reference).strip():

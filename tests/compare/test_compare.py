@@ -373,3 +373,32 @@ def test_cli_exit_code_says_when_an_inventory_could_not_be_read(tmp_path, caplog
     m = json.loads((tmp_path / "truncated" / "metrics.json").read_text())
     assert m["status"] == "partial" and any(
         p["level"] == "error" and p.get("year") == 2015 for p in m["problems"])
+
+
+def test_the_report_shows_grad_cam_overlays_when_given(tmp_path):
+    """``--explanations``: the PNGs are copied beside the report and shown in a section."""
+    import rasterio
+
+    geoms = [box(330_000, 3_110_000, 330_200, 3_110_300)]
+    gpd.GeoDataFrame(geometry=geoms, crs=UTM).to_file(tmp_path / "ref.gpkg")
+    shots = tmp_path / "explained"
+    shots.mkdir()
+    for name in ("a_patch", "b_patch"):
+        with rasterio.open(shots / f"{name}.png", "w", driver="PNG", width=8, height=8,
+                           count=3, dtype="uint8") as dst:
+            dst.write(np.full((3, 8, 8), 200, np.uint8))
+    out = tmp_path / "report"
+    assert main(["compare", "--reference", str(tmp_path / "ref.gpkg"), "--out", str(out),
+                 "--no-figures", "--explanations", str(shots / "*.png"),
+                 "--explanations", str(tmp_path / "none" / "*.png")]) == 0
+    page = (out / "report.html").read_text()
+    assert "Grad-CAM" in page
+    copied = sorted(p.name for p in (out / "figures" / "explain").iterdir())
+    assert copied == ["000_a_patch.png", "001_b_patch.png"]
+    assert 'src="figures/explain/000_a_patch.png"' in page
+    metrics = read_json(out / "metrics.json")
+    assert any("no PNG found" in p["message"] for p in metrics["problems"])
+    plain = tmp_path / "plain"
+    assert main(["compare", "--reference", str(tmp_path / "ref.gpkg"), "--out", str(plain),
+                 "--no-figures"]) == 0
+    assert "Grad-CAM" not in (plain / "report.html").read_text()
