@@ -76,6 +76,9 @@ class ClassifyConfig:
         patience: Epochs without a better validation ROC-AUC before stopping (0: never).
         reduce_lr_patience: Epochs without improvement before the learning rate is halved.
         min_lr: Lowest learning rate of reduce-on-plateau.
+        bn_momentum: Momentum of the moving statistics of every batch norm that trains
+            (Keras' applications use 0.99-0.999, made for long runs; in a run of a few
+            epochs the inference statistics would lag far behind the weights).
         baseline_filters: Filters of the first block of the ``baseline`` CNN.
         seed: Seed of the split, the weights, shuffling and augmentation.
         saved_model: Also export a SavedModel into the artifact.
@@ -109,8 +112,10 @@ class ClassifyConfig:
     augment: bool = _opt(True, "Random flips and 90-degree rotations (default %(default)s).")
     patience: int = _opt(5, "Early-stopping patience on validation ROC-AUC (default "
                          "%(default)s; 0: off).")
-    reduce_lr_patience: int = 2
+    reduce_lr_patience: int = 3
     min_lr: float = 1e-6
+    bn_momentum: float = _opt(0.9, "Momentum of every batch norm's moving statistics "
+                              "(default %(default)s).")
     baseline_filters: int = _opt(32, "Filters of the baseline CNN's first block (default "
                                  "%(default)s).")
     seed: int = _opt(0, "Seed (default %(default)s).")
@@ -142,7 +147,7 @@ class ClassifyConfig:
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
         for name, low, high in (("min_landslide_share", 0.0, 1.0), ("val_fraction", 0.0, 1.0),
-                                ("dropout", 0.0, 1.0)):
+                                ("dropout", 0.0, 1.0), ("bn_momentum", 0.0, 1.0)):
             value = float(getattr(self, name))
             if not (low <= value < high) or math.isnan(value):
                 raise ConfigError(f"{name} must be in [{low}, {high}), got {value}")

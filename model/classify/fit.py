@@ -139,16 +139,18 @@ def train_classifier(data: ClassifyData, out: str, config: ClassifyConfig) -> di
     name = resolve_backbone(config.backbone)
     config = config.replace(backbone=name)
     train, val = data.split("train"), data.split("val")
-    weights = class_weights(train)  # also: refuses a split without one of the classes
+    balance = class_weights(train)  # also: refuses a split without one of the classes
     class_weights(val)
-    if not config.class_balance:
-        weights = None
+    weights = balance if config.class_balance else None
     if data.mean is None or data.std is None:
         raise ConfigError(f"no training statistics for {data.source!r}")
     keras.utils.set_random_seed(config.seed)
     model = build_classifier(name, data.bands, data.image_size, data.mean, data.std,
                              config.weights, config.rgb, config.dropout,
                              config.baseline_filters)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = config.bn_momentum
     tf.io.gfile.makedirs(out)
     history_path = join(out, HISTORY)
     if tf.io.gfile.exists(history_path):
