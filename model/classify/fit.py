@@ -60,18 +60,27 @@ MONITOR = "val_auc"
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Remember the weights of the best epoch (by :data:`MONITOR`) across phases."""
+    """Remember the weights of the best epoch across phases.
+
+    The best has the highest :data:`MONITOR` and, of those, the lowest validation loss
+    (ROC-AUC saturates at 1 on separable data, where the first such epoch is seldom the
+    best calibrated).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.best = -np.inf
+        self.best_loss = np.inf
         self.best_epoch = -1
         self.weights: list | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = float((logs or {}).get(MONITOR, np.nan))
-        if np.isfinite(value) and value > self.best:
-            self.best, self.best_epoch = value, epoch
+        loss = float((logs or {}).get("val_loss", np.inf))
+        if not np.isfinite(value):
+            return
+        if value > self.best or (value == self.best and loss < self.best_loss):
+            self.best, self.best_loss, self.best_epoch = value, loss, epoch
             self.weights = self.model.get_weights()
 
 
