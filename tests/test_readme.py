@@ -249,6 +249,23 @@ def _check_outputs(folder: Path, commands: list[list[str]]) -> None:
                 assert all("pixel" in y for y in metrics["years"].values())
             if _opt(args, "--aoi"):
                 assert metrics["aoi"] == _opt(args, "--aoi")
+        elif cmd == "classify-train":
+            out = path(_opt(args, "--out"))
+            backbones = [b for a, v in zip(args, args[1:]) if a == "--backbone"
+                         for b in v.split(",")]
+            for name in backbones if len(backbones) > 1 else [""]:
+                meta = json.loads((out / name / "artifact.json").read_text())
+                assert meta["task"] == "classification" and meta["metrics"]["val"]["examples"]
+        elif cmd == "classify-eval":
+            model = path(_opt(args, "--model"))
+            found = sorted(model.rglob("classification_eval.json"))
+            assert found, f"no classification_eval.json under {model}"
+            for f in found:
+                ev = json.loads(f.read_text())
+                assert ev["examples"] > 0 and 0.0 <= ev["f1"] <= 1.0
+        elif cmd == "explain":
+            index = json.loads((path(_opt(args, "--out")) / "explanations.json").read_text())
+            assert index["items"] and all((folder / e["png"]).is_file() for e in index["items"])
         elif cmd == "scan":
             config = path(_opt(args, "--config"))
             scans[str(config)] = scans.get(str(config), 0) + 1

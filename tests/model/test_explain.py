@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import rasterio
+import tensorflow as tf
 from rasterio.transform import from_origin
 
 from model.artifact import save_artifact
@@ -204,3 +205,38 @@ def test_explain_cli_for_the_unet_with_a_region_and_refusals(tmp_path, capsys):
     assert main(["explain", "--model", str(art), "--input", str(image), "--out",
                  str(tmp_path / "o3"), "--region", "0,0,99,99"]) == 2
     assert "outside the 32 x 32 px image" in capsys.readouterr().err
+
+
+def test_explain_cli_on_the_patches_of_an_export(tmp_path, capsys):
+    """An export as --input: up to --limit patches, landslide-richest first, each with a
+    COG on the patch's own grid."""
+    from model.schema import decode_patch
+    from tests.model.test_data import BANDS, TRANSFORM, write_shards
+
+    written = write_shards(tmp_path / "shards", {"test": 6})
+    keras.utils.set_random_seed(0)
+    art = tmp_path / "unet"
+    save_artifact(build_unet(list(BANDS), 4, 3, mean=[0.2, 0.2, 25.0], std=[0.1, 0.1, 8.0]),
+                  str(art), BANDS, SIZE, mean=[0.2, 0.2, 25.0], std=[0.1, 0.1, 8.0],
+                  size_multiple=4, saved_model=False)
+    out = tmp_path / "explained"
+    assert main(["explain", "--model", str(art), "--input", str(tmp_path / "shards"),
+                 "--limit", "3", "--threshold", "0.01", "--out", str(out)]) == 0
+    items = json.loads((out / "explanations.json").read_text())["items"]
+    assert len(items) == 3 and index_layer(out) == "enc2_relu2"
+    shares = sorted((((m > 0) & (m != 255)).sum() / (m != 255).sum() for _, m in
+                     written["test"]), reverse=True)
+    keys = {}
+    for f in sorted((tmp_path / "shards" / "test").glob("*.gz")):
+        for rec in tf.data.TFRecordDataset(str(f), compression_type="GZIP"):
+            p = decode_patch(rec.numpy())
+            keys[p.key.replace("/", "_")] = ((p.mask > 0) & (p.mask != 255)).sum() / (
+                p.mask != 255).sum()
+    assert [keys[e["name"]] for e in items] == pytest.approx(shares[:3])
+    for e in items:
+        with rasterio.open(e["cog"]) as src:
+            assert tuple(src.transform)[:6] == TRANSFORM and src.shape == (SIZE, SIZE)
+
+
+def index_layer(out: Path) -> str:
+    return json.loads((out / "explanations.json").read_text())["layer"]
