@@ -8,7 +8,9 @@ are named (a 12-band GeoTIFF with band descriptions gives the model's bands), el
 count.
 
 Outputs in ``--out``, per input ``NAME``: ``NAME.png`` (the heat map over the image's RGB
-bands, or its first band, with the model's answer), ``NAME.tif`` (the heat map scaled to
+bands, or its first band, with the model's answer; outlined in cyan: an export patch's
+labelled landslides for a classifier, the predicted mask or the region for a U-Net),
+``NAME.tif`` (the heat map scaled to
 [0, 1], float32, on the input's grid: a COG written by :mod:`pipelines.geo.cog`, when the
 input is georeferenced) and one ``explanations.json`` for all of them.
 """
@@ -46,6 +48,7 @@ class Item:
         crs: CRS, ``""`` when not georeferenced.
         transform: The 6 affine coefficients, or ``None``.
         truth: The class it is labelled with, when known.
+        labels: The landslide pixels of an export patch (outlined on the overlay).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Item:
     crs: str = ""
     transform: tuple[float, ...] | None = None
     truth: str | None = None
+    labels: np.ndarray | None = field(default=None, repr=False)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -173,19 +177,21 @@ def _export_items(path: str, bands: Sequence[str], split: str, limit: int,
         pixels = select_bands(patch.image, patch.bands, bands, f"patch {patch.key}")
         yield Item(_safe(patch.key), f"{path} {split} {patch.key}", pixels.astype(np.float32),
                    patch.crs, tuple(patch.transform) if patch.crs else None,
-                   "landslide" if share >= min_share else "non_landslide")
+                   "landslide" if share >= min_share else "non_landslide",
+                   (patch.mask > 0) & (patch.mask != IGNORE_VALUE))
 
 
 # ----------------------------------------------------------------------------- outputs
 def _background(pixels: np.ndarray, rgb: tuple[int, int, int] | None) -> np.ndarray:
     """An RGB (or grey) picture of the image in 0..1, 2-98 % stretched per band."""
-    chosen = pixels[..., list(rgb)] if rgb is not None else pixels[..., :1]
+    chosen = np.asarray(pixels[..., list(rgb)] if rgb is not None else pixels[..., :1])
+    n = int(chosen.shape[2])
     out = np.empty(chosen.shape, np.float64)
-    for i in range(chosen.shape[-1]):
+    for i in range(n):
         band = chosen[..., i].astype(np.float64)
-        lo, hi = np.percentile(band, [2, 98]) if band.size else (0.0, 1.0)
+        lo, hi = (float(v) for v in np.percentile(band, [2, 98]))
         out[..., i] = np.clip((band - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    return out if out.shape[-1] == 3 else out[..., 0]
+    return out if n == 3 else out[..., 0]
 
 
 def overlay_png(path: str, pixels: np.ndarray, heat: np.ndarray, title: str,
@@ -214,11 +220,14 @@ def overlay_png(path: str, pixels: np.ndarray, heat: np.ndarray, title: str,
 
 def heat_cog(path: str, heat: np.ndarray, item: Item, tags: dict[str, str]) -> str:
     """The heat map on the input's grid as a float32 COG (the one COG writer)."""
+    from affine import Affine
+
     from pipelines.geo.cog import CogProfile, write_cog
     from pipelines.geo.grid import PixelGrid
 
     assert item.transform is not None
-    grid = PixelGrid(item.crs, tuple(item.transform), heat.shape[1], heat.shape[0])
+    grid = PixelGrid.from_affine(item.crs, Affine(*item.transform), heat.shape[1],
+                                 heat.shape[0])
     small = max(heat.shape) <= 512
     return write_cog(path, heat.astype(np.float32), grid, nodata=None, band_names=["gradcam"],
                      profile=CogProfile(predictor=3), tags=tags, overviews=not small)
@@ -272,7 +281,7 @@ def run_explain(options: ExplainOptions) -> dict[str, Any]:
             title = (f"P(landslide) {prob:.2f}: {predicted}"
                      + (f" (truth: {item.truth})" if item.truth else "")
                      + f"\nGrad-CAM of {options.target} at {exp.layer}")
-            outline = None
+            outline = item.labels  # the labelled landslide pixels, when known
             entry: dict[str, Any] = {"probability": prob, "predicted": predicted}
         else:
             region = region_mask((h, w), options.region) if options.region else None
@@ -292,7 +301,7 @@ def run_explain(options: ExplainOptions) -> dict[str, Any]:
         cog = None
         if options.cog and item.crs and item.transform is not None:
             cog = heat_cog(fsio.join(options.out, f"{item.name}.tif"), heat, item, {
-                "model_id": art.model_id, "layer": exp.layer, "score": float(exp.scores[0]),
+                "model_id": art.model_id, "layer": exp.layer, "score": f"{exp.scores[0]:.6g}",
                 "target": options.target if classifier else "summed landslide probability",
                 "units": "Grad-CAM scaled to [0, 1]", "source": item.source,
                 "generator": "landslides explain"})
