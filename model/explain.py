@@ -232,8 +232,10 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> tuple[np.ndarray, tupl
     ph, pw = -h % multiple, -w % multiple
     if not (ph or pw):
         return images, (h, w)
-    mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode), (h, w)
+    pads = ((0, 0), (0, int(ph)), (0, int(pw)), (0, 0))
+    if ph < h and pw < w:
+        return np.pad(images, pads, mode="reflect"), (h, w)
+    return np.pad(images, pads, mode="edge"), (h, w)
 
 
 def explain(model: keras.Model, images: np.ndarray, *, layer: str | None = None,
