@@ -10,6 +10,7 @@ what each kind of step should leave behind.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -251,7 +252,7 @@ def _check_outputs(folder: Path, commands: list[list[str]]) -> None:
                 assert metrics["aoi"] == _opt(args, "--aoi")
         elif cmd == "classify-train":
             out = path(_opt(args, "--out"))
-            backbones = [b for a, v in zip(args, args[1:]) if a == "--backbone"
+            backbones = [b for a, v in itertools.pairwise(args) if a == "--backbone"
                          for b in v.split(",")]
             for name in backbones if len(backbones) > 1 else [""]:
                 meta = json.loads((out / name / "artifact.json").read_text())
