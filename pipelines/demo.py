@@ -33,6 +33,7 @@ from typing import Any
 from pipelines import fsio
 from pipelines.errors import ConfigError
 from pipelines.geo.stack import StackSpec, parse_references
+from pipelines.options.compare import METRICS_VERSION
 from pipelines.options.fields import option
 
 log = logging.getLogger(__name__)
@@ -413,7 +414,8 @@ def stages(cfg: DemoConfig) -> list[Stage]:
         Stage("finetune", stage_finetune, weight=3.0),
         Stage("evaluate", stage_evaluate, weight=0.5),
         Stage("sweep", stage_sweep, weight=4.0),
-        Stage("compare", stage_compare, weight=1.0),
+        Stage("compare", stage_compare, weight=1.0,
+              fingerprint={"metrics_version": METRICS_VERSION}),
     ]
 
 
