@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,6 +23,7 @@ import rasterio
 from pipelines import cli
 from tests.export import test_export as ex
 from tests.predict import test_predict as pr
+from tests.predict.test_large_model import assert_same_sweep
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
                                                         "(apache-beam[dask])")
@@ -176,3 +178,28 @@ def test_predict_on_dask_equals_direct_runner(cluster, predict_scene, tmp_path):
     assert inv_b.geometry.area.sum() == pytest.approx(inv_a.geometry.area.sum())
     assert sorted(inv_b["area_m2"]) == pytest.approx(sorted(inv_a["area_m2"]))
     assert not (dask / "failed_chunks.jsonl").exists()
+
+
+def _holds_artifact(path: str) -> bool:
+    """In a worker: has this process loaded the artifact at ``path``?"""
+    from model import artifact
+
+    return any(stamp[0] == os.path.abspath(path) for stamp in artifact._LOADED)
+
+
+def test_large_model_predict_on_dask_loads_the_model_in_one_worker(cluster, predict_scene,
+                                                                   tmp_path):
+    lc, client = cluster
+    # a fresh copy: the other tests' sweeps loaded the original in both workers
+    scene = {**predict_scene, "thr": str(shutil.copytree(predict_scene["thr"],
+                                                         tmp_path / "model"))}
+    before = _executed(client)
+    direct, dask = tmp_path / "direct", tmp_path / "dask"
+    assert cli.main(_predict_args(scene, direct)) == 0
+    assert cli.main([*_predict_args(scene, dask), "--large-model", *_dask_args(lc)]) == 0
+    after = _executed(client)
+    assert all(after[w][0] > before[w][0] for w in after) and len(after) == 2
+    # one of the two worker processes loaded the model and served it to the other
+    held = client.run(_holds_artifact, scene["thr"])
+    assert sorted(held.values()) == [False, True]
+    assert_same_sweep(direct, dask, chunks=16)
