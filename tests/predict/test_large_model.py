@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import rasterio
 from apache_beam.options.pipeline_options import PipelineOptions
-from shapely.geometry import box
 
 from model.errors import ArtifactError
 from pipelines.predict import PredictConfig
@@ -29,6 +28,7 @@ from pipelines.transforms.inference import (
     new_model_tag,
 )
 from tests.predict import test_predict as pr
+from tests.scenes import make_predict_scene
 
 MULTI_PROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
@@ -36,21 +36,7 @@ MULTI_PROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers
 @pytest.fixture(scope="module")
 def small_scene(tmp_path_factory):
     """B4/B8 DNs with landslide-like B8 blobs over 16 chunks of 64 px; a threshold model."""
-    d = tmp_path_factory.mktemp("large_model_scene")
-    n = pr.N
-    rng = np.random.default_rng(11)
-    yy, xx = np.mgrid[0:n, 0:n]
-    b4 = 900 + (xx * 3 + yy * 2) % 600 + rng.integers(0, 80, (n, n))
-    b8 = 1500 + (xx * 5 + yy * 3) % 800 + rng.integers(0, 80, (n, n))
-    b8[((yy - 128) / 20.0) ** 2 + ((xx - 64) / 30.0) ** 2 <= 1.0] = 5000  # across 4 chunks
-    b8[190:220, 150:170] = 5000
-    dn = np.stack([b4, b8]).astype("uint16")
-    dn[:, pr.HOLE[0], pr.HOLE[1]] = 0
-    pr._write_tif(d / "s2.tif", dn)
-    gpd.GeoDataFrame(geometry=[box(pr.LEFT + 1, pr.TOP - n * 10 + 1, pr.LEFT + n * 10 - 1,
-                                   pr.TOP - 1)], crs=pr.GRID.crs).to_crs(4326).to_file(
-        d / "aoi.geojson")
-    return {"dir": d, "thr": pr._save_threshold_model(d / "thr")}
+    return make_predict_scene(tmp_path_factory.mktemp("large_model_scene"))
 
 
 def _config(scene, out: Path, **kw) -> PredictConfig:
