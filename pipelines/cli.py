@@ -161,9 +161,9 @@ def _lacks_tensorflow(exc: BaseException) -> bool:
 
 
 def _tensorflow_hint(command: str) -> str:
-    return (f"landslides {command}: error: this command runs the model, which needs "
-            f"TensorFlow, and it is not installed here (export, compare and synth do not "
-            f"need it). Install the tf extra: pip install 'landslide-mapper[tf]'.")
+    return (f"landslides {command}: error: this command trains or runs the model, which "
+            f"needs TensorFlow, and it is not installed here (export does not need it). "
+            f"Install the tf extra: pip install 'landslide-mapper[tf]'.")
 
 
 def _terminated(command: str, grace_s: float = 60.0) -> int:
