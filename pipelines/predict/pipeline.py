@@ -35,7 +35,13 @@ from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
 from pipelines.predict.finalize import finalize_job
 from pipelines.predict.plan import ChunkElement, SweepPlan
 from pipelines.transforms.background import InBackground
-from pipelines.transforms.inference import METRICS_NAMESPACE, InferenceError, KerasModelHandler
+from pipelines.transforms.inference import (
+    METRICS_NAMESPACE,
+    InferenceError,
+    KerasModelHandler,
+    acquire_model,
+    new_model_tag,
+)
 from pipelines.transforms.tagged import SplitTags
 
 log = logging.getLogger(__name__)
@@ -209,7 +215,8 @@ class PredictChunks(beam.PTransform):
     Beam 2.77's Dask runner mixes up (see :mod:`pipelines.transforms.tagged`).
     ``batched=False`` predicts each chunk in a plain ``ParDo`` (model loaded in its
     ``setup``) instead of ``RunInference``, whose ``BatchElements`` emits a bundle's
-    last batch in ``finish_bundle``: for runners that drop such outputs.
+    last batch in ``finish_bundle``: for runners that drop such outputs. With the
+    configuration's ``large_model`` either way loads the model once per machine.
     """
 
     def __init__(self, plan: SweepPlan, batched: bool = True) -> None:
@@ -221,20 +228,25 @@ class PredictChunks(beam.PTransform):
         cfg = self.plan.config
         handler = KerasModelHandler(
             cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
-            large_model=cfg.large_model, capture_errors=True)
+            large_model=cfg.large_model, capture_errors=True, meta=self.plan.meta)
         if not self.batched:
             return tiles | "InferEach" >> beam.ParDo(InferEachFn(handler))
         return tiles | "Infer" >> RunInference(KeyedModelHandler(handler))
 
 
 class InferEachFn(beam.DoFn):
-    """``(key, example)`` -> ``(key, PredictionResult)``, one example per model call."""
+    """``(key, example)`` -> ``(key, PredictionResult)``, one example per model call.
+
+    The model is the handler's, shared as ``RunInference`` shares it (once per machine
+    with ``large_model``: see :func:`pipelines.transforms.inference.acquire_model`).
+    """
 
     def __init__(self, handler: KerasModelHandler) -> None:
         self.handler = handler
+        self.model_tag = new_model_tag()  # one per pipeline, the same in every worker
 
     def setup(self) -> None:
-        self.model = self.handler.load_model()
+        self.model = acquire_model(self.handler, self.model_tag)
 
     def process(self, element: tuple[Any, Any]):
         key, example = element

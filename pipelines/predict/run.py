@@ -44,7 +44,7 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
              "stride %d, halo %d, into %s", len(elements), len(plan.jobs),
              sum(j.area_km2 for j in plan.jobs), plan.meta["model_id"],
              plan.lattice.window, plan.lattice.stride, plan.halo, config.out)
-    opts = pipeline_options(beam_args, "landslides-predict")
+    opts = pipeline_options(beam_args, "landslides-predict", runs_model=True)
     with beam.Pipeline(options=opts) as p:
         build_pipeline(p, plan, elements)
     release(p)

@@ -112,7 +112,8 @@ def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
     sweep, elements = plan_predict(pcfg)
     fsio.makedirs(pcfg.out)
     fsio.write_json(fsio.join(pcfg.out, CONFIG), pcfg.to_dict())
-    opts = pipeline_options(period_beam_args(config, period, beam_args), "landslides-predict")
+    opts = pipeline_options(period_beam_args(config, period, beam_args), "landslides-predict",
+                            runs_model=True)
     p = beam.Pipeline(options=opts)
     build_pipeline(p, sweep, elements)
     result = p.run()

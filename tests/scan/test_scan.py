@@ -359,3 +359,23 @@ def test_period_forms():
         parse_periods({"years": "2023-"}, today)
     with pytest.raises(ConfigError, match="not a valid folder name"):
         parse_periods([{"name": "../up", "start": "2017-01-01", "end": "2017-02-01"}])
+
+
+def test_the_himalaya_scan_settings_run_with_large_model(world):
+    """infra/examples/scan-himalaya.yaml's sweep and comparison settings, ``large_model``
+    included, on the synthetic world: the sweep completes with zero dead letters."""
+    from pipelines.predict.config import CONFIG
+
+    him = yaml.safe_load((Path(__file__).resolve().parents[2] / "infra" / "examples" /
+                          "scan-himalaya.yaml").read_text())
+    assert him["predict"]["large_model"] is True
+    code = cli.main(["scan", "--config", _yaml(
+        world, "himalaya", out="../himalaya", periods={"years": 2016}, reference=None,
+        predict=him["predict"], compare={**him["compare"], "figures": False})])
+    assert code == 0
+    sweep = world / "himalaya" / "periods" / "2016" / "sweep"
+    assert json.loads((sweep / CONFIG).read_text())["large_model"] is True
+    run = json.loads((sweep / "run.json").read_text())
+    assert run["status"] == "ok" and run["counts"]["chunks_computed"] >= 1
+    assert run["counts"]["chunks_failed"] == 0 and run["failures"]["count"] == 0
+    assert not (sweep / "failed_chunks.jsonl").exists()
