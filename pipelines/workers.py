@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATAFLOW_DEFAULT_MACHINE", "WorkerLayout", "for_workers", "machine_vcpus",
-           "worker_layout"]
+__all__ = ["DATAFLOW_DEFAULT_MACHINE", "WorkerLayout", "for_workers", "machine_memory_gb",
+           "machine_vcpus", "worker_layout"]
 
 #: The machine type Dataflow gives batch workers when none is asked for.
 DATAFLOW_DEFAULT_MACHINE = "n1-standard-1"
@@ -103,6 +103,33 @@ def machine_vcpus(machine_type: str) -> int | None:
         return per_gpu * int(gpus.group(2)) if per_gpu else None
     plain = re.fullmatch(r"[a-z][a-z0-9]*-[a-z]+-(\d+)(?:-lssd)?", name)
     return int(plain.group(1)) if plain else None
+
+
+#: GB of memory per vCPU of the predefined classes: n1, and the later families.
+_GB_PER_VCPU = {("n1", "standard"): 3.75, ("n1", "highmem"): 6.5, ("n1", "highcpu"): 0.9}
+_GB_PER_VCPU_LATER = {"standard": 4.0, "highmem": 8.0, "highcpu": 1.0}
+_SHARED_CORE_GB = {"e2-micro": 1.0, "e2-small": 2.0, "e2-medium": 4.0, "f1-micro": 0.6,
+                   "g1-small": 1.7}
+
+
+def machine_memory_gb(machine_type: str) -> float | None:
+    """GB of memory of a Compute Engine machine type (``n2-highmem-4`` -> 32), None if unknown.
+
+    Custom types carry it in their name (``custom-8-32768``: 32 GB); predefined
+    ``standard``, ``highmem`` and ``highcpu`` types have a fixed amount per vCPU.
+    """
+    name = machine_type.strip().lower()
+    if name in _SHARED_CORE_GB:
+        return _SHARED_CORE_GB[name]
+    custom = re.search(r"(?:^|-)custom-\d+-(\d+)(?:-ext)?$", name)
+    if custom:
+        return int(custom.group(1)) / 1024
+    plain = re.fullmatch(r"([a-z][a-z0-9]*)-(standard|highmem|highcpu)-(\d+)", name)
+    if not plain or plain.group(1) in ("m1", "m2", "m3", "a2", "a3"):
+        return None
+    family, cls, vcpus = plain.group(1), plain.group(2), int(plain.group(3))
+    per = _GB_PER_VCPU.get((family, cls)) or _GB_PER_VCPU_LATER[cls]
+    return per * vcpus
 
 
 def worker_layout(opts: Any) -> WorkerLayout:
