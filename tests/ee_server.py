@@ -21,7 +21,9 @@ recorded, with the number of computePixels requests in flight at once. Like Eart
 Engine's per-project quota, the server can enforce a concurrency limit: a computePixels
 request that arrives while ``max_concurrent`` others are in flight is answered HTTP 429
 ``RESOURCE_EXHAUSTED`` at once; :attr:`EEServer.max_in_flight` is the peak of requests
-in flight that the server observed, refused ones included.
+in flight that the server observed, refused ones included. ``POST /token`` is an OAuth
+token endpoint for a service-account key whose ``token_uri`` points here, so
+``google.auth.default()`` works without Google (:attr:`EEServer.grants`).
 """
 
 from __future__ import annotations
