@@ -141,6 +141,22 @@ def test_process_budget_paces_requests_and_reports_throttling():
     assert budget.throttled_s == pytest.approx(0.02)
 
 
+def test_refusals_make_the_adaptive_throttler_hold_requests_back():
+    """Beam's AdaptiveThrottler: while requests are accepted none waits; once most recent
+    ones were refused (429), new ones wait (jittered) before they start."""
+    share = split_budget(eem.EEConfig(START, END))
+    accepted = ProcessBudget(share, throttle_delay_s=0.002)
+    for _ in range(30):
+        with accepted.request():
+            accepted.answered(overloaded=False)
+    assert accepted.throttled_s == 0.0
+    refused = ProcessBudget(share, throttle_delay_s=0.002)
+    for _ in range(30):
+        with refused.request():
+            refused.answered(overloaded=True)
+    assert refused.throttled_s > 0  # p(no wait among the last 10) < (1/21)**10
+
+
 # --------------------------------------------------------------------------- credentials
 @pytest.fixture(scope="module")
 def server():
