@@ -21,7 +21,8 @@ Inside one process, :class:`ProcessBudget` holds the process's part for every so
 the same project: a semaphore of c slots, requests started at least 1/r seconds apart,
 and Beam's :class:`~apache_beam.io.components.adaptive_throttler.AdaptiveThrottler`,
 which delays a new request (with jitter) with the probability that recent requests were
-refused with HTTP 429 / RESOURCE_EXHAUSTED (when something else uses the same quota).
+refused with HTTP 429 / RESOURCE_EXHAUSTED (when something else uses the same quota); a
+retry is not held again, it already waited its exponential backoff.
 Time spent waiting is reported to the runner as Beam's ``cumulativeThrottlingSeconds``
 counter, which Dataflow's autoscaler reads as "throttled: do not add workers".
 """
@@ -145,10 +146,15 @@ class ProcessBudget:
         self.peak_in_flight = 0
 
     @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Hold a slot for one request, started no sooner than the pacing and throttler allow."""
+    def request(self, retry: bool = False) -> Iterator[None]:
+        """Hold a slot for one request, started no sooner than the pacing and throttler allow.
+
+        Args:
+            retry: The request repeats one refused before: it already waited its backoff,
+                so the throttler counts it but does not hold it back again.
+        """
         with self._slots:
-            self._wait_turn()
+            self._wait_turn(hold=not retry)
             with self._lock:
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -158,10 +164,10 @@ class ProcessBudget:
                 with self._lock:
                     self.in_flight -= 1
 
-    def _wait_turn(self) -> None:
+    def _wait_turn(self, hold: bool) -> None:
         with self._lock:
             held = self._throttler.throttle_request(_now_ms())
-        if held:  # recent requests were refused: hold this one back a while
+        if held and hold:  # recent requests were refused: hold this one back a while
             self.wait(self._throttle_delay_s * random.uniform(0.5, 1.0))
         with self._lock:
             now = time.monotonic()
@@ -198,7 +204,8 @@ _BUDGETS_LOCK = threading.Lock()
 
 def process_budget(config: EEConfig, share: BudgetShare) -> ProcessBudget:
     """The process-wide budget of ``config``'s endpoint and project for ``share``."""
-    key = (config.url, config.project, share.concurrency, share.requests_per_second)
+    key = (config.url, config.project, share.concurrency, share.requests_per_second,
+           config.backoff_initial_s)
     with _BUDGETS_LOCK:
         budget = _BUDGETS.get(key)
         if budget is None:

@@ -211,7 +211,7 @@ class EarthEngineSource(Source):
         while True:
             attempt += 1
             try:
-                with budget.request():
+                with budget.request(retry=attempt > 1):
                     try:
                         result = ee.data.computePixels(params)
                     except Exception as exc:
