@@ -76,6 +76,9 @@ COMMANDS: dict[str, Command] = {
     "scan": Command("Scheduled regional scan: predict + compare per period, trends, STAC.",
                     "pipelines.options.scan:ScanOptions", "pipelines.scan.run:scan_command",
                     beam=True),
+    "plan": Command("Before a sweep: chunks, Earth Engine requests, time bound by the quota, "
+                    "model compute, workers, wall time, cost and output sizes.",
+                    "pipelines.options.plan:PlanOptions", "pipelines.plan:plan_command"),
 }
 
 __all__ = ["COMMANDS", "Command", "load"]

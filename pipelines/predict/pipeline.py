@@ -289,7 +289,11 @@ class Finalize(beam.PTransform):
 
 
 def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
-    """Add the sweep to the Beam pipeline ``p``."""
+    """Add the sweep to the Beam pipeline ``p``.
+
+    The plan's sources must have been adapted to ``p``'s workers first
+    (:func:`pipelines.workers.for_workers`).
+    """
     from pipelines.beam_util import in_process, keeps_finish_bundle_outputs
 
     overlap = keeps_finish_bundle_outputs(p.options)

@@ -96,7 +96,16 @@ def load_meta(path: str) -> dict:
         art = load_artifact(path)
     except ArtifactError as exc:
         raise InputError(f"Model artifact {path!r} cannot be used: {exc}") from exc
-    meta = dict(art.meta)  # the model stays cached for an in-process (DirectRunner) worker
+    # the model stays cached for an in-process (DirectRunner) worker
+    return sweep_meta(dict(art.meta), path)
+
+
+def sweep_meta(meta: dict, path: str) -> dict:
+    """What a sweep needs of ``artifact.json`` (``meta``, read from ``path``), stack checked.
+
+    Raises:
+        InputError: the artifact records an inconsistent input stack.
+    """
     keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
             "pixel_size", "classes", "n_classes")
     out = {k: meta.get(k) for k in keep}
@@ -112,6 +121,26 @@ def load_meta(path: str) -> dict:
                          f"artifact is inconsistent; retrain or re-export it.")
     out["stack"] = stack.to_dict()
     return out
+
+
+def sweep_geometry(meta: dict, window: int | None, overlap: float, chunk_size: int,
+                   pixel_size: float | None) -> tuple[Lattice, int, float]:
+    """The window lattice, halo and pixel size of a sweep with a model of metadata ``meta``.
+
+    ``window`` and ``pixel_size`` default to the model's (its patch size; its pixel size,
+    else 10 m). ``landslides plan`` sizes a sweep with the same numbers.
+
+    Raises:
+        ConfigError: the window is not a multiple of what the model needs.
+    """
+    win = int(window or meta["patch_size"])
+    multiple = int(meta.get("size_multiple") or 1)
+    if win % multiple:
+        raise ConfigError(f"window {win} is not a multiple of {multiple}, which model "
+                          f"{meta.get('model_id')} needs; use e.g. {win - win % multiple}.")
+    lattice = Lattice.from_overlap(win, overlap)
+    return (lattice, lattice.halo(chunk_size),
+            float(pixel_size or meta.get("pixel_size") or 10.0))
 
 
 def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
@@ -130,22 +159,16 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     meta = load_meta(config.model)
     bands = bandreg.resolve(meta["bands"])
     stack = StackSpec.from_dict(meta["stack"])
-    window = int(config.window or meta["patch_size"])
-    multiple = int(meta.get("size_multiple") or 1)
-    if window % multiple:
-        raise ConfigError(f"window {window} is not a multiple of {multiple}, which model "
-                          f"{meta['model_id']} needs; use e.g. {window - window % multiple}.")
-    lattice = Lattice.from_overlap(window, config.overlap)
-    halo = lattice.halo(config.chunk_size)
-    pixel_size = float(config.pixel_size or meta.get("pixel_size") or 10.0)
+    lattice, halo, pixel_size = sweep_geometry(meta, config.window, config.overlap,
+                                               config.chunk_size, config.pixel_size)
     if meta.get("pixel_size") and abs(float(meta["pixel_size"]) - pixel_size) > 1e-9:
         log.warning("Predicting at %g m with a model trained at %g m.", pixel_size,
                     float(meta["pixel_size"]))
     threshold = float(config.threshold if config.threshold is not None
                       else meta.get("threshold") or 0.5)
-    if config.chunk_size < window:
+    if config.chunk_size < lattice.window:
         log.warning("chunk_size %d is smaller than the %d-px window: most windows are read "
-                    "and predicted for several chunks.", config.chunk_size, window)
+                    "and predicted for several chunks.", config.chunk_size, lattice.window)
     aois = resolve_aois(config.aoi, config.point, config.buffer_m, config.events,
                         config.start, config.end, config.days_before, config.days_after)
     sources: list[Source] = []
@@ -257,4 +280,6 @@ __all__ = [
     "load_meta",
     "one_run_per_folder",
     "plan_predict",
+    "sweep_geometry",
+    "sweep_meta",
 ]
