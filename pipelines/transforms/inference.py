@@ -64,23 +64,26 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, "Artifact"]):
             :class:`InferenceError` as its inference instead of failing the batch, so a
             pipeline can dead-letter it without ``with_exception_handling`` (a
             multi-output step, which not every runner supports).
+        precision: ``fp32``, ``bf16`` or ``int8`` (see :mod:`model.precision`).
     """
 
     def __init__(self, artifact_path: str, batch_size: int = 16, max_chunks_per_batch: int = 1,
-                 large_model: bool = False, capture_errors: bool = False) -> None:
+                 large_model: bool = False, capture_errors: bool = False,
+                 precision: str = "fp32") -> None:
         super().__init__(min_batch_size=1, max_batch_size=max(1, int(max_chunks_per_batch)),
                          large_model=large_model)
         self.artifact_path = str(artifact_path)
         self.batch_size = int(batch_size)
         self.capture_errors = bool(capture_errors)
+        self.precision = str(precision)
 
     def load_model(self) -> Artifact:
-        from model.artifact import load_artifact
+        from model.precision import load_for_inference
 
         t0 = time.monotonic()
-        art = load_artifact(self.artifact_path)
-        log.info("Loaded model %s from %s in %.1f s", art.model_id, self.artifact_path,
-                 time.monotonic() - t0)
+        art = load_for_inference(self.artifact_path, self.precision)
+        log.info("Loaded model %s (%s) from %s in %.1f s", art.model_id, self.precision,
+                 self.artifact_path, time.monotonic() - t0)
         art.warm_up(background=True)  # traced while the first chunk is read
         return art
 
