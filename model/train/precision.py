@@ -103,13 +103,77 @@ def _batches(shards: data_mod.ShardSet, files: Sequence[str], bands: Sequence[st
                 return
 
 
+def _space_upsample_layer() -> type:
+    """A Keras layer: a 1x1 convolution to ``k * k * filters`` channels, then depth-to-space.
+
+    Built on first use (Keras is imported lazily). It computes exactly what a
+    ``Conv2DTranspose`` with ``kernel_size == strides == k`` and ``valid`` padding does
+    (the kernel's k x k taps do not overlap), with no op that depends on the input's
+    shape: TFLite then keeps the whole graph in XNNPACK for inputs of any size, where a
+    transposed convolution's output shape, computed from the dynamic input shape, leaves
+    it (and the ops around it) to slower kernels (about 4x the CPU time here).
+    """
+    import keras
+    import tensorflow as tf
+
+    class SpaceUpsample(keras.layers.Layer):
+        def __init__(self, filters: int, block: int, activation: Any, use_bias: bool,
+                     name: str) -> None:
+            super().__init__(name=name)
+            self.block = block
+            self.conv = keras.layers.Conv2D(filters * block * block, 1, use_bias=use_bias,
+                                            name=f"{name}_1x1")
+            self.act = keras.activations.get(activation)
+
+        def call(self, x: Any) -> Any:
+            return self.act(tf.nn.depth_to_space(self.conv(x), self.block))
+
+    return SpaceUpsample
+
+
+def without_transposed_convolutions(model: Any) -> Any:
+    """A copy of ``model`` whose non-overlapping transposed convolutions are depth-to-space.
+
+    Only for conversion (the copy is never saved): outputs are equal to the model's (see
+    :func:`_space_upsample_layer`); other transposed convolutions are kept.
+    """
+    import keras
+
+    layer_cls = _space_upsample_layer()
+    swapped: set[str] = set()
+
+    def clone(layer: Any) -> Any:
+        c = layer.get_config()
+        k = tuple(c.get("kernel_size", ()))
+        if (isinstance(layer, keras.layers.Conv2DTranspose) and len(set(k)) == 1
+                and k == tuple(c["strides"]) and c["padding"] == "valid"
+                and tuple(c["dilation_rate"]) == (1, 1)):
+            swapped.add(layer.name)
+            return layer_cls(c["filters"], k[0], c["activation"], c["use_bias"], layer.name)
+        return layer.__class__.from_config(c)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for old in model.layers:
+        weights = old.get_weights()
+        new = copy.get_layer(old.name)
+        if old.name in swapped:  # (k, k, F, C) taps -> one (1, 1, C, k*k*F) kernel
+            k, _, f, c = weights[0].shape
+            kernel = weights[0].transpose(3, 0, 1, 2).reshape(c, k * k * f)[None, None]
+            new.conv.set_weights([kernel, *[np.tile(b, k * k) for b in weights[1:]]])
+        elif weights:
+            new.set_weights(weights)
+    return copy
+
+
 def quantize_int8(art: Artifact, calibration: Sequence[np.ndarray]
                   ) -> tuple[bytes, dict | None]:
     """The artifact's model as a TFLite full-integer model, calibrated on ``calibration``.
 
     Weights are int8 per output channel, activations int8 per tensor, with float32 input
     and output (quantized inside the model). A leading normalisation layer is taken out of
-    the quantized graph (see :mod:`model.precision`).
+    the quantized graph (see :mod:`model.precision`), and transposed convolutions become
+    depth-to-space (:func:`without_transposed_convolutions`), so that XNNPACK runs the
+    whole graph whatever the batch and window size.
 
     Args:
         art: The fp32 artifact.
@@ -125,6 +189,7 @@ def quantize_int8(art: Artifact, calibration: Sequence[np.ndarray]
 
     norm = input_normalization(art.model)
     net = art.model if norm is None else without_normalization(art.model)
+    net = without_transposed_convolutions(net)
     fn = tf.function(lambda t: net(t, training=False))
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function(
         tf.TensorSpec([None, None, None, len(art.bands)], tf.float32)))
@@ -254,4 +319,4 @@ def validate_precisions(
     return record
 
 
-__all__ = ["held_out", "quantize_int8", "validate_precisions"]
+__all__ = ["held_out", "quantize_int8", "validate_precisions", "without_transposed_convolutions"]

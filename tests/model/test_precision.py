@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_check_files_reads_the_metadata_without_loading_the_model(fitted, tmp_pa
     (copy / "artifact.json").write_text(json.dumps(dict(meta, bands=["B4"])))
     with pytest.raises(ArtifactError, match="takes 3 bands"):
         check_files(str(copy))
+
+
+def test_int8_graph_has_no_shape_dependent_ops(fitted):
+    """Transposed convolutions become depth-to-space: the same outputs, and a TFLite graph
+    that XNNPACK runs whole at any batch and window size (no SHAPE or TRANSPOSE_CONV)."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    from model.train.precision import quantize_int8, without_transposed_convolutions
+
+    art = load_artifact(str(fitted))
+    rewritten = without_transposed_convolutions(art.model)
+    assert [la.name for la in rewritten.layers] == [la.name for la in art.model.layers]
+    x = np.random.default_rng(5).normal(0.2, 0.05, (2, 48, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(rewritten(x, training=False).numpy(),
+                               art.model(x, training=False).numpy(), atol=1e-5)
+    blob, norm = quantize_int8(art, [x])
+    assert norm is not None
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        tf.lite.experimental.Analyzer.analyze(model_content=blob)
+    ops = set(re.findall(r"Op#\d+ (\w+)", text.getvalue()))
+    assert {"CONV_2D", "DEPTH_TO_SPACE", "QUANTIZE", "DEQUANTIZE"} <= ops
+    assert not ops & {"TRANSPOSE_CONV", "SHAPE", "STRIDED_SLICE", "PACK"}
