@@ -209,10 +209,11 @@ class Int8Forward:
         self._lock = threading.Lock()
 
     def __call__(self, x: Any) -> np.ndarray:
-        z = np.asarray(x, dtype=np.float32)
         if self._mean is not None and self._scale is not None:
-            z = (z - self._mean) * self._scale
-        z = np.ascontiguousarray(z, dtype=np.float32)
+            z = np.subtract(x, self._mean, dtype=np.float32)  # one new array, scaled in place
+            np.multiply(z, self._scale, out=z)
+        else:
+            z = np.ascontiguousarray(x, dtype=np.float32)
         with self._lock:
             if z.shape != self._shape:
                 self._interp.resize_tensor_input(self._in, list(z.shape), strict=False)
