@@ -44,11 +44,11 @@ class PredictConfig:
         chunk_size: Chunk side in pixels (a multiple of the stride keeps the halo tight).
         pixel_size: Metres (default: the artifact's, else 10).
         batch_size: Windows per model call.
+        chunks_per_batch: Chunks per RunInference batch.
         precision: Inference precision: ``fp32`` (the model as trained), ``bf16``
             (bfloat16 compute) or ``int8`` (the artifact's quantized TFLite model); the
             last two only on an artifact validated for them (``landslides
             validate-precision``), refused before any chunk runs otherwise.
-        chunks_per_batch: Chunks per RunInference batch.
         threshold: Mask threshold (default: the artifact's decision threshold).
         min_area_m2: Drop landslide polygons smaller than this (after merging chunks).
         connectivity: Pixel connectivity of landslide polygons (4 or 8).
