@@ -119,17 +119,17 @@ def run_compare(config: CompareConfig) -> dict:
                 logger.info("%s: %d reference landslide(s) lie mostly where the prediction "
                             "had no valid imagery; they are not matched or counted",
                             _year_key(year), n_out)
-            pred = sides[("predicted", year)]
-            drop = predictions_on_unobserved(pred.gdf, side.gdf, side.unobserved,
+            pside = sides[("predicted", year)]
+            drop = predictions_on_unobserved(pside.gdf, side.gdf, side.unobserved,
                                              config.min_overlap, config.match)
             inputs_report["predicted"][_year_key(year)]["n_on_unobserved"] = int(drop.sum())
             if drop.any():
                 logger.info("%s: %d predicted landslide(s) lie on those unobserved reference "
                             "landslides; they are not matched or counted either",
                             _year_key(year), int(drop.sum()))
-                gdf = pred.gdf[~drop].reset_index(drop=True)
+                gdf = pside.gdf[~drop].reset_index(drop=True)
                 observed_preds[year] = dataclasses.replace(
-                    pred, gdf=gdf, report={**pred.report, "n_on_unobserved": int(drop.sum())})
+                    pside, gdf=gdf, report={**pside.report, "n_on_unobserved": int(drop.sum())})
 
         # 3. Density area.
         if region is not None:

@@ -70,6 +70,10 @@ COMMANDS: dict[str, Command] = {
                         "pipelines.training:evaluate_command"),
     "tune": Command("Grid search (lr x filters x batch size), ranked by validation F1.",
                     "pipelines.options.train:TuneOptions", "pipelines.training:tune_command"),
+    "validate-precision": Command(
+        "Score a model artifact at bf16 and int8 against fp32 on held-out patches; record "
+        "which precisions predict may use.", "pipelines.options.train:ValidatePrecisionOptions",
+        "pipelines.training:validate_precision_command"),
     "predict": Command("Sweep a region with a model: probability/mask COGs, mosaic, "
                        "inventory, STAC.", "pipelines.options.predict:PredictConfig",
                        "pipelines.predict.run:predict_command", beam=True),

@@ -228,7 +228,8 @@ class PredictChunks(beam.PTransform):
         cfg = self.plan.config
         handler = KerasModelHandler(
             cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
-            large_model=cfg.large_model, capture_errors=True, meta=self.plan.meta)
+            large_model=cfg.large_model, capture_errors=True, meta=self.plan.meta,
+            precision=cfg.precision)
         if not self.batched:
             return tiles | "InferEach" >> beam.ParDo(InferEachFn(handler))
         return tiles | "Infer" >> RunInference(KeyedModelHandler(handler))

@@ -83,21 +83,41 @@ def chunk_signature(job: SweepJob, key: str, region_wkb: bytes) -> str:
                    "region": hashlib.sha256(region_wkb).hexdigest()})
 
 
-def load_meta(path: str) -> dict:
-    """The artifact's metadata that a sweep needs, with its input stack checked.
+def _precision_key(meta: dict) -> dict:
+    """What a chunk's outputs owe to the precision (nothing at fp32: older sweeps resume)."""
+    p = meta["precision"]
+    if p["name"] == "fp32":
+        return {}
+    return {"precision": p["name"], **({"int8_sha256": p["sha256"]} if p["sha256"] else {})}
+
+
+def load_meta(path: str, precision: str = "fp32") -> dict:
+    """The artifact's metadata that a sweep needs, with its stack and precision checked.
+
+    Reads ``artifact.json`` and checks the Keras file without loading the model (the
+    workers load it, once each): the launcher never pays for a model it does not run.
 
     Raises:
-        InputError: the artifact cannot be loaded or records an inconsistent stack.
+        InputError: the artifact is missing, damaged or records an inconsistent stack, or
+            it was not validated for ``precision`` (or that precision's held-out F1 drifted
+            more than it allows).
     """
-    from model.artifact import load_artifact
+    from model.artifact import check_files
     from model.errors import ArtifactError
+    from model.precision import check_precision
 
     try:
-        art = load_artifact(path)
+        meta = check_files(path)
     except ArtifactError as exc:
         raise InputError(f"Model artifact {path!r} cannot be used: {exc}") from exc
-    # the model stays cached for an in-process (DirectRunner) worker
-    return sweep_meta(dict(art.meta), path)
+    try:
+        entry = check_precision(meta, precision, path)
+    except ArtifactError as exc:  # its message names the artifact, the value and the fix
+        raise InputError(str(exc)) from exc
+    out = sweep_meta(dict(meta), path)
+    out["precision"] = {"name": precision, "f1": entry.get("f1"), "drift": entry.get("drift"),
+                        "sha256": entry.get("sha256")}
+    return out
 
 
 def sweep_meta(meta: dict, path: str) -> dict:
@@ -156,7 +176,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     """
     from pipelines.geo.aoi_inputs import resolve_aois
 
-    meta = load_meta(config.model)
+    meta = load_meta(config.model, config.precision)
     bands = bandreg.resolve(meta["bands"])
     stack = StackSpec.from_dict(meta["stack"])
     lattice, halo, pixel_size = sweep_geometry(meta, config.window, config.overlap,
@@ -207,7 +227,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
                        "chunk_size": config.chunk_size, "threshold": threshold,
                        "prob_dtype": config.prob_dtype, "min_area_m2": config.min_area_m2,
                        "connectivity": config.connectivity, "bands": list(bands),
-                       "nodata": NODATA_POLICY})
+                       "nodata": NODATA_POLICY, **_precision_key(meta)})
         import shapely
 
         area = sum(shapely.from_wkb(c.region_wkb).area for c in chunks) / 1e6

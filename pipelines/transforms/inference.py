@@ -75,17 +75,19 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
         meta: The artifact's ``artifact.json`` as the launcher read it (at least
             ``model_id`` and ``bands``); read from ``artifact_path`` when first needed
             if not given. The model loaded on a worker must have the same id.
+        precision: ``fp32``, ``bf16`` or ``int8`` (see :mod:`model.precision`).
     """
 
     def __init__(self, artifact_path: str, batch_size: int = 16, max_chunks_per_batch: int = 1,
                  large_model: bool = False, capture_errors: bool = False,
-                 meta: Mapping[str, Any] | None = None) -> None:
+                 meta: Mapping[str, Any] | None = None, precision: str = "fp32") -> None:
         super().__init__(min_batch_size=1, max_batch_size=max(1, int(max_chunks_per_batch)),
                          large_model=large_model)
         self.artifact_path = str(artifact_path)
         self.batch_size = int(batch_size)
         self.capture_errors = bool(capture_errors)
         self._spec: dict[str, Any] | None = _spec_of(meta) if meta is not None else None
+        self.precision = str(precision)
 
     # ------------------------------------------------------------------ what the model is
     def _meta(self) -> dict[str, Any]:
@@ -116,18 +118,18 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
             ArtifactError: the artifact cannot be loaded, or is not the model the launcher
                 planned with (replaced at the same path since).
         """
-        from model.artifact import load_artifact
         from model.errors import ArtifactError
+        from model.precision import load_for_inference
 
         t0 = time.monotonic()
-        art = load_artifact(self.artifact_path)
+        art = load_for_inference(self.artifact_path, self.precision)
         if art.model_id != self.model_id:
             raise ArtifactError(
                 f"The model artifact {self.artifact_path!r} is {art.model_id} on this worker "
                 f"but was {self.model_id} when the sweep was planned: it was replaced "
                 f"during the run. Run the sweep again.")
-        log.info("Loaded model %s from %s in %.1f s", art.model_id, self.artifact_path,
-                 time.monotonic() - t0)
+        log.info("Loaded model %s (%s) from %s in %.1f s", art.model_id, self.precision,
+                 self.artifact_path, time.monotonic() - t0)
         art.warm_up(background=True)  # traced while the first chunk is read
         return art
 

@@ -193,6 +193,27 @@ def test_a_failed_period_is_reported_not_done_and_the_others_go_on(world, first,
     assert "1 period(s) failed: 2019" in caplog.text
 
 
+def test_a_sweep_recorded_before_an_option_existed_is_still_done(world, first):
+    """A run.json without ``precision`` (written before the option) ran at fp32."""
+    from pipelines.scan import ScanConfig, finished_sweep
+
+    run_path = first["out"] / "periods" / "2015" / "sweep" / "run.json"
+    original = run_path.read_text()
+    run = json.loads(original)
+    model_id = run["model"]["model_id"]
+    del run["config"]["precision"]
+    run_path.write_text(json.dumps(run))
+    try:
+        cfg = ScanConfig.from_yaml(_yaml(world, "two"))
+        period = next(p for p in cfg.periods if p.name == "2015")
+        assert finished_sweep(cfg, period, model_id) is not None
+        int8 = ScanConfig.from_yaml(_yaml(world, "int8", predict={"chunk_size": 128,
+                                                                  "precision": "int8"}))
+        assert finished_sweep(int8, period, model_id) is None  # another precision: redo
+    finally:
+        run_path.write_text(original)
+
+
 def test_dry_run_plans_without_writing(world, first, caplog):
     caplog.set_level("INFO", logger="pipelines.scan")
     fresh = world / "dry"
