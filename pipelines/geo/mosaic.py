@@ -160,6 +160,9 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
                  description: str | None = None) -> str:
     """Merge aligned single-band COGs (local or ``gs://``) into one COG at ``dest``.
 
+    A continuous (not ``categorical``) merged COG keeps the first file's band scale and
+    offset (see :func:`pipelines.geo.cog.band_scaling`).
+
     The caller bounds the size (see ``merge_max_px`` in the predict configuration): the
     whole mosaic is held in memory once.
 
@@ -168,17 +171,20 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
     """
     from rasterio.merge import merge
 
-    from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, write_cog
+    from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, band_scaling, write_cog
 
     if not files:
         raise InputError(f"Nothing to merge into {dest!r}.")
     with contextlib.ExitStack() as stack:
         datasets = [_checked(stack, f) for f in files]
         crs = str(datasets[0].crs)
+        scale, offset = band_scaling(datasets[0])
         arr, transform = merge(datasets, nodata=nodata)
     grid = PixelGrid.from_affine(crs, transform, arr.shape[2], arr.shape[1])
+    scaled = not categorical and (scale, offset) != (1.0, 0.0)
     write_cog(dest, arr, grid, nodata=nodata, band_names=[description] if description else None,
-              profile=CATEGORICAL if categorical else CONTINUOUS, tags=dict(tags or {}))
+              profile=CATEGORICAL if categorical else CONTINUOUS, tags=dict(tags or {}),
+              scales=[scale] if scaled else None, offsets=[offset] if scaled else None)
     return dest
 
 
