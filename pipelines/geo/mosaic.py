@@ -204,6 +204,22 @@ def _zone_edges(epsg: int, bounds: tuple[float, float, float, float]):
     return to_crs(zone_box.boundary, WGS84, f"EPSG:{epsg}")
 
 
+def near_zone_limit(part, pixel_size: float) -> np.ndarray:
+    """Which polygons of ``part`` lie within 2 pixels of their UTM zone's limits.
+
+    Only those can continue in the next zone (see :func:`merge_across_zones`).
+
+    Args:
+        part: A GeoDataFrame in the CRS of its UTM zone.
+        pixel_size: Pixel size in metres.
+    """
+    if not len(part):
+        return np.zeros(0, dtype=bool)
+    ll_bounds = tuple(part.to_crs(WGS84).total_bounds)
+    edge = _zone_edges(int(part.crs.to_epsg()), ll_bounds)
+    return shapely.dwithin(np.asarray(part.geometry.values), edge, 2.0 * pixel_size)
+
+
 def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
     """Join landslides split by a UTM zone limit, then put every zone's polygons in ``crs``.
 
@@ -229,9 +245,7 @@ def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
     metric = parts[0].crs
     frames, zone_of, near = [], [], []
     for z, part in enumerate(parts):
-        ll_bounds = tuple(part.to_crs(WGS84).total_bounds)
-        edge = _zone_edges(int(part.crs.to_epsg()), ll_bounds)
-        near.append(shapely.dwithin(np.asarray(part.geometry.values), edge, 2.0 * pixel_size))
+        near.append(near_zone_limit(part, pixel_size))
         zone_of.append(np.full(len(part), z))
         frames.append(part.to_crs(metric))
     allm = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=metric)
@@ -258,6 +272,7 @@ __all__ = [
     "merge_across_zones",
     "merge_to_cog",
     "mosaic_grid",
+    "near_zone_limit",
     "vrt_xml",
     "write_vrt",
 ]
