@@ -143,31 +143,36 @@ def ordered_parts(job: SweepJob, chunks: Sequence[ChunkSummary],
                          f"chunk summaries.")
 
 
+def inventory_crs(job: SweepJob) -> str:
+    """One zone: its UTM CRS (exact pixel outlines); several: WGS 84."""
+    from pipelines.geo.grid import WGS84
+
+    return WGS84 if len(job.epsgs) > 1 else f"EPSG:{job.epsgs[0]}"
+
+
+def inventory_template(crs: str):
+    """The empty inventory: its columns, dtypes and CRS."""
+    import geopandas as gpd
+    import pandas as pd
+
+    types = {"id": "int64", "n_pixels": "int64", "chunks": "int64", "date": "object",
+             "model_id": "object"}
+    return gpd.GeoDataFrame({c: pd.Series([], dtype=types.get(c, "float64"))
+                             for c in COLUMNS},
+                            geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
 class _Inventory:
     """Batches of one AOI's polygons, filtered, numbered and written in order."""
 
     def __init__(self, plan: SweepPlan, job: SweepJob, writer) -> None:
-        from pipelines.geo.grid import WGS84
-
         self.plan, self.job, self.writer = plan, job, writer
         self.zones = len(job.epsgs) > 1
-        # one zone: its UTM CRS (exact pixel outlines); several: WGS 84
-        self.crs = WGS84 if self.zones else f"EPSG:{job.epsgs[0]}"
+        self.crs = inventory_crs(job)
         self.pending: dict[int, list[PolygonPart]] = defaultdict(list)
         self.held: dict[int, list] = defaultdict(list)  # near a zone limit, per zone
         self.count = 0
         self.area_m2 = 0.0
-
-    def template(self):
-        """The empty inventory: its columns, dtypes and CRS."""
-        import geopandas as gpd
-        import pandas as pd
-
-        types = {"id": "int64", "n_pixels": "int64", "chunks": "int64", "date": "object",
-                 "model_id": "object"}
-        return gpd.GeoDataFrame({c: pd.Series([], dtype=types.get(c, "float64"))
-                                 for c in COLUMNS},
-                                geometry=gpd.GeoSeries([], crs=self.crs), crs=self.crs)
 
     def add(self, epsg: int, parts: list[PolygonPart]) -> None:
         self.pending[epsg].extend(parts)
@@ -238,9 +243,9 @@ def write_job_inventory(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSu
     from pipelines.geo.inventory import InventoryWriter
 
     paths = {ext: tagged(job.path(f"inventory.{ext}"), partial) for ext in ("gpkg", "parquet")}
-    inventory = _Inventory(plan, job, None)
-    with InventoryWriter(list(paths.values()), inventory.template()) as writer:
-        inventory.writer = writer
+    template = inventory_template(inventory_crs(job))
+    with InventoryWriter(list(paths.values()), template) as writer:
+        inventory = _Inventory(plan, job, writer)
         for epsg, parts in ordered_parts(job, chunks, merged):
             inventory.add(epsg, parts)
         inventory.finish()
@@ -252,6 +257,8 @@ def write_job_inventory(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSu
 __all__ = [
     "BATCH_ROWS",
     "COLUMNS",
+    "inventory_crs",
+    "inventory_template",
     "merge_edges",
     "ordered_parts",
     "parts_frame",
