@@ -10,12 +10,18 @@ Owns the module-level DoFns and composite ``PTransform``s of the sweep and
       |                (model loaded once per worker)
       | FinishChunks:  blend, write the COGs and the done-record
       |                (on a writer thread, during the next inference)
-      +-> Finalize, per AOI (CoGroupByKey): inventory, mosaics, STAC, dead letters, run.json
+      +-> Finalize: ChunkOutputs, per chunk: its STAC item; a small summary and its
+          |         polygons on chunk edges
+          | MergeEdges, per AOI and UTM zone (GroupByKey): edge polygons joined
+          +-> Finish, per AOI (CoGroupByKey of summaries, failures, joined polygons):
+              inventory (streamed), mosaics, STAC catalog, dead letters, run.json
 
 The DoFns open what they need in ``setup`` (the plan's sources; RunInference loads the
-model) and only call the plain functions of :mod:`pipelines.predict.chunk` and
-:mod:`pipelines.predict.finalize`. Failed chunks go to a dead-letter output at every
-stage, recorded in ``failed_chunks.jsonl``, never dropped.
+model) and only call the plain functions of :mod:`pipelines.predict.chunk`,
+:mod:`pipelines.predict.finalize` and :mod:`pipelines.predict.inventory`. No key of
+finalize holds every chunk's arrays or polygons: per AOI it groups chunk summaries (a few
+hundred bytes each) and the polygons that cross chunk edges. Failed chunks go to a
+dead-letter output at every stage, recorded in ``failed_chunks.jsonl``, never dropped.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
-from pipelines.predict.finalize import finalize_job
+from pipelines.predict.finalize import chunk_outputs, finish_job
+from pipelines.predict.inventory import merge_edges
 from pipelines.predict.plan import ChunkElement, SweepPlan
 from pipelines.transforms.background import InBackground
 from pipelines.transforms.inference import (
@@ -155,20 +162,52 @@ class BlendWriteFn(InBackground):
         yield "result", (job, record)
 
 
-class FinalizeJobFn(beam.DoFn):
-    """Write one job's mosaics, inventory, STAC catalog and run record.
+class ChunkOutputsFn(beam.DoFn):
+    """Write a chunk's STAC item; emit its summary and the polygons on its edges.
 
-    Input: ``(job, {"job": ..., "result": [records], "failed": [failures]})``. Output:
-    a JSON line naming the job and its ``run.json``.
+    Input: ``(job, record)``. Outputs ``("summary", (job, ChunkSummary))`` and, per
+    polygon touching the chunk's edge, ``("edge", ((job, epsg), PolygonPart))`` (see
+    :mod:`pipelines.transforms.tagged`).
     """
 
     def __init__(self, plan: SweepPlan) -> None:
         self.plan = plan
 
-    def process(self, item: tuple[int, dict[str, list]]):
+    def process(self, item: tuple[int, dict]):
+        job, record = item
+        summary, edges = chunk_outputs(self.plan, job, record)
+        yield "summary", (job, summary)
+        for part in edges:
+            yield "edge", ((job, summary.epsg), part)
+
+
+class MergeEdgesFn(beam.DoFn):
+    """``((job, epsg), [PolygonPart])`` -> ``(job, [PolygonPart])`` joined across edges."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+
+    def process(self, item: tuple[tuple[int, int], Iterable]):
+        (job, epsg), parts = item
+        yield job, merge_edges(self.plan, epsg, parts)
+
+
+class FinishJobFn(beam.DoFn):
+    """Write one job's inventory, mosaics, STAC catalog and run record.
+
+    Input: ``(job, {"job": ..., "summary": [ChunkSummary], "failed": [failures],
+    "merged": [[PolygonPart]]})``. Output: a JSON line naming the job and its
+    ``run.json``.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+
+    def process(self, item: tuple[int, dict[str, Iterable]]):
         job, groups = item
-        run = finalize_job(self.plan, job, list(groups.get("result", [])),
-                           list(groups.get("failed", [])))
+        merged = [p for parts in groups.get("merged", []) for p in parts]
+        run = finish_job(self.plan, job, list(groups.get("summary", [])),
+                         list(groups.get("failed", [])), merged)
         yield json.dumps({"job": job, "run_json": run["outputs"]["run"]})
 
 
@@ -274,7 +313,10 @@ class FinishChunks(beam.PTransform):
 class Finalize(beam.PTransform):
     """``{"result": (job, record), "failed": (job, failure)}`` -> one JSON line per job.
 
-    Every job is finalized, also one whose chunks all failed or that has none.
+    Chunk STAC items are written in parallel, one per chunk; edge polygons are joined per
+    AOI and UTM zone; each AOI's products are finished from its chunks' summaries. Every
+    job is finalized, also one whose chunks all failed or that has none. Everything flows
+    into the last step (runners such as Beam's Dask runner compute only what it reads).
     """
 
     def __init__(self, plan: SweepPlan) -> None:
@@ -284,9 +326,16 @@ class Finalize(beam.PTransform):
     def expand(self, pcolls: dict[str, beam.PCollection]) -> beam.PCollection:
         jobs = (pcolls["result"].pipeline
                 | "Jobs" >> beam.Create([(i, None) for i in range(len(self.plan.jobs))]))
-        return ({"job": jobs, "result": pcolls["result"], "failed": pcolls["failed"]}
+        chunks = (pcolls["result"]
+                  | "ChunkOutputs" >> beam.ParDo(ChunkOutputsFn(self.plan))
+                  | "SplitChunkOutputs" >> SplitTags("summary", "edge"))
+        merged = (chunks["edge"]
+                  | "GroupEdges" >> beam.GroupByKey()
+                  | "MergeEdges" >> beam.ParDo(MergeEdgesFn(self.plan)))
+        return ({"job": jobs, "summary": chunks["summary"], "failed": pcolls["failed"],
+                 "merged": merged}
                 | "PerJob" >> beam.CoGroupByKey()
-                | "Finalize" >> beam.ParDo(FinalizeJobFn(self.plan)))
+                | "Finish" >> beam.ParDo(FinishJobFn(self.plan)))
 
 
 def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
@@ -311,10 +360,12 @@ def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
 
 __all__ = [
     "BlendWriteFn",
-    "FinalizeJobFn",
+    "ChunkOutputsFn",
     "Finalize",
+    "FinishJobFn",
     "FinishChunks",
     "InferEachFn",
+    "MergeEdgesFn",
     "PredictChunks",
     "PrepareChunks",
     "ReadChunkFn",
