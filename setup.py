@@ -1,7 +1,12 @@
 """Packaging for landslide-mapper.
 
 Installs the ``pipelines`` and ``model`` packages and the ``landslides`` console script.
-Also usable as Dataflow's ``--setup_file`` (workers install the same packages).
+Also Dataflow's ``--setup_file``: the launcher builds an sdist of it and every worker
+``pip install``s that, with ``install_requires`` and no extras. Those are enough for export
+(patches are encoded without TensorFlow); stages that run the model (predict, scan) need
+the ``tf`` extra on their workers, which ``pipelines.beam_util.ship_tensorflow`` passes to
+Dataflow as a ``--requirements_file``, or the worker images in infra/ hold it.
+tests/test_packaging.py installs this file in fresh venvs the way a worker does.
 """
 
 from pathlib import Path
@@ -43,7 +48,7 @@ setup(
     package_data={"pipelines": ["data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # TensorFlow is needed to train and predict; workers that only export can skip it.
+        # TensorFlow: to train and predict (launcher and workers); export runs without it.
         "tf": ["tensorflow-cpu>=2.21,<2.22"],
         # Beam's Dask runner (--runner dask) on an existing dask.distributed cluster.
         "dask": ["apache-beam[dask]>=2.77,<3"],

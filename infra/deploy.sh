@@ -9,11 +9,13 @@
 #   template  build the Dataflow Flex Template spec (gs://BUCKET/templates/landslides.json)
 #   configs   upload the scan configurations named in infra/schedule.yaml (+ AOI files)
 #   scans     create/update the Cloud Run scan jobs and the Cloud Scheduler jobs
-#   train     submit the Vertex AI training job (infra/vertex-train.yaml)
+#   train     submit the Vertex AI training job (infra/vertex-train.yaml: one GPU;
+#             TRAIN_ACCELERATOR=tpu: infra/vertex-train-tpu.yaml, a TPU v5e slice)
 #   run NAME  start the Cloud Run scan job NAME now (without waiting for its schedule)
 #
 # Optional: REPO (landslides), TAG (git commit), EE_PROJECT (PROJECT), PYTHON (a Python
-# with PyYAML; default .venv/bin/python or python3), RUNNER_SA_NAME, SCHEDULER_SA_NAME.
+# with PyYAML; default .venv/bin/python or python3), RUNNER_SA_NAME, SCHEDULER_SA_NAME,
+# IMAGE, GPU_IMAGE, TRAIN_IMAGE, TPU_TRAIN_IMAGE (image names), TRAIN_ACCELERATOR (gpu).
 # Every gcloud command is echoed before it runs. Re-running a step updates what exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,9 @@ fi
 REGISTRY="${REGION}-docker.pkg.dev/${PROJECT}/${REPO}"
 export IMAGE="${IMAGE:-${REGISTRY}/landslides:${TAG}}"
 export TRAIN_IMAGE="${TRAIN_IMAGE:-${REGISTRY}/landslides-trainer:${TAG}}"
+export GPU_IMAGE="${GPU_IMAGE:-${REGISTRY}/landslides-gpu:${TAG}}"
+export TPU_TRAIN_IMAGE="${TPU_TRAIN_IMAGE:-${REGISTRY}/landslides-trainer-tpu:${TAG}}"
+TRAIN_ACCELERATOR="${TRAIN_ACCELERATOR:-gpu}"
 export SERVICE_ACCOUNT="${RUNNER_SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
 export BUCKET
 SCHEDULER_SA="${SCHEDULER_SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
@@ -103,7 +108,7 @@ setup() {
 images() {
   run gcloud builds submit --project "$PROJECT" --region "$REGION" \
     --config infra/cloudbuild.yaml --ignore-file infra/.gcloudignore \
-    --substitutions "_IMAGE=${IMAGE},_TRAIN_IMAGE=${TRAIN_IMAGE}" .
+    --substitutions "_IMAGE=${IMAGE},_GPU_IMAGE=${GPU_IMAGE},_TRAIN_IMAGE=${TRAIN_IMAGE},_TPU_TRAIN_IMAGE=${TPU_TRAIN_IMAGE}" .
 }
 
 template() {
@@ -191,10 +196,15 @@ JSON
 }
 
 train() {
-  local tmp
+  local tmp spec
+  case "$TRAIN_ACCELERATOR" in
+    gpu) spec=infra/vertex-train.yaml ;;
+    tpu) spec=infra/vertex-train-tpu.yaml ;;
+    *) echo "TRAIN_ACCELERATOR must be gpu or tpu, not ${TRAIN_ACCELERATOR}" >&2; exit 2 ;;
+  esac
   tmp="$(mktemp -d)"
   "$PYTHON" -c 'import os, sys
-sys.stdout.write(os.path.expandvars(open("infra/vertex-train.yaml").read()))' \
+sys.stdout.write(os.path.expandvars(open(sys.argv[1]).read()))' "$spec" \
     > "${tmp}/vertex-train.yaml"
   run gcloud ai custom-jobs create --project "$PROJECT" --region "$REGION" \
     --display-name "landslides-train-${TAG}" --config "${tmp}/vertex-train.yaml"

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -337,6 +339,79 @@ def read_meta(path: str) -> dict:
     for key in ("bands", "patch_size", "model_id"):
         if key not in meta:
             raise ArtifactError(f"{meta_path!r} lacks {key!r}; the artifact is incomplete.")
+    return meta
+
+
+def check_files(path: str) -> dict:
+    """``artifact.json``, once the Keras file is checked without building the model.
+
+    What a launcher needs before handing the artifact to workers that load it: the
+    metadata is read and checked, ``model.keras`` is opened as the zip archive it is, its
+    checksums are verified and its config is read, and the model's input channels are
+    compared with the bands. Nothing is deserialised into Keras objects (no TensorFlow
+    graph, no weights in memory), so it costs milliseconds where loading costs a second.
+
+    Raises:
+        ArtifactError: missing, corrupt or inconsistent artifact (the messages of
+            :func:`load_artifact`).
+    """
+    meta = read_meta(path)
+    keras_path = f"{path.rstrip('/')}/{KERAS_FILE}"
+    try:
+        if _is_remote(path):
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(keras_path, "rb") as f:
+                raw = io.BytesIO(f.read())
+            archive = zipfile.ZipFile(raw)
+        else:
+            archive = zipfile.ZipFile(keras_path)
+        with archive:
+            broken = archive.testzip()
+            if broken is not None:
+                raise zipfile.BadZipFile(f"member {broken!r} fails its checksum")
+            config = json.loads(archive.read("config.json"))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{keras_path!r} is missing; the artifact is incomplete.") from exc
+    except Exception as exc:  # a damaged zip, a missing member, bad JSON, a read error
+        raise ArtifactError(
+            f"Cannot load the Keras model {keras_path!r}: {type(exc).__name__}: {exc}. "
+            f"The file is corrupt or was written by an incompatible version "
+            f"({meta.get('versions')})."
+        ) from exc
+    layers = (config.get("config") or {}).get("layers") or []
+    shape = next((la["config"].get("batch_shape") for la in layers
+                  if la.get("class_name") == "InputLayer"), None)
+    if shape and shape[-1] is not None and int(shape[-1]) != len(meta["bands"]):
+        raise ArtifactError(
+            f"{path!r}: the model takes {shape[-1]} bands but artifact.json lists "
+            f"{len(meta['bands'])} ({meta['bands']}); the artifact is inconsistent."
+        )
+    return meta
+
+
+def update_artifact(path: str, updates: Mapping[str, Any],
+                    files: Mapping[str, bytes] | None = None) -> dict:
+    """Add files to an artifact and merge ``updates`` into its ``artifact.json``.
+
+    The model and its id are unchanged. The new files are published first and
+    ``artifact.json`` last, each atomically (as :func:`save_artifact` does), so a reader
+    never sees metadata naming a file that is not there yet.
+
+    Returns:
+        The new ``artifact.json`` content.
+    """
+    meta = read_meta(path)
+    meta.update(updates)
+    names = list(files or {})
+    meta["files"] = [*[f for f in meta.get("files", []) if f not in names], *names]
+    with tempfile.TemporaryDirectory(prefix="lsm-artifact-") as tmp:
+        for name, blob in (files or {}).items():
+            with open(os.path.join(tmp, name), "wb") as out:
+                out.write(blob)
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True, default=json_default)
+        _publish(tmp, path, [*names, META])
     return meta
 
 

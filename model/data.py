@@ -37,7 +37,8 @@ import tensorflow as tf
 
 from model.augment import AugmentConfig, augment
 from model.errors import ConfigError, SchemaError
-from model.schema import IGNORE_VALUE, detect_format, make_parser, read_stored_bands
+from model.parsing import make_parser
+from model.schema import IGNORE_VALUE, detect_format, read_stored_bands
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def make_dataset(
     """A batched ``(image, mask)`` dataset over TFRecord shards.
 
     Files are read in parallel (``interleave``), records parsed in parallel
-    (:func:`model.schema.make_parser`), optionally cached (parsed, before augmentation),
+    (:func:`model.parsing.make_parser`), optionally cached (parsed, before augmentation),
     and for training shuffled (files and records) and augmented with per-element stateless
     seeds drawn from ``seed`` (a new draw every epoch), then batched and prefetched.
 

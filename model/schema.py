@@ -1,7 +1,10 @@
-"""The TFRecord patch schema ``lsm/v1``: the one place that encodes and parses patches.
+"""The TFRecord patch schema ``lsm/v1``: the one place that encodes and decodes patches.
 
-Export (Beam) encodes with :func:`encode_patch`, training (``tf.data``) and inference parse
-with :func:`make_parser`, tools and tests decode with :func:`decode_patch`.
+Export (Beam) encodes with :func:`encode_patch`, tools and tests decode with
+:func:`decode_patch`; training (``tf.data``) parses with :func:`model.parsing.make_parser`,
+the TensorFlow side of this schema. This module does not import TensorFlow: the records
+are built with the ``tf.train.Example`` messages of :mod:`model.example_proto` (plain
+protobuf), so a worker that only exports patches runs without the TensorFlow wheel.
 
 One ``tf.train.Example`` per patch, with these features:
 
@@ -23,7 +26,7 @@ costs many times more CPU per patch (see :func:`encoding_cost_ratio`).
 
 Earth Engine's own TFRecord patch export (``Export.image.toCloudStorage(...,
 fileFormat='TFRecord', formatOptions={'patchDimensions': [H, W]})``) parses too, with
-``make_parser(..., fmt="ee")``: one float list of length ``H*W`` (row-major) per band
+``model.parsing.make_parser(..., fmt="ee")``: one float list of length ``H*W`` (row-major) per band
 name, the label being one more band.
 """
 
@@ -37,9 +40,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from model import example_proto as pb
 from model.errors import SchemaError
 
 logger = logging.getLogger(__name__)
@@ -99,7 +102,13 @@ def _check_transform(transform: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def _check_bands(bands: Sequence[str], n_channels: int | None = None) -> tuple[str, ...]:
+def check_bands(bands: Sequence[str], n_channels: int | None = None) -> tuple[str, ...]:
+    """Unique, non-empty band names (``n_channels`` of them when given).
+
+    Raises:
+        SchemaError: a string instead of a sequence, empty or repeated names, or a count
+            that does not match the channels.
+    """
     if isinstance(bands, str):
         raise SchemaError(f"bands must be a sequence of band names, got the string {bands!r}")
     names = tuple(bands)
@@ -180,11 +189,11 @@ def encode_patch(
         )
     h, w, c = image.shape
     mask = _check_mask(mask, (h, w))
-    names = _check_bands(bands, c)
+    names = check_bands(bands, c)
     coeffs = _check_transform(transform)
     # Filled in place: building Feature messages first and passing them to the
     # constructor copies the pixel bytes twice more.
-    example = tf.train.Example()
+    example = pb.Example()
     feature = example.features.feature
     feature["image"].bytes_list.value.append(image.tobytes())  # C order, also from a view
     feature["mask"].bytes_list.value.append(mask.tobytes())
@@ -223,16 +232,14 @@ def encode_ee_patch(
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
         raise SchemaError(f"image must be an (H, W, C) array, got shape {image.shape}")
-    names = _check_bands([*bands, label], image.shape[2] + 1)
+    names = check_bands([*bands, label], image.shape[2] + 1)
     mask = _check_mask(mask, image.shape[:2])
-    feature = {
-        name: tf.train.Feature(float_list=tf.train.FloatList(value=image[..., i].ravel()))
-        for i, name in enumerate(names[:-1])
-    }
-    feature[label] = tf.train.Feature(
-        float_list=tf.train.FloatList(value=mask.astype(np.float32).ravel())
-    )
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = pb.Example()
+    feature = example.features.feature
+    for i, name in enumerate(names[:-1]):
+        feature[name].float_list.value.extend(image[..., i].ravel())
+    feature[label].float_list.value.extend(mask.astype(np.float32).ravel())
+    return example.SerializeToString()
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,11 +247,11 @@ def encode_ee_patch(
 # ---------------------------------------------------------------------------------------
 
 
-def _parse_example(record: bytes) -> tf.train.Example:
+def _parse_example(record: bytes) -> Any:
     if not isinstance(record, bytes | bytearray | memoryview):
         raise SchemaError(f"a record must be bytes, got {type(record).__name__}")
     try:
-        return tf.train.Example.FromString(bytes(record))
+        return pb.Example.FromString(bytes(record))
     except DecodeError as exc:
         raise SchemaError(
             f"record ({len(record)} bytes) is not a serialized tf.train.Example: {exc}"
@@ -372,194 +379,6 @@ def decode_patch(record: bytes) -> Patch:
         transform=tuple(float(v) for v in np.frombuffer(transform_bytes, dtype="<f8")),
         date=_single_bytes(features, "date").decode("utf-8"),
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Parsing (tf.data, graph mode)
-# ---------------------------------------------------------------------------------------
-
-ParseFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
-
-
-def _select_indices(
-    requested: tuple[str, ...], stored: tuple[str, ...] | None, what: str
-) -> list[int] | None:
-    if stored is None:
-        return None
-    unknown = [b for b in requested if b not in stored]
-    if unknown:
-        raise SchemaError(
-            f"band(s) {unknown} are not in the {what} (stored bands: {list(stored)}); "
-            "request only stored bands, or re-export the shards with them"
-        )
-    return [stored.index(b) for b in requested]
-
-
-def _lsm_parser(
-    bands: tuple[str, ...],
-    stored: tuple[str, ...] | None,
-    patch_size: int | None,
-    label: str,
-) -> ParseFn:
-    indices = _select_indices(bands, stored, "shards' stored bands")
-    spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        label: tf.io.FixedLenFeature([], tf.string),
-        "shape": tf.io.FixedLenFeature([3], tf.int64),
-        "bands": tf.io.VarLenFeature(tf.string),
-    }
-    requested = tf.constant(list(bands))
-    stored_joined = None if stored is None else "|".join(stored)
-
-    def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        ex = tf.io.parse_single_example(serialized, spec)
-        shape = tf.cast(ex["shape"], tf.int32)
-        h, w, c = shape[0], shape[1], shape[2]
-        record_bands = tf.sparse.to_dense(ex["bands"], default_value="")
-        flat = tf.io.decode_raw(ex["image"], tf.float32, little_endian=True)
-        raw_mask = tf.io.decode_raw(ex[label], tf.uint8)
-        checks = [
-            tf.debugging.assert_equal(
-                tf.size(flat), h * w * c,
-                message="lsm/v1 'image' byte length does not match its 'shape' [H, W, C] "
-                "(float32): the record is truncated or corrupt",
-            ),
-            tf.debugging.assert_equal(
-                tf.size(raw_mask), h * w,
-                message=f"lsm/v1 '{label}' byte length does not match H*W of 'shape' (uint8): "
-                "the record is truncated or corrupt",
-            ),
-        ]
-        if patch_size is not None:
-            checks.append(tf.debugging.assert_equal(
-                tf.stack([h, w]), tf.constant([patch_size, patch_size]),
-                message=f"patch size differs from the requested {patch_size}x{patch_size}",
-            ))
-        if stored_joined is not None:
-            checks.append(tf.debugging.Assert(
-                tf.equal(tf.strings.reduce_join(record_bands, separator="|"), stored_joined),
-                ["record bands differ from the manifest's stored bands", stored_joined,
-                 "record:", record_bands],
-            ))
-            index = tf.constant(indices, dtype=tf.int32)
-        else:
-            hits = tf.equal(requested[:, None], record_bands[None, :])
-            checks.append(tf.debugging.Assert(
-                tf.reduce_all(tf.reduce_any(hits, axis=1)),
-                ["requested bands", requested, "are not all in the record's bands",
-                 record_bands],
-            ))
-            index = tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
-        with tf.control_dependencies(checks):
-            image = tf.reshape(flat, tf.stack([h, w, c]))
-            mask = tf.reshape(raw_mask, tf.stack([h, w, 1]))
-        image = tf.gather(image, index, axis=2)
-        mask = tf.cast(mask, tf.float32)
-        size = patch_size
-        image.set_shape([size, size, len(bands)])
-        mask.set_shape([size, size, 1])
-        return image, mask
-
-    return parse
-
-
-def _ee_parser(
-    bands: tuple[str, ...],
-    stored: tuple[str, ...] | None,
-    patch_size: int | None,
-    label: str,
-) -> ParseFn:
-    _select_indices(bands, stored, "Earth Engine export's bands")
-    if label in bands:
-        raise SchemaError(f"label band {label!r} is also requested as an image band")
-    names = [*bands, label]
-    if patch_size is not None:
-        spec = {n: tf.io.FixedLenFeature([patch_size * patch_size], tf.float32) for n in names}
-    else:
-        spec = {n: tf.io.VarLenFeature(tf.float32) for n in names}
-
-    def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        ex = tf.io.parse_single_example(serialized, spec)
-        if patch_size is None:
-            cols = [tf.sparse.to_dense(ex[n]) for n in names]
-            n = tf.size(cols[0])
-            side = tf.cast(tf.round(tf.sqrt(tf.cast(n, tf.float64))), tf.int32)
-            checks = [tf.debugging.assert_equal(
-                side * side, n,
-                message="Earth Engine patch is not square: export square patchDimensions [N, N]",
-            )] + [tf.debugging.assert_equal(
-                tf.size(col), n, message=f"Earth Engine band {name!r} has a different length",
-            ) for name, col in zip(names, cols)]
-            with tf.control_dependencies(checks):
-                stack = tf.reshape(tf.stack(cols, axis=-1), tf.stack([side, side, len(names)]))
-        else:
-            stack = tf.reshape(
-                tf.stack([ex[n] for n in names], axis=-1), [patch_size, patch_size, len(names)]
-            )
-        image, mask = stack[..., :-1], stack[..., -1:]
-        # EE writes masked pixels as NaN or a fill value; non-finite pixels are not scored.
-        bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(stack), axis=-1, keepdims=True))
-        image = tf.where(bad, tf.zeros_like(image), image)
-        mask = tf.where(bad, tf.fill(tf.shape(mask), float(IGNORE_VALUE)), mask)
-        return image, mask
-
-    return parse
-
-
-def make_parser(
-    bands: Sequence[str],
-    stored_bands: Sequence[str] | None = None,
-    patch_size: int | None = None,
-    fmt: str = "lsm",
-    label: str = "mask",
-) -> ParseFn:
-    """A graph-safe function that parses one serialized record for ``tf.data``.
-
-    Args:
-        bands: Band names the model wants, in the order it wants them.
-        stored_bands: Band order stored in the shards (from ``manifest.json``). Given, band
-            selection is resolved now (unknown names raise at once) and every record is
-            checked against it; omitted, each ``lsm`` record's own ``bands`` feature is used.
-        patch_size: Expected square patch size: fixes the static shape and is checked per
-            record. Without it, Earth Engine patches' side is inferred from their length
-            (patches must be square: ``patchDimensions: [N, N]``).
-        fmt: ``"lsm"`` (this project's records) or ``"ee"`` (Earth Engine patch export).
-        label: Name of the label feature: ``"mask"`` for ``lsm`` records; the label band
-            (e.g. ``"landslide"``) for Earth Engine records (``"mask"`` is read as such).
-
-    Returns:
-        ``fn(serialized) -> (image, mask)``: ``image`` float32 ``[H, W, len(bands)]`` in the
-        requested order, ``mask`` float32 ``[H, W, 1]`` (255 = ignore; for Earth Engine
-        records also where any band is non-finite; all bands of such a pixel become 0).
-        Called eagerly, record problems raise :class:`SchemaError`; inside ``tf.data`` they surface
-        as ``tf.errors.InvalidArgumentError`` with the same message.
-
-    Raises:
-        SchemaError: for an unknown ``fmt``, bad band names, or requested bands missing
-            from ``stored_bands``.
-    """
-    requested = _check_bands(bands)
-    stored = None if stored_bands is None else _check_bands(stored_bands)
-    if patch_size is not None and (int(patch_size) != patch_size or patch_size <= 0):
-        raise SchemaError(f"patch_size must be a positive integer, got {patch_size!r}")
-    if not isinstance(label, str) or not label:
-        raise SchemaError(f"label must be a feature name, got {label!r}")
-    if fmt == "lsm":
-        parse = _lsm_parser(requested, stored, patch_size, label)
-    elif fmt == "ee":
-        parse = _ee_parser(requested, stored, patch_size, label)
-    else:
-        raise SchemaError(f"unknown record format {fmt!r}: use 'lsm' or 'ee'")
-
-    def parse_record(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        if not tf.executing_eagerly():
-            return parse(serialized)
-        try:
-            return parse(serialized)
-        except tf.errors.InvalidArgumentError as exc:
-            raise SchemaError(f"cannot parse {fmt} record: {exc.message}") from exc
-
-    return parse_record
 
 
 # ---------------------------------------------------------------------------------------

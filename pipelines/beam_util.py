@@ -13,11 +13,15 @@ RUNNER_ALIASES = {"dask": "apache_beam.runners.dask.dask_runner.DaskRunner"}
 DASK_RUNNER = RUNNER_ALIASES["dask"]
 
 
-def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> PipelineOptions
+def pipeline_options(beam_args: Sequence[str] | None, job_name: str,
+                     runs_model: bool = False):  # -> PipelineOptions
     """Pipeline options from the Beam arguments that follow a stage's own.
 
     Defaults to the DirectRunner. On Dataflow, ships this project to the workers with
-    ``--setup_file`` (unless given) and names the job. ``--runner dask`` is Beam's Dask
+    ``--setup_file`` (unless given) and names the job; workers install the package's
+    ``install_requires``, which do not hold TensorFlow (export needs none). A stage whose
+    workers run the model (``runs_model``: predict, scan) also gets TensorFlow to them:
+    see :func:`ship_tensorflow`. ``--runner dask`` is Beam's Dask
     runner on the dask.distributed scheduler ``--dask_client_address`` names; unless
     ``--dask_npartitions`` or ``--dask_partition_size`` is given, the work is cut into
     two partitions per worker thread of that cluster (Beam's default puts up to 128
@@ -44,10 +48,61 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str):  # -> Pipe
             if candidate.exists():
                 setup.setup_file = str(candidate)
                 log.info("Shipping the project to Dataflow workers with %s", candidate)
+        if runs_model:
+            ship_tensorflow(opts)
         gco = opts.view_as(GoogleCloudOptions)
         if not gco.job_name:
             gco.job_name = job_name.replace("_", "-").lower()
     return opts
+
+
+#: Distributions that provide ``import tensorflow``, the CPU wheel first
+TENSORFLOW_DISTS = ("tensorflow-cpu", "tensorflow")
+
+
+def ship_tensorflow(opts) -> str | None:
+    """Make Dataflow workers of a stage that runs the model install TensorFlow.
+
+    ``--setup_file`` installs the package's ``install_requires`` only (Dataflow installs
+    no extras of it), and TensorFlow is in the ``tf`` extra. With ``--sdk_container_image``
+    the image provides it (infra/Dockerfile, infra/Dockerfile.gpu) and nothing is added;
+    with a ``--requirements_file`` of the user's, that file must name it. Otherwise a
+    requirements file naming ``tensorflow-cpu`` at the launcher's own TensorFlow version
+    is written and passed as ``--requirements_file``: Beam downloads the wheel on the
+    launcher, stages it, and workers install it before they start.
+
+    Returns:
+        The requirements file written, or None when nothing was added.
+    """
+    import tempfile
+    from importlib import metadata
+
+    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+
+    setup = opts.view_as(SetupOptions)
+    if opts.view_as(WorkerOptions).sdk_container_image or setup.requirements_file:
+        return None
+    version = None
+    for dist in TENSORFLOW_DISTS:
+        try:
+            version = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    if version is None:
+        from pipelines.errors import InputError
+
+        raise InputError("This stage runs the model, which needs TensorFlow on the launcher "
+                         "and the workers: pip install 'landslide-mapper[tf]', or pass "
+                         "--sdk_container_image with an image that holds it.")
+    folder = tempfile.mkdtemp(prefix="landslides-workers-")
+    path = str(Path(folder) / "requirements.txt")
+    Path(path).write_text(f"tensorflow-cpu=={version}\n", encoding="utf-8")
+    setup.requirements_file = path
+    log.info("Dataflow workers install tensorflow-cpu==%s (--requirements_file %s); pass "
+             "--sdk_container_image with the project's worker image to skip it", version,
+             path)
+    return path
 
 
 def is_dask(opts) -> bool:

@@ -112,7 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     :mod:`pipelines.termination`).
     """
     words = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_in(words) or "")
+    try:
+        parser = build_parser(_command_in(words) or "")
+    except ModuleNotFoundError as exc:  # a command whose options need TensorFlow (train)
+        if not _lacks_tensorflow(exc):
+            raise
+        print(_tensorflow_hint(_command_in(words) or "landslides"), file=sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(words)
     command = COMMANDS[args.command]
     if extra and not command.beam:
@@ -131,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, LandslideError | ModelError):
             print(f"landslides {args.command}: error: {exc}", file=sys.stderr)
             return 2
+        if _lacks_tensorflow(exc):
+            print(_tensorflow_hint(args.command), file=sys.stderr)
+            return 2
         if isinstance(exc, KeyboardInterrupt):
             print(f"landslides {args.command}: interrupted", file=sys.stderr)
             return 130
@@ -143,6 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"report it.", file=sys.stderr)
         return EXIT_UNEXPECTED
     return int(code or 0)
+
+
+def _lacks_tensorflow(exc: BaseException) -> bool:
+    """True for the import error of an environment without TensorFlow."""
+    return isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in (
+        "tensorflow", "tf_keras")
+
+
+def _tensorflow_hint(command: str) -> str:
+    return (f"landslides {command}: error: this command trains or runs the model, which "
+            f"needs TensorFlow, and it is not installed here (export does not need it). "
+            f"Install the tf extra: pip install 'landslide-mapper[tf]'.")
 
 
 def _terminated(command: str, grace_s: float = 60.0) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 from pipelines import fsio
 from pipelines.errors import ConfigError
 from pipelines.geo.stack import StackSpec, parse_references
+from pipelines.options.compare import METRICS_VERSION
 from pipelines.options.fields import option
 
 log = logging.getLogger(__name__)
@@ -408,12 +409,16 @@ def stages(cfg: DemoConfig) -> list[Stage]:
         Stage("terrain", stage_terrain, weight=0.1, uses=WORLD_FIELDS),
         Stage("areas", stage_areas, weight=0.05, uses=WORLD_FIELDS),
         Stage("export_train", stage_export_train, weight=1.0),
-        Stage("train", stage_train, weight=6.0, fingerprint={"bands": BANDS}),
+        # settings live in code, not in the config: a changed schedule must retrain
+        Stage("train", stage_train, weight=6.0,
+              fingerprint={"bands": BANDS, "settings": _train_settings(cfg)}),
         Stage("export_finetune", stage_export_finetune, weight=1.0),
-        Stage("finetune", stage_finetune, weight=3.0),
+        Stage("finetune", stage_finetune, weight=3.0,
+              fingerprint={"settings": _finetune_settings(cfg)}),
         Stage("evaluate", stage_evaluate, weight=0.5),
         Stage("sweep", stage_sweep, weight=4.0),
-        Stage("compare", stage_compare, weight=1.0),
+        Stage("compare", stage_compare, weight=1.0,
+              fingerprint={"metrics_version": METRICS_VERSION}),
     ]
 
 

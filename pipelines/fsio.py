@@ -286,6 +286,39 @@ def is_http(path: str | Path) -> bool:
     return str(path).startswith(("http://", "https://"))
 
 
+def is_gs(path: str | Path) -> bool:
+    """True for ``gs://`` (Cloud Storage) URLs."""
+    return str(path).startswith("gs://")
+
+
+def vsigs(path: str) -> str:
+    """GDAL's name of a ``gs://`` object: ``gs://b/k.tif`` -> ``/vsigs/b/k.tif``.
+
+    GDAL reads it by HTTP range requests, only the bytes a read needs (the header, then
+    the tiles of a window), with the configuration of :func:`gdal_gs_options`.
+    """
+    return "/vsigs/" + str(path)[len("gs://"):]
+
+
+def gdal_gs_options() -> dict[str, str]:
+    """GDAL configuration for range reads of ``gs://`` objects through ``/vsigs/``.
+
+    GDAL finds credentials on its own (``GOOGLE_APPLICATION_CREDENTIALS``, ``~/.boto``,
+    the metadata server of a Compute Engine or Dataflow worker). With
+    ``STORAGE_EMULATOR_HOST`` set (a local Cloud Storage emulator, as for
+    google-cloud-storage and Beam), requests go to the emulator, unsigned. Folder listings
+    are not asked for: sidecar files (``.aux.xml``, ``.ovr``) are not looked up.
+    """
+    opts = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
+    if host:
+        if "://" not in host:
+            host = "http://" + host
+        opts["CPL_GS_ENDPOINT"] = host.rstrip("/") + "/"
+        opts["GS_NO_SIGN_REQUEST"] = "YES"
+    return opts
+
+
 def gdal_readable(path: str, tmpdir: str, what: str = "Raster",
                   hint: str = "check the path") -> str:
     """A path GDAL can open: local as is, http(s) through ``/vsicurl/``, objects copied.

@@ -344,8 +344,8 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
     if config.get("observed_only") and config.get("predicted"):
         parts.append("<p>Where a prediction is a raster with nodata, only pixels it observed "
                      "are scored, and reference landslides at least half outside them are "
-                     "neither matched nor counted (the inputs table gives how many per year)."
-                     "</p>")
+                     "neither matched nor counted; nor are predicted landslides found on "
+                     "them (the inputs table gives how many per year).</p>")
     probs = metrics.get("problems") or []
     parts.append("<h2>Problems</h2>")
     if probs:
@@ -417,7 +417,7 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
     inp_rows = []
     for role, per in (metrics.get("inputs") or {}).items():
         for y, rep in per.items():
-            unobserved = rep.get("n_unobserved")
+            unobserved = rep.get("n_unobserved", rep.get("n_on_unobserved"))
             compared = rep.get("n_compared")
             if unobserved is not None and compared is not None:
                 compared = compared - unobserved  # what was scored and counted

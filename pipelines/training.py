@@ -13,10 +13,15 @@ from typing import Any
 
 import tensorflow as tf
 
-from model.train import TUNING, evaluate, load_config, train, tune
+from model.train import TUNING, evaluate, load_config, train, tune, validate_precisions
 from model.train.files import join
 from pipelines import fsio
-from pipelines.options.train import EvaluateOptions, TrainOptions, TuneOptions
+from pipelines.options.train import (
+    EvaluateOptions,
+    TrainOptions,
+    TuneOptions,
+    ValidatePrecisionOptions,
+)
 
 _DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
                 tf.errors.NotFoundError, tf.errors.PermissionDeniedError)
@@ -100,4 +105,30 @@ def tune_command(options: TuneOptions) -> int:
     return 0
 
 
-__all__ = ["evaluate_command", "reads_data", "train_command", "tune_command"]
+@reads_data("validate-precision", out_is_folder=False)
+def validate_precision_command(options: ValidatePrecisionOptions) -> int:
+    """``landslides validate-precision``: held-out F1 per precision, as a table.
+
+    Returns:
+        0, also when a precision drifted too far (it is recorded as refused: predict will
+        not use it); the table says which.
+    """
+    record = validate_precisions(
+        options.model, options.precisions, data=options.data, split=options.split,
+        max_drift=options.max_drift, calibration_data=options.calibration_data,
+        calibration_patches=options.calibration_patches, batch_size=options.batch_size)
+    held = record["held_out"]
+    lines = [f"held-out F1 at threshold {record['threshold']:.3f} on {held['patches']} patches "
+             f"of {held['data']} (allowed drift {record['max_drift']}):",
+             f"{'precision':>9}  {'F1':>6}  {'drift':>6}  predict may use it"]
+    for name in ("fp32", *options.precisions):
+        v = record["validated"][name]
+        drift = v.get("drift", 0.0)
+        ok = "yes (reference)" if name == "fp32" else ("yes" if v["ok"] else "no: drifted")
+        lines.append(f"{name:>9}  {v['f1']:.4f}  {drift:.4f}  {ok}")
+    print("\n".join(lines) + f"\nrecorded in {options.model}")
+    return 0
+
+
+__all__ = ["evaluate_command", "reads_data", "train_command", "tune_command",
+           "validate_precision_command"]

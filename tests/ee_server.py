@@ -17,11 +17,18 @@ The real ``earthengine-api`` client talks to this server exactly as it talks to
 
 Faults are deterministic (every Nth call, or the first K attempts of each distinct
 request, answer HTTP 429/503 with a Google-style error body), and every request is
-recorded, with the number of computePixels requests in flight at once.
+recorded, with the number of computePixels requests in flight at once. Like Earth
+Engine's per-project quota, the server can enforce a concurrency limit: a computePixels
+request that arrives while ``max_concurrent`` others are in flight is answered HTTP 429
+``RESOURCE_EXHAUSTED`` at once; :attr:`EEServer.max_in_flight` is the peak of requests
+in flight that the server observed, refused ones included. ``POST /token`` is an OAuth
+token endpoint for a service-account key whose ``token_uri`` points here, so
+``google.auth.default()`` works without Google (:attr:`EEServer.grants`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -147,9 +154,12 @@ class ServerConfig:
             for a bad band name.
         masked: ``f(name, x, y) -> bool array``: pixels answered with ``nodata``.
         nodata: Value written for masked pixels.
+        max_concurrent: When > 0, computePixels requests beyond this many in flight are
+            refused with HTTP 429 RESOURCE_EXHAUSTED (the project's concurrency quota).
     """
 
     faults: Faults = field(default_factory=Faults)
+    max_concurrent: int = 0
     latency_s: float = 0.0
     known_bands: tuple[str, ...] | None = None
     masked: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -250,6 +260,7 @@ class EEServer:
         """Forget recorded requests and counters (the configuration stays)."""
         with self._lock:
             self.requests: list[Recorded] = []
+            self.grants: list[dict] = []
             self._calls = 0
             self._attempts: dict[str, int] = {}
             self._in_flight = 0
@@ -301,6 +312,8 @@ class EEServer:
             version = parse_qs(parts.query).get("version", ["v1"])[0]
             doc = self._discovery.replace("v1alpha", version)
             return 200, "application/json", doc.encode()
+        if method == "POST" and parts.path == "/token":
+            return self._token(body)
         m = _PROJECT_PATH.match(parts.path)
         if m is None:
             raise _Error(404, f"No such endpoint on the loopback server: {method} {path}")
@@ -311,6 +324,27 @@ class EEServer:
             return self._compute_pixels(body)
         raise _Error(404, f"The loopback server does not serve {method} {rest}")
 
+    def _token(self, body: Any) -> tuple[int, str, bytes]:
+        """An OAuth token endpoint: a service account's JWT grant -> an access token.
+
+        The key file's ``token_uri`` may point here (``{url}/token``), so that
+        ``google.auth.default()`` makes service-account credentials without Google. The
+        grant's claims (``iss``, ``scope``...) are kept in :attr:`EEServer.grants`; the
+        signature is not checked.
+        """
+        form = parse_qs(body.decode() if isinstance(body, bytes) else "")
+        assertion = form.get("assertion", [""])[0]
+        parts = assertion.split(".")
+        if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"] or \
+                len(parts) != 3:
+            raise _Error(400, "invalid_grant: expected a JWT bearer assertion")
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        with self._lock:
+            self.grants.append(claims)
+            token = f"loopback-token-{len(self.grants)}"
+        return 200, "application/json", json.dumps(
+            {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}).encode()
+
     def _compute_pixels(self, body: Any) -> tuple[int, str, bytes]:
         with self._lock:
             self._in_flight += 1
@@ -318,12 +352,16 @@ class EEServer:
             self._calls += 1
             call = self._calls
             cfg = self.config
+            over_quota = bool(cfg.max_concurrent) and self._in_flight > cfg.max_concurrent
             faults = cfg.faults
             key = json.dumps({"grid": (body or {}).get("grid"),
                               "bands": (body or {}).get("bandIds")}, sort_keys=True)
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
         try:
+            if over_quota:
+                raise _Error(429, f"Too many concurrent requests: the project's limit is "
+                                  f"{cfg.max_concurrent}.")
             if cfg.latency_s:
                 time.sleep(cfg.latency_s)
             if (faults.every and call % faults.every == 0) or attempt <= faults.first_per_request:

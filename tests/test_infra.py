@@ -19,6 +19,7 @@ import sys
 import zoneinfo
 from pathlib import Path
 
+import numpy as np
 import pytest
 import shapely
 import yaml
@@ -190,21 +191,32 @@ def test_flex_main_refuses_what_the_command_cannot_take(capsys):
 
 
 # --------------------------------------------------------------------------- Vertex AI
-def test_vertex_job_is_a_custom_job_spec_running_landslides_train():
-    spec = yaml.safe_load((INFRA / "vertex-train.yaml").read_text())
+@pytest.mark.parametrize("name,image,accelerator", [
+    ("vertex-train.yaml", "${TRAIN_IMAGE}", "NVIDIA_"),
+    ("vertex-train-tpu.yaml", "${TPU_TRAIN_IMAGE}", "TPU"),
+])
+def test_vertex_jobs_are_custom_job_specs_running_landslides_train(name, image, accelerator):
+    spec = yaml.safe_load((INFRA / name).read_text())
     _check_schema(spec, {"$ref": "GoogleCloudAiplatformV1CustomJobSpec"},
                   _schemas("aiplatform.v1.json"), "spec")
     (pool,) = spec["workerPoolSpecs"]
-    assert pool["machineSpec"]["acceleratorCount"] >= 1
-    assert pool["machineSpec"]["acceleratorType"].startswith("NVIDIA_")
+    machine = pool["machineSpec"]
     container = pool["containerSpec"]
-    assert container["imageUri"] == "${TRAIN_IMAGE}"
+    assert container["imageUri"] == image
     args = cli.build_parser().parse_args(container["args"])  # exits on a bad option
     assert args.command == "train"
     assert args.data.startswith("gs://") and args.out.startswith("gs://")
-    assert (ROOT / args.config).is_file()  # WORKDIR /app holds model/ (Dockerfile.train)
+    assert (ROOT / args.config).is_file()  # WORKDIR /app holds model/ (Dockerfile.train*)
     config = yaml.safe_load((ROOT / args.config).read_text())
     assert "bands" in config
+    if accelerator == "TPU":  # a TPU VM machine type with its slice, TPUStrategy on it
+        assert machine["machineType"].startswith("ct") and "x" in machine["tpuTopology"]
+        assert (args.strategy, args.tpu) == ("tpu", "local")
+        chips = np.prod([int(n) for n in machine["tpuTopology"].split("x")])
+        assert args.batch_size % chips == 0  # the global batch splits over the chips
+    else:
+        assert machine["acceleratorCount"] >= 1
+        assert machine["acceleratorType"].startswith(accelerator)
 
 
 # --------------------------------------------------------------------------- AOI + scans
@@ -273,57 +285,7 @@ def test_schedules_are_well_formed():
 
 
 # --------------------------------------------------------------------------- images
-def _dockerfile(name: str) -> tuple[list[str], dict[str, str]]:
-    text = (INFRA / name).read_text().replace("\\\n", " ")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
-    return lines, args
-
-
-@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.train"])
-def test_dockerfiles_copy_files_that_exist(name):
-    lines, _ = _dockerfile(name)
-    copies = [ln.split()[1:-1] for ln in lines if ln.split()[0] in ("COPY", "ADD")
-              and not ln.split()[1].startswith("--from")]
-    assert copies
-    for sources in copies:
-        for src in sources:
-            assert (ROOT / src).exists(), f"{name} copies {src}, which is not in the repo"
-    copied = {s.rstrip("/") for srcs in copies for s in srcs}
-    assert {"requirements.txt", "setup.py", "pipelines", "model"} <= copied
-
-
-def test_dataflow_image_matches_the_lock_file_and_the_template_entry_point():
-    lines, args = _dockerfile("Dockerfile")
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$",
-                           (ROOT / "requirements.txt").read_text(), re.M))
-    assert args["BEAM_VERSION"] == pins["apache-beam"]  # launcher == workers == lock
-    assert any("apache/beam_python3.11_sdk:${BEAM_VERSION}" in ln for ln in lines)
-    assert "python311" in args["LAUNCHER_IMAGE"]
-    env = " ".join(ln for ln in lines if ln.startswith("ENV"))
-    py_file = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=(\S+)", env).group(1)
-    assert py_file == "${WORKDIR}/infra/flex_main.py"
-    assert any(ln.split()[1:] == ["infra/flex_main.py", "infra/flex_main.py"]
-               for ln in lines if ln.startswith("COPY"))
-    assert lines[-1] == 'ENTRYPOINT ["/opt/apache/beam/boot"]'
-
-
-def test_trainer_image_swaps_the_cpu_wheel_for_the_same_tensorflow():
-    lines, args = _dockerfile("Dockerfile.train")
-    req = (ROOT / "requirements.txt").read_text()
-    run = next(ln for ln in lines if "grep" in ln)
-    pattern = re.search(r"grep -viE '([^']+)'", run).group(1)
-    dropped = [ln for ln in req.splitlines() if re.search(pattern, ln, re.I)]
-    assert len(dropped) == 1  # exactly the tensorflow-cpu pin is left out
-    assert dropped[0].split("==")[1] == args["TF_VERSION"]
-
-
-def test_cloud_build_builds_both_dockerfiles():
-    build = yaml.safe_load((INFRA / "cloudbuild.yaml").read_text())
-    _check_schema(build, {"$ref": "Build"}, _schemas("cloudbuild.v1.json"), "build")
-    files = [s["args"][s["args"].index("-f") + 1] for s in build["steps"]]
-    assert sorted(files) == ["infra/Dockerfile", "infra/Dockerfile.train"]
-    assert all((ROOT / f).is_file() for f in files)
+# The Dockerfiles and their pins against requirements.txt: tests/test_images.py.
 
 
 # --------------------------------------------------------------------------- deploy.sh

@@ -141,9 +141,11 @@ def test_flags_become_the_options_objects_the_commands_run():
                                                         ("prev=-1y",), (2014, 2015, 2016))
     assert e.classes == {"scarp": 1, "deposit": 2}
     ee = parse("predict", "--model", "m", "--out", "o", "--source", "earthengine",
-               "--ee-project", "p", "--ee-dem", "srtm", "--ee-max-concurrency", "4")
+               "--ee-project", "p", "--ee-dem", "srtm", "--ee-max-concurrent-requests", "4",
+               "--ee-requests-per-second", "2.5", "--ee-worker-processes", "2")
     assert ee.source == {"kind": "earthengine", "project": "p", "high_volume": False,
-                         "endpoint": None, "dem": "srtm", "max_concurrency": 4}
+                         "endpoint": None, "dem": "srtm", "max_concurrent_requests": 4,
+                         "requests_per_second": 2.5, "worker_processes": 2}
     c = parse("compare", "--reference", "r", "--out", "o", "--years", "2013-2014",
               "--kde-bandwidth", "300", "--no-figures")
     assert isinstance(c, CompareConfig)

@@ -235,6 +235,10 @@ def _check_outputs(folder: Path, commands: list[list[str]]) -> None:
             out = path(_opt(args, "--out") or _opt(args, "--model"))
             ev = json.loads((out / "evaluation.json" if out.is_dir() else out).read_text())
             assert ev["patches"] > 0 and 0.0 <= ev["f1"] <= 1.0
+        elif cmd == "validate-precision":
+            meta = json.loads((path(_opt(args, "--model")) / "artifact.json").read_text())
+            assert set(meta["precisions"]["validated"]) == {"fp32", "bf16", "int8"}
+            assert (path(_opt(args, "--model")) / "model.int8.tflite").is_file()
         elif cmd == "predict":
             for sweep in matches(_opt(args, "--out")):
                 run = json.loads((sweep / "run.json").read_text())

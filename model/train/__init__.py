@@ -39,6 +39,7 @@ Modules, one job each:
 * :mod:`~model.train.callbacks`: the per-epoch log line and TensorBoard scalars.
 * :mod:`~model.train.evaluation`: :func:`evaluate`.
 * :mod:`~model.train.tuning`: :func:`tune`, the grid search.
+* :mod:`~model.train.precision`: :func:`validate_precisions`, held-out F1 at bf16 and int8.
 * :mod:`~model.train.files`: atomic writes and folder copies, local or ``gs://``.
 """
 
@@ -46,6 +47,7 @@ from model.train.config import CACHE_MODES, TrainConfig, load_config, parse_augm
 from model.train.evaluation import EVALUATION, evaluate
 from model.train.fit import BACKUP, DEFAULT_LR, FINE_TUNE_LR, HISTORY, LOGS, train
 from model.train.inputs import CACHE_LIMIT_BYTES, check_complete
+from model.train.precision import validate_precisions
 from model.train.selection import MONITOR, BestThresholdF1, calibrate
 from model.train.transfer import architecture_of
 from model.train.tuning import TUNING, tune
@@ -71,4 +73,5 @@ __all__ = [
     "parse_augment",
     "train",
     "tune",
+    "validate_precisions",
 ]

@@ -23,6 +23,7 @@ from pipelines import fsio
 from pipelines.compare.config import CompareConfig, _is_metric
 from pipelines.compare.layers import Layer, RasterMask, VectorMask, _crs_label
 from pipelines.errors import DataNotFoundError, InputError, RegionError
+from pipelines.geo import compare_metrics as cm
 from pipelines.geo.grid import WGS84, Region, to_crs, utm_epsg
 from pipelines.geo.inventory import area_m2, read_inventory
 
@@ -100,6 +101,8 @@ class Side:
     layer: Layer
     report: dict
     bounds: tuple[float, float, float, float] | None
+    #: Reference only, with observed-only scoring: the landslides left out as unobserved.
+    unobserved: gpd.GeoDataFrame | None = None
 
 
 def _native(res: ResolvedInput, stack: contextlib.ExitStack) -> tuple[object, str, dict]:
@@ -235,5 +238,42 @@ def _observed_references(sides: dict, years: Sequence[int | None], aoi: shapely.
         gdf = ref.gdf[keep].reset_index(drop=True)
         report = {**ref.report, "n_unobserved": int((~keep).sum())}
         out[year] = Side(ref.role, ref.year, ref.source, gdf, VectorMask(gdf), report,
-                         tuple(gdf.total_bounds) if len(gdf) else None)
+                         tuple(gdf.total_bounds) if len(gdf) else None,
+                         unobserved=ref.gdf[~keep].reset_index(drop=True))
     return out
+
+
+def predictions_on_unobserved(predicted: gpd.GeoDataFrame, observed: gpd.GeoDataFrame,
+                              unobserved: gpd.GeoDataFrame, min_overlap: float,
+                              criterion: str) -> np.ndarray:
+    """Which predicted polygons lie on a reference landslide that is left out as unobserved.
+
+    The rule mirrors the one for reference landslides: a landslide mostly under clouds is
+    neither a hit nor a miss, so the visible piece of it the model found is neither a
+    correct detection nor a false alarm, and it is not counted. A predicted polygon is left
+    out when it would be *correct* against an unobserved reference landslide (same
+    criterion and threshold as the object metrics) and is not correct against any observed
+    one.
+
+    Args:
+        predicted: Predicted polygons.
+        observed: The reference landslides that are scored.
+        unobserved: The reference landslides left out as unobserved.
+        min_overlap: The object metrics' threshold.
+        criterion: ``"overlap"`` or ``"iou"``.
+
+    Returns:
+        A boolean array over ``predicted``: True where the polygon is left out.
+    """
+    drop = np.zeros(len(predicted), dtype=bool)
+    if not len(predicted) or not len(unobserved):
+        return drop
+    key = "iou" if criterion == "iou" else "overlap_pred"
+
+    def correct(ref: gpd.GeoDataFrame) -> np.ndarray:
+        pairs = cm.match_objects(ref, predicted)
+        return np.unique(pairs.loc[pairs[key] >= min_overlap, "pred"].to_numpy())
+
+    drop[correct(unobserved)] = True
+    drop[correct(observed)] = False
+    return drop

@@ -7,13 +7,14 @@ statistics and the multi-temporal table, and hands the result to the outputs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 import geopandas as gpd
 import pandas as pd
 
 from pipelines import errors
-from pipelines.compare.config import CompareConfig, _year_key
+from pipelines.compare.config import METRICS_VERSION, CompareConfig, _year_key
 from pipelines.compare.inputs import (
     SIDES,
     ResolvedInput,
@@ -23,6 +24,7 @@ from pipelines.compare.inputs import (
     _observed_references,
     _to_common,
     _union_bounds,
+    predictions_on_unobserved,
     resolve_input,
 )
 from pipelines.compare.outputs import _write_outputs
@@ -35,7 +37,6 @@ from pipelines.geo.inventory import area_m2
 
 logger = logging.getLogger(__name__)
 
-METRICS_VERSION = 1
 
 
 def run_compare(config: CompareConfig) -> dict:
@@ -110,6 +111,7 @@ def run_compare(config: CompareConfig) -> dict:
         # 2b. Where a raster prediction had no imagery, reference landslides are unobservable.
         observed_refs = _observed_references(sides, years, aoi, config) \
             if config.observed_only else {}
+        observed_preds: dict = {}
         for year, side in observed_refs.items():
             n_out = side.report["n_unobserved"]
             inputs_report["reference"][_year_key(year)]["n_unobserved"] = n_out
@@ -117,6 +119,17 @@ def run_compare(config: CompareConfig) -> dict:
                 logger.info("%s: %d reference landslide(s) lie mostly where the prediction "
                             "had no valid imagery; they are not matched or counted",
                             _year_key(year), n_out)
+            pside = sides[("predicted", year)]
+            drop = predictions_on_unobserved(pside.gdf, side.gdf, side.unobserved,
+                                             config.min_overlap, config.match)
+            inputs_report["predicted"][_year_key(year)]["n_on_unobserved"] = int(drop.sum())
+            if drop.any():
+                logger.info("%s: %d predicted landslide(s) lie on those unobserved reference "
+                            "landslides; they are not matched or counted either",
+                            _year_key(year), int(drop.sum()))
+                gdf = pside.gdf[~drop].reset_index(drop=True)
+                observed_preds[year] = dataclasses.replace(
+                    pside, gdf=gdf, report={**pside.report, "n_on_unobserved": int(drop.sum())})
 
         # 3. Density area.
         if region is not None:
@@ -139,6 +152,8 @@ def run_compare(config: CompareConfig) -> dict:
                 s = sides.get((role, year))
                 if role == "reference" and year in observed_refs:
                     s = observed_refs[year]
+                if role == "predicted" and year in observed_preds:
+                    s = observed_preds[year]
                 if s is not None:
                     st = cm.inventory_stats(s.gdf["area_m2"].to_numpy(), area_km2,
                                             config.bins_per_decade, config.a_min)
@@ -154,7 +169,8 @@ def run_compare(config: CompareConfig) -> dict:
                     problems.add("warning", "both inventories are empty and no AOI was given: "
                                  "no grid for pixel metrics", None, year)
                 ref_obj = observed_refs.get(year, ref)
-                obj, matches = cm.object_metrics(ref_obj.gdf, pred.gdf, config.min_overlap,
+                pred_obj = observed_preds.get(year, pred)
+                obj, matches = cm.object_metrics(ref_obj.gdf, pred_obj.gdf, config.min_overlap,
                                                  config.match)
                 entry["object"] = obj
                 if len(matches):

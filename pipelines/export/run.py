@@ -34,8 +34,11 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
         submitted_only,
     )
     from pipelines.shards import GatherOne, WriteShards, summarise
+    from pipelines.workers import for_workers
 
     plan = plan_export(config)
+    opts = pipeline_options(beam_args, "landslides-export")
+    for_workers(plan.sources, opts)  # e.g. each worker process's part of a quota
     fsio.check_writable(config.out)
     fsio.write_json(fsio.join(config.out, "export_config.json"), config.to_dict())
     by_split = {s: sum(1 for v in plan.splits.values() if v == s) for s in SPLITS}
@@ -47,7 +50,6 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
 
     elements = [(str(c.key), plan.splits[c.key], c.region_wkb, c.spec.to_dict(), i)
                 for i in range(len(plan.sources)) for c in plan.chunks]
-    opts = pipeline_options(beam_args, "landslides-export")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write = WriteShards(config.out, config.compression, shard_totals(config, by_split,
                                                                      len(plan.sources)))

@@ -3,6 +3,10 @@
 Writes with GDAL's COG driver (tiled, compressed, internal overviews) into a local
 temporary file, then publishes it atomically through :mod:`pipelines.fsio` (rename
 locally, one object upload on Cloud Storage): a reader never sees a partial COG.
+
+Quantised values (``uint8`` probabilities) carry GDAL's band scale and offset, so GDAL,
+QGIS and rasterio users read ``value = stored * scale + offset``; :func:`band_scaling`
+reads them back (and the ``scale`` tag of files written before the band scale was set).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def write_cog(
     profile: CogProfile = CONTINUOUS,
     tags: dict[str, str] | None = None,
     overviews: bool = True,
+    scales: Sequence[float] | None = None,
+    offsets: Sequence[float] | None = None,
 ) -> str:
     """Write ``data`` (``(bands, h, w)`` or ``(h, w)``) on ``grid`` as a COG at ``path``.
 
@@ -65,12 +71,15 @@ def write_cog(
         profile: Compression and overview options.
         tags: Dataset-level metadata tags.
         overviews: Build internal overviews (``False`` for tiny rasters).
+        scales: GDAL band scale per band (``value = stored * scale + offset``), for
+            quantised values; ``None`` leaves values as stored.
+        offsets: GDAL band offset per band (default 0 where ``scales`` is given).
 
     Returns:
         ``path``.
 
     Raises:
-        InputError: shape mismatch, or band names not matching the band count.
+        InputError: shape mismatch, or band names or scales not matching the band count.
         OutputError: the destination cannot be written.
     """
     arr = data[np.newaxis] if data.ndim == 2 else data
@@ -78,6 +87,9 @@ def write_cog(
         raise InputError(f"Array of shape {data.shape} does not fit grid {grid.shape} for {path}.")
     if band_names is not None and len(band_names) != arr.shape[0]:
         raise InputError(f"{len(band_names)} band names for {arr.shape[0]} bands in {path}.")
+    for what, values in (("scales", scales), ("offsets", offsets)):
+        if values is not None and len(values) != arr.shape[0]:
+            raise InputError(f"{len(values)} band {what} for {arr.shape[0]} bands in {path}.")
     opts = {
         "driver": "COG",
         "compress": profile.compress.upper(),
@@ -103,9 +115,31 @@ def write_cog(
                     dst.set_band_description(i, name)
             if tags:
                 dst.update_tags(**tags)
+            if scales is not None or offsets is not None:
+                n = arr.shape[0]
+                dst.scales = tuple(float(v) for v in (scales or [1.0] * n))
+                dst.offsets = tuple(float(v) for v in (offsets or [0.0] * n))
     except rasterio.errors.RasterioIOError as exc:
         raise OutputError(f"Cannot write COG {path!r}: {exc}") from exc
     return path
+
+
+def band_scaling(ds: rasterio.io.DatasetReader, band: int = 1) -> tuple[float, float]:
+    """``(scale, offset)`` that turn ``band``'s stored values into physical values.
+
+    GDAL's band scale and offset when set; else, for probability COGs written before this
+    writer set them, the dataset's ``scale`` tag (offset 0); else ``(1.0, 0.0)``.
+    """
+    scale, offset = float(ds.scales[band - 1]), float(ds.offsets[band - 1])
+    if (scale, offset) != (1.0, 0.0):
+        return scale, offset
+    legacy = ds.tags().get("scale")
+    if legacy:
+        try:
+            return float(legacy), 0.0
+        except ValueError:
+            pass
+    return 1.0, 0.0
 
 
 def read_raster(path: str, window_grid: PixelGrid | None = None,

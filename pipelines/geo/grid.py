@@ -171,23 +171,35 @@ class GridSpec:
 
     def keys_covering(self, geom: BaseGeometry) -> list[ChunkKey]:
         """Keys of every chunk whose footprint intersects ``geom`` (in this CRS), sorted."""
+        keys, _ = self._covering(geom)
+        return keys
+
+    def _covering(self, geom: BaseGeometry) -> tuple[list[ChunkKey], np.ndarray]:
+        """The keys covering ``geom`` and their footprints (:meth:`chunk_box`), in one pass.
+
+        Every chunk of the bounding box is tested at once (shapely's vectorised
+        predicates on the prepared geometry).
+        """
         if geom.is_empty:
-            return []
+            return [], np.empty(0, dtype=object)
         minx, miny, maxx, maxy = geom.bounds
         c0 = math.floor((minx - ORIGIN_X) / self.chunk_m)
         c1 = math.ceil((maxx - ORIGIN_X) / self.chunk_m)
         r0 = math.floor((ORIGIN_Y - maxy) / self.chunk_m)
         r1 = math.ceil((ORIGIN_Y - miny) / self.chunk_m)
+        grid_rows, grid_cols = np.meshgrid(np.arange(r0, max(r1, r0 + 1)),
+                                           np.arange(c0, max(c1, c0 + 1)), indexing="ij")
+        rows, cols = grid_rows.ravel(), grid_cols.ravel()
+        ps = float(self.pixel_size)
+        # the arithmetic of chunk_grid(key).bounds, element-wise
+        left = ORIGIN_X + cols * self.chunk_m
+        top = ORIGIN_Y - rows * self.chunk_m
+        boxes = shapely.box(left, top + -ps * self.chunk_size, left + ps * self.chunk_size, top)
         shapely.prepare(geom)
-        keys = []
-        for r in range(r0, max(r1, r0 + 1)):
-            for c in range(c0, max(c1, c0 + 1)):
-                k = ChunkKey(self.epsg, r, c)
-                cb = self.chunk_box(k)
-                # A chunk that only touches the region along an edge holds none of it.
-                if geom.intersects(cb) and not geom.touches(cb):
-                    keys.append(k)
-        return sorted(keys)
+        # A chunk that only touches the region along an edge holds none of it.
+        hit = shapely.intersects(geom, boxes) & ~shapely.touches(geom, boxes)
+        keys = [ChunkKey(self.epsg, int(r), int(c)) for r, c in zip(rows[hit], cols[hit])]
+        return keys, boxes[hit]  # row-major: already sorted by key
 
     def to_dict(self) -> dict:
         return {"epsg": self.epsg, "pixel_size": self.pixel_size,
@@ -416,17 +428,38 @@ def plan_chunks(
     Returns:
         Chunks sorted by key; each carries the region's part inside it.
     """
-    geom = region.geometry
-    parts = {epsg: to_crs(geom, WGS84, f"EPSG:{epsg}")} if epsg else split_by_utm_zone(geom)
     chunks: list[Chunk] = []
-    for code, part in sorted(parts.items()):
+    for code, part in sorted(zone_parts(region, epsg).items()):
         spec = GridSpec(code, pixel_size, chunk_size, halo)
-        for key in spec.keys_covering(part):
-            inside = part.intersection(spec.chunk_box(key))
-            chunks.append(Chunk(key, spec, shapely.to_wkb(inside)))
+        keys, boxes = spec._covering(part)
+        insides = shapely.to_wkb(shapely.intersection(part, boxes))
+        chunks += [Chunk(key, spec, bytes(wkb)) for key, wkb in zip(keys, insides)]
     if not chunks:
         raise RegionError(f"The area of interest {region.name!r} covers no chunk.")
     return chunks
+
+
+def zone_parts(region: Region, epsg: int | None = None) -> dict[int, BaseGeometry]:
+    """``{epsg: the region's part in that CRS}``: per UTM zone, or all in ``epsg``."""
+    geom = region.geometry
+    return {epsg: to_crs(geom, WGS84, f"EPSG:{epsg}")} if epsg else split_by_utm_zone(geom)
+
+
+def count_chunks(region: Region, pixel_size: float = 10.0, chunk_size: int = 512,
+                 epsg: int | None = None) -> dict[int, tuple[int, float]]:
+    """``{epsg: (chunks, km2)}`` of :func:`plan_chunks`'s cover, without cutting the region.
+
+    The same keys as :func:`plan_chunks` (the halo does not change them), and the area of
+    the region's part in each CRS; for estimates over large regions (``landslides plan``).
+    """
+    out: dict[int, tuple[int, float]] = {}
+    for code, part in sorted(zone_parts(region, epsg).items()):
+        keys = GridSpec(code, pixel_size, chunk_size, 0).keys_covering(part)
+        if keys:
+            out[code] = (len(keys), float(part.area) / 1e6)
+    if not out:
+        raise RegionError(f"The area of interest {region.name!r} covers no chunk.")
+    return out
 
 
 def patch_windows(

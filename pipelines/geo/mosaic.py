@@ -160,6 +160,9 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
                  description: str | None = None) -> str:
     """Merge aligned single-band COGs (local or ``gs://``) into one COG at ``dest``.
 
+    A continuous (not ``categorical``) merged COG keeps the first file's band scale and
+    offset (see :func:`pipelines.geo.cog.band_scaling`).
+
     The caller bounds the size (see ``merge_max_px`` in the predict configuration): the
     whole mosaic is held in memory once.
 
@@ -168,17 +171,20 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
     """
     from rasterio.merge import merge
 
-    from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, write_cog
+    from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, band_scaling, write_cog
 
     if not files:
         raise InputError(f"Nothing to merge into {dest!r}.")
     with contextlib.ExitStack() as stack:
         datasets = [_checked(stack, f) for f in files]
         crs = str(datasets[0].crs)
+        scale, offset = band_scaling(datasets[0])
         arr, transform = merge(datasets, nodata=nodata)
     grid = PixelGrid.from_affine(crs, transform, arr.shape[2], arr.shape[1])
+    scaled = not categorical and (scale, offset) != (1.0, 0.0)
     write_cog(dest, arr, grid, nodata=nodata, band_names=[description] if description else None,
-              profile=CATEGORICAL if categorical else CONTINUOUS, tags=dict(tags or {}))
+              profile=CATEGORICAL if categorical else CONTINUOUS, tags=dict(tags or {}),
+              scales=[scale] if scaled else None, offsets=[offset] if scaled else None)
     return dest
 
 
@@ -196,6 +202,22 @@ def _zone_edges(epsg: int, bounds: tuple[float, float, float, float]):
     _, miny, _, maxy = bounds
     zone_box = box(west, max(lat0, miny - 0.1), west + 6.0, min(lat1, maxy + 0.1))
     return to_crs(zone_box.boundary, WGS84, f"EPSG:{epsg}")
+
+
+def near_zone_limit(part, pixel_size: float) -> np.ndarray:
+    """Which polygons of ``part`` lie within 2 pixels of their UTM zone's limits.
+
+    Only those can continue in the next zone (see :func:`merge_across_zones`).
+
+    Args:
+        part: A GeoDataFrame in the CRS of its UTM zone.
+        pixel_size: Pixel size in metres.
+    """
+    if not len(part):
+        return np.zeros(0, dtype=bool)
+    ll_bounds = tuple(part.to_crs(WGS84).total_bounds)
+    edge = _zone_edges(int(part.crs.to_epsg()), ll_bounds)
+    return shapely.dwithin(np.asarray(part.geometry.values), edge, 2.0 * pixel_size)
 
 
 def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
@@ -223,9 +245,7 @@ def merge_across_zones(parts: Sequence, pixel_size: float, crs: str = WGS84):
     metric = parts[0].crs
     frames, zone_of, near = [], [], []
     for z, part in enumerate(parts):
-        ll_bounds = tuple(part.to_crs(WGS84).total_bounds)
-        edge = _zone_edges(int(part.crs.to_epsg()), ll_bounds)
-        near.append(shapely.dwithin(np.asarray(part.geometry.values), edge, 2.0 * pixel_size))
+        near.append(near_zone_limit(part, pixel_size))
         zone_of.append(np.full(len(part), z))
         frames.append(part.to_crs(metric))
     allm = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=metric)
@@ -252,6 +272,7 @@ __all__ = [
     "merge_across_zones",
     "merge_to_cog",
     "mosaic_grid",
+    "near_zone_limit",
     "vrt_xml",
     "write_vrt",
 ]

@@ -8,6 +8,7 @@ are its building blocks, also used to join polygons across UTM zones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import shapely
 
 
 def merge_across_edges(gdf, connectivity: int = 4, tolerance: float = 1e-6,
-                       piece: str = "chunk"):
+                       piece: str = "chunk", first: Sequence[str] = ()):
     """Join polygons that continue across piece (chunk, window) edges into one polygon each.
 
     Polygons of one piece never share an edge (they are distinct connected regions), so
@@ -30,16 +31,19 @@ def merge_across_edges(gdf, connectivity: int = 4, tolerance: float = 1e-6,
             at a corner is enough (as the mask's pixel connectivity).
         tolerance: Smallest shared boundary length (CRS units) that counts for 4.
         piece: The column naming each polygon's piece (default ``chunk``).
+        first: Columns whose value each landslide takes from its group's first polygon
+            (e.g. where that polygon came from, to put the landslide in order).
 
     Returns:
         A GeoDataFrame with one row per landslide: ``area_m2`` and ``n_pixels`` summed,
         ``prob_mean`` pixel-weighted, ``prob_max`` the maximum (those present),
-        ``chunks`` the number of pieces it spans; in the order of each group's first
-        polygon.
+        ``chunks`` the number of pieces it spans, the ``first`` columns; in the order of
+        each group's first polygon.
     """
     n = len(gdf)
     if n == 0:
-        out = gdf.drop(columns=[c for c in (piece, "edge") if c in gdf.columns])
+        out = gdf.drop(columns=[c for c in (piece, "edge") if c in gdf.columns
+                                and c not in first])
         out = out.copy()
         out["chunks"] = np.zeros(0, dtype="int64")
         return out
@@ -62,7 +66,7 @@ def merge_across_edges(gdf, connectivity: int = 4, tolerance: float = 1e-6,
         cols_.append(b)
     r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     c = np.concatenate(cols_) if cols_ else np.zeros(0, dtype=np.int64)
-    return combine(gdf, groups(n, r, c), shapely.union_all, piece)
+    return combine(gdf, groups(n, r, c), shapely.union_all, piece, first)
 
 
 def groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -82,14 +86,15 @@ def groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return rank[labels]
 
 
-def combine(gdf, group: np.ndarray, union, piece: str = "chunk"):
-    """One row per group (``group``: each row's group number, from :func:`_groups`).
+def combine(gdf, group: np.ndarray, union, piece: str = "chunk", first: Sequence[str] = ()):
+    """One row per group (``group``: each row's group number, from :func:`groups`).
 
     Geometries are joined with ``union`` (single-member groups keep theirs);
     ``area_m2`` and ``n_pixels`` are summed, ``prob_mean`` pixel-weighted over its
     finite values, ``prob_max`` the largest finite value (NaN when there is none), and
     ``chunks`` the number of distinct pieces (column ``piece``; or the sum of ``chunks``
-    when the rows are already merged parts).
+    when the rows are already merged parts); the ``first`` columns from each group's
+    first row.
     """
     import geopandas as gpd
 
@@ -124,6 +129,11 @@ def combine(gdf, group: np.ndarray, union, piece: str = "chunk"):
         _, chunk_code = np.unique(np.asarray(gdf[piece].astype(str)), return_inverse=True)
         pairs = np.unique(np.stack([group, chunk_code.ravel()]), axis=1)
         out["chunks"] = np.bincount(pairs[0], minlength=n_groups).astype(np.int64)
+    if first:
+        lead = np.full(n_groups, len(group), dtype=np.int64)
+        np.minimum.at(lead, group, np.arange(len(group)))
+        for col in first:
+            out[col] = gdf[col].to_numpy()[lead]
     sizes = np.bincount(group, minlength=n_groups)
     out_geoms = np.empty(n_groups, dtype=object)
     single = sizes[group] == 1

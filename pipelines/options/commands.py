@@ -70,6 +70,10 @@ COMMANDS: dict[str, Command] = {
                         "pipelines.training:evaluate_command"),
     "tune": Command("Grid search (lr x filters x batch size), ranked by validation F1.",
                     "pipelines.options.train:TuneOptions", "pipelines.training:tune_command"),
+    "validate-precision": Command(
+        "Score a model artifact at bf16 and int8 against fp32 on held-out patches; record "
+        "which precisions predict may use.", "pipelines.options.train:ValidatePrecisionOptions",
+        "pipelines.training:validate_precision_command"),
     "classify-train": Command("Train image classifiers (landslide / not) on keras.applications "
                               "backbones; compare them.",
                               "pipelines.options.classify:ClassifyTrainOptions",
@@ -87,6 +91,9 @@ COMMANDS: dict[str, Command] = {
     "scan": Command("Scheduled regional scan: predict + compare per period, trends, STAC.",
                     "pipelines.options.scan:ScanOptions", "pipelines.scan.run:scan_command",
                     beam=True),
+    "plan": Command("Before a sweep: chunks, Earth Engine requests, time bound by the quota, "
+                    "model compute, workers, wall time, cost and output sizes.",
+                    "pipelines.options.plan:PlanOptions", "pipelines.plan:plan_command"),
 }
 
 __all__ = ["COMMANDS", "Command", "load"]

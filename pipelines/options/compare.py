@@ -19,6 +19,11 @@ from pipelines.options.fields import option
 MATCHES = ("overlap", "iou")
 
 
+#: Version of metrics.json's definitions. 2: predicted polygons on reference landslides left
+#: out as unobserved are left out too (they were counted as false alarms in version 1).
+METRICS_VERSION = 2
+
+
 def parse_years(text: str | None) -> tuple[int, ...] | None:
     """Parse ``"2013-2019"``, ``"2013,2015"`` or a mix (``"2013-2015,2018"``).
 

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from model.precision import PRECISIONS
 from pipelines.errors import ConfigError
 from pipelines.options.fields import BBOX_OR_GCS, DATE, nested, option
 from pipelines.options.source import SourceOptions
@@ -44,6 +45,10 @@ class PredictConfig:
         pixel_size: Metres (default: the artifact's, else 10).
         batch_size: Windows per model call.
         chunks_per_batch: Chunks per RunInference batch.
+        precision: Inference precision: ``fp32`` (the model as trained), ``bf16``
+            (bfloat16 compute) or ``int8`` (the artifact's quantized TFLite model); the
+            last two only on an artifact validated for them (``landslides
+            validate-precision``), refused before any chunk runs otherwise.
         threshold: Mask threshold (default: the artifact's decision threshold).
         min_area_m2: Drop landslide polygons smaller than this (after merging chunks).
         connectivity: Pixel connectivity of landslide polygons (4 or 8).
@@ -93,6 +98,10 @@ class PredictConfig:
                                       units="m")
     batch_size: int = option(16, "Windows per model call (%(default)s).")
     chunks_per_batch: int = option(1, "Chunks per RunInference batch (%(default)s).")
+    precision: str = option("fp32", "Inference precision: fp32, bf16 (bfloat16 compute) or "
+                            "int8 (quantized, TFLite/XNNPACK); bf16 and int8 need an artifact "
+                            "validated for them (`landslides validate-precision`).",
+                            choices=PRECISIONS, label="Inference precision")
     threshold: float | None = option(None, "Mask threshold (default: the model's).",
                                      regex=r"^0?\.[0-9]+$")
     min_area_m2: float = option(200.0, "Smallest landslide polygon kept, m2 (%(default)s).",
@@ -140,6 +149,9 @@ class PredictConfig:
             raise ConfigError(f"min_area_m2 must be >= 0, got {self.min_area_m2}.")
         if self.connectivity not in (4, 8):
             raise ConfigError(f"connectivity must be 4 or 8, got {self.connectivity}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"{self.precision!r}.")
         if self.prob_dtype not in PROB_DTYPES:
             raise ConfigError(f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got "
                               f"{self.prob_dtype!r}.")

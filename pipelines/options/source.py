@@ -30,6 +30,9 @@ EE_DEMS = ("glo30", "aw3d30", "srtm", "3dep10")
 EE_CLOUD_MASKS = ("scl", "cloud_prob", "none")
 #: Spec keys the scan's periods set (the date window), refused in a scan's source.
 WINDOW_KEYS = ("start", "end", "year")
+#: Keys of earlier versions -> what replaced them (named when a scan file still uses one).
+RENAMED_KEYS = {"max_concurrency": "max_concurrent_requests, now the whole job's budget "
+                                   "(split over its worker processes), not one process's"}
 
 
 def _scale(text: str) -> float | str:
@@ -104,21 +107,35 @@ class SourceOptions:
     ee_cloud_mask: str | None = option(None, "Sentinel-2 cloud masking (default scl).",
                                        key="cloud_mask", choices=EE_CLOUD_MASKS, kinds=EE,
                                        group=GROUP)
-    ee_high_volume: bool = option(False, "Use Earth Engine's high-volume endpoint.",
-                                  key="high_volume", kinds=EE, group=GROUP)
+    ee_high_volume: bool = option(
+        False, "Use Earth Engine's high-volume endpoint (earthengine-highvolume."
+        "googleapis.com), meant for many concurrent small requests such as a sweep's.",
+        key="high_volume", kinds=EE, group=GROUP)
     ee_endpoint: str | None = option(
         None, "Earth Engine API base URL (tests, private endpoints).", key="endpoint",
         kinds=EE, group=GROUP, template=False)
-    ee_max_concurrency: int | None = option(
-        None, "Concurrent Earth Engine requests per worker (default 8).",
-        key="max_concurrency", kinds=EE, group=GROUP)
+    ee_max_concurrent_requests: int | None = option(
+        None, "Earth Engine requests in flight for the whole job, split over its worker "
+        "processes (default 40, Earth Engine's default per-project quota; lower it when "
+        "other jobs share the project).", key="max_concurrent_requests", kinds=EE,
+        group=GROUP)
+    ee_requests_per_second: float | None = option(
+        None, "Earth Engine requests started per second by the whole job, split the same "
+        "way (default 100, Earth Engine's default per-project rate).",
+        key="requests_per_second", kinds=EE, group=GROUP)
+    ee_worker_processes: int | None = option(
+        None, "Worker processes that share the Earth Engine budget (default: read from the "
+        "Beam pipeline options; needed for runners that do not say).",
+        key="worker_processes", kinds=EE, group=GROUP)
     ee_max_retries: int | None = option(
         None, "Retries of one Earth Engine request on 429/5xx before its chunk is failed "
         "(default 6; the sweep does not retry it again).", key="max_retries", kinds=EE,
         group=GROUP)
     ee_token_env: str | None = option(
-        None, "Read an Earth Engine access token from environment variable VAR.",
-        key="token_env", metavar="VAR", kinds=EE, group=GROUP, template=False)
+        None, "Local runs only: read an Earth Engine access token from environment variable "
+        "VAR in each worker process (refused on remote runners, whose workers use "
+        "application default credentials).", key="token_env", metavar="VAR", kinds=EE,
+        group=GROUP, template=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -151,7 +168,8 @@ class SourceOptions:
             return spec
         spec = {"kind": "earthengine", "project": self.ee_project,
                 "high_volume": self.ee_high_volume, "endpoint": self.ee_endpoint}
-        for name in ("ee_dem", "ee_cloud_mask", "ee_max_concurrency", "ee_max_retries",
+        for name in ("ee_dem", "ee_cloud_mask", "ee_max_concurrent_requests",
+                     "ee_requests_per_second", "ee_worker_processes", "ee_max_retries",
                      "ee_token_env"):
             value = getattr(self, name)
             if value is not None and value is not False and value != "":
@@ -215,6 +233,7 @@ def check_spec(spec: Any, where: str = "source") -> dict[str, Any]:
             continue
         if k not in known:
             extra = (" (the scan's periods give the date window)" if k in WINDOW_KEYS
+                     else f" (replaced by {RENAMED_KEYS[k]})" if k in RENAMED_KEYS
                      else _did_you_mean(str(k), known))
             raise ConfigError(f"Unknown key {where}.{k} for a {kind} source{extra}; known "
                               f"keys: kind, {', '.join(known)}.")

@@ -1,9 +1,9 @@
-"""The options of ``landslides train|tune|evaluate``.
+"""The options of ``landslides train|tune|evaluate|validate-precision``.
 
 The training settings are the fields of :class:`model.train.config.TrainConfig` that carry
 a ``help`` (``model/`` defines them and never imports ``pipelines/``); as flags they
 override the ``--config`` YAML, so every one defaults to "unset". Importing this module
-loads TensorFlow: the CLI imports it only for these three commands.
+loads TensorFlow: the CLI imports it only for these commands.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from model.precision import DEFAULT_MAX_DRIFT, PRECISIONS, REFERENCE
 from model.train.config import TrainConfig
 from pipelines.errors import ConfigError
 from pipelines.options.fields import nested, option
@@ -87,4 +88,35 @@ class EvaluateOptions:
                                  "(refused by default).")
 
 
-__all__ = ["EvaluateOptions", "TrainOptions", "TuneOptions"]
+def _precisions(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in str(text).split(",") if v.strip())
+    bad = [v for v in values if v not in PRECISIONS or v == REFERENCE]
+    if not values or bad:
+        raise ConfigError(f"--precisions takes a comma-separated list of "
+                          f"{', '.join(p for p in PRECISIONS if p != REFERENCE)}, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class ValidatePrecisionOptions:
+    """The parameters of :func:`model.train.validate_precisions`."""
+
+    model: str = option(help="Model artifact folder (updated: its artifact.json records the "
+                        "held-out F1 per precision, int8 adds model.int8.tflite).")
+    precisions: tuple[str, ...] = option(
+        ("bf16", "int8"), "Precisions to validate against fp32, comma-separated "
+        "(%(default)s).", parse=_precisions)
+    data: str | None = option(None, "Held-out shards: export folder or glob (default: the "
+                              "test split of the artifact's training data, else its "
+                              "validation data).")
+    split: str | None = option(None, "Split of --data (default: test, else val).")
+    max_drift: float = option(DEFAULT_MAX_DRIFT, "Held-out F1 a precision may lose against "
+                              "fp32 and still be used by predict (%(default)s).")
+    calibration_data: str | None = option(None, "Shards whose train split calibrates int8 "
+                                          "(default: the artifact's training data).")
+    calibration_patches: int = option(256, "Training patches that calibrate int8 "
+                                      "(%(default)s).")
+    batch_size: int = option(16, "Patches per batch (%(default)s).")
+
+
+__all__ = ["EvaluateOptions", "TrainOptions", "TuneOptions", "ValidatePrecisionOptions"]

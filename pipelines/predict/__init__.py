@@ -11,9 +11,10 @@ The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
       | FinishChunks:  weighted blend, halo cropped, nodata where imagery is invalid; write
       |                prob/<key>.tif, mask/<key>.tif, then done/<key>.json (with the
       |                chunk's polygons) last (on a writer thread, during the next inference)
-      +-> Finalize, per AOI (CoGroupByKey): polygons merged across chunk edges ->
-          inventory.gpkg + inventory.parquet, mosaic/*.vrt (+ merged COGs when small),
-          stac/catalog.json, failed_chunks.jsonl, run.json
+      +-> Finalize: per chunk, its STAC item and a small summary; per AOI and UTM zone,
+          the polygons on chunk edges joined; per AOI, from the summaries:
+          inventory.gpkg + inventory.parquet (streamed chunk by chunk), mosaic/*.vrt
+          (+ merged COGs when small), stac/catalog.json, failed_chunks.jsonl, run.json
 
 Seamless by construction (see :mod:`pipelines.geo.blend`): windows sit on a global
 lattice and every chunk is read with a halo holding each window that touches it, so the
@@ -31,7 +32,10 @@ The package, in the order a chunk meets it:
 * :mod:`~pipelines.predict.config`: :class:`SweepJob`, constants;
 * :mod:`~pipelines.predict.plan`: :func:`plan_predict` -> the frozen :class:`SweepPlan`;
 * :mod:`~pipelines.predict.chunk`: the per-chunk steps (prepare, finish, failure record);
-* :mod:`~pipelines.predict.finalize`: one AOI's inventory, mosaics, STAC and run.json;
+* :mod:`~pipelines.predict.records`: the small per-chunk records finalize passes on;
+* :mod:`~pipelines.predict.finalize`: chunk STAC items, then one AOI's mosaics, STAC
+  catalog and run.json;
+* :mod:`~pipelines.predict.inventory`: edge polygons joined, the inventory streamed;
 * :mod:`~pipelines.predict.pipeline`: the DoFns, composite transforms, :func:`build_pipeline`;
 * :mod:`~pipelines.predict.run`: :func:`run_predict` and :func:`predict_command`.
 """

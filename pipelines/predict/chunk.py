@@ -11,9 +11,10 @@ without Beam:
   ``explain/<key>.tif``), then ``done/<key>.json`` (with the chunk's polygons) last;
 * :func:`failure_record`: the dead-letter record of a chunk that failed at some stage.
 
-Output encoding: probabilities are ``uint8`` by default (``p * 250`` rounded, 255 nodata):
-4x smaller than ``float32`` at continental scale, and a step of 0.004 is far below any
-model's calibration error; ``prob_dtype="float32"`` keeps full precision (NaN nodata).
+Output encoding: probabilities are ``uint8`` by default (``p * 250`` rounded, 255 nodata,
+with GDAL band scale 0.004 and offset 0, so GDAL and QGIS read probabilities): 4x smaller
+than ``float32`` at continental scale, and a step of 0.004 is far below any model's
+calibration error; ``prob_dtype="float32"`` keeps full precision (NaN nodata).
 Masks are ``uint8`` 0/1 with 255 nodata.
 """
 
@@ -237,11 +238,16 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
         probs, cams = probs[..., 0], probs[..., 1]
     prob, valid, mask = blend_chunk(plan, tiles, probs, grid.shape)
     tags = chunk_tags(plan, job, tiles.key, tiles.signature)
+    scales: list[float] | None = None
+    prob_tags = {**tags, "units": "probability"}
     if plan.config.prob_dtype == "uint8":
         q = np.where(valid, np.rint(np.clip(prob, 0.0, 1.0) * PROB_SCALE), NODATA_U8)
         prob_px, prob_nodata = q.astype(np.uint8), float(NODATA_U8)
         prob_profile = CogProfile(predictor=2)
-        tags["scale"] = repr(1.0 / PROB_SCALE)
+        # GDAL's band scale/offset: GDAL and QGIS read probabilities, not raw bytes; the
+        # tag stays for readers of COGs written before the band scale was set
+        scales = [1.0 / PROB_SCALE]
+        prob_tags["scale"] = repr(1.0 / PROB_SCALE)
     else:
         prob_px, prob_nodata = prob.astype(np.float32), float("nan")
         prob_profile = dataclasses.replace(CONTINUOUS, predictor=3)
@@ -249,7 +255,8 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
     files = {"prob": f"prob/{tiles.key}.tif", "mask": f"mask/{tiles.key}.tif"}
     write_cog(job.path(files["prob"]), prob_px, grid, nodata=prob_nodata,
               band_names=["landslide_probability"], profile=prob_profile,
-              tags={**tags, "units": "probability"})
+              tags=prob_tags, scales=scales,
+              offsets=[0.0] if scales else None)
     write_cog(job.path(files["mask"]), mask_px, grid, nodata=float(NODATA_U8),
               band_names=["landslide"], profile=CATEGORICAL,
               tags={**tags, "legend": "0=no landslide,1=landslide"})

@@ -1,51 +1,139 @@
-"""One AOI's products once every chunk is through: inventory, mosaics, STAC, run.json.
+"""One AOI's products once every chunk is through, with nothing holding every chunk's data.
 
-Owns :func:`finalize_job`: the chunks' polygons merged across chunk edges (and UTM
-zones) into ``inventory.gpkg`` and ``inventory.parquet``, ``mosaic/*.vrt`` (plus merged
-COGs when small), ``stac/catalog.json``, ``failed_chunks.jsonl`` and, last,
-``run.json``. Plain functions of the frozen :class:`SweepPlan` and the chunk records; no
-Beam.
+Chunk STAC items, inventory, mosaics, STAC catalog and run.json, in three steps, plain
+functions of the frozen :class:`SweepPlan` (no Beam):
+
+* :func:`chunk_outputs`, per chunk (in parallel): writes the chunk's STAC item and turns
+  its done-record into a :class:`~pipelines.predict.records.ChunkSummary` (key, grid,
+  files, counts: a few hundred bytes) and the polygons that touch its edges
+  (:class:`~pipelines.predict.records.PolygonPart`); its other polygons are final as
+  they are and stay in the done-record;
+* :func:`~pipelines.predict.inventory.merge_edges`, per AOI and UTM zone: joins the edge
+  polygons across chunk edges with the one merger,
+  :func:`pipelines.geo.polygons.merge_across_edges`;
+* :func:`finish_job`, per AOI, from the summaries, the failures and the merged edge
+  polygons: ``inventory.gpkg`` and ``inventory.parquet`` streamed chunk by chunk
+  (:mod:`pipelines.predict.inventory`), ``mosaic/*.vrt`` (plus merged COGs when small),
+  ``stac/catalog.json`` with the mosaic item, ``failed_chunks.jsonl`` and, last,
+  ``run.json``.
+
+:func:`finalize_job` chains the three for a list of chunk records.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-import numpy as np
 
 from pipelines import fsio
 from pipelines.errors import CorruptOutputError
 from pipelines.geo.grid import PixelGrid
 from pipelines.predict.config import FAILED, FORMAT, NODATA_U8, PROB_SCALE, RUN, SweepJob
+from pipelines.predict.inventory import merge_edges, write_job_inventory
 from pipelines.predict.plan import SweepPlan
+from pipelines.predict.records import (
+    ChunkSummary,
+    PolygonPart,
+    drop_other,
+    polygon_parts,
+    tagged,
+)
 
 log = logging.getLogger(__name__)
 
+#: Media type of the chunk and mosaic COGs in the STAC catalog.
+COG_MEDIA = "image/tiff; application=geotiff; profile=cloud-optimized"
 
-def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
-                 failures: list[dict]) -> dict:
+
+# ----------------------------------------------------------------------------- per chunk
+def chunk_outputs(plan: SweepPlan, job_i: int, record: dict
+                  ) -> tuple[ChunkSummary, list[PolygonPart]]:
+    """Write a chunk's STAC item; return its summary and its polygons on chunk edges.
+
+    Args:
+        plan: The sweep's plan.
+        job_i: Index of the chunk's job.
+        record: The chunk's record (done, empty or skipped), polygons included.
+    """
+    job = plan.jobs[job_i]
+    files = dict(record.get("files") or {})
+    item = bool(files) and plan.config.stac
+    if item:
+        write_chunk_item(plan, job, record)
+    polygons = record.get("polygons") or []
+    edges = polygon_parts(record["key"], polygons, edge=True)
+    summary = ChunkSummary(
+        key=record["key"], epsg=int(record["epsg"]), grid=PixelGrid.from_dict(record["grid"]),
+        files=tuple(sorted(files.items())), state=record["state"], action=record["action"],
+        valid_px=int(record["valid_px"]), positive_px=int(record.get("positive_px", 0)),
+        interior=len(polygons) - len(edges), item=item)
+    return summary, edges
+
+
+def _bands(plan: SweepPlan) -> dict[str, Any]:
+    """The raster-extension bands of the probability, mask and Grad-CAM COGs."""
+    from pipelines.geo.stac import RasterBandInfo
+
+    res = float(plan.pixel_size)
+    if plan.config.prob_dtype == "uint8":
+        prob = RasterBandInfo("uint8", float(NODATA_U8), 1.0 / PROB_SCALE, 0.0, "1", res)
+    else:
+        prob = RasterBandInfo("float32", float("nan"), unit="1", spatial_resolution=res)
+    return {"prob": (prob,), "mask": (RasterBandInfo("uint8", float(NODATA_U8),
+                                                     spatial_resolution=res),),
+            "explain": (RasterBandInfo("float32", float("nan"), spatial_resolution=res),)}
+
+
+def _props(plan: SweepPlan) -> dict[str, Any]:
+    return {"landslides:model_id": str(plan.meta["model_id"]),
+            "landslides:threshold": plan.threshold}
+
+
+def write_chunk_item(plan: SweepPlan, job: SweepJob, record: dict) -> str:
+    """Write the STAC item of one chunk's COGs (``stac/<key>/<key>.json``)."""
+    from pipelines.geo.stac import StacAsset, StacItem, write_stac_item
+
+    bands = _bands(plan)
+    key = record["key"]
+    files = record["files"]
+    spec = StacItem(key, PixelGrid.from_dict(record["grid"]), {
+        "probability": StacAsset(job.path(files["prob"]), "Landslide probability", COG_MEDIA,
+                                 bands=bands["prob"]),
+        "mask": StacAsset(job.path(files["mask"]), "Landslide mask", COG_MEDIA,
+                          bands=bands["mask"]),
+        **({"gradcam": StacAsset(job.path(files["explain"]),
+                                 "Grad-CAM heat map (landslide probability)", COG_MEDIA,
+                                 bands=bands["explain"])}
+           if "explain" in files else {}),
+    }, {**_props(plan), "landslides:chunk": key})
+    return write_stac_item(job.path("stac"), spec, job.start, job.end)
+
+
+# ----------------------------------------------------------------------------- per AOI
+def finish_job(plan: SweepPlan, job_i: int, summaries: Iterable[ChunkSummary],
+               failures: Iterable[dict], merged: Iterable[PolygonPart]) -> dict:
     """Write the job's inventory, mosaics, STAC catalog, dead letters and run.json.
 
     Args:
         plan: The sweep's plan.
         job_i: Index of the job.
-        results: The records of its chunks (done, empty or skipped).
+        summaries: The summaries of its chunks (done, empty or skipped).
         failures: The dead-letter records of its failed chunks.
+        merged: Its edge polygons joined across chunk edges (every zone's).
 
     Returns:
         The run record, as written to ``run.json``.
     """
     job = plan.jobs[job_i]
-    results = sorted(results, key=lambda r: r["key"])
+    chunks = sorted(summaries, key=lambda s: s.key)
     failures = sorted(failures, key=lambda f: (f["chunk"], f["stage"]))
     # every planned chunk must come back, done or dead-lettered: a runner that drops
     # elements must not leave a sweep that looks complete
-    lost = job.n_chunks - len({r["key"] for r in results} | {f["chunk"] for f in failures})
+    lost = job.n_chunks - len({s.key for s in chunks} | {f["chunk"] for f in failures})
     if lost > 0:
         log.error("%d chunk(s) of %s were planned but came back neither written nor failed: "
                   "the runner lost them; the sweep is partial, re-run it to redo them.",
@@ -57,9 +145,9 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
     # a sweep with failed chunks names its products *.partial.*, so that nothing reads
     # them as a complete map of the AOI; each run removes the other kind's leftovers
     partial = bool(failures)
-    gdf = job_inventory(plan, job, results)
-    outputs["inventory"] = write_job_inventory(job, gdf, partial)
-    outputs["mosaics"] = write_mosaics(plan, job, results, partial)
+    outputs["inventory"], n_polygons, area_m2 = write_job_inventory(plan, job, chunks, merged,
+                                                                     partial)
+    outputs["mosaics"] = write_mosaics(plan, job, chunks, partial)
     failed_path = job.path(FAILED)
     if failures:
         fsio.write_bytes(failed_path, "".join(
@@ -68,11 +156,20 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
     elif fsio.exists(failed_path):  # a clean rerun supersedes the old dead letters
         fsio.delete(failed_path)
     if plan.config.stac:
-        outputs["stac"] = write_stac(plan, job, results, outputs, partial)
+        outputs["stac"] = write_stac(plan, job, chunks, outputs, partial)
     outputs["run"] = job.path(RUN)
-    actions = Counter(r["action"] for r in results)
-    states = Counter(r["state"] for r in results)
-    valid_px = sum(r["valid_px"] for r in results)
+    run = run_record(plan, job, chunks, failures, lost, n_polygons, area_m2, outputs)
+    fsio.write_json(job.path(RUN), run)  # last
+    return run
+
+
+def run_record(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary],
+               failures: Sequence[dict], lost: int, n_polygons: int, area_m2: float,
+               outputs: dict) -> dict:
+    """The body of ``run.json``."""
+    actions = Counter(s.action for s in chunks)
+    states = Counter(s.state for s in chunks)
+    valid_px = sum(s.valid_px for s in chunks)
     px_km2 = plan.pixel_size ** 2 / 1e6
     if failures:
         status = "partial"
@@ -81,7 +178,7 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
     else:
         status = "ok"
     finished = dt.datetime.now(dt.UTC)
-    run = {
+    return {
         "format": FORMAT,
         "status": status,
         "aoi": {"name": job.label, "region": job.region.name, "start": job.start,
@@ -100,13 +197,12 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
             "chunks_empty": states.get("empty", 0),
             "chunks_failed": len({f["chunk"] for f in failures if f["stage"] != "lost"})
             + max(lost, 0),
-            "polygons": len(gdf),
+            "polygons": n_polygons,
             "valid_px": valid_px,
-            "landslide_px": sum(r.get("positive_px", 0) for r in results),
+            "landslide_px": sum(s.positive_px for s in chunks),
         },
         "km2": {"aoi": round(job.area_km2, 4), "valid": round(valid_px * px_km2, 4),
-                "landslides": round(float(gdf["area_m2"].sum()) / 1e6, 6)
-                if len(gdf) else 0.0},
+                "landslides": round(area_m2 / 1e6, 6) if n_polygons else 0.0},
         "failures": {"count": len(failures),
                      "reasons": dict(Counter(f["reason"] for f in failures))},
         "timings": {"started": plan.started,
@@ -116,88 +212,10 @@ def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
         "config": plan.config.to_dict(),
         "outputs": outputs,
     }
-    fsio.write_json(job.path(RUN), run)  # last
-    return run
 
 
-def job_inventory(plan: SweepPlan, job: SweepJob, results: list[dict]):
-    """The job's landslide polygons, merged across chunk edges and UTM zones.
-
-    Returns:
-        A GeoDataFrame with ``id, area_m2, n_pixels, prob_mean, prob_max, chunks, date,
-        model_id`` and the geometry: in the UTM CRS of a one-zone job, else WGS 84.
-    """
-    import geopandas as gpd
-    import pandas as pd
-    import shapely
-
-    from pipelines.geo.grid import WGS84
-    from pipelines.geo.mosaic import merge_across_zones
-    from pipelines.geo.polygons import merge_across_edges
-
-    parts = []
-    for epsg in job.epsgs:
-        rows = [(r["key"], p) for r in results if r["epsg"] == epsg for p in r["polygons"]]
-        geoms = [shapely.from_wkb(base64.b64decode(p["wkb"])) for _, p in rows]
-        gdf = gpd.GeoDataFrame(
-            {"chunk": [k for k, _ in rows],
-             "edge": np.asarray([p["edge"] for _, p in rows], dtype=bool),
-             "area_m2": np.asarray([p["area_m2"] for _, p in rows], dtype=np.float64),
-             "n_pixels": np.asarray([p["n_pixels"] for _, p in rows], dtype=np.int64),
-             "prob_mean": np.asarray([p["prob_mean"] for _, p in rows], dtype=np.float64),
-             "prob_max": np.asarray([p["prob_max"] for _, p in rows], dtype=np.float64)},
-            geometry=gpd.GeoSeries(geoms, crs=f"EPSG:{epsg}"), crs=f"EPSG:{epsg}")
-        parts.append(merge_across_edges(gdf, plan.config.connectivity))
-    # one zone: its UTM CRS (exact pixel outlines); several: WGS 84, joined at zone limits
-    crs = f"EPSG:{job.epsgs[0]}" if len(job.epsgs) == 1 else WGS84
-    gdf = merge_across_zones(parts, plan.pixel_size, crs)
-    gdf = gdf[gdf["area_m2"] >= plan.config.min_area_m2].reset_index(drop=True)
-    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype=np.int64))
-    gdf["date"] = job.date
-    gdf["model_id"] = str(plan.meta["model_id"])
-    cols = ["id", "area_m2", "n_pixels", "prob_mean", "prob_max", "chunks", "date",
-            "model_id"]
-    for c in cols:
-        if c not in gdf.columns:
-            gdf[c] = pd.Series([], dtype="float64")
-    gdf["n_pixels"] = gdf["n_pixels"].astype("int64")
-    gdf["chunks"] = gdf["chunks"].astype("int64")
-    return gdf[[*cols, "geometry"]].set_geometry("geometry")
-
-
-PARTIAL = ".partial"
-
-
-def _tagged(path: str, partial: bool) -> str:
-    """``inventory.gpkg`` -> ``inventory.partial.gpkg`` for a partial sweep."""
-    stem, dot, ext = path.rpartition(".")
-    return f"{stem}{PARTIAL}{dot}{ext}" if partial else path
-
-
-def _drop_other(path: str, partial: bool) -> None:
-    """Delete the other kind of ``path`` (partial or complete) left by an older run."""
-    other = _tagged(path, not partial)
-    if fsio.exists(other):
-        fsio.delete(other)
-
-
-def write_job_inventory(job: SweepJob, gdf, partial: bool = False) -> dict[str, str]:
-    """Write the inventory as GeoPackage and GeoParquet; returns their paths.
-
-    With ``partial`` (some chunks failed) the files are ``inventory.partial.*``.
-    """
-    from pipelines.geo.inventory import write_inventory
-
-    paths = {}
-    for ext in ("gpkg", "parquet"):
-        paths[ext] = _tagged(job.path(f"inventory.{ext}"), partial)
-        write_inventory(gdf, paths[ext])
-        _drop_other(job.path(f"inventory.{ext}"), partial)
-    return paths
-
-
-def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: bool = False
-                  ) -> dict[str, Any]:
+def write_mosaics(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary],
+                  partial: bool = False) -> dict[str, Any]:
     """Write a VRT (and, when small, a merged COG) of probability and mask per CRS.
 
     Sweeps with ``explain`` also get one of the Grad-CAM maps (``explain.vrt|tif``).
@@ -207,20 +225,19 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: 
     from pipelines.geo.mosaic import merge_to_cog, mosaic_grid, write_vrt
 
     out: dict[str, Any] = {}
-    with_files = [r for r in results if r.get("files")]
-    epsgs = sorted({r["epsg"] for r in with_files})
-    for epsg in epsgs:
-        recs = [r for r in with_files if r["epsg"] == epsg]
-        grids = [PixelGrid.from_dict(r["grid"]) for r in recs]
+    with_files = [s for s in chunks if s.files]
+    for epsg in sorted({s.epsg for s in with_files}):
+        recs = [s for s in with_files if s.epsg == epsg]
+        grids = [s.grid for s in recs]
         suffix = "" if len(job.epsgs) == 1 else f"_{epsg}"
         big = mosaic_grid(grids)
         small = big.width * big.height <= plan.config.merge_max_px
         tags = {"model_id": str(plan.meta["model_id"]), "threshold": repr(plan.threshold),
                 "start": job.start or "", "end": job.end or ""}
-        kinds = ("prob", "mask", *(("explain",) if all("explain" in r["files"]
-                                                       for r in recs) else ()))
+        kinds = ("prob", "mask", *(("explain",) if all("explain" in dict(s.files)
+                                                       for s in recs) else ()))
         for kind in kinds:
-            files = [job.path(r["files"][kind]) for r in recs]
+            files = [job.path(s.file(kind)) for s in recs]
             if kind == "prob" and plan.config.prob_dtype == "uint8":
                 dtype, nodata, scale = "uint8", float(NODATA_U8), 1.0 / PROB_SCALE
             elif kind in ("prob", "explain"):
@@ -229,26 +246,27 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, results: list[dict], partial: 
                 dtype, nodata, scale = "uint8", float(NODATA_U8), None
             desc = {"prob": "landslide_probability", "mask": "landslide",
                     "explain": "gradcam"}[kind]
-            vrt = _tagged(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
+            vrt = tagged(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
             write_vrt(vrt, list(zip(files, grids)), dtype, nodata, description=desc,
                       scale=scale)
-            _drop_other(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
-            entry = {"vrt": vrt, "crs": f"EPSG:{epsg}", "shape": [big.height, big.width]}
+            drop_other(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
+            entry = {"vrt": vrt, "crs": f"EPSG:{epsg}", "shape": [big.height, big.width],
+                     "transform": list(big.transform)}
             if small:
                 kt = dict(tags, scale=repr(scale)) if scale else tags
-                cog = _tagged(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
+                cog = tagged(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
                 try:
                     merge_to_cog(cog, files, nodata, tags=kt, categorical=kind == "mask",
                                  description=desc)
                 except CorruptOutputError as exc:
                     raise _damaged_chunk(job, recs, files, exc) from exc
-                _drop_other(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
+                drop_other(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
                 entry["cog"] = cog
             out[f"{kind}{suffix}"] = entry
     return out
 
 
-def _damaged_chunk(job: SweepJob, recs: list[dict], files: list[str],
+def _damaged_chunk(job: SweepJob, recs: Sequence[ChunkSummary], files: list[str],
                    exc: CorruptOutputError) -> CorruptOutputError:
     """The error for a chunk COG damaged since it was written; forgets that chunk.
 
@@ -256,7 +274,7 @@ def _damaged_chunk(job: SweepJob, recs: list[dict], files: list[str],
     trusting the file again (sizes alone do not show bytes overwritten in place).
     """
     rec = next((r for r, f in zip(recs, files) if f == exc.path), None)
-    done = job.path("done", f"{rec['key']}.json") if rec else None
+    done = job.path("done", f"{rec.key}.json") if rec else None
     if done and fsio.exists(done):
         fsio.delete(done)
     return CorruptOutputError(
@@ -266,34 +284,33 @@ def _damaged_chunk(job: SweepJob, recs: list[dict], files: list[str],
         + " (or re-run with --overwrite to redo the whole sweep).", exc.path)
 
 
-def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dict,
-               partial: bool = False) -> str:
-    """Write the job's STAC catalog: an item per chunk and one for the mosaics.
-
-    The mosaic item of a ``partial`` sweep says so (``landslides:partial``) and covers
-    only the chunks that were computed, not the whole AOI.
-    """
+def _done_footprint(job: SweepJob, chunks: Sequence[ChunkSummary], batch: int = 512):
+    """The AOI cut to the chunks that were written (WGS 84), unioned batch by batch."""
     import shapely
     from shapely.geometry import box
 
     from pipelines.geo.grid import WGS84, to_crs
-    from pipelines.geo.stac import StacAsset, StacItem, write_stac_catalog
 
-    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
-    props = {"landslides:model_id": str(plan.meta["model_id"]),
-             "landslides:threshold": plan.threshold}
-    items = []
-    for r in results:
-        if not r.get("files"):
-            continue
-        items.append(StacItem(r["key"], PixelGrid.from_dict(r["grid"]), {
-            "probability": StacAsset(job.path(r["files"]["prob"]), "Landslide probability",
-                                     cog),
-            "mask": StacAsset(job.path(r["files"]["mask"]), "Landslide mask", cog),
-            **({"gradcam": StacAsset(job.path(r["files"]["explain"]),
-                                     "Grad-CAM heat map (landslide probability)", cog)}
-               if "explain" in r["files"] else {}),
-        }, {**props, "landslides:chunk": r["key"]}))
+    done = [s.grid for s in chunks if s.files]
+    if not done:
+        return job.region.geometry
+    union = None
+    for i in range(0, len(done), batch):
+        part = [to_crs(box(*g.bounds), g.crs, WGS84) for g in done[i:i + batch]]
+        union = shapely.union_all(part if union is None else [union, *part])
+    return job.region.geometry.intersection(union)
+
+
+def write_stac(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary], outputs: dict,
+               partial: bool = False) -> str:
+    """Write the job's mosaic item and its catalog, listing the chunk items already written.
+
+    The mosaic item of a ``partial`` sweep says so (``landslides:partial``) and covers
+    only the chunks that were computed, not the whole AOI.
+    """
+    from pipelines.geo.stac import StacAsset, StacItem, write_stac_item, write_stac_root
+
+    bands = _bands(plan)
     assets = {
         "inventory_gpkg": StacAsset(outputs["inventory"]["gpkg"], "Landslide polygons",
                                     "application/geopackage+sqlite3"),
@@ -303,21 +320,57 @@ def write_stac(plan: SweepPlan, job: SweepJob, results: list[dict], outputs: dic
         "run": StacAsset(job.path(RUN), "Run record", "application/json", ("metadata",)),
     }
     for name, m in outputs["mosaics"].items():
-        assets[f"{name}_vrt"] = StacAsset(m["vrt"], f"{name} mosaic (VRT)",
-                                          "application/xml", ("data", "overview"))
+        grid = PixelGrid(m["crs"], tuple(m["transform"]), m["shape"][1],  # type: ignore[arg-type]
+                         m["shape"][0])
+        kind = name.split("_", 1)[0]
+        assets[f"{name}_vrt"] = StacAsset(m["vrt"], f"{name} mosaic (VRT)", "application/xml",
+                                          ("data", "overview"), bands=bands[kind], grid=grid)
         if "cog" in m:
-            assets[f"{name}_cog"] = StacAsset(m["cog"], f"{name} mosaic", cog)
-    footprint = job.region.geometry
-    done = [PixelGrid.from_dict(r["grid"]) for r in results if r.get("files")]
-    if partial and done:
-        footprint = footprint.intersection(shapely.union_all(
-            [to_crs(box(*g.bounds), g.crs, WGS84) for g in done]))
-    items.append(StacItem("mosaic", None, assets, {**props, "landslides:partial": partial},
-                          geometry=footprint))
-    return write_stac_catalog(job.path("stac"), f"landslides-{job.label}"[:100],
-                              f"Landslide predictions of {job.label} by model "
-                              f"{plan.meta['model_id']}", items, job.start, job.end)
+            assets[f"{name}_cog"] = StacAsset(m["cog"], f"{name} mosaic", COG_MEDIA,
+                                              bands=bands[kind], grid=grid)
+    footprint = _done_footprint(job, chunks) if partial else job.region.geometry
+    folder = job.path("stac")
+    write_stac_item(folder, StacItem("mosaic", None, assets,
+                                     {**_props(plan), "landslides:partial": partial},
+                                     geometry=footprint), job.start, job.end)
+    ids = [s.key for s in chunks if s.item]
+    return write_stac_root(folder, f"landslides-{job.label}"[:100],
+                           f"Landslide predictions of {job.label} by model "
+                           f"{plan.meta['model_id']}", [*ids, "mosaic"])
 
 
-__all__ = ["finalize_job", "job_inventory", "write_job_inventory", "write_mosaics",
-           "write_stac"]
+# ----------------------------------------------------------------------------- without Beam
+def finalize_job(plan: SweepPlan, job_i: int, results: list[dict],
+                 failures: list[dict]) -> dict:
+    """The three steps for one job's chunk records, in this process (no Beam).
+
+    Args:
+        plan: The sweep's plan.
+        job_i: Index of the job.
+        results: The records of its chunks (done, empty or skipped).
+        failures: The dead-letter records of its failed chunks.
+
+    Returns:
+        The run record, as written to ``run.json``.
+    """
+    summaries: list[ChunkSummary] = []
+    edges: list[tuple[int, PolygonPart]] = []
+    for record in results:
+        summary, parts = chunk_outputs(plan, job_i, record)
+        summaries.append(summary)
+        edges.extend((summary.epsg, p) for p in parts)
+    merged = [m for epsg in sorted({e for e, _ in edges})
+              for m in merge_edges(plan, epsg, [p for e, p in edges if e == epsg])]
+    return finish_job(plan, job_i, summaries, failures, merged)
+
+
+__all__ = [
+    "COG_MEDIA",
+    "chunk_outputs",
+    "finalize_job",
+    "finish_job",
+    "run_record",
+    "write_chunk_item",
+    "write_mosaics",
+    "write_stac",
+]

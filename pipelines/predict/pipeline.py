@@ -10,12 +10,18 @@ Owns the module-level DoFns and composite ``PTransform``s of the sweep and
       |                (model loaded once per worker)
       | FinishChunks:  blend, write the COGs and the done-record
       |                (on a writer thread, during the next inference)
-      +-> Finalize, per AOI (CoGroupByKey): inventory, mosaics, STAC, dead letters, run.json
+      +-> Finalize: ChunkOutputs, per chunk: its STAC item; a small summary and its
+          |         polygons on chunk edges
+          | MergeEdges, per AOI and UTM zone (GroupByKey): edge polygons joined
+          +-> Finish, per AOI (CoGroupByKey of summaries, failures, joined polygons):
+              inventory (streamed), mosaics, STAC catalog, dead letters, run.json
 
 The DoFns open what they need in ``setup`` (the plan's sources; RunInference loads the
-model) and only call the plain functions of :mod:`pipelines.predict.chunk` and
-:mod:`pipelines.predict.finalize`. Failed chunks go to a dead-letter output at every
-stage, recorded in ``failed_chunks.jsonl``, never dropped.
+model) and only call the plain functions of :mod:`pipelines.predict.chunk`,
+:mod:`pipelines.predict.finalize` and :mod:`pipelines.predict.inventory`. No key of
+finalize holds every chunk's arrays or polygons: per AOI it groups chunk summaries (a few
+hundred bytes each) and the polygons that cross chunk edges. Failed chunks go to a
+dead-letter output at every stage, recorded in ``failed_chunks.jsonl``, never dropped.
 """
 
 from __future__ import annotations
@@ -32,10 +38,17 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
-from pipelines.predict.finalize import finalize_job
+from pipelines.predict.finalize import chunk_outputs, finish_job
+from pipelines.predict.inventory import merge_edges
 from pipelines.predict.plan import ChunkElement, SweepPlan
 from pipelines.transforms.background import InBackground
-from pipelines.transforms.inference import METRICS_NAMESPACE, InferenceError, KerasModelHandler
+from pipelines.transforms.inference import (
+    METRICS_NAMESPACE,
+    InferenceError,
+    KerasModelHandler,
+    acquire_model,
+    new_model_tag,
+)
 from pipelines.transforms.tagged import SplitTags
 
 log = logging.getLogger(__name__)
@@ -149,20 +162,52 @@ class BlendWriteFn(InBackground):
         yield "result", (job, record)
 
 
-class FinalizeJobFn(beam.DoFn):
-    """Write one job's mosaics, inventory, STAC catalog and run record.
+class ChunkOutputsFn(beam.DoFn):
+    """Write a chunk's STAC item; emit its summary and the polygons on its edges.
 
-    Input: ``(job, {"job": ..., "result": [records], "failed": [failures]})``. Output:
-    a JSON line naming the job and its ``run.json``.
+    Input: ``(job, record)``. Outputs ``("summary", (job, ChunkSummary))`` and, per
+    polygon touching the chunk's edge, ``("edge", ((job, epsg), PolygonPart))`` (see
+    :mod:`pipelines.transforms.tagged`).
     """
 
     def __init__(self, plan: SweepPlan) -> None:
         self.plan = plan
 
-    def process(self, item: tuple[int, dict[str, list]]):
+    def process(self, item: tuple[int, dict]):
+        job, record = item
+        summary, edges = chunk_outputs(self.plan, job, record)
+        yield "summary", (job, summary)
+        for part in edges:
+            yield "edge", ((job, summary.epsg), part)
+
+
+class MergeEdgesFn(beam.DoFn):
+    """``((job, epsg), [PolygonPart])`` -> ``(job, [PolygonPart])`` joined across edges."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+
+    def process(self, item: tuple[tuple[int, int], Iterable]):
+        (job, epsg), parts = item
+        yield job, merge_edges(self.plan, epsg, parts)
+
+
+class FinishJobFn(beam.DoFn):
+    """Write one job's inventory, mosaics, STAC catalog and run record.
+
+    Input: ``(job, {"job": ..., "summary": [ChunkSummary], "failed": [failures],
+    "merged": [[PolygonPart]]})``. Output: a JSON line naming the job and its
+    ``run.json``.
+    """
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+
+    def process(self, item: tuple[int, dict[str, Iterable]]):
         job, groups = item
-        run = finalize_job(self.plan, job, list(groups.get("result", [])),
-                           list(groups.get("failed", [])))
+        merged = [p for parts in groups.get("merged", []) for p in parts]
+        run = finish_job(self.plan, job, list(groups.get("summary", [])),
+                         list(groups.get("failed", [])), merged)
         yield json.dumps({"job": job, "run_json": run["outputs"]["run"]})
 
 
@@ -209,7 +254,8 @@ class PredictChunks(beam.PTransform):
     Beam 2.77's Dask runner mixes up (see :mod:`pipelines.transforms.tagged`).
     ``batched=False`` predicts each chunk in a plain ``ParDo`` (model loaded in its
     ``setup``) instead of ``RunInference``, whose ``BatchElements`` emits a bundle's
-    last batch in ``finish_bundle``: for runners that drop such outputs.
+    last batch in ``finish_bundle``: for runners that drop such outputs. With the
+    configuration's ``large_model`` either way loads the model once per machine.
     """
 
     def __init__(self, plan: SweepPlan, batched: bool = True) -> None:
@@ -221,8 +267,8 @@ class PredictChunks(beam.PTransform):
         cfg = self.plan.config
         handler = KerasModelHandler(
             cfg.model, batch_size=cfg.batch_size, max_chunks_per_batch=cfg.chunks_per_batch,
-            large_model=cfg.large_model, capture_errors=True,
-            explain_layer=self.plan.meta.get("explain_layer"),
+            large_model=cfg.large_model, capture_errors=True, meta=self.plan.meta,
+            precision=cfg.precision, explain_layer=self.plan.meta.get("explain_layer"),
             explain_threshold=self.plan.threshold)
         if not self.batched:
             return tiles | "InferEach" >> beam.ParDo(InferEachFn(handler))
@@ -230,13 +276,18 @@ class PredictChunks(beam.PTransform):
 
 
 class InferEachFn(beam.DoFn):
-    """``(key, example)`` -> ``(key, PredictionResult)``, one example per model call."""
+    """``(key, example)`` -> ``(key, PredictionResult)``, one example per model call.
+
+    The model is the handler's, shared as ``RunInference`` shares it (once per machine
+    with ``large_model``: see :func:`pipelines.transforms.inference.acquire_model`).
+    """
 
     def __init__(self, handler: KerasModelHandler) -> None:
         self.handler = handler
+        self.model_tag = new_model_tag()  # one per pipeline, the same in every worker
 
     def setup(self) -> None:
-        self.model = self.handler.load_model()
+        self.model = acquire_model(self.handler, self.model_tag)
 
     def process(self, element: tuple[Any, Any]):
         key, example = element
@@ -263,7 +314,10 @@ class FinishChunks(beam.PTransform):
 class Finalize(beam.PTransform):
     """``{"result": (job, record), "failed": (job, failure)}`` -> one JSON line per job.
 
-    Every job is finalized, also one whose chunks all failed or that has none.
+    Chunk STAC items are written in parallel, one per chunk; edge polygons are joined per
+    AOI and UTM zone; each AOI's products are finished from its chunks' summaries. Every
+    job is finalized, also one whose chunks all failed or that has none. Everything flows
+    into the last step (runners such as Beam's Dask runner compute only what it reads).
     """
 
     def __init__(self, plan: SweepPlan) -> None:
@@ -273,13 +327,24 @@ class Finalize(beam.PTransform):
     def expand(self, pcolls: dict[str, beam.PCollection]) -> beam.PCollection:
         jobs = (pcolls["result"].pipeline
                 | "Jobs" >> beam.Create([(i, None) for i in range(len(self.plan.jobs))]))
-        return ({"job": jobs, "result": pcolls["result"], "failed": pcolls["failed"]}
+        chunks = (pcolls["result"]
+                  | "ChunkOutputs" >> beam.ParDo(ChunkOutputsFn(self.plan))
+                  | "SplitChunkOutputs" >> SplitTags("summary", "edge"))
+        merged = (chunks["edge"]
+                  | "GroupEdges" >> beam.GroupByKey()
+                  | "MergeEdges" >> beam.ParDo(MergeEdgesFn(self.plan)))
+        return ({"job": jobs, "summary": chunks["summary"], "failed": pcolls["failed"],
+                 "merged": merged}
                 | "PerJob" >> beam.CoGroupByKey()
-                | "Finalize" >> beam.ParDo(FinalizeJobFn(self.plan)))
+                | "Finish" >> beam.ParDo(FinishJobFn(self.plan)))
 
 
 def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
-    """Add the sweep to the Beam pipeline ``p``."""
+    """Add the sweep to the Beam pipeline ``p``.
+
+    The plan's sources must have been adapted to ``p``'s workers first
+    (:func:`pipelines.workers.for_workers`).
+    """
     from pipelines.beam_util import in_process, keeps_finish_bundle_outputs
 
     overlap = keeps_finish_bundle_outputs(p.options)
@@ -296,10 +361,12 @@ def build_pipeline(p, plan: SweepPlan, elements: Sequence[tuple]) -> None:
 
 __all__ = [
     "BlendWriteFn",
-    "FinalizeJobFn",
+    "ChunkOutputsFn",
     "Finalize",
+    "FinishJobFn",
     "FinishChunks",
     "InferEachFn",
+    "MergeEdgesFn",
     "PredictChunks",
     "PrepareChunks",
     "ReadChunkFn",

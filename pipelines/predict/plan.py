@@ -83,25 +83,70 @@ def chunk_signature(job: SweepJob, key: str, region_wkb: bytes) -> str:
                    "region": hashlib.sha256(region_wkb).hexdigest()})
 
 
-def load_meta(path: str, explain: bool = False, layer: str | None = None) -> dict:
-    """The artifact's metadata that a sweep needs, with its input stack checked.
+def _precision_key(meta: dict) -> dict:
+    """What a chunk's outputs owe to the precision (nothing at fp32: older sweeps resume)."""
+    p = meta["precision"]
+    if p["name"] == "fp32":
+        return {}
+    return {"precision": p["name"], **({"int8_sha256": p["sha256"]} if p["sha256"] else {})}
 
-    With ``explain``, ``explain_layer`` is the layer Grad-CAM weighs (``layer``, checked,
-    or the model's default).
+
+def load_meta(path: str, precision: str = "fp32", explain: bool = False,
+              layer: str | None = None, large_model: bool = False) -> dict:
+    """The artifact's metadata that a sweep needs, with its stack and precision checked.
+
+    Reads ``artifact.json`` and checks the Keras file without loading the model (the
+    workers load it, once each): the launcher never pays for a model it does not run,
+    except with ``explain``, where ``explain_layer`` is the layer Grad-CAM weighs
+    (``layer``, checked on the model, or the model's default).
 
     Raises:
-        InputError: the artifact cannot be loaded, records an inconsistent stack, is an
-            image classifier, or has no such layer.
+        InputError: the artifact is missing, damaged, records an inconsistent stack or is
+            an image classifier; it was not validated for ``precision`` (or that
+            precision's held-out F1 drifted more than it allows); or ``explain`` asks for a
+            layer the model lacks, or comes with a precision or ``large_model`` that
+            cannot give gradients.
     """
-    from model.artifact import load_artifact, require_segmentation
+    from model.artifact import check_files, require_segmentation
     from model.errors import ArtifactError, ModelError
+    from model.precision import check_precision
 
     try:
-        art = load_artifact(path)
-        require_segmentation(art.meta, path, "a predict sweep")
+        meta = check_files(path)
+        require_segmentation(meta, path, "a predict sweep")
     except ArtifactError as exc:
         raise InputError(f"Model artifact {path!r} cannot be used: {exc}") from exc
-    meta = dict(art.meta)  # the model stays cached for an in-process (DirectRunner) worker
+    try:
+        entry = check_precision(meta, precision, path)
+    except ArtifactError as exc:  # its message names the artifact, the value and the fix
+        raise InputError(str(exc)) from exc
+    out = sweep_meta(dict(meta), path)
+    out["precision"] = {"name": precision, "f1": entry.get("f1"), "drift": entry.get("drift"),
+                        "sha256": entry.get("sha256")}
+    out["explain_layer"] = None
+    if explain:
+        if precision != "fp32" or large_model:
+            raise InputError(
+                f"--explain needs the Keras model's gradients in each worker: it works with "
+                f"--precision fp32 and without --large-model (got precision {precision!r}"
+                f"{', large_model' if large_model else ''}); sweep once without --explain for "
+                f"the fast path and once with it for the heat maps.")
+        from model.artifact import load_artifact
+        from model.explain import find_layer
+
+        try:
+            out["explain_layer"] = find_layer(load_artifact(path).model, layer)
+        except (ArtifactError, ModelError) as exc:
+            raise InputError(f"--explain with model {path!r}: {exc}") from exc
+    return out
+
+
+def sweep_meta(meta: dict, path: str) -> dict:
+    """What a sweep needs of ``artifact.json`` (``meta``, read from ``path``), stack checked.
+
+    Raises:
+        InputError: the artifact records an inconsistent input stack.
+    """
     keep = ("model_id", "bands", "threshold", "patch_size", "size_multiple", "normalization",
             "pixel_size", "classes", "n_classes")
     out = {k: meta.get(k) for k in keep}
@@ -116,15 +161,27 @@ def load_meta(path: str, explain: bool = False, layer: str | None = None) -> dic
                          f"{list(stack.channels)} but takes bands {meta['bands']}: the "
                          f"artifact is inconsistent; retrain or re-export it.")
     out["stack"] = stack.to_dict()
-    out["explain_layer"] = None
-    if explain:
-        from model.explain import find_layer
-
-        try:
-            out["explain_layer"] = find_layer(art.model, layer)
-        except ModelError as exc:
-            raise InputError(f"--explain with model {path!r}: {exc}") from exc
     return out
+
+
+def sweep_geometry(meta: dict, window: int | None, overlap: float, chunk_size: int,
+                   pixel_size: float | None) -> tuple[Lattice, int, float]:
+    """The window lattice, halo and pixel size of a sweep with a model of metadata ``meta``.
+
+    ``window`` and ``pixel_size`` default to the model's (its patch size; its pixel size,
+    else 10 m). ``landslides plan`` sizes a sweep with the same numbers.
+
+    Raises:
+        ConfigError: the window is not a multiple of what the model needs.
+    """
+    win = int(window or meta["patch_size"])
+    multiple = int(meta.get("size_multiple") or 1)
+    if win % multiple:
+        raise ConfigError(f"window {win} is not a multiple of {multiple}, which model "
+                          f"{meta.get('model_id')} needs; use e.g. {win - win % multiple}.")
+    lattice = Lattice.from_overlap(win, overlap)
+    return (lattice, lattice.halo(chunk_size),
+            float(pixel_size or meta.get("pixel_size") or 10.0))
 
 
 def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
@@ -140,25 +197,20 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     """
     from pipelines.geo.aoi_inputs import resolve_aois
 
-    meta = load_meta(config.model, config.explain, config.explain_layer)
+    meta = load_meta(config.model, config.precision, config.explain, config.explain_layer,
+                     config.large_model)
     bands = bandreg.resolve(meta["bands"])
     stack = StackSpec.from_dict(meta["stack"])
-    window = int(config.window or meta["patch_size"])
-    multiple = int(meta.get("size_multiple") or 1)
-    if window % multiple:
-        raise ConfigError(f"window {window} is not a multiple of {multiple}, which model "
-                          f"{meta['model_id']} needs; use e.g. {window - window % multiple}.")
-    lattice = Lattice.from_overlap(window, config.overlap)
-    halo = lattice.halo(config.chunk_size)
-    pixel_size = float(config.pixel_size or meta.get("pixel_size") or 10.0)
+    lattice, halo, pixel_size = sweep_geometry(meta, config.window, config.overlap,
+                                               config.chunk_size, config.pixel_size)
     if meta.get("pixel_size") and abs(float(meta["pixel_size"]) - pixel_size) > 1e-9:
         log.warning("Predicting at %g m with a model trained at %g m.", pixel_size,
                     float(meta["pixel_size"]))
     threshold = float(config.threshold if config.threshold is not None
                       else meta.get("threshold") or 0.5)
-    if config.chunk_size < window:
+    if config.chunk_size < lattice.window:
         log.warning("chunk_size %d is smaller than the %d-px window: most windows are read "
-                    "and predicted for several chunks.", config.chunk_size, window)
+                    "and predicted for several chunks.", config.chunk_size, lattice.window)
     aois = resolve_aois(config.aoi, config.point, config.buffer_m, config.events,
                         config.start, config.end, config.days_before, config.days_after)
     sources: list[Source] = []
@@ -197,7 +249,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
                        "chunk_size": config.chunk_size, "threshold": threshold,
                        "prob_dtype": config.prob_dtype, "min_area_m2": config.min_area_m2,
                        "connectivity": config.connectivity, "bands": list(bands),
-                       "nodata": NODATA_POLICY,
+                       "nodata": NODATA_POLICY, **_precision_key(meta),
                        **({"explain": meta["explain_layer"]} if config.explain else {})})
         import shapely
 
@@ -271,4 +323,6 @@ __all__ = [
     "load_meta",
     "one_run_per_folder",
     "plan_predict",
+    "sweep_geometry",
+    "sweep_meta",
 ]

@@ -33,9 +33,12 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
 
     from pipelines.beam_util import pipeline_options, release, submitted_only
     from pipelines.predict.pipeline import build_pipeline  # loads Apache Beam
+    from pipelines.workers import for_workers
 
     t0 = time.monotonic()
     plan, elements = plan_predict(config)
+    opts = pipeline_options(beam_args, "landslides-predict", runs_model=True)
+    for_workers(plan.sources, opts)  # e.g. each worker process's part of a quota
     for job in plan.jobs:
         fsio.check_writable(job.out)
     one_run_per_folder(config)
@@ -44,7 +47,6 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
              "stride %d, halo %d, into %s", len(elements), len(plan.jobs),
              sum(j.area_km2 for j in plan.jobs), plan.meta["model_id"],
              plan.lattice.window, plan.lattice.stride, plan.halo, config.out)
-    opts = pipeline_options(beam_args, "landslides-predict")
     with beam.Pipeline(options=opts) as p:
         build_pipeline(p, plan, elements)
     release(p)

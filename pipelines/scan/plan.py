@@ -7,6 +7,7 @@ and decides for every period whether this run skips, runs, compares or waits for
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -106,6 +107,19 @@ def _norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _with_defaults(config: dict | None) -> dict:
+    """A sweep's recorded configuration, with options added since at their defaults.
+
+    A sweep made before an option existed ran as its default does (e.g. ``precision``
+    fp32), so upgrading does not make every finished period look like another one.
+    """
+    from pipelines.options.fields import MISSING, default_of
+    from pipelines.options.predict import PredictConfig
+
+    defaults = {f.name: default_of(f) for f in dataclasses.fields(PredictConfig)}
+    return {**{k: v for k, v in defaults.items() if v is not MISSING}, **(config or {})}
+
+
 def finished_sweep(config: ScanConfig, period: Period, model_id: str) -> dict | None:
     """The sweep's ``run.json`` if this model and predict configuration made it.
 
@@ -121,7 +135,7 @@ def finished_sweep(config: ScanConfig, period: Period, model_id: str) -> dict | 
         return None
     if (run.get("model") or {}).get("model_id") != model_id:
         return None
-    if _norm(run.get("config")) != _norm(config.predict_config(period).to_dict()):
+    if _norm(_with_defaults(run.get("config"))) != _norm(config.predict_config(period).to_dict()):
         return None
     sub = _submitted(config, period)
     if sub and str((run.get("timings") or {}).get("started", "")) < str(sub.get("started")):

@@ -107,12 +107,15 @@ def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
     from pipelines.beam_util import pipeline_options
     from pipelines.predict import CONFIG, plan_predict
     from pipelines.predict.pipeline import build_pipeline
+    from pipelines.workers import for_workers
 
     pcfg = config.predict_config(period)
     sweep, elements = plan_predict(pcfg)
+    opts = pipeline_options(period_beam_args(config, period, beam_args), "landslides-predict",
+                            runs_model=True)
+    for_workers(sweep.sources, opts)  # e.g. each worker process's part of a quota
     fsio.makedirs(pcfg.out)
     fsio.write_json(fsio.join(pcfg.out, CONFIG), pcfg.to_dict())
-    opts = pipeline_options(period_beam_args(config, period, beam_args), "landslides-predict")
     p = beam.Pipeline(options=opts)
     build_pipeline(p, sweep, elements)
     result = p.run()

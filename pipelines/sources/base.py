@@ -12,11 +12,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import PixelGrid
+
+if TYPE_CHECKING:
+    from pipelines.workers import WorkerLayout
 
 
 @dataclass
@@ -86,6 +90,16 @@ class Source(abc.ABC):
 
     def close(self) -> None:
         """Release what :meth:`open` created. Idempotent."""
+
+    def for_workers(self, layout: WorkerLayout) -> None:
+        """Adapt to the workers that will read this source (on the launcher, before launch).
+
+        E.g. the Earth Engine source takes its worker processes' part of the job's request
+        budget. The default does nothing; sources made of sources pass it on.
+
+        Raises:
+            ConfigError: the source cannot be read by those workers as configured.
+        """
 
     def describe(self) -> dict:
         """A JSON-able description for manifests and run records."""

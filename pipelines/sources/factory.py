@@ -22,12 +22,10 @@ command-line flags) or from a scan file (checked by
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.errors import ConfigError, SourceError
+from pipelines.errors import ConfigError
 from pipelines.options.source import KINDS
 from pipelines.sources.base import Source
 
@@ -61,24 +59,6 @@ def check_window(start: str | None, end: str | None) -> None:
         raise ConfigError(
             f"Empty date window {start} .. {end}: the end must be after the start."
         )
-
-
-def token_from_env(var: str) -> Any:
-    """OAuth credentials from an access token in environment variable ``var``.
-
-    For batch jobs and CI that mint a token outside (``gcloud auth print-access-token``).
-    Module level, so a source holding ``functools.partial(token_from_env, VAR)`` pickles.
-    """
-    from google.oauth2.credentials import Credentials
-
-    token = os.environ.get(var)
-    if not token:
-        raise SourceError(
-            f"Environment variable {var} holds no Earth Engine access token. Set it, e.g. "
-            f"`export {var}=$(gcloud auth print-access-token)`, or drop --ee-token-env to use "
-            f"the stored or application default credentials."
-        )
-    return Credentials(token)
 
 
 def make_source(spec: Mapping[str, Any], start: str | None = None,
@@ -135,12 +115,14 @@ def make_source(spec: Mapping[str, Any], start: str | None = None,
 
         if not (start and end):
             raise ConfigError("The Earth Engine source needs a date window: --start and --end.")
+        from pipelines.sources.earthengine.credentials import TokenFromEnv
+
         fields = {k: v for k, v in spec.items()
                   if k not in {"kind", "bands", "token_env"} and v is not None}
         factory = None
         if spec.get("token_env"):
-            token_from_env(spec["token_env"])  # fail on the launcher, before any launch
-            factory = functools.partial(token_from_env, spec["token_env"])
+            factory = TokenFromEnv(spec["token_env"])
+            factory()  # fail on the launcher, before any launch
         kwargs: dict[str, Any] = {"credentials_factory": factory}
         if bands:
             kwargs["bands"] = tuple(bands)

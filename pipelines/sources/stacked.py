@@ -13,7 +13,7 @@ naming the reference and its window, before any chunk is read.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import PixelGrid
 from pipelines.geo.stack import StackSpec, compose
 from pipelines.sources.base import Raster, Source
+
+if TYPE_CHECKING:
+    from pipelines.workers import WorkerLayout
 
 
 class StackedSource(Source):
@@ -77,6 +80,11 @@ class StackedSource(Source):
         self.target.close()
         for s in self.references.values():
             s.close()
+
+    def for_workers(self, layout: WorkerLayout) -> None:
+        self.target.for_workers(layout)
+        for s in self.references.values():
+            s.for_workers(layout)
 
     def describe(self) -> dict:
         return {**self.target.describe(), "bands": list(self.bands),

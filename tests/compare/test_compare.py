@@ -303,6 +303,19 @@ def test_merge_across_edges_joins_shared_edges_only():
     assert sorted(eight.area.tolist()) == [100.0, 300.0]
 
 
+def test_merge_across_edges_keeps_the_first_part_of_each_landslide():
+    """``first`` columns come from each group's first row (how finalize places a joined
+    landslide in the inventory), in the order of the groups' first rows."""
+    g = gpd.GeoDataFrame({"piece": ["c2", "c1", "c2", "c3"], "pos": [0, 5, 1, 2]},
+                         geometry=[box(0, 0, 10, 10), box(40, 0, 50, 10), box(10, 0, 20, 10),
+                                   box(50, 0, 60, 10)], crs=UTM)
+    out = merge_across_edges(g, connectivity=4, tolerance=0.0, piece="piece",
+                             first=("piece", "pos"))
+    # rows 0+2 are one piece (no join inside a piece); 1 (c1) and 3 (c3) join
+    assert list(zip(out["piece"], out["pos"], out.area, out["chunks"])) == [
+        ("c2", 0, 100.0, 1), ("c1", 5, 200.0, 2), ("c2", 1, 100.0, 1)]
+
+
 # --------------------------------------------------------------------------- bad input
 def test_aoi_outside_the_data_still_writes_the_report(rasuwa_dir, tmp_path, capsys):
     out = tmp_path / "far"

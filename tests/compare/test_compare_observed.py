@@ -206,3 +206,41 @@ def test_report_inputs_table_gives_the_unobserved_count(inputs):
     html = (inputs["dir"] / "on" / "report.html").read_text()
     table = html[html.index("<h2>Inputs</h2>"):]
     assert "unobserved" in table.split("</table>")[0]
+
+
+def test_a_prediction_on_an_unobserved_landslide_is_left_out_too(tmp_path):
+    """The rule is symmetric: the visible piece the model found of a landslide left out as
+    unobserved is neither a correct detection nor a false alarm, and is not counted."""
+    forty_seen = (20, 24, 10, 15)  # FORTY's observed rows: the model found them
+    write_ref(tmp_path / "ref.gpkg", (FORTY, FOUND, MISSED))
+    write_mask(tmp_path / "mask.tif", (forty_seen, FOUND, FALSE_ALARM))
+    kw = {"reference": str(tmp_path / "ref.gpkg"), "predicted": str(tmp_path / "mask.tif"),
+          "resolution": RES, "tile_size": 64, "figures": False}
+    on = run_compare(CompareConfig(out=str(tmp_path / "on"), **kw))
+    off = run_compare(CompareConfig(out=str(tmp_path / "off"), observed_only=False, **kw))
+
+    assert on["inputs"]["reference"]["all"]["n_unobserved"] == 1
+    assert on["inputs"]["predicted"]["all"]["n_on_unobserved"] == 1
+    obj = on["years"]["all"]["object"]
+    assert (obj["n_reference"], obj["n_predicted"]) == (2, 2)  # FOUND, MISSED / FOUND, FALSE
+    assert (obj["n_correct_predicted"], obj["n_false_alarms"]) == (1, 1)
+    assert on["years"]["all"]["stats"]["predicted"]["count"] == 2
+    # scoring every landslide: the piece is a correct detection of FORTY
+    obj = off["years"]["all"]["object"]
+    assert (obj["n_reference"], obj["n_predicted"], obj["n_correct_predicted"]) == (3, 3, 2)
+    assert "n_on_unobserved" not in off["inputs"]["predicted"]["all"]
+    # pixels are scored the same either way
+    assert on["years"]["all"]["pixel"] == off["years"]["all"]["pixel"]
+
+
+def test_a_prediction_on_both_an_observed_and_an_unobserved_landslide_stays(tmp_path):
+    both = (20, 24, 10, 36)  # FORTY's observed rows and on across to an observed landslide
+    observed = (20, 24, 30, 36)
+    write_ref(tmp_path / "ref.gpkg", (FORTY, observed))
+    write_mask(tmp_path / "mask.tif", (both,))
+    m = run_compare(CompareConfig(reference=str(tmp_path / "ref.gpkg"),
+                                  predicted=str(tmp_path / "mask.tif"), out=str(tmp_path / "o"),
+                                  resolution=RES, tile_size=64, figures=False))
+    assert m["inputs"]["predicted"]["all"]["n_on_unobserved"] == 0
+    obj = m["years"]["all"]["object"]
+    assert (obj["n_reference"], obj["n_predicted"], obj["n_found"]) == (1, 1, 1)

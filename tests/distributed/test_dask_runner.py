@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,7 +22,8 @@ import rasterio
 
 from pipelines import cli
 from tests.export import test_export as ex
-from tests.predict import test_predict as pr
+from tests.predict.test_large_model import assert_same_sweep
+from tests.scenes import make_export_scene, make_predict_scene, predict_args
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed "
                                                         "(apache-beam[dask])")
@@ -67,24 +69,8 @@ def _records(out: Path) -> dict[str, list[bytes]]:
 
 @pytest.fixture(scope="module")
 def export_scene(tmp_path_factory):
-    """The export tests' 5 km scene (4-band S2, DEM, three landslides)."""
-    d = tmp_path_factory.mktemp("dask_export_scene")
-    rng = np.random.default_rng(5)
-    n = ex.N
-    yy, xx = np.mgrid[0:n, 0:n]
-    dn = np.stack([1000 + 40 * b + (xx + 3 * yy + 7 * b) % 500 for b in range(4)])
-    ex._write_tif(d / "s2.tif", dn, ex.BANDS4, "uint16", nodata=0)
-    dem = 2000 + 0.8 * xx * 10 * 0.3 + rng.normal(0, 0.5, (n, n))
-    ex._write_tif(d / "dem.tif", dem[None], ["DEM"], "float32")
-    from shapely.geometry import box
-
-    left, top = ex.LEFT, ex.TOP
-    polys = [box(left + 200, top - 900, left + 600, top - 400),
-             box(left + 3000, top - 3200, left + 3400, top - 2500)]
-    gpd.GeoDataFrame(geometry=polys, crs="EPSG:32645").to_crs(4326).to_file(d / "inv.gpkg")
-    gpd.GeoDataFrame(geometry=[box(left + 5, top - n * 10 + 5, left + n * 10 - 5, top - 5)],
-                     crs="EPSG:32645").to_file(d / "aoi.geojson")
-    return {"dir": d}
+    """The export tests' 5 km scene (4-band S2, DEM, two landslides)."""
+    return make_export_scene(tmp_path_factory.mktemp("dask_export_scene"))
 
 
 def test_export_on_dask_equals_direct_runner(cluster, export_scene, tmp_path):
@@ -121,37 +107,15 @@ def test_export_on_dask_equals_direct_runner(cluster, export_scene, tmp_path):
 @pytest.fixture(scope="module")
 def predict_scene(tmp_path_factory):
     """The predict tests' scene: B4/B8 DNs with landslide-like B8 blobs, a threshold model."""
-    from shapely.geometry import box
-
-    d = tmp_path_factory.mktemp("dask_predict_scene")
-    n = pr.N
-    rng = np.random.default_rng(7)
-    yy, xx = np.mgrid[0:n, 0:n]
-    b4 = 900 + (xx * 3 + yy * 2) % 600 + rng.integers(0, 80, (n, n))
-    b8 = 1500 + (xx * 5 + yy * 3) % 800 + rng.integers(0, 80, (n, n))
-    b8[((yy - 128) / 20.0) ** 2 + ((xx - 64) / 30.0) ** 2 <= 1.0] = 5000  # across 4 chunks
-    b8[190:220, 150:170] = 5000
-    dn = np.stack([b4, b8]).astype("uint16")
-    dn[:, pr.HOLE[0], pr.HOLE[1]] = 0
-    pr._write_tif(d / "s2.tif", dn)
-    gpd.GeoDataFrame(geometry=[box(pr.LEFT + 1, pr.TOP - n * 10 + 1, pr.LEFT + n * 10 - 1,
-                                   pr.TOP - 1)], crs=pr.GRID.crs).to_crs(4326).to_file(
-        d / "aoi.geojson")
-    return {"dir": d, "thr": pr._save_threshold_model(d / "thr")}
-
-
-def _predict_args(scene, out) -> list[str]:
-    return ["predict", "--model", scene["thr"], "--out", str(out), "--source", "geotiff",
-            "--images", str(scene["dir"] / "s2.tif"), "--start", pr.START, "--end", pr.END,
-            "--aoi", str(scene["dir"] / "aoi.geojson"), "--chunk-size", "64"]
+    return make_predict_scene(tmp_path_factory.mktemp("dask_predict_scene"))
 
 
 def test_predict_on_dask_equals_direct_runner(cluster, predict_scene, tmp_path):
     lc, client = cluster
     before = _executed(client)
     direct, dask = tmp_path / "direct", tmp_path / "dask"
-    assert cli.main(_predict_args(predict_scene, direct)) == 0
-    assert cli.main([*_predict_args(predict_scene, dask), *_dask_args(lc)]) == 0
+    assert cli.main(predict_args(predict_scene, direct)) == 0
+    assert cli.main([*predict_args(predict_scene, dask), *_dask_args(lc)]) == 0
     after = _executed(client)
     assert all(after[w][0] > before[w][0] for w in after) and len(after) == 2
 
@@ -176,3 +140,28 @@ def test_predict_on_dask_equals_direct_runner(cluster, predict_scene, tmp_path):
     assert inv_b.geometry.area.sum() == pytest.approx(inv_a.geometry.area.sum())
     assert sorted(inv_b["area_m2"]) == pytest.approx(sorted(inv_a["area_m2"]))
     assert not (dask / "failed_chunks.jsonl").exists()
+
+
+def _holds_artifact(path: str) -> bool:
+    """In a worker: has this process loaded the artifact at ``path``?"""
+    from model import artifact
+
+    return any(stamp[0] == os.path.abspath(path) for stamp in artifact._LOADED)
+
+
+def test_large_model_predict_on_dask_loads_the_model_in_one_worker(cluster, predict_scene,
+                                                                   tmp_path):
+    lc, client = cluster
+    # a fresh copy: the other tests' sweeps loaded the original in both workers
+    scene = {**predict_scene, "thr": str(shutil.copytree(predict_scene["thr"],
+                                                         tmp_path / "model"))}
+    before = _executed(client)
+    direct, dask = tmp_path / "direct", tmp_path / "dask"
+    assert cli.main(predict_args(scene, direct)) == 0
+    assert cli.main([*predict_args(scene, dask), "--large-model", *_dask_args(lc)]) == 0
+    after = _executed(client)
+    assert all(after[w][0] > before[w][0] for w in after) and len(after) == 2
+    # one of the two worker processes loaded the model and served it to the other
+    held = client.run(_holds_artifact, scene["thr"])
+    assert sorted(held.values()) == [False, True]
+    assert_same_sweep(direct, dask, chunks=16)

@@ -90,3 +90,60 @@ def test_missing_token_is_a_clear_error(server, tmp_path, monkeypatch):
     monkeypatch.delenv(TOKEN_ENV)
     assert cli.main(_args(server, tmp_path)) == 2
     assert not (tmp_path / "manifest.json").exists()
+
+
+def _unpacked(blob: bytes) -> bytes:
+    """A Beam-pickled payload (base64 of bz2 or zlib) as the raw pickle; else ``blob``."""
+    import base64
+    import binascii
+    import bz2
+    import zlib
+
+    try:
+        packed = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return blob
+    for unpack in (bz2.decompress, zlib.decompress):
+        try:
+            return unpack(packed)
+        except (OSError, ValueError, zlib.error):
+            continue
+    return blob
+
+
+def test_no_token_in_pipeline_options_pickled_steps_files_or_logs(server, tmp_path,
+                                                                   monkeypatch, caplog):
+    """The token stays in the environment variable: the pipeline's options, its steps
+    (every pickled DoFn, decompressed), the outputs and debug logs never hold it."""
+    import logging
+    import re
+
+    import apache_beam as beam
+
+    secret, var = "ya29.loopback-secret-7f3a9c", "LSM_TEST_EE_SECRET"
+    monkeypatch.setenv(var, secret)  # another variable: the client initialises afresh
+    seen: dict = {}
+    real_run = beam.Pipeline.run
+
+    def spy(self, *args, **kwargs):
+        seen["options"] = json.dumps(self._options.get_all_options(), default=str)
+        seen["proto"] = self.to_runner_api().SerializeToString()
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", spy)
+    caplog.set_level(logging.DEBUG)
+    args = _args(server, tmp_path)
+    args[args.index(TOKEN_ENV)] = var
+    assert cli.main(["-vv", *args]) == 0
+    token = secret.encode()
+    assert '"runner": "DirectRunner"' in seen["options"] and secret not in seen["options"]
+    blobs = re.findall(rb"[A-Za-z0-9+/]{64,}={0,2}", seen["proto"])
+    unpacked = [_unpacked(b) for b in blobs]
+    assert any(var.encode() in u for u in unpacked)  # the source's factory is there
+    assert not any(token in u for u in [seen["proto"], *unpacked])
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_bytes(), path
+    assert caplog.records and secret not in caplog.text
+    # and the server did get it, as the bearer token of each request
+    assert {r.headers["authorization"] for r in server.pixel_requests()} == {f"Bearer {secret}"}

@@ -21,6 +21,7 @@ from pipelines.errors import (
 from pipelines.geo.grid import PixelGrid, Region, to_crs
 from pipelines.geo.inventory import (
     InventoryReport,
+    InventoryWriter,
     area_m2,
     rasterize,
     read_inventory,
@@ -444,3 +445,45 @@ def test_arrays_off_the_grid_and_fractional_masks_are_rejected():
         vectorize(np.full(GRID.shape, 0.3), GRID)
     with pytest.raises(CRSError):
         rasterize(gpd.GeoDataFrame(geometry=[pixel_box(0, 0, 1, 1)]), GRID)
+
+
+def test_inventory_writer_streams_batches_into_the_files_write_inventory_makes(tmp_path):
+    """Batch by batch, the same GeoPackage and GeoParquet as one write of the whole."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    n = 25
+    whole = gpd.GeoDataFrame(
+        {"id": np.arange(1, n + 1, dtype="int64"), "area_m2": np.arange(n, dtype=float) * 100,
+         "date": ["2020-06-01/2020-09-30"] * n},
+        geometry=[pixel_box(i, 2 * i, 1 + i % 3, 2) for i in range(n)], crs=UTM)
+    for ext in ("gpkg", "parquet"):
+        write_inventory(whole, str(tmp_path / f"whole.{ext}"))
+    with InventoryWriter([str(tmp_path / "s.gpkg"), str(tmp_path / "s.parquet")],
+                         whole.iloc[:0]) as w:
+        for i in range(0, n, 10):
+            w.write(whole.iloc[i:i + 10])
+    assert w.rows == n
+    for ext, read in (("gpkg", gpd.read_file), ("parquet", gpd.read_parquet)):
+        got, want = read(tmp_path / f"s.{ext}"), read(tmp_path / f"whole.{ext}")
+        assert got.crs == want.crs
+        pd.testing.assert_frame_equal(pd.DataFrame(got), pd.DataFrame(want))
+    geo = json.loads(pq.read_schema(tmp_path / "s.parquet").metadata[b"geo"])
+    assert geo["columns"]["geometry"]["bbox"] == pytest.approx(list(whole.total_bounds))
+    assert pq.ParquetFile(tmp_path / "s.parquet").num_row_groups == 3  # one per batch
+
+    # nothing written: the empty layer, with its columns
+    with InventoryWriter([str(tmp_path / "e.gpkg"), str(tmp_path / "e.parquet")],
+                         whole.iloc[:0]):
+        pass
+    assert list(gpd.read_parquet(tmp_path / "e.parquet").columns) == list(whole.columns)
+    assert len(gpd.read_file(tmp_path / "e.gpkg")) == 0
+    # a failure inside the block publishes nothing
+    with pytest.raises(RuntimeError), InventoryWriter([str(tmp_path / "f.gpkg")],
+                                                      whole.iloc[:0]) as w:
+        w.write(whole.iloc[:5])
+        raise RuntimeError("boom")
+    assert not (tmp_path / "f.gpkg").exists()
+    with pytest.raises(InputError, match="shp"):
+        InventoryWriter([str(tmp_path / "x.shp")], whole.iloc[:0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import schema
+from model import parsing, schema
 from model.errors import SchemaError
 
 BANDS = ("B2", "B3", "B4", "B8", "DEM")
@@ -80,7 +80,7 @@ def test_parser_selects_and_reorders_bands_in_tf_data(rng, tmp_path):
         for image, mask in patches:
             writer.write(_encode(image, mask))
     wanted = ["DEM", "B4", "B2"]
-    parse = schema.make_parser(wanted, stored_bands=BANDS, patch_size=16)
+    parse = parsing.make_parser(wanted, stored_bands=BANDS, patch_size=16)
     ds = tf.data.TFRecordDataset(path, compression_type="GZIP").map(parse).batch(3)
     assert ds.element_spec[0].shape.as_list() == [None, 16, 16, 3]
     assert ds.element_spec[1].shape.as_list() == [None, 16, 16, 1]
@@ -90,7 +90,7 @@ def test_parser_selects_and_reorders_bands_in_tf_data(rng, tmp_path):
         np.testing.assert_array_equal(images[i].numpy(), image[..., order])
         np.testing.assert_array_equal(masks[i, ..., 0].numpy(), mask.astype(np.float32))
     # Without the manifest's band order, each record's own band list is used.
-    dynamic = schema.make_parser(wanted)
+    dynamic = parsing.make_parser(wanted)
     image, _ = next(iter(tf.data.TFRecordDataset(path, compression_type="GZIP").map(dynamic)))
     np.testing.assert_array_equal(image.numpy(), patches[0][0][..., order])
 
@@ -98,7 +98,7 @@ def test_parser_selects_and_reorders_bands_in_tf_data(rng, tmp_path):
 def test_parser_rejects_records_whose_bands_differ_from_manifest(rng):
     image, mask = _patch(rng)
     record = _encode(image, mask, bands=("B3", "B2", "B4", "B8", "DEM"))
-    parse = schema.make_parser(["B2"], stored_bands=BANDS)
+    parse = parsing.make_parser(["B2"], stored_bands=BANDS)
     ds = tf.data.Dataset.from_tensors(record).map(parse)
     with pytest.raises(tf.errors.InvalidArgumentError, match="differ from the manifest"):
         next(iter(ds))
@@ -106,25 +106,25 @@ def test_parser_rejects_records_whose_bands_differ_from_manifest(rng):
 
 def test_earth_engine_records_parse_to_the_same_arrays(rng):
     image, mask = _patch(rng)
-    lsm = schema.make_parser(["B8", "B3"], stored_bands=BANDS)(tf.constant(_encode(image, mask)))
+    lsm = parsing.make_parser(["B8", "B3"], stored_bands=BANDS)(tf.constant(_encode(image, mask)))
     ee_record = _ee_record(image, mask, BANDS)
     assert schema.detect_format(ee_record) == "ee"
     assert schema.read_stored_bands(ee_record) == tuple(sorted((*BANDS, "landslide")))
     for size in (16, None):
-        parse = schema.make_parser(["B8", "B3"], patch_size=size, fmt="ee", label="landslide")
+        parse = parsing.make_parser(["B8", "B3"], patch_size=size, fmt="ee", label="landslide")
         ee = next(iter(tf.data.Dataset.from_tensors(ee_record).map(parse)))
         for a, b in zip(lsm, ee):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     # the library's EE-layout encoder writes the same thing
     ours = schema.encode_ee_patch(image, mask, BANDS)
-    parse = schema.make_parser(["B8", "B3"], fmt="ee", label="landslide", patch_size=16)
+    parse = parsing.make_parser(["B8", "B3"], fmt="ee", label="landslide", patch_size=16)
     np.testing.assert_array_equal(parse(tf.constant(ours))[0], lsm[0])
 
 
 def test_earth_engine_non_finite_pixels_become_ignore(rng):
     image, mask = _patch(rng, size=8, bands=("B4", "B8"))
     image[2, 3, 1] = np.nan
-    parse = schema.make_parser(["B4", "B8"], patch_size=8, fmt="ee", label="landslide")
+    parse = parsing.make_parser(["B4", "B8"], patch_size=8, fmt="ee", label="landslide")
     out_image, out_mask = parse(tf.constant(_ee_record(image, mask, ("B4", "B8"))))
     assert out_mask[2, 3, 0] == schema.IGNORE_VALUE
     assert np.all(out_image[2, 3].numpy() == 0)
@@ -134,19 +134,19 @@ def test_earth_engine_non_finite_pixels_become_ignore(rng):
 def test_earth_engine_non_square_needs_patch_size(rng):
     image = rng.random((4, 8, 1), dtype=np.float32)
     record = _ee_record(image, np.zeros((4, 8)), ("B4",))
-    parse = schema.make_parser(["B4"], fmt="ee", label="landslide")
+    parse = parsing.make_parser(["B4"], fmt="ee", label="landslide")
     with pytest.raises(SchemaError, match="not square"):
         parse(tf.constant(record))
 
 
 def test_unknown_band_names_the_stored_ones(rng):
     with pytest.raises(SchemaError, match=r"\['B11'\].*stored bands: \['B2', 'B3'"):
-        schema.make_parser(["B4", "B11"], stored_bands=BANDS)
+        parsing.make_parser(["B4", "B11"], stored_bands=BANDS)
     image, mask = _patch(rng)
     with pytest.raises(SchemaError, match="B11"):
-        schema.make_parser(["B11"])(tf.constant(_encode(image, mask)))
+        parsing.make_parser(["B11"])(tf.constant(_encode(image, mask)))
     with pytest.raises(SchemaError, match="unknown record format"):
-        schema.make_parser(["B4"], fmt="geotiff")
+        parsing.make_parser(["B4"], fmt="geotiff")
 
 
 def test_truncated_pixels_are_reported(rng):
@@ -154,7 +154,7 @@ def test_truncated_pixels_are_reported(rng):
     record = _replace_feature(_encode(image, mask), "image", image.tobytes()[:-4])
     with pytest.raises(SchemaError, match="'image' holds 5116 bytes.*truncated"):
         schema.decode_patch(record)
-    parse = schema.make_parser(["B2"], stored_bands=BANDS)
+    parse = parsing.make_parser(["B2"], stored_bands=BANDS)
     with pytest.raises(tf.errors.InvalidArgumentError, match="truncated"):
         next(iter(tf.data.Dataset.from_tensors(record).map(parse)))
     with pytest.raises(SchemaError, match="truncated"):
@@ -170,7 +170,7 @@ def test_missing_feature_is_named(rng):
     with pytest.raises(SchemaError, match=r"lacks the feature\(s\) \['mask'\]"):
         schema.decode_patch(record)
     with pytest.raises(SchemaError, match="mask"):
-        schema.make_parser(["B2"])(tf.constant(record))
+        parsing.make_parser(["B2"])(tf.constant(record))
 
 
 def test_detect_format_rejects_foreign_bytes(rng):
@@ -212,3 +212,22 @@ def test_encode_rejects_bad_input(rng, change, message):
 def test_raw_bytes_encode_cheaper_than_float_lists():
     ratio = schema.encoding_cost_ratio(patch_size=64, n_bands=6, repeats=5)
     assert ratio > 2.0
+
+
+def test_records_are_tensorflows_own_examples_byte_for_byte(rng):
+    """model.schema writes with protobuf alone; TensorFlow reads and writes the same bytes."""
+    image, mask = _patch(rng)
+    record = _encode(image, mask)
+    example = tf.train.Example.FromString(record)  # TensorFlow's own message class
+    assert example.SerializeToString(deterministic=True) == record
+    feats = example.features.feature
+    assert list(feats["shape"].int64_list.value) == [16, 16, len(BANDS)]
+    assert feats["image"].bytes_list.value[0] == image.tobytes()
+    assert [b.decode() for b in feats["bands"].bytes_list.value] == list(BANDS)
+    # and the other way: an Example built by TensorFlow decodes without it
+    assert schema.decode_patch(example.SerializeToString()).key == KEY
+    ee = schema.encode_ee_patch(image, mask, BANDS)
+    # Earth Engine's layout, as TensorFlow builds it (map order aside)
+    assert tf.train.Example.FromString(ee) == tf.train.Example.FromString(
+        _ee_record(image, mask, BANDS))
+    assert schema.detect_format(ee) == "ee"

@@ -250,6 +250,38 @@ def test_cogs_mosaics_and_stac_catalog(scene, swept):
     assert {"inventory_gpkg", "prob_vrt", "mask_cog"} <= set(mosaic.assets)
 
 
+def test_every_stac_item_and_the_catalog_validate(swept):
+    """Structurally, against the STAC 1.1 item/catalog and the projection v2.0 and raster
+    v1.1 extensions (see tests/stac_checks.py: the schemas are not usable offline)."""
+    from tests.stac_checks import PROJ_V2, RASTER_V11, catalog_problems, item_problems
+
+    out, _run = swept
+    cat = json.loads((out / "stac" / "catalog.json").read_text())
+    assert catalog_problems(cat) == []
+    hrefs = [link["href"] for link in cat["links"] if link["rel"] == "item"]
+    assert len(hrefs) == 17
+    for href in hrefs:
+        doc = json.loads((out / "stac" / href).read_text())
+        assert item_problems(doc) == [], (href, item_problems(doc))
+        assert {PROJ_V2, RASTER_V11} <= set(doc["stac_extensions"])
+        for asset in doc["assets"].values():
+            if "raster:bands" not in asset:
+                continue
+            with rasterio.open((out / "stac" / href).parent / asset["href"]) as src:
+                band = asset["raster:bands"][0]  # what the raster says about itself
+                assert band["data_type"] == src.dtypes[0] and band["nodata"] == src.nodata
+                assert band.get("scale", 1.0) == pytest.approx(src.scales[0])
+                assert band.get("offset", 0.0) == src.offsets[0]
+                if "proj:shape" in asset:
+                    assert asset["proj:shape"] == [src.height, src.width]
+                    assert asset["proj:transform"] == list(src.transform)[:6]
+        if doc["id"] != "mosaic":
+            with rasterio.open((out / "stac" / href).parent / doc["assets"]["mask"][
+                    "href"]) as src:
+                assert doc["properties"]["proj:bbox"] == list(src.bounds)
+                assert doc["properties"]["proj:shape"] == [src.height, src.width]
+
+
 def _tree(out: Path) -> dict[str, bytes]:
     """Every output file's content, without the run record and inventory containers whose
     bytes carry write times (their content is compared separately)."""

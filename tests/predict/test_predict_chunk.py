@@ -18,6 +18,7 @@ import rasterio
 from shapely.geometry import box
 
 from pipelines.errors import DataNotFoundError, SourceError, TransientSourceError
+from pipelines.geo.cog import band_scaling
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, PixelGrid
 from pipelines.predict import ChunkTiles, PredictConfig, plan_predict
 from pipelines.predict.chunk import (
@@ -223,7 +224,14 @@ def test_finish_writes_the_mask_of_probability_at_threshold_within_the_region(sc
         np.testing.assert_array_equal(
             prob_px, np.where(valid, np.rint(np.clip(prob, 0, 1) * 250), 255))
         assert (tags["chunk"], tags["signature"]) == (key, tiles.signature)
-        assert float(ptags["scale"]) == pytest.approx(1 / 250)
+        # GDAL's band scale turns the stored bytes into the probability
+        with rasterio.open(job.path(rec["files"]["prob"])) as src:
+            assert src.scales == (pytest.approx(1 / 250),) and src.offsets == (0.0,)
+            assert band_scaling(src) == (pytest.approx(1 / 250), 0.0)
+            unscaled = src.read(1).astype(np.float64) * src.scales[0] + src.offsets[0]
+        assert np.abs(unscaled[valid] - prob[valid]).max() <= 0.5 / 250 + 1e-6
+        assert float(ptags["scale"]) == pytest.approx(1 / 250)  # kept for older readers
+        assert "scale" not in tags  # the mask is not scaled
         with open(job.path("done", f"{key}.json")) as f:
             done = json.load(f)  # written last, naming the files' sizes
         assert done["sizes"] == {k: os.path.getsize(job.path(v))

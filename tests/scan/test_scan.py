@@ -193,6 +193,27 @@ def test_a_failed_period_is_reported_not_done_and_the_others_go_on(world, first,
     assert "1 period(s) failed: 2019" in caplog.text
 
 
+def test_a_sweep_recorded_before_an_option_existed_is_still_done(world, first):
+    """A run.json without ``precision`` (written before the option) ran at fp32."""
+    from pipelines.scan import ScanConfig, finished_sweep
+
+    run_path = first["out"] / "periods" / "2015" / "sweep" / "run.json"
+    original = run_path.read_text()
+    run = json.loads(original)
+    model_id = run["model"]["model_id"]
+    del run["config"]["precision"]
+    run_path.write_text(json.dumps(run))
+    try:
+        cfg = ScanConfig.from_yaml(_yaml(world, "two"))
+        period = next(p for p in cfg.periods if p.name == "2015")
+        assert finished_sweep(cfg, period, model_id) is not None
+        int8 = ScanConfig.from_yaml(_yaml(world, "int8", predict={"chunk_size": 128,
+                                                                  "precision": "int8"}))
+        assert finished_sweep(int8, period, model_id) is None  # another precision: redo
+    finally:
+        run_path.write_text(original)
+
+
 def test_dry_run_plans_without_writing(world, first, caplog):
     caplog.set_level("INFO", logger="pipelines.scan")
     fresh = world / "dry"
@@ -359,3 +380,23 @@ def test_period_forms():
         parse_periods({"years": "2023-"}, today)
     with pytest.raises(ConfigError, match="not a valid folder name"):
         parse_periods([{"name": "../up", "start": "2017-01-01", "end": "2017-02-01"}])
+
+
+def test_the_himalaya_scan_settings_run_with_large_model(world):
+    """infra/examples/scan-himalaya.yaml's sweep and comparison settings, ``large_model``
+    included, on the synthetic world: the sweep completes with zero dead letters."""
+    from pipelines.predict.config import CONFIG
+
+    him = yaml.safe_load((Path(__file__).resolve().parents[2] / "infra" / "examples" /
+                          "scan-himalaya.yaml").read_text())
+    assert him["predict"]["large_model"] is True
+    code = cli.main(["scan", "--config", _yaml(
+        world, "himalaya", out="../himalaya", periods={"years": 2016}, reference=None,
+        predict=him["predict"], compare={**him["compare"], "figures": False})])
+    assert code == 0
+    sweep = world / "himalaya" / "periods" / "2016" / "sweep"
+    assert json.loads((sweep / CONFIG).read_text())["large_model"] is True
+    run = json.loads((sweep / "run.json").read_text())
+    assert run["status"] == "ok" and run["counts"]["chunks_computed"] >= 1
+    assert run["counts"]["chunks_failed"] == 0 and run["failures"]["count"] == 0
+    assert not (sweep / "failed_chunks.jsonl").exists()

@@ -253,9 +253,9 @@ def test_a_chunk_read_spends_one_retry_budget(server, status):
 
 
 # --------------------------------------------------------------------------- concurrency
-def test_concurrency_bounded_per_process(server):
+def test_concurrency_bounded_in_one_process(server):
     server.configure(latency_s=0.05)
-    src = make_source(server, bands=XY_BANDS, max_concurrency=2)
+    src = make_source(server, bands=XY_BANDS, max_concurrent_requests=2)
     grids = [chunk_read_grid(85.3 + 0.05 * i, 28.1, chunk_size=16, halo=0) for i in range(6)]
     errors: list[BaseException] = []
     results: dict[int, np.ndarray] = {}

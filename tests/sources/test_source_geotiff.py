@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,6 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from pipelines import fsio
 from pipelines.errors import (
     BandError,
     ConfigError,
@@ -346,32 +344,6 @@ def test_footprint_covers_and_check_covers(two_tiles):
     desc = src.describe()
     json.dumps(desc)
     assert desc["files"] == [pa, pb] and desc["bands"] == ["DEM"] and desc["scale"] == "auto"
-
-
-@pytest.fixture
-def anonymous_gcs(monkeypatch):
-    """Beam's GCS client without the ~25 s credential retries (the emulator is anonymous)."""
-    from apache_beam.internal.gcp import auth
-
-    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
-    monkeypatch.setattr(auth._Credentials, "_credentials", None)
-
-
-def test_gcs_objects_are_downloaded_once_and_cleaned_up(gcs_bucket, anonymous_gcs, two_tiles):
-    pa, pb, full, grid = two_tiles
-    for p in (pa, pb):
-        fsio.put_file(p, fsio.join(gcs_bucket, "tiles", Path(p).name))
-    src = GeoTIFFSource(fsio.join(gcs_bucket, "tiles", "*.tif"), resampling="nearest")
-    assert src.files == tuple(fsio.join(gcs_bucket, "tiles", n) for n in ("a.tif", "b.tif"))
-    with src:
-        r = src.read(grid, ["DEM"])
-        local = dict(src._local)
-        assert len(local) == 2 and all(os.path.exists(p) for p in local.values())
-        src.read(grid, ["DEM"])
-        assert src._local == local  # not downloaded again
-    assert not any(os.path.exists(p) for p in local.values())
-    np.testing.assert_array_equal(r.data[0, :, :30], full[:, :30])
-    np.testing.assert_array_equal(r.data[0, :, 30:], full[:, 30:] + 1000)
 
 
 def test_http_urls_are_read_through_vsicurl(two_tiles, tmp_path):

@@ -12,7 +12,7 @@ GeoJSON, GeoParquet...). One module per job:
   into polygons with per-polygon area and probability statistics (for the sweep's vector
   inventory).
 * :mod:`~pipelines.geo.inventory.write`: :func:`write_inventory` publishes a layer
-  atomically, locally or on ``gs://``.
+  atomically, locally or on ``gs://``; :class:`InventoryWriter` writes one batch by batch.
 * :mod:`~pipelines.geo.inventory.geometry`: the polygon clean-up they share and
   :func:`area_m2`, true areas in square metres.
 """
@@ -21,7 +21,12 @@ from pipelines.geo.inventory.geometry import area_m2
 from pipelines.geo.inventory.raster import rasterize
 from pipelines.geo.inventory.read import PARQUET_EXTS, InventoryReport, read_inventory
 from pipelines.geo.inventory.vector import VECTOR_COLUMNS, vectorize
-from pipelines.geo.inventory.write import SHAPEFILE_SIDECARS, WRITE_DRIVERS, write_inventory
+from pipelines.geo.inventory.write import (
+    SHAPEFILE_SIDECARS,
+    WRITE_DRIVERS,
+    InventoryWriter,
+    write_inventory,
+)
 
 __all__ = [
     "PARQUET_EXTS",
@@ -29,6 +34,7 @@ __all__ = [
     "VECTOR_COLUMNS",
     "WRITE_DRIVERS",
     "InventoryReport",
+    "InventoryWriter",
     "area_m2",
     "rasterize",
     "read_inventory",

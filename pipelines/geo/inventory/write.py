@@ -1,20 +1,28 @@
-"""Writing inventories: :func:`write_inventory`.
+"""Writing inventories: :func:`write_inventory` and :class:`InventoryWriter`.
 
-It publishes a layer atomically, locally or on ``gs://``, in the format its extension
-names (GeoPackage, GeoParquet, GeoJSON, shapefile).
+:func:`write_inventory` publishes a layer atomically, locally or on ``gs://``, in the
+format its extension names (GeoPackage, GeoParquet, GeoJSON, shapefile).
+:class:`InventoryWriter` writes one layer batch by batch into GeoPackage and GeoParquet
+files, so an inventory larger than memory is never held whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 
 import geopandas as gpd
 
 from pipelines import fsio
 from pipelines.errors import CRSError, InputError, OutputError
 
-__all__ = ["SHAPEFILE_SIDECARS", "WRITE_DRIVERS", "write_inventory"]
+__all__ = ["SHAPEFILE_SIDECARS", "STREAMED", "WRITE_DRIVERS", "InventoryWriter",
+           "write_inventory"]
 
 #: Output format by extension (``None``: GeoParquet through pyarrow).
 WRITE_DRIVERS: dict[str, str | None] = {
@@ -62,7 +70,7 @@ def write_inventory(gdf: gpd.GeoDataFrame, path: str) -> str:
     out = gdf.copy()
     out.attrs = {}  # the InventoryReport is not serialisable metadata
     driver = WRITE_DRIVERS[ext]
-    layer = Path(path.rstrip("/").rsplit("/", 1)[-1]).stem
+    layer = _layer(path)
     try:
         if driver == "ESRI Shapefile":
             import tempfile
@@ -86,3 +94,134 @@ def write_inventory(gdf: gpd.GeoDataFrame, path: str) -> str:
     except Exception as exc:  # pyogrio/pyarrow raise several types
         raise OutputError(f"Cannot write the inventory {path!r}: {exc}") from exc
     return path
+
+
+#: Extensions :class:`InventoryWriter` writes batch by batch.
+STREAMED = (".gpkg", ".parquet", ".geoparquet")
+
+
+class InventoryWriter:
+    """One layer written batch by batch to GeoPackage and/or GeoParquet files.
+
+    Each batch is appended to a local GeoPackage and saved as a GeoParquet part; on
+    :meth:`close` the parts are streamed into one GeoParquet file whose ``geo`` metadata
+    covers every batch (bbox, geometry types), and every file is published atomically
+    (see :mod:`pipelines.fsio`). Memory holds one batch at a time. A writer closed without
+    batches writes ``template`` (an empty layer with the columns and types).
+
+    Args:
+        paths: The files to write (``.gpkg``, ``.parquet`` or ``.geoparquet``; local or
+            ``gs://``).
+        template: An empty GeoDataFrame with the layer's columns, dtypes and CRS; every
+            batch has the same.
+
+    Raises:
+        InputError: an extension this writer does not stream.
+        CRSError: ``template`` has no CRS.
+    """
+
+    def __init__(self, paths: Sequence[str], template: gpd.GeoDataFrame) -> None:
+        for path in paths:
+            if not str(path).lower().endswith(STREAMED):
+                raise InputError(f"Cannot stream the inventory {path!r}: use one of "
+                                 f"{list(STREAMED)}.")
+        if template.crs is None:
+            raise CRSError("Refusing to write an inventory without a CRS.")
+        self.paths = [str(p) for p in paths]
+        self.template = template
+        self.rows = 0
+        self._tmp = tempfile.TemporaryDirectory(prefix="landslides-inventory-")
+        self._parts: list[str] = []
+
+    def _local(self, path: str) -> str:
+        return os.path.join(self._tmp.name, f"{self.paths.index(path)}{Path(path).suffix}")
+
+    def write(self, gdf: gpd.GeoDataFrame) -> None:
+        """Append ``gdf`` (the template's columns, in its CRS) to every file.
+
+        Raises:
+            OutputError: a format writer failed.
+        """
+        if not len(gdf):
+            return
+        out = gdf[list(self.template.columns)].set_geometry(self.template.geometry.name)
+        try:
+            for path in self.paths:
+                if path.lower().endswith(".gpkg"):
+                    out.to_file(self._local(path), driver="GPKG", layer=_layer(path),
+                                engine="pyogrio", mode="a" if self.rows else "w")
+            if any(not p.lower().endswith(".gpkg") for p in self.paths):
+                part = os.path.join(self._tmp.name, f"part-{len(self._parts):06d}.parquet")
+                out.to_parquet(part, index=False)
+                self._parts.append(part)
+        except Exception as exc:  # pyogrio/pyarrow raise several types
+            raise OutputError(f"Cannot write the inventory {self.paths}: {exc}") from exc
+        self.rows += len(out)
+
+    def close(self) -> None:
+        """Finish and publish every file (the template alone when nothing was written).
+
+        Raises:
+            OutputError: a file cannot be finished or published.
+        """
+        try:
+            if not self.rows:
+                for path in self.paths:
+                    write_inventory(self.template, path)
+                return
+            for path in self.paths:
+                local = self._local(path)
+                if not path.lower().endswith(".gpkg"):
+                    _join_parquet(self._parts, local)
+                fsio.put_file(local, path)
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"Cannot write the inventory {self.paths}: {exc}") from exc
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> InventoryWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:  # nothing published: the previous files stay as they were
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+
+
+def _layer(path: str) -> str:
+    """The layer name of a file: its name without extension, as :func:`write_inventory`."""
+    return Path(path.rstrip("/").rsplit("/", 1)[-1]).stem
+
+
+def _join_parquet(parts: Sequence[str], dest: str) -> None:
+    """Stream GeoParquet ``parts`` (same columns) into ``dest``, one row group at a time.
+
+    The ``geo`` metadata is the first part's with the bbox and geometry types of all.
+    """
+    import pyarrow.parquet as pq
+
+    first = pq.read_schema(parts[0])
+    geo = json.loads(first.metadata[b"geo"])
+    col = geo["primary_column"]
+    boxes, types = [], set()
+    for part in parts:
+        meta = json.loads(pq.read_schema(part).metadata[b"geo"])["columns"][col]
+        types.update(meta.get("geometry_types", []))
+        if meta.get("bbox"):
+            boxes.append(meta["bbox"])
+    geo["columns"][col]["geometry_types"] = sorted(types)
+    if boxes:
+        geo["columns"][col]["bbox"] = [min(b[0] for b in boxes), min(b[1] for b in boxes),
+                                       max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    schema = first.with_metadata({**first.metadata, b"geo": json.dumps(geo).encode()})
+    with pq.ParquetWriter(dest, schema) as writer:
+        for part in parts:
+            pf = pq.ParquetFile(part)
+            for i in range(pf.num_row_groups):
+                writer.write_table(pf.read_row_group(i).replace_schema_metadata(
+                    schema.metadata))

@@ -4,8 +4,9 @@ The Earth Engine expression is built **once**, on the launcher, serialised to JS
 carried as a string inside the (pickled) source; each worker initialises the client and
 deserialises it. Pixels come from ``ee.data.computePixels`` on exactly the requested
 :class:`~pipelines.geo.grid.PixelGrid` (any projected CRS and transform), split so that
-every request stays under Earth Engine's 48 MiB limit; 429/5xx answers, connection errors
-and timeouts are retried with jittered exponential backoff.
+every request stays under Earth Engine's 48 MiB limit, within the job's request budget;
+429/5xx answers, connection errors and timeouts are retried with jittered exponential
+backoff.
 
 The modules, one job each:
 
@@ -14,7 +15,13 @@ The modules, one job each:
 * :mod:`~pipelines.sources.earthengine.expression`: :func:`build_image`, the cloud-masked
   composite and terrain bands as one Earth Engine image.
 * :mod:`~pipelines.sources.earthengine.client`: the process-wide ``ee`` client
-  (:func:`initialize`), the per-process concurrency bound and :func:`is_retryable`.
+  (:func:`initialize`) and :func:`is_retryable`.
+* :mod:`~pipelines.sources.earthengine.budget`: the job's request budget (Earth Engine's
+  per-project quota) split over its worker processes, and each process's part (slots,
+  pacing, Beam's adaptive throttler).
+* :mod:`~pipelines.sources.earthengine.credentials`: credentials each worker makes for
+  itself in its DoFn's setup (application default credentials; a token variable for
+  local runs only).
 * :mod:`~pipelines.sources.earthengine.pixels`: computePixels requests (:func:`plan_blocks`,
   :func:`grid_request`) and decoding their answers.
 * :mod:`~pipelines.sources.earthengine.source`: :class:`EarthEngineSource`, which reads

@@ -1,10 +1,8 @@
-"""The process-wide Earth Engine client: initialisation, quotas and what to retry.
+"""The process-wide Earth Engine client: initialisation and what to retry.
 
-* ``max_concurrency`` bounds the computePixels requests *one worker process* has in
-  flight (a process-wide ``BoundedSemaphore``, :func:`request_semaphore`, shared by every
-  copy of the source in that process). Earth Engine's concurrency quota is per Cloud
-  project and shared by every worker, so size it as
-  ``project quota / number of worker processes``.
+* The request budget (how many requests a process may have in flight, and start per
+  second) is :mod:`~pipelines.sources.earthengine.budget`'s; the credentials each process
+  makes for itself are :mod:`~pipelines.sources.earthengine.credentials`'.
 * The client's own retries are switched off (``ee.data.setMaxRetries(0)`` in
   :func:`initialize`), because googleapiclient would otherwise retry 429/5xx with its own
   fixed, unconfigurable backoff. Instead the source retries what :func:`is_retryable`
@@ -32,14 +30,15 @@ from pipelines.sources.earthengine.config import EEConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["client_is_for", "http_status", "initialize", "is_retryable",
-           "request_semaphore"]
+__all__ = ["client_is_for", "http_status", "initialize", "is_overload", "is_retryable"]
 
 _RETRYABLE_MESSAGE = re.compile(
     r"too many|rate limit|quota exceeded|resource.?exhausted|service unavailable|"
     r"currently unavailable|internal error|backend error|deadline exceeded",
     re.IGNORECASE,
 )
+_OVERLOAD_MESSAGE = re.compile(r"too many|rate limit|quota exceeded|resource.?exhausted",
+                               re.IGNORECASE)
 
 
 class _Transport:
@@ -79,8 +78,6 @@ class _Transport:
 _EE_LOCK = threading.Lock()
 # What the process-wide ``ee`` client is initialised for, and the transport it uses.
 _EE_CLIENT: dict[str, Any] = {"key": None, "transport": None}
-_SEMAPHORES: dict[tuple, threading.BoundedSemaphore] = {}
-_SEMAPHORES_LOCK = threading.Lock()
 
 
 def _client_key(config: EEConfig, credentials_factory: Callable[[], Any] | None) -> tuple:
@@ -93,13 +90,16 @@ def client_is_for(config: EEConfig, credentials_factory: Callable[[], Any] | Non
     return _EE_CLIENT["key"] == _client_key(config, credentials_factory)
 
 
-def initialize(config: EEConfig, credentials_factory: Callable[[], Any] | None = None) -> None:
+def initialize(config: EEConfig, credentials_factory: Callable[[], Any] | None = None,
+               pool_size: int = 10) -> None:
     """Initialise the process-wide ``ee`` client for ``config`` (a no-op when it already is).
 
     Args:
         config: Gives the endpoint, project and timeouts.
-        credentials_factory: Returns the credentials to use; None uses the Earth Engine
-            stored credentials or application default credentials.
+        credentials_factory: Returns the credentials to use, called here (in the process
+            that reads); None uses the Earth Engine stored credentials or application
+            default credentials.
+        pool_size: Connections kept open (the requests this process may have in flight).
 
     Raises:
         SourceError: the endpoint is unreachable or refuses the credentials, or no
@@ -112,8 +112,7 @@ def initialize(config: EEConfig, credentials_factory: Callable[[], Any] | None =
         if _EE_CLIENT["key"] == key and ee.data.is_initialized():
             return
         started = time.monotonic()
-        transport = _Transport(config.connect_timeout_s, config.read_timeout_s,
-                               config.max_concurrency)
+        transport = _Transport(config.connect_timeout_s, config.read_timeout_s, pool_size)
         # Retries are ours (see the module docstring): one attempt per client call.
         ee.data.setMaxRetries(0)
         try:
@@ -139,16 +138,6 @@ def initialize(config: EEConfig, credentials_factory: Callable[[], Any] | None =
                     config.url, config.project, time.monotonic() - started)
 
 
-def request_semaphore(config: EEConfig) -> threading.BoundedSemaphore:
-    """The process-wide semaphore bounding the requests in flight for ``config``'s project."""
-    key = (config.url, config.project, config.max_concurrency)
-    with _SEMAPHORES_LOCK:
-        sem = _SEMAPHORES.get(key)
-        if sem is None:
-            sem = _SEMAPHORES[key] = threading.BoundedSemaphore(config.max_concurrency)
-        return sem
-
-
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status behind an error: ``ee`` chains its EEException to an HttpError."""
     seen: set[int] = set()
@@ -161,6 +150,14 @@ def http_status(exc: BaseException) -> int | None:
             return int(status)
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def is_overload(exc: BaseException) -> bool:
+    """True for a quota refusal: HTTP 429 or a RESOURCE_EXHAUSTED / rate-limit message."""
+    status = http_status(exc)
+    if status is not None:
+        return status == 429
+    return bool(_OVERLOAD_MESSAGE.search(str(exc)))
 
 
 def is_retryable(exc: BaseException) -> bool:

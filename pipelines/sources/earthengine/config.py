@@ -20,13 +20,16 @@ __all__ = [
     "BYTES_PER_VALUE",
     "COMPOSITES",
     "DEFAULT_BANDS",
+    "DEFAULT_CONCURRENT_REQUESTS",
     "DEFAULT_ENDPOINT",
+    "DEFAULT_REQUESTS_PER_SECOND",
     "DEFAULT_REQUEST_BYTES",
     "DEMS",
     "EE_MAX_DIMENSION",
     "EE_REQUEST_LIMIT",
     "HIGH_VOLUME_ENDPOINT",
     "NODATA",
+    "TRANSPORT_FIELDS",
     "EEConfig",
 ]
 
@@ -43,6 +46,16 @@ HIGH_VOLUME_ENDPOINT = "https://earthengine-highvolume.googleapis.com"
 NODATA = -1.0e30
 #: Bytes of one value in a request (float32).
 BYTES_PER_VALUE = 4
+#: Earth Engine's default per-project quotas (developers.google.com/earth-engine/guides/
+#: usage): concurrent requests (either endpoint) and requests per second.
+DEFAULT_CONCURRENT_REQUESTS = 40
+DEFAULT_REQUESTS_PER_SECOND = 100.0
+#: EEConfig fields that say how requests are made, not what is computed: left out of
+#: :meth:`EEConfig.describe` so that resume signatures do not change with them.
+TRANSPORT_FIELDS = ("high_volume", "endpoint", "max_concurrent_requests",
+                    "requests_per_second", "worker_processes", "max_retries",
+                    "max_request_bytes", "backoff_initial_s", "backoff_max_s",
+                    "connect_timeout_s", "read_timeout_s")
 
 #: DEM choice -> (asset id, band, whether the asset is an ImageCollection to mosaic).
 DEMS: dict[str, tuple[str, str, bool]] = {
@@ -90,7 +103,14 @@ class EEConfig:
         project: Cloud project billed for the requests (None: the credentials' project).
         high_volume: Use the high-volume endpoint (for many concurrent small requests).
         endpoint: Explicit API base URL; overrides ``high_volume``.
-        max_concurrency: computePixels requests in flight per worker *process*.
+        max_concurrent_requests: computePixels requests in flight for the *whole job*
+            (every worker process together), the project's concurrent-request quota
+            (Earth Engine's default: 40); split over the job's worker processes (see
+            :mod:`~pipelines.sources.earthengine.budget`).
+        requests_per_second: Requests started per second by the whole job (Earth
+            Engine's default per-project rate: 100/s), split the same way.
+        worker_processes: Worker processes sharing the budget; None reads them from the
+            Beam pipeline options (needed for runners that do not say).
         max_retries: Retries of a request answered 429/5xx, or failing to connect.
         max_request_bytes: Budget of one request (float32 values, 4 bytes each), at most
             Earth Engine's 48 MiB limit.
@@ -112,7 +132,9 @@ class EEConfig:
     project: str | None = None
     high_volume: bool = False
     endpoint: str | None = None
-    max_concurrency: int = 8
+    max_concurrent_requests: int = DEFAULT_CONCURRENT_REQUESTS
+    requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND
+    worker_processes: int | None = None
     max_retries: int = 6
     max_request_bytes: int = DEFAULT_REQUEST_BYTES
     backoff_initial_s: float = 1.0
@@ -143,8 +165,22 @@ class EEConfig:
                 raise ConfigError(f"bbox {self.bbox!r} must be (minlon, minlat, maxlon, maxlat) "
                                   f"with min < max.")
             object.__setattr__(self, "bbox", tuple(float(v) for v in self.bbox))
-        if self.max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}.")
+        if isinstance(self.max_concurrent_requests, bool) or not (
+                isinstance(self.max_concurrent_requests, int)
+                and self.max_concurrent_requests >= 1):
+            raise ConfigError(f"max_concurrent_requests must be a whole number >= 1 (the "
+                              f"project's Earth Engine concurrent-request quota, default "
+                              f"{DEFAULT_CONCURRENT_REQUESTS}), got "
+                              f"{self.max_concurrent_requests!r}.")
+        if not (self.requests_per_second > 0 and math.isfinite(self.requests_per_second)):
+            raise ConfigError(f"requests_per_second must be a number > 0 (Earth Engine's "
+                              f"default quota: {DEFAULT_REQUESTS_PER_SECOND:g}/s), got "
+                              f"{self.requests_per_second!r}.")
+        if self.worker_processes is not None and not (
+                isinstance(self.worker_processes, int) and self.worker_processes >= 1):
+            raise ConfigError(f"worker_processes must be a whole number >= 1 (or unset to "
+                              f"read it from the pipeline options), got "
+                              f"{self.worker_processes!r}.")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}.")
         if not BYTES_PER_VALUE <= self.max_request_bytes <= EE_REQUEST_LIMIT:
@@ -170,3 +206,7 @@ class EEConfig:
         d = asdict(self)
         d["bbox"] = list(self.bbox) if self.bbox else None
         return d
+
+    def describe(self) -> dict:
+        """What is computed (:meth:`to_dict` without :data:`TRANSPORT_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in TRANSPORT_FIELDS}

@@ -4,8 +4,10 @@ The expression is built **once**, on the launcher
 (:func:`~pipelines.sources.earthengine.expression.build_image`), serialised to JSON and
 carried as a string inside the (pickled) source. Each worker initialises the client in
 :meth:`EarthEngineSource.open` and deserialises the expression; it is never rebuilt per
-element. A read is cut into blocks (:mod:`~pipelines.sources.earthengine.pixels`), each
-fetched with ``ee.data.computePixels`` under the process's concurrency bound; what
+element. A read is cut into blocks (:mod:`~pipelines.sources.earthengine.pixels`), fetched
+side by side with ``ee.data.computePixels`` within the process's part of the job's
+request budget (:mod:`~pipelines.sources.earthengine.budget`; the launcher sets the
+part with :meth:`EarthEngineSource.for_workers`); what
 :func:`~pipelines.sources.earthengine.client.is_retryable` accepts is retried
 ``max_retries`` times with jittered exponential backoff (Beam's
 ``FuzzedExponentialIntervals``), then raised as an exhausted
@@ -19,25 +21,27 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from apache_beam.utils.retry import FuzzedExponentialIntervals
 
-from pipelines.errors import SourceError, TransientSourceError
+from pipelines.errors import ConfigError, SourceError, TransientSourceError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import PixelGrid
 from pipelines.sources.base import Raster, Source
+from pipelines.sources.earthengine.budget import BudgetShare, process_budget, split_budget
 from pipelines.sources.earthengine.client import (
     client_is_for,
     http_status,
     initialize,
+    is_overload,
     is_retryable,
-    request_semaphore,
 )
 from pipelines.sources.earthengine.config import AVAILABLE_BANDS, DEFAULT_BANDS, EEConfig
+from pipelines.sources.earthengine.credentials import ApplicationDefault
 from pipelines.sources.earthengine.expression import build_image, to_json
 from pipelines.sources.earthengine.pixels import (
     Block,
@@ -46,6 +50,9 @@ from pipelines.sources.earthengine.pixels import (
     grid_request,
     plan_blocks,
 )
+
+if TYPE_CHECKING:
+    from pipelines.workers import WorkerLayout
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +71,9 @@ class EarthEngineSource(Source):
         config: What to compute and how to reach Earth Engine.
         bands: The bands the expression provides (default: 12 Sentinel-2 bands, DEM,
             slope, aspect, curvature); reads may ask for any subset.
-        credentials_factory: A picklable callable returning credentials (e.g. a service
-            account's); None uses stored Earth Engine / application default credentials.
+        credentials_factory: A picklable callable returning credentials, called in each
+            process that reads (see :mod:`~pipelines.sources.earthengine.credentials`);
+            None uses stored Earth Engine / application default credentials.
         expression_json: A previously built expression (from :attr:`expression_json`) to
             reuse instead of building one.
 
@@ -83,6 +91,8 @@ class EarthEngineSource(Source):
         self._bands = bandreg.resolve(bands)
         bandreg.require(AVAILABLE_BANDS, self._bands, "Earth Engine source")
         self.credentials_factory = credentials_factory
+        #: This process's part of the job's request budget (see :meth:`for_workers`).
+        self.share: BudgetShare = split_budget(config)
         if expression_json is None:
             initialize(config, credentials_factory)
             expression_json = to_json(build_image(config, self._bands))
@@ -106,12 +116,40 @@ class EarthEngineSource(Source):
     def bands(self) -> tuple[str, ...]:
         return self._bands
 
+    def for_workers(self, layout: WorkerLayout) -> None:
+        """Take this process's part of the budget, and credentials that work on the workers.
+
+        Remote workers make application default credentials for themselves
+        (:class:`~pipelines.sources.earthengine.credentials.ApplicationDefault`) unless a
+        factory was given; a local-only factory (``--ee-token-env``) is refused there.
+
+        Raises:
+            ConfigError: the budget cannot be split over the layout's processes, or the
+                credentials cannot reach remote workers.
+        """
+        factory = self.credentials_factory
+        if layout.remote and getattr(factory, "local_only", False):
+            raise ConfigError(
+                f"--ee-token-env {getattr(factory, 'var', '')} reads the token from an "
+                f"environment variable of each worker process, which only workers started "
+                f"on this machine inherit; {layout.runner}'s workers do not ({layout.basis})."
+                f" Drop --ee-token-env: remote workers authenticate with application default"
+                f" credentials (on Dataflow the job's service account, "
+                f"--service_account_email, registered for Earth Engine).")
+        if layout.remote and factory is None:
+            self.credentials_factory = ApplicationDefault()
+        self.share = split_budget(self.config, layout)
+        logger.info("Earth Engine budget of %d concurrent request(s) and %g/s for the job "
+                    "(project %s): %s", self.config.max_concurrent_requests,
+                    self.config.requests_per_second, self.config.project,
+                    self.share.describe())
+
     def open(self) -> None:
         """Initialise the ``ee`` client in this process and deserialise the expression."""
         import ee
 
         with self._lock:
-            initialize(self.config, self.credentials_factory)
+            initialize(self.config, self.credentials_factory, self.share.concurrency)
             if self._image is None:
                 self._image = ee.Image(ee.deserializer.fromJSON(self.expression_json))
 
@@ -119,7 +157,7 @@ class EarthEngineSource(Source):
         self._image = None
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "bands": list(self.bands), "config": self.config.to_dict(),
+        return {"kind": self.kind, "bands": list(self.bands), "config": self.config.describe(),
                 "endpoint": self.config.url}
 
     def _read(self, grid: PixelGrid, bands: tuple[str, ...]) -> Raster:
@@ -128,12 +166,28 @@ class EarthEngineSource(Source):
             self.open()  # first read, or another source switched the process's client
         blocks = plan_blocks(grid.width, grid.height, len(bands), self.config.max_request_bytes)
         data = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
-        for block in blocks:
+
+        def fetch(block: Block) -> None:
             b0, b1 = block.bands
             w = block.window
             rows = slice(int(w.row_off), int(w.row_off + w.height))
             cols = slice(int(w.col_off), int(w.col_off + w.width))
             data[b0:b1, rows, cols] = self._fetch(grid, block, bands[b0:b1], len(blocks))
+
+        side_by_side = min(len(blocks), self.share.concurrency)
+        if side_by_side > 1:  # the process's slots bound them with every other read
+            with ThreadPoolExecutor(side_by_side, thread_name_prefix="ee-block") as pool:
+                futures = [pool.submit(fetch, b) for b in blocks]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:  # the chunk failed: ask for no more blocks
+                        future.cancel()
+                    raise
+        else:
+            for block in blocks:
+                fetch(block)
         valid = np.asarray(~np.isnan(data).any(axis=0))
         logger.debug("Read %s: %d bands in %d request(s), %.1f%% valid", describe_grid(grid),
                      len(bands), len(blocks), 100.0 * valid.mean())
@@ -152,13 +206,18 @@ class EarthEngineSource(Source):
         delays: Iterator[float] = iter(FuzzedExponentialIntervals(
             cfg.backoff_initial_s, cfg.max_retries, factor=2, fuzz=0.5,
             max_delay_secs=cfg.backoff_max_s))
-        semaphore = request_semaphore(cfg)
+        budget = process_budget(cfg, self.share)
         attempt = 0
         while True:
             attempt += 1
             try:
-                with semaphore:
-                    result = ee.data.computePixels(params)
+                with budget.request(retry=attempt > 1):
+                    try:
+                        result = ee.data.computePixels(params)
+                    except Exception as exc:
+                        budget.answered(overloaded=is_overload(exc))
+                        raise
+                    budget.answered(overloaded=False)
                 return decode(result, bands, block.window)
             except Exception as exc:  # classified below; nothing is swallowed
                 where = (f"grid {describe_grid(grid)}, block rows {block.window.row_off}-"
@@ -174,9 +233,10 @@ class EarthEngineSource(Source):
                 if delay is None:  # transient, but this request's budget is spent
                     raise TransientSourceError(
                         f"Earth Engine failed {attempt} time(s) on {where}; last error "
-                        f"{reason}. Lower max_concurrency, raise max_retries, or re-run the "
+                        f"{reason}. Lower --ee-max-concurrent-requests (the project's quota "
+                        f"may be shared), raise --ee-max-retries, or re-run the "
                         f"dead-lettered chunk later.", exhausted=True
                     ) from exc
                 logger.warning("Earth Engine %s on %s (attempt %d of %d); retrying in %.2f s",
                                reason, where, attempt, cfg.max_retries + 1, delay)
-                time.sleep(delay)
+                budget.wait(delay)

@@ -15,6 +15,11 @@ numbers (e.g. Sentinel-2 DNs 0..10000 stored as float64) cannot be told apart sa
 float reflectance. Pass ``scale=1e-4`` explicitly for such files; a warning is logged when
 "auto" meets float reflectance far above its plausible range.
 
+``gs://`` objects are read by range through GDAL's ``/vsigs/`` (see
+:func:`pipelines.fsio.gdal_gs_options`): a read fetches the file's header and the tiles
+of its window, not the whole object. Only when GDAL cannot read an existing object (no
+credentials it knows) is the object downloaded whole, with a warning.
+
 The source is a picklable configuration object: open datasets and downloaded copies live
 only between :meth:`~GeoTIFFSource.open` and :meth:`~GeoTIFFSource.close` (Beam calls them
 in a DoFn's ``setup`` and ``teardown``) and are never pickled. Its helpers live beside it:
@@ -48,6 +53,7 @@ from pipelines.errors import (
     BandError,
     ConfigError,
     CRSError,
+    DataNotFoundError,
     RegionError,
     SourceError,
 )
@@ -104,7 +110,7 @@ class GeoTIFFSource(Source):
             whose empty areas are zeros without a nodata flag).
 
     The first use of :attr:`bands`, :meth:`footprint` or :meth:`read` scans every file's
-    header once (for ``gs://`` objects this downloads them); the result is plain data that
+    header once (for ``gs://`` objects a few range requests); the result is plain data that
     is pickled with the source, so touch :attr:`bands` on the launcher and workers will not
     scan again.
 
@@ -180,8 +186,8 @@ class GeoTIFFSource(Source):
         """Start a reading session (once per worker). Idempotent.
 
         Until :meth:`close`, datasets stay open between reads (at most
-        :data:`MAX_OPEN_FILES`) and each ``gs://`` object is downloaded once, when first
-        needed, into a temporary folder.
+        :data:`MAX_OPEN_FILES`); a ``gs://`` object GDAL cannot read by range is downloaded
+        once, when first needed, into a temporary folder.
         """
         with self._lock:
             self._opened = True
@@ -201,6 +207,12 @@ class GeoTIFFSource(Source):
             self._opened = False
 
     # ---- file access
+    def _env(self) -> contextlib.AbstractContextManager:
+        """GDAL's configuration for reading this source's files (``/vsigs/`` for gs://)."""
+        if any(fsio.is_gs(p) for p in self.paths):
+            return rasterio.Env(**fsio.gdal_gs_options())
+        return contextlib.nullcontext()
+
     def _local_path(self, path: str) -> str:
         """A path GDAL can open: local as is, http(s) through /vsicurl/, gs:// downloaded."""
         if path in self._local:
@@ -220,20 +232,40 @@ class GeoTIFFSource(Source):
         if ds is not None:
             self._handles.move_to_end(path)
             return ds
-        ds = open_dataset(self._local_path(path), path, "Raster", lambda text: SourceError(
-            f"Cannot read raster {path!r}: {text}. Is it a valid GeoTIFF/COG?"))
+        ds = self._open_ranged(path) if fsio.is_gs(path) and path not in self._local else None
+        if ds is None:
+            ds = open_dataset(self._local_path(path), path, "Raster", lambda text: SourceError(
+                f"Cannot read raster {path!r}: {text}. Is it a valid GeoTIFF/COG?"))
         self._handles[path] = ds
         while len(self._handles) > MAX_OPEN_FILES:  # large mosaics: bound open descriptors
             _, oldest = self._handles.popitem(last=False)
             oldest.close()
         return ds
 
+    def _open_ranged(self, path: str) -> rasterio.io.DatasetReader | None:
+        """``path`` (gs://) opened through ``/vsigs/``; ``None`` when GDAL cannot read it.
+
+        Raises:
+            DataNotFoundError: the object does not exist.
+        """
+        try:
+            return open_dataset(fsio.vsigs(path), path, "Raster", SourceError)
+        except SourceError as exc:
+            if not fsio.exists(path):
+                raise DataNotFoundError(
+                    f"Raster object {path!r} does not exist; check the bucket and the object "
+                    f"name.") from exc
+            log.warning("GDAL cannot read %s by range (%s); downloading it whole instead. "
+                        "Give GDAL credentials (GOOGLE_APPLICATION_CREDENTIALS, or run on a "
+                        "Google Cloud worker) to read only the windows needed.", path, exc)
+            return None
+
     # ---- scanning
     def _scan(self) -> list[FileInfo]:
         """Expand the paths and read every file's metadata once (cached, picklable)."""
         if self._files is not None:
             return self._files
-        with self._lock:
+        with self._lock, self._env():
             if self._files is not None:
                 return self._files
             files = [self._scan_file(p) for p in expand_paths(self.paths)]
@@ -374,7 +406,7 @@ class GeoTIFFSource(Source):
 
     # ---- reading
     def _read(self, grid: PixelGrid, bands: tuple[str, ...]) -> Raster:
-        with self._lock:
+        with self._lock, self._env():
             if not self._opened:
                 self.open()
             files = self._scan()

@@ -7,12 +7,16 @@ terrain of a DEM); any :class:`~pipelines.sources.base.Source` can be a part.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.errors import BandError, ConfigError
 from pipelines.geo.grid import PixelGrid, Region
 from pipelines.sources.base import Raster, Source
+
+if TYPE_CHECKING:
+    from pipelines.workers import WorkerLayout
 
 __all__ = ["StackSource"]
 
@@ -59,6 +63,10 @@ class StackSource(Source):
     def close(self) -> None:
         for s in self.sources:
             s.close()
+
+    def for_workers(self, layout: WorkerLayout) -> None:
+        for s in self.sources:
+            s.for_workers(layout)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "bands": list(self.bands),
