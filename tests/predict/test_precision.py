@@ -167,3 +167,16 @@ def test_the_launcher_reads_the_artifact_without_loading_the_model(scene, valida
                                           precision="int8"))
     assert plan.meta["precision"]["name"] == "int8" and len(elements) == 16
     assert not [k for k in artifact_mod._LOADED if str(copy) in str(k[0])]
+
+
+@pytest.mark.parametrize("extra", [["--precision", "bf16"], ["--large-model"]])
+def test_explain_is_refused_where_the_worker_has_no_gradients(scene, validated,  # noqa: F811
+                                                             tmp_path, capsys, extra):
+    out = tmp_path / "out"
+    args = _cli_args(scene, out, "--aoi", scene["aoi"], "--chunk-size", "128")
+    capsys.readouterr()
+    assert cli.main([*args, "--model", str(validated), "--explain", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "--explain needs the Keras model's gradients" in err
+    assert "--precision fp32 and without --large-model" in err
+    assert not out.exists()
