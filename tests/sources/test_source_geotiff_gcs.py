@@ -23,7 +23,11 @@ from pipelines.errors import DataNotFoundError
 from pipelines.geo.grid import PixelGrid
 from pipelines.sources.geotiff import GeoTIFFSource
 from tests.conftest import free_port
-from tests.sources.test_source_geotiff import UTM45, X0, Y0, write_tif
+from tests.sources import test_source_geotiff as local_tests
+from tests.sources.test_source_geotiff import UTM45, X0, Y0
+
+#: The local-file tests' two overlapping tiles, served from the emulator here.
+two_tiles = local_tests.two_tiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,18 +39,6 @@ def anonymous_gcs(monkeypatch):
 
     monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
     monkeypatch.setattr(auth._Credentials, "_credentials", None)
-
-
-@pytest.fixture
-def two_tiles(tmp_path, rng):
-    """Tiles A (cols 0-29) and B (cols 20-49) of one grid, overlapping by 10 columns."""
-    full = rng.integers(1, 1000, size=(1, 20, 50)).astype(np.int16)
-    a, b = full[:, :, :30].copy(), full[:, :, 20:] + 1000  # B differs in the overlap
-    pa = write_tif(tmp_path / "a.tif", a, from_origin(X0, Y0, 10, 10), descriptions=["DEM"])
-    pb = write_tif(tmp_path / "b.tif", b, from_origin(X0 + 200, Y0, 10, 10),
-                   descriptions=["DEM"])
-    grid = PixelGrid(UTM45, (10.0, 0.0, X0, 0.0, -10.0, Y0), 50, 20)
-    return pa, pb, full[0].astype(np.float32), grid
 
 
 @pytest.fixture
