@@ -61,10 +61,24 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     if verbose < 1:  # Beam logs what unwinds through it with a traceback: -v shows it
         for handler in logging.getLogger().handlers:
             handler.addFilter(_no_beam_traceback)
+    if verbose < 1:
+        sys.unraisablehook = _unraisable_line
     if verbose < 2:
         for noisy in ("apache_beam", "absl", "tensorflow", "rasterio", "urllib3", "google",
                       "fiona", "pyogrio", "matplotlib", "h5py"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _unraisable_line(unraisable: sys.UnraisableHookArgs) -> None:
+    """One warning line, not a traceback, for an exception Python had to ignore.
+
+    E.g. rasterio's GDAL error callback failing to decode a message with the raw bytes of a
+    damaged file: the error that matters reaches :func:`main` on its own; ``-v`` keeps
+    Python's traceback.
+    """
+    exc = unraisable.exc_value
+    log.warning("ignored %s in %s: %s", type(exc).__name__ if exc else "exception",
+                getattr(unraisable.object, "__qualname__", unraisable.object), exc)
 
 
 def _no_beam_traceback(record: logging.LogRecord) -> bool:
