@@ -78,6 +78,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 20.0) -> None:
+    """Wait until ``proc`` listens on loopback ``port``; kill it and fail after ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{what} did not start within {timeout_s:g} s")
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """A real Cloud Storage emulator (gcp-storage-emulator) on loopback for this session.
@@ -94,16 +107,7 @@ def gcs_emulator():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the Cloud Storage emulator did not start within 30 s")
+    wait_for_port(port, proc, "the Cloud Storage emulator", 30.0)
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = url
     yield url

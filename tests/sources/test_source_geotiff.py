@@ -33,6 +33,7 @@ from pipelines.sources.geotiff import (
     TerrainSource,
     parse_band_map,
 )
+from tests.conftest import free_port, wait_for_port
 
 UTM45 = "EPSG:32645"
 UTM46 = "EPSG:32646"
@@ -347,27 +348,17 @@ def test_footprint_covers_and_check_covers(two_tiles):
 
 
 def test_http_urls_are_read_through_vsicurl(two_tiles, tmp_path):
-    import socket
     import subprocess
     import sys
-    import time
 
     pa, _, full, _ = two_tiles
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # A separate process: GDAL holds the GIL while it fetches, so no in-process server.
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                                "127.0.0.1", "--directory", str(tmp_path)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port, server, "the HTTP file server")
         url = f"http://127.0.0.1:{port}/{Path(pa).name}"
         src = GeoTIFFSource(url, resampling="nearest")
         r = src.read(grid_of(pa), ["DEM"])

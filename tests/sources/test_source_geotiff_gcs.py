@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from pipelines import fsio
 from pipelines.errors import DataNotFoundError
 from pipelines.geo.grid import PixelGrid
 from pipelines.sources.geotiff import GeoTIFFSource
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_port
 from tests.sources import test_source_geotiff as local_tests
 from tests.sources.test_source_geotiff import UTM45, X0, Y0
 
@@ -50,16 +48,7 @@ def counting_proxy(gcs_emulator, monkeypatch):
         [sys.executable, "-m", "tests.gcs_proxy", "--upstream", gcs_emulator, "--port",
          str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the counting proxy did not start")
+    wait_for_port(port, proc, "the counting proxy")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
 
     def requests() -> list[dict]:
