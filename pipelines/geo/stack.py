@@ -39,9 +39,9 @@ SEP = "@"
 #: Spectral indices a change band may be computed of (defined with the bands).
 INDICES = bandreg.INDICES
 _OFFSET = re.compile(r"^([+-]?\d+)\s*([ymd])$")
-#: Composites a reference may ask its source for (the synthetic world: mosaic, greenest;
-#: Earth Engine: all four).
-COMPOSITES = ("mosaic", "greenest", "median", "mean")
+#: Composites a reference may ask its source for (the synthetic world: mosaic, greenest,
+#: barest; Earth Engine: all five).
+COMPOSITES = ("mosaic", "greenest", "barest", "median", "mean")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,15}$")
 
 
@@ -80,8 +80,9 @@ class Reference:
         end: A fixed date window's end.
         composite: How the source combines the images of the window (``None``: the
             source's default; ``greenest`` keeps each pixel's greenest clear image, a
-            vegetation baseline from before a scar; ``mosaic`` the most recent clear one;
-            Earth Engine also ``median``, ``mean``).
+            vegetation baseline from before a scar; ``barest`` its least green clear
+            image, a scar at its freshest, from which its recovery shows; ``mosaic`` the
+            most recent clear one; Earth Engine also ``median``, ``mean``).
     """
 
     name: str

@@ -19,8 +19,10 @@ from pipelines.synth import FILES, clouds_name, s2_name
 
 #: How a window spanning several of the world's years combines their images:
 #: ``mosaic`` takes the most recent clear pixel, ``greenest`` the clear pixel with the
-#: highest NDVI (a vegetation baseline: the state before a scar, if any year had none).
-COMPOSITES = ("mosaic", "greenest")
+#: highest NDVI (a vegetation baseline: the state before a scar, if any year had none),
+#: ``barest`` the clear pixel with the lowest NDVI (a scar at its freshest, if any year
+#: had one: what a scar's recovery is measured from).
+COMPOSITES = ("mosaic", "greenest", "barest")
 
 
 class SyntheticSource(Source):
@@ -42,7 +44,8 @@ class SyntheticSource(Source):
             :func:`~pipelines.synth.generate_world`.
         year: One of the world's years, or several (a composite, most recent first).
         mask_clouds: Mask cloudy pixels (default); False keeps them as imagery.
-        composite: ``mosaic`` or ``greenest`` (see :data:`COMPOSITES`), for several years.
+        composite: ``mosaic``, ``greenest`` or ``barest`` (see :data:`COMPOSITES`), for
+            several years.
 
     Raises:
         DataNotFoundError: ``world`` holds no ``world.json``.
@@ -132,19 +135,21 @@ class SyntheticSource(Source):
 
     def _composite(self, grid: PixelGrid, optical: tuple[str, ...]) -> Raster:
         """The optical bands of the source's years, composited per pixel."""
-        greenest = self.composite == "greenest" and len(self.years) > 1
-        need = tuple(dict.fromkeys(optical + (("B4", "B8") if greenest else ())))
+        # greenest: each pixel's highest clear NDVI; barest: its lowest
+        sign = {"greenest": 1.0, "barest": -1.0}.get(self.composite, 0.0)
+        by_ndvi = sign != 0.0 and len(self.years) > 1
+        need = tuple(dict.fromkeys(optical + (("B4", "B8") if by_ndvi else ())))
         best = self._read_year(0, grid, need)
         if len(self.years) == 1:
             return best if need == optical else best.select(optical)
         data, valid = best.data.copy(), best.valid.copy()
-        score = _ndvi(data, need) if greenest else np.zeros(0, np.float32)
+        score = sign * _ndvi(data, need) if by_ndvi else np.zeros(0, np.float32)
         for i in range(1, len(self.years)):
-            if not greenest and valid.all():
+            if not by_ndvi and valid.all():
                 break
             other = self._read_year(i, grid, need)
-            if greenest:
-                s = _ndvi(other.data, need)
+            if by_ndvi:
+                s = sign * _ndvi(other.data, need)
                 take = other.valid & (~valid | (s > score))
                 score = np.where(take, s, score)
             else:
@@ -184,10 +189,10 @@ class SyntheticSource(Source):
 
 
 def _ndvi(data: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
-    """NDVI of ``(bands, h, w)`` reflectances; -inf where undefined (loses every choice)."""
+    """NDVI of ``(bands, h, w)`` reflectances; NaN where undefined (loses every choice)."""
     from pipelines.geo.stack import index
 
     b4, b8 = data[bands.index("B4")], data[bands.index("B8")]
     out = index(b8, b4)
-    out[~(np.isfinite(b4) & np.isfinite(b8))] = -np.inf
+    out[~(np.isfinite(b4) & np.isfinite(b8))] = np.nan
     return out

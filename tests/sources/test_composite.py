@@ -130,12 +130,14 @@ def test_mosaic_of_two_years_and_subset_of_bands(world, per_year):
         np.testing.assert_array_equal(r.data[k][valid], data[OPTICAL.index(b)][valid])
 
 
-def test_greenest_is_the_clear_pixel_with_the_highest_ndvi(world, per_year):
+@pytest.mark.parametrize(("composite", "sign"), [("greenest", 1.0), ("barest", -1.0)])
+def test_greenest_and_barest_are_the_clear_pixel_with_the_highest_or_lowest_ndvi(
+        world, per_year, composite, sign):
     grid = world["grid"]
-    src = SyntheticSource(world["dir"], list(YEARS), composite="greenest")
+    src = SyntheticSource(world["dir"], list(YEARS), composite=composite)
     r = src.read(grid, OPTICAL)
     clear = np.stack([per_year[y]["clear"] for y in YEARS])
-    nd = np.stack([ndvi64(per_year[y]["data"]) for y in YEARS])
+    nd = np.stack([sign * ndvi64(per_year[y]["data"]) for y in YEARS])
     nd = np.where(clear & np.isfinite(nd), nd, -np.inf)
     any_clear = clear.any(axis=0)
     np.testing.assert_array_equal(r.valid, any_clear)
@@ -152,16 +154,27 @@ def test_greenest_is_the_clear_pixel_with_the_highest_ndvi(world, per_year):
     rows, cols = np.nonzero(decided)
     expect = stacked[best[rows, cols], :, rows, cols]  # (n, band)
     np.testing.assert_array_equal(r.data[:, rows, cols].T, expect)
-    # the chosen pixel is, everywhere, as green as the greenest clear year
-    got = ndvi64(r.data)
+    # the chosen pixel is, everywhere, as green (or as bare) as the best clear year
+    got = sign * ndvi64(r.data)
     np.testing.assert_allclose(got[any_clear], srt[-1][any_clear], atol=1e-6)
 
-    # it is not the mosaic: an older, greener year shows through clear newer pixels
+    # it is not the mosaic: an older year shows through clear newer pixels
     mosaic = SyntheticSource(world["dir"], list(YEARS)).read(grid, OPTICAL)
     differs = any_clear & np.any(r.data != mosaic.data, axis=0)
     assert differs.sum() > 100
     older = decided & per_year[2016]["clear"] & (best != YEARS.index(2016))
     assert older.sum() > 100
+
+
+def test_barest_is_never_greener_than_greenest(world):
+    grid = world["grid"]
+    green = SyntheticSource(world["dir"], list(YEARS), composite="greenest").read(grid, OPTICAL)
+    bare = SyntheticSource(world["dir"], list(YEARS), composite="barest").read(grid, OPTICAL)
+    np.testing.assert_array_equal(green.valid, bare.valid)
+    v = green.valid
+    g, b = ndvi64(green.data)[v], ndvi64(bare.data)[v]
+    assert (b <= g + 1e-6).all()
+    assert (b < g - 0.05).sum() > 100  # years differ: scars, fields, clouds' neighbours
 
 
 def test_greenest_reads_b4_b8_even_when_not_asked(world, per_year):

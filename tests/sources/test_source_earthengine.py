@@ -332,6 +332,20 @@ def test_expression_options(server, options, present, absent):
         assert needle not in text, needle
 
 
+def test_greenest_and_barest_pick_scenes_by_plus_or_minus_ndvi(server):
+    green = make_source(server, composite="greenest").expression_json
+    bare = make_source(server, composite="barest").expression_json
+    for text in (green, bare):
+        for needle in ("ImageCollection.qualityMosaic", "Image.normalizedDifference"):
+            assert needle in text, needle
+        assert "reduce.median" not in text
+    # the same expression but for the sign of the quality band
+    assert green != bare
+    assert green.count('{"constantValue": -1}') + 1 == bare.count('{"constantValue": -1}')
+    assert bare.replace('{"constantValue": -1}', '{"constantValue": 1}') == \
+        green.replace('{"constantValue": -1}', '{"constantValue": 1}')
+
+
 # --------------------------------------------------------------------------- masks
 def test_masked_pixels_become_nan_and_invalid(server):
     grid = chunk_read_grid(85.3, 28.1, chunk_size=32, halo=0)

@@ -64,7 +64,7 @@ DEMS: dict[str, tuple[str, str, bool]] = {
     "srtm": ("USGS/SRTMGL1_003", "elevation", False),
     "3dep10": ("USGS/3DEP/10m", "elevation", False),
 }
-COMPOSITES = ("median", "mean", "mosaic", "greenest")
+COMPOSITES = ("median", "mean", "mosaic", "greenest", "barest")
 
 #: Every band this source can compute, and the default selection.
 AVAILABLE_BANDS: tuple[str, ...] = bandreg.SENTINEL2_BANDS + bandreg.TERRAIN_BANDS
@@ -96,8 +96,9 @@ class EEConfig:
         dem: ``"glo30"`` (Copernicus GLO-30), ``"aw3d30"`` (ALOS AW3D30),
             ``"srtm"`` (SRTM 1 arc-second) or ``"3dep10"`` (USGS 3DEP 10 m).
         composite: How the masked scenes are combined: ``median``, ``mean``, ``mosaic``
-            (most recent valid pixel on top) or ``greenest`` (each pixel's highest-NDVI
-            scene, a vegetation baseline for a reference image).
+            (most recent valid pixel on top), ``greenest`` (each pixel's highest-NDVI
+            scene, a vegetation baseline for a reference image) or ``barest`` (each
+            pixel's lowest-NDVI scene: a scar at its freshest).
         bbox: Optional ``(minlon, minlat, maxlon, maxlat)`` that limits the scenes
             considered (speeds up large windows; pixels are computed only where asked).
         project: Cloud project billed for the requests (None: the credentials' project).

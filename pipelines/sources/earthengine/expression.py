@@ -54,10 +54,14 @@ def _sentinel2(config: EEConfig, names: Sequence[str]) -> ee.Image:
             return img.updateMask(prob.lt(threshold))
 
         col = ee.ImageCollection(joined).map(mask_prob)
-    if config.composite == "greenest":
-        # each pixel from its greenest clear scene: a vegetation baseline (qualityMosaic)
+    if config.composite in ("greenest", "barest"):
+        # each pixel from its greenest (or least green) clear scene, by qualityMosaic: a
+        # vegetation baseline, or a scar at its freshest
+        sign = 1 if config.composite == "greenest" else -1
+
         def greenness(img: ee.Image) -> ee.Image:
-            return img.addBands(img.normalizedDifference(["B8", "B4"]).rename("greenness"))
+            nd = img.normalizedDifference(["B8", "B4"]).multiply(sign)
+            return img.addBands(nd.rename("greenness"))
 
         image = col.map(greenness).qualityMosaic("greenness").select(list(names))
         return image.divide(10000).rename(list(names))
