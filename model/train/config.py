@@ -20,6 +20,7 @@ from model.augment import AugmentConfig
 from model.distribute import PRECISIONS, STRATEGIES
 from model.errors import ConfigError
 from model.losses import LOSSES
+from model.train.selection import MONITOR, MONITORS
 
 CACHE_MODES = ("auto", "memory", "none")
 
@@ -113,6 +114,10 @@ class TrainConfig:
     steps_per_epoch: int | None = _opt(None, "Batches per epoch (default: all).")
     validation_steps: int | None = None
     patience: int = _opt(10, "Early-stopping patience (%(default)s; 0: off).")
+    monitor: str = _opt(MONITOR, "What early stopping, reduce-on-plateau and the best "
+                        "checkpoint follow: val_f1_best (F1 at the best threshold) or "
+                        "val_loss (smoother on a small validation split; default "
+                        "%(default)s).", choices=tuple(MONITORS))
     reduce_lr: bool = True
     reduce_lr_patience: int = 4
     reduce_lr_factor: float = 0.5
@@ -169,6 +174,9 @@ class TrainConfig:
             raise ConfigError(f"min_lr must be in [0, 1), got {self.min_lr}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got "
+                              f"{self.monitor!r}")
         if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta <= 0:
             raise ConfigError(f"alpha and beta must be >= 0 and not both 0, got "
                               f"{self.alpha}, {self.beta}")

@@ -28,7 +28,7 @@ from model.train.config import TrainConfig
 from model.train.files import join, remove_tree
 from model.train.inputs import cache_for, check_complete, resolve_classes, stack_of
 from model.train.resume import Checkpointer, epochs_in_history, read_state, trim_history
-from model.train.selection import MONITOR, BestThresholdF1, calibrate
+from model.train.selection import MONITORS, BestThresholdF1, calibrate
 from model.train.transfer import architecture_of, copy_weights, init_bands, load_init, set_frozen
 from model.unet import build_unet, size_multiple
 
@@ -177,21 +177,23 @@ def train(
             model.optimizer.learning_rate.assign(state["lr"])
             initial_epoch = int(state["epoch"])
             logger.info("resuming %s from epoch %d (best %s %.4f at epoch %d)", out,
-                        initial_epoch + 1, MONITOR, state["best"], state["best_epoch"] + 1)
+                        initial_epoch + 1, resolved.monitor, state["best"],
+                        state["best_epoch"] + 1)
             if chief:
                 trim_history(history_path, initial_epoch)
         elif chief and tf.io.gfile.exists(history_path):
             tf.io.gfile.remove(history_path)
 
-        early = (keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max",
+        mode = MONITORS[resolved.monitor]
+        early = (keras.callbacks.EarlyStopping(monitor=resolved.monitor, mode=mode,
                                                patience=resolved.patience)
                  if resolved.patience > 0 else None)
         plateau = (keras.callbacks.ReduceLROnPlateau(
-            monitor=MONITOR, mode="max", factor=resolved.reduce_lr_factor,
+            monitor=resolved.monitor, mode=mode, factor=resolved.reduce_lr_factor,
             patience=resolved.reduce_lr_patience, min_lr=resolved.min_lr)
             if resolved.reduce_lr else None)
         checkpointer = Checkpointer(backup, config_dict, early, plateau, state, started,
-                                    write=chief)
+                                    write=chief, monitor=resolved.monitor)
         cbs: list[keras.callbacks.Callback] = [cb for cb in (early, plateau) if cb is not None]
         cbs.append(checkpointer)
         if chief:
@@ -226,7 +228,7 @@ def train(
     metrics = {
         **calibrated,
         "best_epoch": checkpointer.best_epoch + 1,
-        "best_epoch_val_f1_best": checkpointer.best,
+        f"best_epoch_{resolved.monitor}": checkpointer.best,
         "epochs_run": epochs_run,
         "train_seconds": round(checkpointer.seconds + time.perf_counter() - started, 1),
     }

@@ -1,8 +1,8 @@
 """Resuming an interrupted run from its ``_backup/`` folder.
 
 :class:`Checkpointer` writes, at every epoch end, the last weights (with the optimizer
-state), the best weights and the callbacks' state (best F1, patience counters, learning
-rate); :func:`read_state` reads them back and refuses a run with other settings;
+state), the best weights and the callbacks' state (best validation F1 or loss, patience
+counters, learning rate); :func:`read_state` reads them back and refuses a run with other settings;
 :func:`trim_history` drops the history rows of epochs that will run again.
 """
 
@@ -21,7 +21,7 @@ import tensorflow as tf
 from model import data as data_mod
 from model.errors import ConfigError
 from model.train.files import join, save_weights, write_json, write_text
-from model.train.selection import MONITOR
+from model.train.selection import MONITOR, MONITORS
 
 #: Fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = ("epochs",)
@@ -32,15 +32,17 @@ class Checkpointer(keras.callbacks.Callback):
 
     def __init__(self, backup: str, config: dict, early: keras.callbacks.EarlyStopping | None,
                  plateau: keras.callbacks.ReduceLROnPlateau | None, state: dict | None,
-                 started: float, write: bool = True) -> None:
+                 started: float, write: bool = True, monitor: str = MONITOR) -> None:
         super().__init__()
+        self.monitor = monitor
+        self.sign = 1.0 if MONITORS[monitor] == "max" else -1.0  # compare sign * value
         self.backup = backup
         self.write = write  # only the chief worker writes
         self.config = config
         self.early = early
         self.plateau = plateau
         self.state = state or {}
-        self.best = float(self.state.get("best", -math.inf))
+        self.best = float(self.state.get("best", -self.sign * math.inf))
         self.best_epoch = int(self.state.get("best_epoch", -1))
         self.seconds = float(self.state.get("seconds", 0.0))
         self.started = started
@@ -54,10 +56,10 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        f1 = logs.get(MONITOR)
-        improved = f1 is not None and float(f1) > self.best
-        if f1 is not None and improved:
-            self.best, self.best_epoch = float(f1), epoch
+        value = logs.get(self.monitor)
+        improved = value is not None and self.sign * float(value) > self.sign * self.best
+        if value is not None and improved:
+            self.best, self.best_epoch = float(value), epoch
         if not self.write:
             return
         tf.io.gfile.makedirs(self.backup)

@@ -1,7 +1,8 @@
 """How a run picks its best epoch and its decision threshold: F1 at the best threshold.
 
 During training, :class:`BestThresholdF1` (``f1_best``; :data:`MONITOR` on the validation
-split) drives early stopping, reduce-on-plateau and the best checkpoint. After training,
+split) drives early stopping, reduce-on-plateau and the best checkpoint, unless the run
+follows the validation loss instead (:data:`MONITORS`). After training,
 :func:`calibrate` finds the threshold with the best F1 on the whole validation split.
 """
 
@@ -17,8 +18,13 @@ from model.errors import ConfigError
 from model.metrics import best_threshold, confusion_counts, scores
 from model.schema import IGNORE_VALUE
 
-#: What early stopping, reduce-on-plateau and the best checkpoint follow.
+#: What early stopping, reduce-on-plateau and the best checkpoint follow by default.
 MONITOR = "val_f1_best"
+#: What they may follow instead, and whether higher (``max``) or lower (``min``) is better:
+#: ``val_f1_best`` is the figure a user wants, but on a small validation split it jumps by
+#: several points between epochs, so a run stops (and keeps) an early, noisy peak;
+#: ``val_loss`` moves smoothly and keeps improving while the model still learns.
+MONITORS: dict[str, str] = {"val_f1_best": "max", "val_loss": "min"}
 
 
 class BestThresholdF1(keras.metrics.Metric):

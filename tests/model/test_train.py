@@ -176,6 +176,27 @@ def test_interrupted_training_resumes_from_its_last_epoch(shards, tmp_path, capl
     assert meta["metrics"]["epochs_run"] == 4 and not (out / "_backup").exists()
 
 
+def test_monitor_val_loss_keeps_the_epoch_with_the_lowest_validation_loss(shards, tmp_path):
+    out = tmp_path / "by-loss"
+    # a high learning rate makes the validation loss go up and down between epochs
+    args = ["train", "--data", str(shards), "--out", str(out), "--epochs", "6",
+            "--monitor", "val_loss", *[a if a != "0.01" else "0.05" for a in TINY]]
+    assert main(args) == 0
+    rows = history(out)
+    losses = [float(r["val_loss"]) for r in rows]
+    f1s = [float(r["val_f1_best"]) for r in rows]
+    meta = json.loads((out / "artifact.json").read_text())
+    best = int(np.argmin(losses))
+    assert meta["metrics"]["best_epoch"] == best + 1
+    assert meta["metrics"]["best_epoch_val_loss"] == pytest.approx(losses[best], rel=1e-5)
+    assert meta["training"]["monitor"] == "val_loss"
+    # not what following F1 would have kept (else the test could not tell them apart)
+    assert best != int(np.argmax(f1s)) or best != len(rows) - 1, (losses, f1s)
+    # an unknown monitor is refused, naming the choices (a YAML file is not argparse)
+    with pytest.raises(ConfigError, match="val_f1_best.*val_loss"):
+        trainer.TrainConfig(monitor="val_f1")
+
+
 def test_init_from_fine_tunes_with_a_frozen_encoder(trained, shards, tmp_path):
     out = tmp_path / "tuned"
     assert main(["train", "--data", str(shards), "--out", str(out), "--init-from", str(trained),
