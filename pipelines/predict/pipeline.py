@@ -4,7 +4,7 @@ Owns the module-level DoFns and composite ``PTransform``s of the sweep and
 :func:`build_pipeline`, which wires them::
 
     chunks of every AOI (planned on the launcher; reshuffled over workers)
-      | PrepareChunks: skip or read each chunk and cut its windows
+      | PrepareChunks: skip or read each chunk and find its windows
       |                (the next chunk on a reader thread, during this one's inference)
       | PredictChunks: RunInference(KeyedModelHandler(KerasModelHandler))
       |                (model loaded once per worker)
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- DoFns
 class ReadChunkFn(InBackground):
-    """Skip a chunk already done for the same inputs, or read it and cut its windows.
+    """Skip a chunk already done for the same inputs, or read it and find its windows.
 
     The next chunk is read on a reader thread while this one goes through inference and
     blending downstream (one fused stage), the way ``tf.data`` prefetches. The plan's
@@ -144,10 +144,9 @@ class BlendWriteFn(InBackground):
             yield "failed", (job, failure_record(self.plan, job, key, "inference", err.text,
                                                  reason=err.reason))
             return
-        tiles: Any = result.example
-        tiles.windows = None  # blending does not need the windows' pixels: free them now
+        # the handler's result holds the chunk without its pixels: blending needs none
         yield from self._submit((job, key), timestamp, window, finish_chunk, self.plan,
-                                tiles, np.asarray(result.inference))
+                                result.example, np.asarray(result.inference))
 
     def _outputs(self, context: tuple[int, str], future: Future):
         job, key = context
