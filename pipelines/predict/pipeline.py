@@ -37,7 +37,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
-from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
+from pipelines.predict.chunk import ChunkTiles, failure_record, finish_chunk, prepare_chunk
+from pipelines.predict.coder import register as register_chunk_coder
 from pipelines.predict.finalize import chunk_outputs, finish_job
 from pipelines.predict.inventory import merge_edges
 from pipelines.predict.plan import ChunkElement, SweepPlan
@@ -228,7 +229,14 @@ def inference_failures(item: tuple[Any, Any], plan: SweepPlan) -> Iterable[tuple
 
 # ----------------------------------------------------------------------------- transforms
 class PrepareChunks(beam.PTransform):
-    """Chunk elements -> ``{"tiles", "result", "failed"}`` (see :class:`ReadChunkFn`)."""
+    """Chunk elements -> ``{"tiles", "result", "failed"}`` (see :class:`ReadChunkFn`).
+
+    ``tiles`` is typed ``((job, key), ChunkTiles)``: Beam encodes its elements (and
+    RunInference's batches of them), and sizes them for its output counters, with
+    :class:`~pipelines.predict.coder.ChunkTilesCoder` instead of pickling their pixels.
+    The reader's own ``(tag, value)`` pairs mix chunks with records, a union Beam has no
+    coder for: the few of them its counters sample are still pickled.
+    """
 
     def __init__(self, plan: SweepPlan, total: int, overlap: bool = True) -> None:
         super().__init__()
@@ -237,10 +245,12 @@ class PrepareChunks(beam.PTransform):
         self.overlap = overlap
 
     def expand(self, elements: beam.PCollection) -> dict[str, beam.PCollection]:
+        register_chunk_coder()  # "tiles" is typed: encoded and sized by ChunkTilesCoder
         return (elements
                 | "Read" >> beam.ParDo(ReadChunkFn(self.plan, self.total,
                                                    overlap=self.overlap))
-                | "Split" >> SplitTags("tiles", "result", "failed"))
+                | "Split" >> SplitTags("tiles", "result", "failed",
+                                       types={"tiles": tuple[tuple[int, str], ChunkTiles]}))
 
 
 class PredictChunks(beam.PTransform):
