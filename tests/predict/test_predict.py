@@ -546,6 +546,49 @@ def test_keras_model_handler_in_run_inference(scene, tmp_path):
         assert_that(failed, check_failed, label="failed")
 
 
+def test_the_sweep_writes_bit_for_bit_what_windows_cut_at_read_time_give(scene, tmp_path):
+    """A chunk carries its image and the handler cuts its windows, through Beam and the
+    edges typed with ChunkTilesCoder; the sweep used to cut them right after the read.
+    Same windows, same model calls: the same COGs, bit for bit (a U-Net, float32)."""
+    from pipelines.geo.blend import chunk_windows, cut_windows
+    from pipelines.geo.grid import Chunk, ChunkKey, GridSpec
+    from pipelines.geo.patches import channels_last
+    from pipelines.predict import ChunkTiles, plan_predict
+    from pipelines.predict.chunk import finish_chunk
+    from pipelines.predict.plan import chunk_signature
+
+    cfg = {"model": scene["unet"], "prob_dtype": "float32"}
+    run = run_predict(_config(scene, tmp_path / "beam", **cfg))[0]
+    plan, elements = plan_predict(_config(scene, tmp_path / "by_hand", **cfg))
+    handler = KerasModelHandler(scene["unet"], batch_size=plan.config.batch_size)
+    model = handler.load_model()
+    h, written = plan.halo, 0
+    for source in plan.sources:
+        source.open()
+    try:
+        for job_i, key, region_wkb, spec_d in elements:  # the windows cut at read time
+            chunk = Chunk(ChunkKey.parse(key), GridSpec(**spec_d), region_wkb)
+            raster = plan.sources[plan.jobs[job_i].source].read(chunk.read_grid, plan.bands)
+            valid = (raster.valid[h:h + chunk.grid.height, h:h + chunk.grid.width]
+                     & chunk.region_mask())
+            origins = chunk_windows(plan.lattice, chunk.read_grid, h, needed=valid)
+            windows = cut_windows(channels_last(raster.data, raster.valid), origins,
+                                  plan.lattice.window)
+            probs = handler.run_inference([windows], model)[0].inference
+            sig = chunk_signature(plan.jobs[job_i], key, region_wkb)
+            rec = finish_chunk(plan, ChunkTiles(job_i, key, spec_d, region_wkb, sig, origins,
+                                                valid, plan.lattice.window), probs)
+            for name in ("prob", "mask"):
+                beam_px = _read(tmp_path / "beam" / rec["files"][name])
+                assert beam_px.tobytes() == _read(tmp_path / "by_hand" / rec["files"][name]
+                                                  ).tobytes(), (key, name)
+            written += 1
+    finally:
+        for source in plan.sources:
+            source.close()
+    assert written == run["counts"]["chunks_computed"] == 16
+
+
 def test_a_handler_result_holds_the_chunk_without_its_pixels(scene):
     """Runners encode RunInference's results (or pickle them to estimate their size): a
     result carries the chunk's blending data and probabilities, not its pixels again; the
