@@ -138,7 +138,7 @@ def bare_model(cfg, scratch: str) -> tuple[int, float, float]:
     for e in elements:  # not timed: reading and cutting windows
         t = prepare_chunk(plan, plan.sources, *e)
         if isinstance(t, ChunkTiles):
-            windows.append(t.windows)
+            windows.append(t.windows())
     for source in plan.sources:
         source.close()
     art.predict(windows[0], batch_size=cfg.batch_size)  # warm, as a worker is

@@ -4,10 +4,10 @@ The pipeline (Beam; DirectRunner locally, Dataflow in the cloud)::
 
     chunks of every AOI (planned on the launcher, per UTM zone; reshuffled over workers)
       | PrepareChunks: skip chunks whose done-record matches this run's inputs; else read
-      |                the chunk plus a halo from the source and cut the lattice windows
+      |                the chunk plus a halo from the source, find its lattice windows
       |                (the next chunk on a reader thread, during this one's inference)
-      | PredictChunks: RunInference(KeyedModelHandler(KerasModelHandler))
-      |                (model loaded once per worker)
+      | PredictChunks: RunInference(KeyedModelHandler(KerasModelHandler)): the windows
+      |                cut from the chunk's image (model loaded once per worker)
       | FinishChunks:  weighted blend, halo cropped, nodata where imagery is invalid; write
       |                prob/<key>.tif, mask/<key>.tif, then done/<key>.json (with the
       |                chunk's polygons) last (on a writer thread, during the next inference)

@@ -5,7 +5,7 @@ chunk's values, with resources (the opened sources) passed in, so a unit test ca
 without Beam:
 
 * :func:`prepare_chunk`: skip a chunk whose done-record matches this run's inputs, or read
-  it plus a halo and cut the lattice windows (:class:`ChunkTiles`);
+  it plus a halo and find its lattice windows (:class:`ChunkTiles`);
 * :func:`finish_chunk`: blend the windows' probabilities, crop the halo, threshold, write
   ``prob/<key>.tif`` and ``mask/<key>.tif`` (and, with ``explain``, the blended Grad-CAM
   ``explain/<key>.tif``), then ``done/<key>.json`` (with the chunk's polygons) last;
@@ -41,12 +41,15 @@ from pipelines.sources.base import Raster, Source
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class ChunkTiles:
-    """A chunk ready for inference: its windows and what blending needs afterwards.
+    """A chunk ready for inference: its image, where its windows lie, what blending needs.
 
-    Not frozen: once the model has predicted the windows, ``windows`` is set to ``None``
-    so their pixels are freed while the chunk is blended and written.
+    The image is carried once and the windows are cut from it where the model takes
+    them (:meth:`windows`): the windows overlap (with the default stride each pixel lies
+    in four), so carrying them cut would carry every pixel several times, and every copy
+    a runner encodes (or pickles to estimate an element's size) would pay for it.
+    :meth:`without_pixels` is what is kept once the windows are predicted.
 
     Attributes:
         job: Index of the chunk's job in the plan.
@@ -56,7 +59,10 @@ class ChunkTiles:
         signature: The chunk's resume signature.
         origins: Window origins in the halo'd read grid, ``(n, 2)``.
         valid: Pixels of the chunk with valid imagery inside the region.
-        windows: The windows, ``(n, h, w, c)`` float32, for the model.
+        size: The windows' side in pixels.
+        image: The halo'd read grid's pixels, ``(H, W, c)`` float32 channels-last (as
+            :func:`~pipelines.geo.patches.channels_last` fills them); ``None`` once the
+            windows are predicted.
     """
 
     job: int
@@ -66,7 +72,30 @@ class ChunkTiles:
     signature: str
     origins: np.ndarray
     valid: np.ndarray
-    windows: np.ndarray | None = field(default=None, repr=False)
+    size: int
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def windows(self) -> np.ndarray:
+        """The windows at :attr:`origins`, ``(n, size, size, c)``: a new array each call.
+
+        Raises:
+            ValueError: the pixels were dropped (:meth:`without_pixels`).
+        """
+        if self.image is None:
+            raise ValueError(f"Chunk {self.key} holds no pixels (already predicted?).")
+        return cut_windows(self.image, self.origins, self.size)
+
+    @property
+    def windows_nbytes(self) -> int:
+        """Bytes of :meth:`windows`, without cutting them (0 without pixels)."""
+        if self.image is None:
+            return 0
+        return (len(self.origins) * self.size * self.size * self.image.shape[2]
+                * self.image.itemsize)
+
+    def without_pixels(self) -> ChunkTiles:
+        """A copy without the image: what blending and writing need."""
+        return dataclasses.replace(self, image=None)
 
 
 def _b64(data: bytes) -> str:
@@ -139,7 +168,7 @@ def chunk_record(chunk: Chunk, sig: str, state: str, valid: np.ndarray, files: d
 
 def prepare_chunk(plan: SweepPlan, sources: Sequence[Source], job_i: int, key: str,
                   region_wkb: bytes, spec_d: dict) -> ChunkTiles | dict:
-    """Skip (returns the done-record) or read a chunk and cut its windows.
+    """Skip (returns the done-record) or read a chunk and find its windows.
 
     Args:
         plan: The sweep's plan.
@@ -179,8 +208,8 @@ def _prepare_chunk(plan: SweepPlan, sources: Sequence[Source], job_i: int, key: 
     # one channels-last copy (never the source's array), invalid pixels filled exactly
     # as export fills them for training (the one nodata policy: channels_last)
     image = channels_last(raster.data, raster.valid)
-    windows = cut_windows(image, origins, plan.lattice.window)
-    return ChunkTiles(job_i, key, spec_d, region_wkb, sig, origins, valid, windows)
+    return ChunkTiles(job_i, key, spec_d, region_wkb, sig, origins, valid,
+                      plan.lattice.window, image)
 
 
 def blend_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray,
@@ -218,7 +247,8 @@ def finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict:
 
     Args:
         plan: The sweep's plan.
-        tiles: The chunk, as :func:`prepare_chunk` returned it (``windows`` unused).
+        tiles: The chunk, as :func:`prepare_chunk` returned it (its pixels unused: it
+            may be :meth:`ChunkTiles.without_pixels`).
         probs: The windows' probabilities, ``(n, h, w)``; with ``explain``,
             ``(n, h, w, 2)``: the probabilities and the windows' Grad-CAM maps.
     """

@@ -4,7 +4,7 @@ Owns the module-level DoFns and composite ``PTransform``s of the sweep and
 :func:`build_pipeline`, which wires them::
 
     chunks of every AOI (planned on the launcher; reshuffled over workers)
-      | PrepareChunks: skip or read each chunk and cut its windows
+      | PrepareChunks: skip or read each chunk and find its windows
       |                (the next chunk on a reader thread, during this one's inference)
       | PredictChunks: RunInference(KeyedModelHandler(KerasModelHandler))
       |                (model loaded once per worker)
@@ -37,7 +37,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
-from pipelines.predict.chunk import failure_record, finish_chunk, prepare_chunk
+from pipelines.predict.chunk import ChunkTiles, failure_record, finish_chunk, prepare_chunk
+from pipelines.predict.coder import register as register_chunk_coder
 from pipelines.predict.finalize import chunk_outputs, finish_job
 from pipelines.predict.inventory import merge_edges
 from pipelines.predict.plan import ChunkElement, SweepPlan
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- DoFns
 class ReadChunkFn(InBackground):
-    """Skip a chunk already done for the same inputs, or read it and cut its windows.
+    """Skip a chunk already done for the same inputs, or read it and find its windows.
 
     The next chunk is read on a reader thread while this one goes through inference and
     blending downstream (one fused stage), the way ``tf.data`` prefetches. The plan's
@@ -144,10 +145,9 @@ class BlendWriteFn(InBackground):
             yield "failed", (job, failure_record(self.plan, job, key, "inference", err.text,
                                                  reason=err.reason))
             return
-        tiles: Any = result.example
-        tiles.windows = None  # blending does not need the windows' pixels: free them now
+        # the handler's result holds the chunk without its pixels: blending needs none
         yield from self._submit((job, key), timestamp, window, finish_chunk, self.plan,
-                                tiles, np.asarray(result.inference))
+                                result.example, np.asarray(result.inference))
 
     def _outputs(self, context: tuple[int, str], future: Future):
         job, key = context
@@ -229,7 +229,14 @@ def inference_failures(item: tuple[Any, Any], plan: SweepPlan) -> Iterable[tuple
 
 # ----------------------------------------------------------------------------- transforms
 class PrepareChunks(beam.PTransform):
-    """Chunk elements -> ``{"tiles", "result", "failed"}`` (see :class:`ReadChunkFn`)."""
+    """Chunk elements -> ``{"tiles", "result", "failed"}`` (see :class:`ReadChunkFn`).
+
+    ``tiles`` is typed ``((job, key), ChunkTiles)``: Beam encodes its elements (and
+    RunInference's batches of them), and sizes them for its output counters, with
+    :class:`~pipelines.predict.coder.ChunkTilesCoder` instead of pickling their pixels.
+    The reader's own ``(tag, value)`` pairs mix chunks with records, a union Beam has no
+    coder for: the few of them its counters sample are still pickled.
+    """
 
     def __init__(self, plan: SweepPlan, total: int, overlap: bool = True) -> None:
         super().__init__()
@@ -238,10 +245,12 @@ class PrepareChunks(beam.PTransform):
         self.overlap = overlap
 
     def expand(self, elements: beam.PCollection) -> dict[str, beam.PCollection]:
+        register_chunk_coder()  # "tiles" is typed: encoded and sized by ChunkTilesCoder
         return (elements
                 | "Read" >> beam.ParDo(ReadChunkFn(self.plan, self.total,
                                                    overlap=self.overlap))
-                | "Split" >> SplitTags("tiles", "result", "failed"))
+                | "Split" >> SplitTags("tiles", "result", "failed",
+                                       types={"tiles": tuple[tuple[int, str], ChunkTiles]}))
 
 
 class PredictChunks(beam.PTransform):

@@ -13,9 +13,14 @@ attributes read. So the handler keeps what it needs to know about the model (its
 input bands) itself, read from ``artifact.json`` (or given by the launcher's plan), and
 only calls ``predict`` on the model it is handed, whichever of the two it is.
 
-One RunInference example is the stack of windows of one chunk (``(n, h, w, c)`` float32
-physical units, or an object holding it as ``.windows``); its inference is ``(n, h, w)``
-landslide probabilities, or with ``explain_layer`` ``(n, h, w, 2)``: the probabilities and
+One RunInference example is the stack of windows of one chunk: an ``(n, h, w, c)``
+float32 array in physical units, or an object that cuts it, such as
+:class:`~pipelines.predict.chunk.ChunkTiles`: its ``windows()`` returns the array,
+``windows_nbytes`` its size without cutting it, and ``without_pixels()`` a copy without
+the pixels, which the :class:`PredictionResult` holds as its example (so a runner that
+encodes the results, or estimates their size by encoding them, does not carry the pixels
+again; a plain array example is kept as it is). Its inference is ``(n, h, w)`` landslide
+probabilities, or with ``explain_layer`` ``(n, h, w, 2)``: the probabilities and
 each window's Grad-CAM (:func:`model.explain.explain_segmentation`). Each example is
 predicted on its own, in model batches of ``batch_size`` windows, so a chunk's prediction
 never depends on which other chunks shared its RunInference batch (reruns give
@@ -53,10 +58,21 @@ class InferenceError:
 
 
 def _windows(example: Any) -> np.ndarray:
-    w = getattr(example, "windows", example)
-    if w is None:
-        raise ValueError("The example holds no windows (already consumed?).")
-    return w
+    """An example's ``(n, h, w, c)`` windows: the array itself, or what it cuts."""
+    cut = getattr(example, "windows", None)
+    return np.asarray(example) if cut is None else cut()
+
+
+def _windows_nbytes(example: Any) -> int:
+    """Bytes of an example's windows, without cutting them."""
+    nbytes = getattr(example, "windows_nbytes", None)
+    return int(np.asarray(example).nbytes if nbytes is None else nbytes)
+
+
+def _without_pixels(example: Any) -> Any:
+    """What a :class:`PredictionResult` keeps of a predicted example."""
+    drop = getattr(example, "without_pixels", None)
+    return example if drop is None else drop()
 
 
 class KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
@@ -148,7 +164,9 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
         """Predict each example of ``batch`` on its own.
 
         ``model`` is what :meth:`load_model` returned, or with ``large_model`` Beam's
-        proxy of it: only its ``predict`` method is called.
+        proxy of it: only its ``predict`` method is called. Each result's example is the
+        example without its pixels where it can drop them (``without_pixels()``); the
+        examples of ``batch`` are not changed.
         """
         model_id = self.model_id
         out = []
@@ -160,7 +178,7 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
                     raise
                 log.warning("inference failed: %s: %s", type(exc).__name__, exc)
                 probs = InferenceError(type(exc).__name__, f"{type(exc).__name__}: {exc}")
-            out.append(PredictionResult(example, probs, model_id=model_id))
+            out.append(PredictionResult(_without_pixels(example), probs, model_id=model_id))
         return out
 
     def _predict(self, example: Any, model: Any) -> np.ndarray:
@@ -184,7 +202,7 @@ class KerasModelHandler(ModelHandler[Any, PredictionResult, Any]):
         return np.asarray(model.predict(x, batch_size=self.batch_size))
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return int(sum(_windows(e).nbytes for e in batch))
+        return sum(_windows_nbytes(e) for e in batch)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE

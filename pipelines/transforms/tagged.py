@@ -13,7 +13,7 @@ DirectRunner the filters fuse with the step, at the cost of a tuple per element.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -28,17 +28,33 @@ class SplitTags(beam.PTransform):
     """``(tag, value)`` pairs -> ``{tag: PCollection of value}`` for each tag named.
 
     A pair whose tag is not named is an error in the step that made it, so it fails.
+
+    Args:
+        *tags: The tags, distinct.
+        types: The element type of some tags' PCollections (Beam picks a PCollection's
+            coder from its type); the others are untyped (``Any``).
     """
 
-    def __init__(self, *tags: str) -> None:
+    def __init__(self, *tags: str, types: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if not tags or len(set(tags)) != len(tags):
             raise ValueError(f"SplitTags needs distinct tags, got {tags!r}")
+        unknown = sorted(set(types or {}) - set(tags))
+        if unknown:
+            raise ValueError(f"SplitTags got types for {unknown}, which are not among its "
+                             f"tags {tags!r}")
         self.tags = tags
+        self.types = dict(types or {})
 
     def expand(self, pairs: beam.PCollection) -> dict[str, beam.PCollection]:
         checked = pairs | "CheckTags" >> beam.Map(_check, tags=frozenset(self.tags))
-        return {t: checked | f"Only_{t}" >> beam.FlatMap(_only, tag=t) for t in self.tags}
+        out = {}
+        for t in self.tags:
+            only = beam.FlatMap(_only, tag=t)
+            if t in self.types:
+                only = only.with_output_types(self.types[t])
+            out[t] = checked | f"Only_{t}" >> only
+        return out
 
 
 def _check(item: tuple[str, Any], tags: frozenset[str]) -> tuple[str, Any]:

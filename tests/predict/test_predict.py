@@ -498,20 +498,23 @@ def test_a_window_without_imagery_is_a_clear_error(scene, tmp_path):
 # ----------------------------------------------------------------------------- pieces
 def test_keras_model_handler_in_run_inference(scene, tmp_path):
     from model.artifact import load_artifact
+    from pipelines.geo.blend import cut_windows
     from pipelines.predict import ChunkTiles, plan_predict
     from pipelines.predict.pipeline import inference_failures
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0.1, 0.5, (3, 32, 32, 2)).astype(np.float32)
-    b = rng.uniform(0.1, 0.5, (5, 32, 32, 2)).astype(np.float32)
-    tiles = ChunkTiles(0, "k", {}, b"", "sig", np.zeros((5, 2), int), np.ones((4, 4), bool), b)
+    image = rng.uniform(0.1, 0.5, (48, 48, 2)).astype(np.float32)
+    origins = np.array([[0, 0], [0, 16], [16, 0], [16, 16], [8, 4]])
+    b = cut_windows(image, origins, 32)  # what the model gets of the chunk below
+    tiles = ChunkTiles(0, "k", {}, b"", "sig", origins, np.ones((4, 4), bool), 32, image)
     art = load_artifact(scene["thr"])
     want = {"a": art.predict(a), "b": art.predict(b)}
     two = KerasModelHandler(scene["thr"], batch_size=2, max_chunks_per_batch=2)
     assert two.get_num_bytes([a, tiles]) == a.nbytes + b.nbytes
     assert two.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 2}
     both = two.run_inference([a, tiles], two.load_model())  # each example on its own
-    assert both[1].example is tiles
+    assert both[0].example is a  # a plain array example is kept as it is
     np.testing.assert_allclose(both[0].inference, want["a"], atol=1e-6)
     np.testing.assert_allclose(both[1].inference, want["b"], atol=1e-6)
     handler = KerasModelHandler(scene["thr"], batch_size=2)  # one chunk per batch
@@ -541,6 +544,86 @@ def test_keras_model_handler_in_run_inference(scene, tmp_path):
         assert_that(good, check)
         failed = dlq.failed_inferences | beam.FlatMap(inference_failures, plan=plan)
         assert_that(failed, check_failed, label="failed")
+
+
+def test_the_sweep_writes_bit_for_bit_what_windows_cut_at_read_time_give(scene, tmp_path):
+    """A chunk carries its image and the handler cuts its windows, through Beam and the
+    edges typed with ChunkTilesCoder; the sweep used to cut them right after the read.
+    Same windows, same model calls: the same COGs, bit for bit (a U-Net, float32)."""
+    from pipelines.geo.blend import chunk_windows, cut_windows
+    from pipelines.geo.grid import Chunk, ChunkKey, GridSpec
+    from pipelines.geo.patches import channels_last
+    from pipelines.predict import ChunkTiles, plan_predict
+    from pipelines.predict.chunk import finish_chunk
+    from pipelines.predict.plan import chunk_signature
+
+    cfg = {"model": scene["unet"], "prob_dtype": "float32"}
+    run = run_predict(_config(scene, tmp_path / "beam", **cfg))[0]
+    plan, elements = plan_predict(_config(scene, tmp_path / "by_hand", **cfg))
+    handler = KerasModelHandler(scene["unet"], batch_size=plan.config.batch_size)
+    model = handler.load_model()
+    h, written = plan.halo, 0
+    for source in plan.sources:
+        source.open()
+    try:
+        for job_i, key, region_wkb, spec_d in elements:  # the windows cut at read time
+            chunk = Chunk(ChunkKey.parse(key), GridSpec(**spec_d), region_wkb)
+            raster = plan.sources[plan.jobs[job_i].source].read(chunk.read_grid, plan.bands)
+            valid = (raster.valid[h:h + chunk.grid.height, h:h + chunk.grid.width]
+                     & chunk.region_mask())
+            origins = chunk_windows(plan.lattice, chunk.read_grid, h, needed=valid)
+            windows = cut_windows(channels_last(raster.data, raster.valid), origins,
+                                  plan.lattice.window)
+            probs = handler.run_inference([windows], model)[0].inference
+            sig = chunk_signature(plan.jobs[job_i], key, region_wkb)
+            rec = finish_chunk(plan, ChunkTiles(job_i, key, spec_d, region_wkb, sig, origins,
+                                                valid, plan.lattice.window), probs)
+            for name in ("prob", "mask"):
+                beam_px = _read(tmp_path / "beam" / rec["files"][name])
+                assert beam_px.tobytes() == _read(tmp_path / "by_hand" / rec["files"][name]
+                                                  ).tobytes(), (key, name)
+            written += 1
+    finally:
+        for source in plan.sources:
+            source.close()
+    assert written == run["counts"]["chunks_computed"] == 16
+
+
+def test_a_handler_result_holds_the_chunk_without_its_pixels(scene):
+    """Runners encode RunInference's results (or pickle them to estimate their size): a
+    result carries the chunk's blending data and probabilities, not its pixels again; the
+    chunk handed in keeps them (other consumers may still read it)."""
+    import pickle
+
+    from pipelines.predict import ChunkTiles
+    from pipelines.transforms.inference import InferenceError
+
+    rng = np.random.default_rng(1)
+    origins = np.array([[0, 0], [0, 32], [32, 0], [32, 32]])
+
+    def chunk(key: str, bands: int) -> ChunkTiles:
+        image = rng.uniform(0.1, 0.5, (96, 96, bands)).astype(np.float32)
+        return ChunkTiles(0, key, {"epsg": 32645}, b"wkb", f"sig-{key}", origins,
+                          np.ones((8, 8), bool), 32, image)
+
+    good, bad = chunk("good", 2), chunk("bad", 3)  # three bands for a two-band model
+    handler = KerasModelHandler(scene["thr"], batch_size=2, capture_errors=True)
+    results = handler.run_inference([good, bad], handler.load_model())
+    assert isinstance(results[1].inference, InferenceError)
+    assert results[0].inference.shape == (4, 32, 32)
+    for res, sent in zip(results, (good, bad)):
+        kept = res.example
+        assert isinstance(kept, ChunkTiles) and kept is not sent
+        assert kept.image is None and kept.windows_nbytes == 0
+        assert (kept.job, kept.key, kept.signature, kept.size, kept.spec, kept.region_wkb) == (
+            sent.job, sent.key, sent.signature, sent.size, sent.spec, sent.region_wkb)
+        np.testing.assert_array_equal(kept.origins, sent.origins)
+        np.testing.assert_array_equal(kept.valid, sent.valid)
+        assert sent.image is not None and sent.image.shape[:2] == (96, 96)  # not mutated
+        with pytest.raises(ValueError, match="no pixels"):
+            kept.windows()
+    # the probabilities (16 KiB) and a little more; the image alone is 72 KiB
+    assert len(pickle.dumps(results[0])) < results[0].inference.nbytes + 4096
 
 
 def test_a_unet_sweep_with_explain_writes_gradcam_cogs_mosaics_and_stac(scene, tmp_path,

@@ -133,8 +133,13 @@ def test_prepare_cuts_the_lattice_windows_of_a_chunk(scene, planned):
     assert isinstance(tiles, ChunkTiles)
     assert (tiles.job, tiles.key) == (0, key)
     assert tiles.signature == chunk_signature(plan.jobs[0], key, elements[key][2])
-    assert tiles.windows is not None and tiles.windows.dtype == np.float32
-    assert tiles.windows.shape == (len(tiles.origins), 32, 32, 2)
+    windows = tiles.windows()
+    assert windows.dtype == np.float32 and tiles.size == 32
+    assert windows.shape == (len(tiles.origins), 32, 32, 2)
+    assert tiles.windows_nbytes == windows.nbytes
+    # the image is carried once: the halo'd read grid, not the (overlapping) windows
+    assert tiles.image is not None and tiles.image.shape == (32 + 2 * plan.halo,) * 2 + (2,)
+    assert tiles.image.nbytes < windows.nbytes
     # the AOI starts 10.3 px inside the raster: the chunk's first 10 columns lie outside
     assert tiles.valid.shape == (32, 32)
     assert not tiles.valid[:, :10].any() and tiles.valid[:, 10:].all()
@@ -142,7 +147,7 @@ def test_prepare_cuts_the_lattice_windows_of_a_chunk(scene, planned):
     dn_valid = (scene["dn"] != 0).any(axis=0)
     b8 = np.where(dn_valid, scene["dn"][1] * 1e-4, 0.0)
     checked = 0
-    for (wr, wc), w in zip(tiles.origins, tiles.windows):
+    for (wr, wc), w in zip(tiles.origins, windows):
         row, col = 32 + wr - plan.halo, 0 + wc - plan.halo  # the window in the scene
         if 0 <= row <= N - 32 and 0 <= col <= N - 32:
             np.testing.assert_allclose(w[..., 1], b8[row:row + 32, col:col + 32], rtol=1e-6)
@@ -203,7 +208,7 @@ def test_finish_writes_the_mask_of_probability_at_threshold_within_the_region(sc
         tiles = prepare_chunk(plan, plan.sources, *element)
         if not isinstance(tiles, ChunkTiles):
             continue
-        probs = _probs(tiles.windows)
+        probs = _probs(tiles.windows())
         grid = _grid(key, element)
         prob, valid, mask = blend_chunk(plan, tiles, probs, grid.shape)
         np.testing.assert_array_equal(valid, tiles.valid)  # every blend is finite
@@ -290,7 +295,7 @@ def _sweep_all(plan, elements) -> list[dict]:
     for element in elements.values():
         tiles = prepare_chunk(plan, plan.sources, *element)
         results.append(tiles if isinstance(tiles, dict)
-                       else finish_chunk(plan, tiles, _probs(tiles.windows)))
+                       else finish_chunk(plan, tiles, _probs(tiles.windows())))
     return results
 
 
@@ -373,8 +378,9 @@ def test_explain_writes_a_gradcam_cog_beside_each_probability_cog(scene, explain
             if not isinstance(tiles, ChunkTiles):
                 continue
             out = handler.run_inference([tiles], model)[0].inference
-            assert out.shape == (*tiles.windows.shape[:3], 2)
-            np.testing.assert_allclose(out[..., 0], _probs(tiles.windows), atol=1e-5)
+            windows = tiles.windows()
+            assert out.shape == (*windows.shape[:3], 2)
+            np.testing.assert_allclose(out[..., 0], _probs(windows), atol=1e-5)
             rec = finish_chunk(plan, tiles, out)
             cam, tags = _read(plan.jobs[0].path(rec["files"]["explain"]))
             prob, _ = _read(plan.jobs[0].path(rec["files"]["prob"]))
