@@ -60,8 +60,10 @@ def test_quick_demo_is_scored_on_held_out_blocks_with_temporal_context(demo_out)
     art = json.loads((demo_out / "models" / "finetuned" / "artifact.json").read_text())
     assert art["stack"]["references"] == [
         {"name": "base", "offset": "-4y..-1y", "composite": "greenest"},
-        {"name": "pre", "start": "2009-01-01", "end": "2012-12-31", "composite": "greenest"}]
-    assert {"dNDVI@base", "dNDVI@pre"} <= set(art["bands"])
+        {"name": "pre", "start": "2009-01-01", "end": "2012-12-31", "composite": "greenest"},
+        {"name": "bare", "offset": "-4y..-1y", "composite": "barest"}]
+    assert {"dNDVI@base", "dNDVI@pre", "dNDVI@bare"} <= set(art["bands"])
+    assert art["training"]["monitor"] == "val_loss"
     assert art["bands"] == art["stack"]["channels"]
     manifest = json.loads((demo_out / "shards" / "train" / "manifest.json").read_text())
     assert manifest["years"] == [2014, 2016, 2018]
