@@ -277,6 +277,42 @@ def _first_record(files: Sequence[str]) -> tuple[bytes, str, str]:
     raise ConfigError(f"every shard of {list(files)[:3]}... is empty: nothing to train on")
 
 
+def _listed_files(root: str, files: list[str], listed: dict[str, list[str]]) -> list[str]:
+    """The shards of an export folder that its manifest lists (by split and file name).
+
+    An export into a folder that held an earlier export leaves that export's shards
+    beside its own when their counts differ (``train-00000-of-00003`` beside
+    ``-of-00004``): they are not read, with a warning. A listed shard that is missing is
+    an error: the export is incomplete.
+
+    Raises:
+        ConfigError: a shard the manifest lists is not in the folder.
+    """
+    names = {s: {f.replace("\\", "/").rsplit("/", 1)[-1] for f in fs}
+             for s, fs in listed.items() if isinstance(fs, list)}
+    keep, stale, seen = [], [], set()
+    for f in files:
+        split = _split_of(f[len(root):])
+        name = f.rsplit("/", 1)[-1]
+        if name in names.get(split, ()):
+            keep.append(f)
+            seen.add((split, name))
+        else:
+            stale.append(f)
+    missing = sorted(f"{s}/{n}" for s, ns in names.items() for n in ns
+                     if (s, n) not in seen and n.startswith(f"{s}-"))
+    if missing:
+        raise ConfigError(
+            f"the manifest of {root!r} lists {len(missing)} shard(s) that are not there, e.g. "
+            f"{missing[:3]}: the export is incomplete or was moved in part; re-run it")
+    if stale:
+        logger.warning(
+            "%d shard file(s) in %r are not in its manifest.json, e.g. %s (left by an earlier "
+            "export into the same folder?); reading only the %d it lists", len(stale), root,
+            stale[:2], len(keep))
+    return keep
+
+
 def find_shards(data: str, label: str | None = None) -> ShardSet:
     """List the shards of ``data`` (a folder or a glob) and learn their layout.
 
@@ -301,10 +337,12 @@ def find_shards(data: str, label: str | None = None) -> ShardSet:
             f"folder and its {'/'.join(SPLITS)} sub-folders): export some with "
             "`landslides export`, or pass a glob"
         )
+    manifest = _find_manifest(root, explicit=not _is_glob(data))
+    if manifest and isinstance(manifest.get("files"), dict) and not _is_glob(data):
+        files = _listed_files(root, files, manifest["files"])
     by_split: dict[str, list[str]] = {s: [] for s in (*SPLITS, "other")}
     for f in files:
         by_split[_split_of(f) if _is_glob(data) else _split_of(f[len(root):])].append(f)
-    manifest = _find_manifest(root, explicit=not _is_glob(data))
     ordered = by_split["train"] + by_split["other"] + by_split["val"] + by_split["test"]
     record, compression, first = _first_record(ordered)
     fmt = detect_format(record)

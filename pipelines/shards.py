@@ -34,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import fsio
 from pipelines.errors import OutputError
+from pipelines.geo.patches import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,30 @@ SHARD_BYTES = 256 * 2**20
 def shard_name(split: str, index: int, total: int, compression: str) -> str:
     """``<split>/<split>-SSSSS-of-NNNNN<suffix>``, relative to the output folder."""
     return f"{split}/{split}-{index:05d}-of-{total:05d}{COMPRESSIONS[compression]}"
+
+
+def split_of(out: str, path: str) -> str | None:
+    """The split of a shard ``path`` written under ``out`` (its first folder below ``out``).
+
+    Only the part below ``out`` counts: an output folder that is itself named ``train``
+    (``shards/train/val/val-00000-of-00001.tfrecord``) holds a ``val`` shard.
+    """
+    root = out.replace("\\", "/").rstrip("/") + "/"
+    rel = path.replace("\\", "/")
+    if not rel.startswith(root):
+        return None
+    first = rel[len(root):].split("/", 1)[0]
+    return first if first in SPLITS else None
+
+
+def files_by_split(out: str, files: Iterable[str]) -> dict[str, list[str]]:
+    """``{split: sorted shard paths}`` for every split, of shards written under ``out``."""
+    by: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for f in files:
+        split = split_of(out, f)
+        if split is not None:
+            by[split].append(f)
+    return {s: sorted(v) for s, v in by.items()}
 
 
 def shard_count(records: int, record_bytes: int) -> int:
@@ -178,8 +203,9 @@ def finish_shards(out: str, files: Iterable[str], temp: str,
         raise OutputError(
             f"{len(missing)} shard(s) reported written are missing, e.g. {missing[:3]}; the "
             f"output {out!r} is incomplete. Check that it is writable and re-run the export.")
+    present = {split_of(out, f) for f in files}
     for split, total in (totals or {}).items():
-        if not any(f"/{split}/" in f for f in files):
+        if split not in present:
             continue
         for index in range(total):
             path = fsio.join(out, shard_name(split, index, total, compression))

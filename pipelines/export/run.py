@@ -106,7 +106,7 @@ def shard_totals(config: ExportConfig, chunks_per_split: dict[str, int], sources
 def _write_manifest(parts: dict, config: ExportConfig, plan_info: dict, temp: str,
                     totals: dict[str, int]) -> None:
     from pipelines.geo.patches import IGNORE
-    from pipelines.shards import finish_shards
+    from pipelines.shards import files_by_split, finish_shards
 
     summary, files = parts["summary"], parts["files"]
 
@@ -133,7 +133,7 @@ def _write_manifest(parts: dict, config: ExportConfig, plan_info: dict, temp: st
         "candidates": int(counts.get("candidates", 0)),
         "chunks_done": int(counts.get("chunks", 0)),
         "chunks_failed": len(failed),
-        "files": {s: [f for f in files if f"/{s}/" in f.replace("\\", "/")] for s in SPLITS},
+        "files": files_by_split(config.out, files),
         "stats": stats,
         "config": config.to_dict(),
         **plan_info,

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from pipelines.errors import OutputError
-from pipelines.shards import COMPRESSIONS, WriteShards, finish_shards, shard_name, write_records
+from pipelines.shards import (
+    COMPRESSIONS,
+    WriteShards,
+    files_by_split,
+    finish_shards,
+    shard_name,
+    split_of,
+    write_records,
+)
 
 
 def _write(path, records, compression):
@@ -63,6 +71,25 @@ def test_finish_shards_refuses_a_reported_but_missing_shard(tmp_path):
         finish_shards(str(tmp_path), [str(ok), str(missing)], str(temp))
     assert finish_shards(str(tmp_path), [str(ok)], str(temp)) == [str(ok)]
     assert not temp.exists()
+
+
+def test_splits_come_from_the_folder_below_the_output_even_when_it_is_named_train(tmp_path):
+    out = tmp_path / "shards" / "train"  # the demo's training export folder
+    (out / "train").mkdir(parents=True)
+    (out / "val").mkdir()
+    val = out / shard_name("val", 0, 1, "gzip")
+    train = [out / shard_name("train", i, 2, "gzip") for i in range(2)]
+    for f in (val, *train):
+        f.write_bytes(b"")
+    assert split_of(str(out), str(val)) == "val"  # its path holds /train/ too
+    assert split_of(str(out), str(train[0])) == "train"
+    assert split_of(str(out), str(tmp_path / "elsewhere" / "val-00000-of-00001")) is None
+    assert files_by_split(str(out), map(str, (val, *reversed(train)))) == {
+        "train": [str(f) for f in train], "val": [str(val)], "test": []}
+    # finish_shards does not fill up a split that only the folder's name mentions
+    temp = tmp_path / ".shards-tmp-y"
+    temp.mkdir()
+    assert finish_shards(str(out), [str(val)], str(temp), {"train": 2, "val": 1}) == [str(val)]
 
 
 def test_unknown_compression_is_refused(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,29 @@ def test_globs_assign_splits_and_find_the_manifest(shards):
     assert len(both.files["train"]) == 1 and len(both.files["val"]) == 1
     with pytest.raises(ConfigError, match="matches no file"):
         data.find_shards(str(root / "nothing-*.tfrecord.gz"))
+
+
+def test_an_export_folder_reads_only_the_shards_its_manifest_lists(tmp_path, caplog):
+    # an earlier export into the same folder, other bands and 3 shards a split ...
+    root = tmp_path / "train"  # a folder named like a split, as the demo's shards/train
+    write_shards(root, {"train": 9, "val": 3}, bands=("B8", "B4", "B2"), shards_per_split=3)
+    # ... then this one, 2 shards a split: the old -of-00003 files stay beside the new ones
+    written = write_shards(root, {"train": 8, "val": 4}, shards_per_split=2)
+    assert len(list((root / "train").glob("*.tfrecord.gz"))) == 5
+    with caplog.at_level("WARNING", logger="model.data"):
+        found = data.find_shards(str(root))
+    assert [os.path.basename(f) for f in found.files["train"]] == [
+        "train-00000-of-00002.tfrecord.gz", "train-00001-of-00002.tfrecord.gz"]
+    assert len(found.files["val"]) == 2 and found.stored_bands == BANDS
+    assert len(list(records(found.files["train"]))) == len(written["train"]) == 8
+    warned = [r.getMessage() for r in caplog.records if "not in its manifest" in r.getMessage()]
+    assert warned and warned[0].startswith("6 shard file(s)"), warned
+    # a shard the manifest lists but the folder lacks: the export is incomplete
+    (root / "val" / "val-00001-of-00002.tfrecord.gz").unlink()
+    with pytest.raises(ConfigError, match="val/val-00001-of-00002.tfrecord.gz"):
+        data.find_shards(str(root))
+    # a glob is taken as given (no manifest to go by)
+    assert len(data.find_shards(str(root / "train" / "*.tfrecord.gz")).files["train"]) == 5
 
 
 def test_dataset_selects_bands_in_the_requested_order(shards):
