@@ -53,8 +53,6 @@ class DemoConfig:
         references: The input stack's reference images (``NAME=OFFSET`` or
             ``NAME=START/END``, see :mod:`pipelines.geo.stack`).
         change: Change bands of every reference.
-        recovery: Recovery channels (``INDEX@FROM..TO``, see
-            :class:`pipelines.geo.stack.StackSpec`).
         history_years: Years the world holds before the first swept year, for reference
             images (a stack that needs older images is refused).
     """
@@ -72,7 +70,6 @@ class DemoConfig:
                                    "pre=2009-01-01/2012-12-31:greenest",
                                    "bare=-4y..-1y:barest")
     change: tuple[str, ...] = ("NDVI", "B4", "B8", "B11", "B12")
-    recovery: tuple[str, ...] = ()
     history_years: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -91,8 +88,7 @@ class DemoConfig:
     @property
     def stack(self) -> StackSpec:
         """The input stack every model of the demo takes."""
-        return StackSpec(BANDS, parse_references(self.references), None, self.change,
-                         self.recovery)
+        return StackSpec(BANDS, parse_references(self.references), None, self.change)
 
     @property
     def world_years(self) -> tuple[int, ...]:

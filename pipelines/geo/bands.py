@@ -133,8 +133,6 @@ def _stacked(name: str) -> str:
     ref = ref.strip()
     if base in REGISTRY:
         return f"{base}@{ref}"
-    if base[:1] in "rR" and base[1:].upper() in INDICES and ".." in ref:  # rNDVI@bare..base
-        return f"r{base[1:].upper()}@{ref}"
     if base[:1] in "dD" and len(base) > 1:
         rest = base[1:]
         if rest.upper() in INDICES:
@@ -149,8 +147,8 @@ def _stacked(name: str) -> str:
 def canonical(name: str) -> str:
     """Return the canonical band name for ``name`` (case and common aliases tolerated).
 
-    Stack channels (``B4@prev``, ``dNDVI@prev``, ``rNDVI@bare..base``; see
-    :mod:`pipelines.geo.stack`) are canonical when their base band is.
+    Stack channels (``B4@prev``, ``dNDVI@prev``; see :mod:`pipelines.geo.stack`) are
+    canonical when their base band is.
 
     Raises:
         BandError: ``name`` is not a known band; the message suggests close names.
@@ -194,11 +192,6 @@ def get(name: str) -> Band:
         return Band(name, f"{b.description}, reference {ref}", b.unit, b.scale, b.offset,
                     b.nodata, b.kind, b.wavelength_nm, b.resolution_m, b.valid_range)
     what = base[1:]
-    if base.startswith("r") and what in INDICES and ".." in ref:
-        start, _, end = ref.partition("..")
-        return Band(name, f"Recovery of {what} from reference {start} towards reference {end} "
-                          f"(0 as {start}, 1 as {end})", "ratio", kind="change",
-                    valid_range=(-2.0, 2.0))
     if what in INDICES:
         return Band(name, f"Change of {what} (target minus reference {ref})", "index",
                     kind="change", valid_range=(-2.0, 2.0))

@@ -11,9 +11,6 @@ Channel names (the order a model takes them in)::
     B2 ... B12 DEM slope          the target's bands, as named
     B4@prev B8@prev ...           a reference's optical bands: ``<band>@<reference>``
     dNDVI@prev dB4@prev ...       change bands: ``d<band or index>@<reference>``
-    rNDVI@bare..base              recovery: how far the target has come back from one
-                                  reference (a scar at its freshest) towards another (the
-                                  vegetation before it), ``r<index>@<from>..<to>``
 
 A stack without references is a single-date stack: its channels are its bands, so
 models trained before stacks existed are single-date models.
@@ -39,13 +36,6 @@ from pipelines.geo import bands as bandreg
 
 #: Separates a band from the reference it comes from (``B4@prev``).
 SEP = "@"
-#: Separates the two references of a recovery channel (``rNDVI@bare..base``).
-RECOVERY_SEP = ".."
-#: Recovery channels are clipped to this range; below ``RECOVERY_MIN_SPAN`` of index
-#: between the two references (no scar in the window) the span counts as that much, so a
-#: scar that is new in the target (far below both) is strongly negative, not undefined.
-RECOVERY_RANGE = (-2.0, 2.0)
-RECOVERY_MIN_SPAN = 0.1
 #: Spectral indices a change band may be computed of (defined with the bands).
 INDICES = bandreg.INDICES
 _OFFSET = re.compile(r"^([+-]?\d+)\s*([ymd])$")
@@ -195,27 +185,6 @@ def parse_references(text: str | Sequence[str] | None) -> tuple[Reference, ...]:
     return refs
 
 
-def _recovery_spec(text: str, references: Sequence[str]) -> str:
-    """``INDEX@FROM..TO`` checked and normalised (``ndvi@bare..base`` -> ``NDVI@bare..base``)."""
-    what, sep, pair = str(text).strip().partition(SEP)
-    start, sep2, end = pair.partition(RECOVERY_SEP)
-    what = what.strip().upper()
-    if not (sep and sep2 and start.strip() and end.strip()):
-        raise ConfigError(f"Recovery {text!r} is not INDEX@FROM..TO, e.g. NDVI@bare..base (from "
-                          f"a barest reference towards a greenest one).")
-    if what not in INDICES:
-        raise ConfigError(f"Recovery {text!r}: {what!r} is not an index; use one of "
-                          f"{', '.join(INDICES)}.")
-    start, end = start.strip(), end.strip()
-    for name in (start, end):
-        if name not in references:
-            raise ConfigError(f"Recovery {text!r} names the reference {name!r}, which the stack "
-                              f"does not have; its references: {', '.join(references) or 'none'}.")
-    if start == end:
-        raise ConfigError(f"Recovery {text!r} needs two different references.")
-    return f"{what}{SEP}{start}{RECOVERY_SEP}{end}"
-
-
 def _change_name(name: str) -> str:
     upper = name.strip().upper()
     if upper in INDICES:
@@ -234,20 +203,12 @@ class StackSpec:
             optical bands).
         change: Change bands per reference: band names (``B4`` -> ``dB4@prev``, the target
             minus the reference) and indices (``NDVI`` -> ``dNDVI@prev``).
-        recovery: Recovery channels ``INDEX@FROM..TO`` (``NDVI@bare..base`` ->
-            ``rNDVI@bare..base``): ``1 - (I_to - I_target) / max(I_to - I_from, 0.1)``,
-            clipped to [-2, 2]; with ``FROM`` a scar at its freshest (a ``barest``
-            composite) and ``TO`` the vegetation before it (``greenest``), the share of the
-            scar that has regrown: 0 fresh, 1 recovered (and 1 where nothing changed), far
-            below 0 for a scar new in the target. Inventories that drop a landslide once
-            half of it has regrown draw exactly this line.
     """
 
     bands: tuple[str, ...]
     references: tuple[Reference, ...] = ()
     reference_bands: tuple[str, ...] | None = None
     change: tuple[str, ...] = ()
-    recovery: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         bands = bandreg.resolve(self.bands)
@@ -282,11 +243,6 @@ class StackSpec:
             if c not in INDICES and bandreg.get(c).kind != "optical":
                 raise ConfigError(f"Change band {c!r} is not optical; change bands are "
                                   f"differences of optical bands or of {', '.join(INDICES)}.")
-        recovery = tuple(_recovery_spec(r, names) for r in self.recovery)
-        twice = sorted({r for r in recovery if recovery.count(r) > 1})
-        if twice:
-            raise ConfigError(f"Recovery channels listed twice: {', '.join(twice)}.")
-        object.__setattr__(self, "recovery", recovery)
 
     # ---- what the stack holds
     @property
@@ -308,7 +264,6 @@ class StackSpec:
         for r in self.references:
             out += [f"{b}{SEP}{r.name}" for b in self.ref_bands]
             out += [f"d{c}{SEP}{r.name}" for c in self.change]
-        out += [f"r{r}" for r in self.recovery]
         return tuple(out)
 
     def needed(self) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
@@ -316,8 +271,6 @@ class StackSpec:
         extra: list[str] = []
         for c in self.change:
             extra += list(INDICES.get(c, (c,)))
-        for r in self.recovery:
-            extra += list(INDICES[r.partition(SEP)[0]])
         target = tuple(dict.fromkeys(list(self.bands) + extra))
         per_ref = tuple(dict.fromkeys(list(self.ref_bands) + extra))
         return target, {r.name: per_ref for r in self.references}
@@ -333,8 +286,6 @@ class StackSpec:
                              "change": list(self.change), "channels": list(self.channels)}
         if self.reference_bands is not None:
             d["reference_bands"] = list(self.reference_bands)
-        if self.recovery:
-            d["recovery"] = list(self.recovery)
         return d
 
     @classmethod
@@ -343,8 +294,7 @@ class StackSpec:
                    references=tuple(Reference(**r) for r in d.get("references", ())),
                    reference_bands=(tuple(d["reference_bands"]) if d.get("reference_bands")
                                     else None),
-                   change=tuple(d.get("change", ())),
-                   recovery=tuple(d.get("recovery", ())))
+                   change=tuple(d.get("change", ())))
         if "channels" in d and list(d["channels"]) != list(spec.channels):
             raise ConfigError(f"Stack record lists channels {d['channels']} but its parts "
                               f"make {list(spec.channels)}: the record is inconsistent.")
@@ -365,8 +315,7 @@ class StackSpec:
             return f"single date: {', '.join(self.bands)}"
         refs = "; ".join(r.describe() for r in self.references)
         change = f", change {', '.join(self.change)}" if self.change else ""
-        recovery = f", recovery {', '.join(self.recovery)}" if self.recovery else ""
-        return f"{len(self.channels)} channels: target + {refs}{change}{recovery}"
+        return f"{len(self.channels)} channels: target + {refs}{change}"
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -418,26 +367,7 @@ def compose(spec: StackSpec, target: Mapping[str, np.ndarray],
                         & np.isfinite(ref[a]) & np.isfinite(ref[b]))
                 out[i][bad] = np.nan
             i += 1
-    for spec_r in spec.recovery:
-        what, _, pair = spec_r.partition(SEP)
-        start, _, end = pair.partition(RECOVERY_SEP)
-        recovery(_values(what, target), _values(what, refs[start]), _values(what, refs[end]),
-                 out=out[i])
-        a, b = INDICES[what]
-        bad = np.zeros(first.shape, bool)
-        for d in (target, refs[start], refs[end]):
-            bad |= ~(np.isfinite(d[a]) & np.isfinite(d[b]))
-        out[i][bad] = np.nan
-        i += 1
     return out
-
-
-def recovery(now: np.ndarray, start: np.ndarray, end: np.ndarray,
-             out: np.ndarray | None = None) -> np.ndarray:
-    """``1 - (end - now) / max(end - start, RECOVERY_MIN_SPAN)``, clipped (see StackSpec)."""
-    span = np.maximum(end - start, RECOVERY_MIN_SPAN)
-    value = 1.0 - (end - now) / span
-    return np.clip(value, *RECOVERY_RANGE, out=out)
 
 
 def channel_band(name: str) -> tuple[str, str | None, bool]:
@@ -449,7 +379,5 @@ def channel_band(name: str) -> tuple[str, str | None, bool]:
     if not sep:
         return name, None, False
     if base.startswith("d") and (base[1:] in INDICES or base[1:] in bandreg.REGISTRY):
-        return base[1:], ref, True
-    if base.startswith("r") and base[1:] in INDICES and RECOVERY_SEP in ref:
         return base[1:], ref, True
     return base, ref, False

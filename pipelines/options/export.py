@@ -96,11 +96,6 @@ class ExportOptions:
     change: tuple[str, ...] = option((), "Change bands per reference: indices and bands, e.g. "
                                      "NDVI,B4,B11 -> dNDVI@NAME, dB4@NAME, dB11@NAME.",
                                      parse=_names, group=STACK)
-    recovery: tuple[str, ...] = option(
-        (), "Recovery channels INDEX@FROM..TO, e.g. NDVI@bare..base -> rNDVI@bare..base: how "
-        "far the target has come back from reference FROM (a barest composite: a scar at its "
-        "freshest) towards TO (a greenest one), 0 to 1; repeatable.", action="append",
-        metavar="INDEX@FROM..TO", parse=tuple, group=STACK)
     reference_bands: tuple[str, ...] | None = option(
         None, "Optical bands taken from each reference (default: the target's).",
         parse=_names, group=STACK)
@@ -159,7 +154,7 @@ class ExportOptions:
                 polygons[name] = shapely.to_wkb(load_region(path).geometry)
         stack = StackSpec(tuple(self.bands), parse_references(_list(self.reference)),
                           tuple(self.reference_bands) if self.reference_bands else None,
-                          tuple(self.change), tuple(self.recovery))
+                          tuple(self.change))
         return ExportConfig(
             source=dict(self.source), aoi=self.aoi, out=self.out, inventory=self.inventory,
             labels=self.labels, label_map=self.label_map, start=self.start, end=self.end,

@@ -234,52 +234,6 @@ def test_change_bands_match_numpy_and_propagate_nan(rng):
     assert np.isfinite(out).sum() == out.size - 5  # exactly the NaNs above
 
 
-def test_recovery_channels_match_numpy_and_refuse_bad_specs(rng):
-    refs = parse_references("base=-4y..-1y:greenest,bare=-4y..-1y:barest")
-    spec = StackSpec(BANDS3, refs, recovery=("ndvi@bare..base",))
-    assert spec.recovery == ("NDVI@bare..base",)
-    assert spec.channels[-1] == "rNDVI@bare..base"
-    assert StackSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    assert channel_band("rNDVI@bare..base") == ("NDVI", "bare..base", True)
-    assert bandreg.get("rndvi@bare..base").unit == "ratio"
-    assert spec.needed()[1]["bare"] == ("B4", "B8")
-    shape = (5, 6)
-    t = {b: rng.uniform(0.02, 0.6, shape).astype(np.float32) for b in ("B4", "B8")}
-    t["slope"] = rng.uniform(0, 60, shape).astype(np.float32)
-    green = {"B4": np.full(shape, 0.04, np.float32), "B8": np.full(shape, 0.4, np.float32)}
-    bare = {"B4": np.full(shape, 0.2, np.float32), "B8": np.full(shape, 0.25, np.float32)}
-    bare["B8"][0, 1] = np.nan  # a reference pixel missing
-    # exact cases: fresh (the scar's own spectrum), half regrown, as green as before, and
-    # a scar new in the target where both references are vegetation (no span)
-    t["B4"][1, 0], t["B8"][1, 0] = 0.2, 0.25
-    g, b = ndvi(green["B8"], green["B4"])[0, 0], ndvi(bare["B8"], bare["B4"])[0, 0]
-    half = (g + b) / 2  # a target with this NDVI: B8 = 0.3, B4 = 0.3 (1 - half) / (1 + half)
-    t["B8"][1, 1], t["B4"][1, 1] = 0.3, 0.3 * (1 - half) / (1 + half)
-    t["B4"][1, 2], t["B8"][1, 2] = 0.04, 0.4
-    out = dict(zip(spec.channels, compose(spec, t, {"base": green, "bare": bare})))
-    r = out["rNDVI@bare..base"]
-    expect = 1.0 - (ndvi(green["B8"], green["B4"]) - ndvi(t["B8"], t["B4"])) / np.maximum(
-        ndvi(green["B8"], green["B4"]) - ndvi(bare["B8"], bare["B4"]), 0.1)
-    expect = np.clip(expect, -2.0, 2.0)
-    np.testing.assert_allclose(r, expect, rtol=1e-5, atol=1e-5)
-    assert np.isnan(r[0, 1]) and np.isfinite(np.delete(r.ravel(), 1)).all()
-    assert r[1, 0] == pytest.approx(0.0, abs=1e-5)
-    assert r[1, 1] == pytest.approx(0.5, abs=1e-4)
-    assert r[1, 2] == pytest.approx(1.0, abs=1e-5)
-    unscarred = StackSpec(BANDS3, refs, recovery=("NDVI@bare..base",))
-    veg = {"base": green, "bare": {k: v.copy() for k, v in green.items()}}
-    fresh = dict(t, B4=np.full(shape, 0.2, np.float32), B8=np.full(shape, 0.25, np.float32))
-    r_new = compose(unscarred, fresh, veg)[-1]
-    assert (r_new == -2.0).all()  # far below both references: clipped, never undefined
-    for bad, msg in (("NDVI@bare", "INDEX@FROM..TO"), ("B4@bare..base", "not an index"),
-                     ("NDVI@bare..old", "reference 'old'"), ("NDVI@bare..bare", "two different"),
-                     ):
-        with pytest.raises(ConfigError, match=msg):
-            StackSpec(BANDS3, refs, recovery=(bad,))
-    with pytest.raises(ConfigError, match="twice"):
-        StackSpec(BANDS3, refs, recovery=("NDVI@bare..base", "ndvi@bare..base"))
-
-
 # ----------------------------------------------------------------------------- 3. synthetic
 def test_stacked_source_equals_each_year_read_alone(world):
     grid = world["grid"]
@@ -322,35 +276,6 @@ def test_stacked_source_equals_each_year_read_alone(world):
     assert t.valid[i, j] and np.isfinite(t.data[:, i, j]).all()
     assert not got.valid[i, j] and np.isnan(got.data[:, i, j]).all()
     assert not got.valid[only_ref].any()
-
-
-def test_export_with_a_recovery_channel_through_the_cli(world, tmp_path):
-    out = tmp_path / "rec"
-    args = _export_args(world, out, "--inventory", str(world["dir"] / "inventory_2016.gpkg"),
-                        "--start", T16[0], "--end", T16[1], "--bands", "b4,b8,slope",
-                        "--reference", "base=-2y..-1y:greenest",
-                        "--reference", "bare=-2y..-1y:barest", "--change", "ndvi",
-                        "--max-nodata", "0.5")
-    # a recovery naming a reference the stack lacks: refused before anything is written
-    assert cli.main([*args, "--recovery", "NDVI@bare..prev"]) == 2
-    assert not (out / "manifest.json").exists()
-    assert cli.main([*args, "--recovery", "ndvi@bare..base"]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["bands"][-1] == "rNDVI@bare..base"
-    assert manifest["stack"]["recovery"] == ["NDVI@bare..base"]
-    assert manifest["band_units"]["rNDVI@bare..base"] == "ratio"
-    patches = [p for ps in read_shards(out).values() for p in ps]
-    k = manifest["bands"].index("rNDVI@bare..base")
-    ch = {b: np.concatenate([p.image[..., manifest["bands"].index(b)][p.mask != 255]
-                             for p in patches]) for b in ("B4", "B8", "B4@base", "B8@base",
-                                                          "B4@bare", "B8@bare")}
-    rec = np.concatenate([p.image[..., k][p.mask != 255] for p in patches])
-    now, green = ndvi(ch["B8"], ch["B4"]), ndvi(ch["B8@base"], ch["B4@base"])
-    scar = ndvi(ch["B8@bare"], ch["B4@bare"])
-    expect = np.clip(1 - (green - now) / np.maximum(green - scar, 0.1), -2, 2)
-    np.testing.assert_allclose(rec, expect, rtol=1e-4, atol=1e-4)
-    assert (scar <= green + 1e-6).all()  # the barest of two years is never the greener
-    assert rec.min() < 0.5 < rec.max()  # scars and vegetation both in the patches
 
 
 def test_a_reference_before_the_world_fails_naming_it(world):
