@@ -12,7 +12,8 @@ stack (the target image alone), and prints one table side by side:
 
 It writes every figure to ``--json`` (default ``bench-quality.json``). Run it with
 ``make bench-quality`` or ``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each
-study takes minutes (about as long as ``make demo``); ``--quick`` uses the quick demo.
+study takes minutes (about as long as ``make demo``); ``--quick`` uses the quick demo;
+``--stack NAME=REF;REF`` also runs the first seed with other reference images.
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ from pipelines.demo import WORLD_FIELDS, DemoConfig, run_demo, share_world
 VARIANTS = ("temporal", "single-date")
 
 
-def _config(out: str, seed: int, variant: str, quick: bool) -> DemoConfig:
+def _config(out: str, seed: int, variant: str, quick: bool,
+            stacks: dict[str, tuple[str, ...]] | None = None) -> DemoConfig:
     if variant == "temporal":
         return DemoConfig(out=out, seed=seed, quick=quick)
+    if stacks and variant in stacks:  # the demo with other reference images
+        return DemoConfig(out=out, seed=seed, quick=quick, references=stacks[variant])
     return DemoConfig(out=out, seed=seed, quick=quick, references=(), change=())
 
 
-def run_study(out: str, seed: int, variant: str, quick: bool) -> dict:
-    cfg = _config(out, seed, variant, quick)
+def run_study(out: str, seed: int, variant: str, quick: bool,
+              stacks: dict[str, tuple[str, ...]] | None = None) -> dict:
+    cfg = _config(out, seed, variant, quick, stacks)
     t0 = time.monotonic()
     results = run_demo(cfg)
     seconds = time.monotonic() - t0
@@ -97,7 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="The quick demo (smaller world).")
     p.add_argument("--single-date-seeds", default=None,
                    help="Seeds also run with a single-date stack (default: the first seed).")
+    p.add_argument("--stack", action="append", default=[], metavar="NAME=REF;REF...",
+                   help="Also run the first seed with other reference images, e.g. "
+                        "'2refs=base=-4y..-1y:greenest;pre=2009-01-01/2012-12-31:greenest' "
+                        "(NAME: up to 12 characters); repeatable.")
     args = p.parse_args(argv)
+    stacks: dict[str, tuple[str, ...]] = {}
+    for text in args.stack:
+        name, _, refs = text.partition("=")
+        if not refs or len(name) > 12 or name in VARIANTS:
+            p.error(f"--stack {text!r}: give NAME=REF;REF... with a new name of up to 12 "
+                    f"characters")
+        stacks[name] = tuple(r.strip() for r in refs.split(";") if r.strip())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -107,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         base = os.path.join(args.out, f"seed{seed}")
         first = None
-        for variant in [v for v in VARIANTS if v == "temporal" or seed in single]:
+        variants = [v for v in VARIANTS if v == "temporal" or seed in single]
+        variants += list(stacks) if seed == seeds[0] else []
+        for variant in variants:
             out = os.path.join(base, variant)
             if first is not None:
                 share_world(first, out)
-            rows.append(run_study(out, seed, variant, args.quick))
+            rows.append(run_study(out, seed, variant, args.quick, stacks))
             first = first or out
             fsio.write_json(args.json, {"world_fields": list(WORLD_FIELDS), "rows": rows})
     print_table(rows)
