@@ -17,10 +17,12 @@ carry them (``tuple[tuple[int, str], ChunkTiles]``, see :mod:`pipelines.predict.
 
 from __future__ import annotations
 
+import io
 import struct
 
 import numpy as np
 from apache_beam import coders
+from numpy.lib import format as npformat
 
 from pipelines.predict.chunk import ChunkTiles
 
@@ -29,45 +31,42 @@ _FIELDS = coders.TupleCoder([coders.VarIntCoder(), coders.StrUtf8Coder(),
                              coders.FastPrimitivesCoder(), coders.BytesCoder(),
                              coders.StrUtf8Coder(), coders.VarIntCoder()])
 _LENGTH = struct.Struct(">Q")
-_ARRAY, _NONE = 1, 0
+_ARRAY, _NONE = b"\x01", b"\x00"
+
+
+def _header(a: np.ndarray) -> bytes:
+    """The ``.npy`` header of a C-ordered copy of ``a`` (its pixels are not touched)."""
+    buf = io.BytesIO()
+    npformat.write_array_header_1_0(buf, {"descr": npformat.dtype_to_descr(a.dtype),
+                                          "fortran_order": False, "shape": a.shape})
+    return buf.getvalue()
 
 
 def _array_parts(a: np.ndarray | None) -> list[bytes | memoryview]:
-    """An array as ``[header, raw bytes]`` (``[header]`` for ``None``)."""
+    """An array as a marker and its ``.npy`` bytes (``[marker]`` for ``None``)."""
     if a is None:
-        return [bytes([_NONE])]
-    a = np.ascontiguousarray(a)
+        return [_NONE]
     if a.dtype.hasobject:
         raise TypeError(f"ChunkTilesCoder encodes arrays of numbers, not {a.dtype}.")
-    dtype = a.dtype.str.encode("ascii")
-    head = struct.pack(f">BB{len(dtype)}sB{a.ndim}Q", _ARRAY, len(dtype), dtype, a.ndim,
-                       *a.shape)
-    return [head, a.data.cast("B") if a.size else b""]
+    a = np.ascontiguousarray(a)
+    return [_ARRAY, _header(a), a.data.cast("B") if a.size else b""]
 
 
 def _array_size(a: np.ndarray | None) -> int:
     """Encoded bytes of an array, from its shape."""
     if a is None:
         return 1
-    return 3 + len(a.dtype.str) + 8 * a.ndim + a.nbytes
+    return 1 + len(_header(a)) + a.nbytes
 
 
-def _read_array(buf: memoryview, at: int) -> tuple[np.ndarray | None, int]:
-    """The array encoded at ``buf[at:]`` and the offset where it ends.
-
-    The array is a copy: writable, and not tied to ``buf``.
-    """
-    if buf[at] == _NONE:
-        return None, at + 1
-    n = buf[at + 1]
-    dtype = np.dtype(bytes(buf[at + 2:at + 2 + n]).decode("ascii"))
-    at += 2 + n
-    ndim = buf[at]
-    shape = struct.unpack_from(f">{ndim}Q", buf, at + 1)
-    at += 1 + 8 * ndim
-    count = int(np.prod(shape, dtype=np.int64))
-    a = np.frombuffer(buf, dtype=dtype, count=count, offset=at).reshape(shape).copy()
-    return a, at + count * dtype.itemsize
+def _read_array(stream: io.BytesIO) -> np.ndarray | None:
+    """The next array of ``stream`` (a copy: writable, not tied to the encoded bytes)."""
+    marker = stream.read(1)
+    if marker == _NONE:
+        return None
+    if marker != _ARRAY:
+        raise ValueError(f"Not a ChunkTilesCoder array (marker {marker!r}).")
+    return npformat.read_array(stream, allow_pickle=False)
 
 
 def _fields(tiles: ChunkTiles) -> bytes:
@@ -80,8 +79,8 @@ class ChunkTilesCoder(coders.Coder):
 
     Layout: the length of the small fields' encoding (8 bytes), that encoding (Beam's
     coders: varint, UTF-8, ``FastPrimitivesCoder`` for the grid spec's dict, bytes), then
-    ``origins``, ``valid`` and ``image``, each a marker byte (``image`` may be ``None``),
-    the dtype's string (``'<f4'``), the dimensions and the C-order bytes.
+    ``origins``, ``valid`` and ``image``, each a marker byte (``image`` may be ``None``)
+    and the array in NumPy's ``.npy`` format (C order, no pickles).
     """
 
     def encode(self, value: ChunkTiles) -> bytes:
@@ -94,17 +93,17 @@ class ChunkTilesCoder(coders.Coder):
 
     def decode(self, encoded: bytes) -> ChunkTiles:
         """The chunk of :meth:`encode`'s bytes; its arrays are copies, writable."""
-        buf = memoryview(encoded)
-        (n,) = _LENGTH.unpack_from(buf, 0)
-        job, key, spec, region_wkb, signature, size = _FIELDS.decode(
-            bytes(buf[_LENGTH.size:_LENGTH.size + n]))
-        at = _LENGTH.size + n
-        origins, at = _read_array(buf, at)
-        valid, at = _read_array(buf, at)
-        image, at = _read_array(buf, at)
-        if at != len(buf) or origins is None or valid is None:
-            raise ValueError(f"Not a ChunkTilesCoder encoding ({len(buf)} bytes, "
-                             f"{at} read).")
+        stream = io.BytesIO(encoded)
+        (n,) = _LENGTH.unpack(stream.read(_LENGTH.size))
+        job, key, spec, region_wkb, signature, size = _FIELDS.decode(stream.read(n))
+        try:
+            origins, valid, image = (_read_array(stream) for _ in range(3))
+        except (ValueError, EOFError) as exc:
+            raise ValueError(f"Not a ChunkTilesCoder encoding ({len(encoded)} bytes): "
+                             f"{exc}") from None
+        if stream.tell() != len(encoded) or origins is None or valid is None:
+            raise ValueError(f"Not a ChunkTilesCoder encoding ({len(encoded)} bytes, "
+                             f"{stream.tell()} read).")
         return ChunkTiles(job, key, spec, region_wkb, signature, origins, valid, size, image)
 
     def estimate_size(self, value: ChunkTiles) -> int:
