@@ -23,6 +23,10 @@ from model.losses import LOSSES
 from model.train.selection import MONITOR, MONITORS
 
 CACHE_MODES = ("auto", "memory", "none")
+#: How the learning rate moves: ``plateau`` halves it when the monitor stalls; ``cosine``
+#: decays it from ``lr`` to ``min_lr`` over ``epochs`` along a half cosine (one value per
+#: epoch), for a fixed budget of epochs.
+LR_SCHEDULES = ("plateau", "cosine")
 
 _INT_FIELDS = ("base_filters", "depth", "batch_size", "epochs", "steps_per_epoch",
                "validation_steps", "patience", "reduce_lr_patience", "seed", "shuffle_buffer",
@@ -31,7 +35,8 @@ _FLOAT_FIELDS = ("dropout", "bn_momentum", "alpha", "beta", "gamma", "lr", "redu
                  "min_lr")
 _BOOL_FIELDS = ("batch_norm", "reduce_lr", "freeze_encoder", "saved_model", "allow_partial",
                 "deterministic")
-_STR_FIELDS = ("loss", "mixed_precision", "strategy", "tpu", "cache", "label", "init_from")
+_STR_FIELDS = ("loss", "mixed_precision", "strategy", "tpu", "cache", "label", "init_from",
+               "lr_schedule")
 _OPTIONAL = ("bands", "steps_per_epoch", "validation_steps", "n_classes", "lr", "tpu", "label",
              "init_from")
 
@@ -71,10 +76,13 @@ class TrainConfig:
         steps_per_epoch: Batches per epoch (default: one pass over the training shards).
         validation_steps: Validation batches per epoch (default: the whole split).
         patience: Epochs without a better ``val_f1_best`` before stopping (0: never).
-        reduce_lr: Reduce the learning rate when ``val_f1_best`` stalls.
+        lr_schedule: ``plateau`` (``reduce_lr`` below) or ``cosine`` (from ``lr`` down to
+            ``min_lr`` over ``epochs``; ``reduce_lr`` is then not used), see
+            :data:`LR_SCHEDULES`.
+        reduce_lr: Reduce the learning rate when the monitor stalls (``plateau``).
         reduce_lr_patience: Epochs without improvement before reducing.
         reduce_lr_factor: Factor applied to the learning rate.
-        min_lr: Lower bound of the learning rate.
+        min_lr: Lower bound of the learning rate (the end of ``cosine``).
         augment: Augmentations of training patches.
         seed: Seed of weights, shuffling and augmentation.
         init_from: Artifact to start from (transfer learning / fine-tuning).
@@ -118,6 +126,9 @@ class TrainConfig:
                         "checkpoint follow: val_f1_best (F1 at the best threshold) or "
                         "val_loss (smoother on a small validation split; default "
                         "%(default)s).", choices=tuple(MONITORS))
+    lr_schedule: str = _opt("plateau", "plateau: halve the learning rate when the monitor "
+                            "stalls (default); cosine: decay it from --lr to min_lr over "
+                            "--epochs, for a fixed budget of epochs.", choices=LR_SCHEDULES)
     reduce_lr: bool = True
     reduce_lr_patience: int = 4
     reduce_lr_factor: float = 0.5
@@ -187,6 +198,9 @@ class TrainConfig:
                               f"{self.mixed_precision!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got "
+                              f"{self.lr_schedule!r}")
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.freeze_encoder and not self.init_from:

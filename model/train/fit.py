@@ -3,13 +3,15 @@
 It checks the shards and the settings, resolves what the config leaves to the data (bands,
 classes, normalisation, learning rate) or to ``init_from``, builds the datasets and the
 U-Net under the distribution strategy, resumes from ``_backup/`` when a run was
-interrupted, fits with early stopping, reduce-on-plateau and checkpoints, calibrates the
-decision threshold and writes the artifact.
+interrupted, fits with early stopping, a learning-rate schedule (reduce-on-plateau or a
+cosine decay) and checkpoints, calibrates the decision threshold and writes the artifact.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterable
@@ -41,6 +43,19 @@ LOGS = "logs"
 #: Learning rate when the config sets none: from scratch, and with ``init_from``.
 DEFAULT_LR = 1e-3
 FINE_TUNE_LR = 1e-4
+
+
+def cosine_lr(epoch: int, current: float = 0.0, *, lr: float, min_lr: float,
+              epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) on a half cosine from ``lr`` to ``min_lr``.
+
+    Epoch 0 trains at ``lr``; the rate falls slowly, then fast, then slowly again, and the
+    last of ``epochs`` trains just above ``min_lr``. ``current`` (Keras passes the rate in
+    use) is ignored: the rate depends on the epoch only, so a resumed run continues where
+    it stopped.
+    """
+    frac = min(max(epoch, 0), epochs) / max(epochs, 1)
+    return float(min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 def train(
@@ -191,10 +206,15 @@ def train(
         plateau = (keras.callbacks.ReduceLROnPlateau(
             monitor=resolved.monitor, mode=mode, factor=resolved.reduce_lr_factor,
             patience=resolved.reduce_lr_patience, min_lr=resolved.min_lr)
-            if resolved.reduce_lr else None)
+            if resolved.reduce_lr and resolved.lr_schedule == "plateau" else None)
+        schedule = (keras.callbacks.LearningRateScheduler(
+            functools.partial(cosine_lr, lr=resolved.lr, min_lr=resolved.min_lr,
+                              epochs=resolved.epochs))
+            if resolved.lr_schedule == "cosine" else None)
         checkpointer = Checkpointer(backup, config_dict, early, plateau, state, started,
                                     write=chief, monitor=resolved.monitor)
-        cbs: list[keras.callbacks.Callback] = [cb for cb in (early, plateau) if cb is not None]
+        cbs: list[keras.callbacks.Callback] = [cb for cb in (early, plateau, schedule)
+                                               if cb is not None]
         cbs.append(checkpointer)
         if chief:
             cbs += [keras.callbacks.CSVLogger(history_path, append=True),

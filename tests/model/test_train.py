@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -195,6 +196,26 @@ def test_monitor_val_loss_keeps_the_epoch_with_the_lowest_validation_loss(shards
     # an unknown monitor is refused, naming the choices (a YAML file is not argparse)
     with pytest.raises(ConfigError, match="val_f1_best.*val_loss"):
         trainer.TrainConfig(monitor="val_f1")
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_epochs_and_resumes_on_it(
+        shards, tmp_path):
+    out = tmp_path / "cosine"
+    args = ["train", "--data", str(shards), "--out", str(out), "--epochs", "4",
+            "--lr-schedule", "cosine", *TINY]
+    with pytest.raises(KeyboardInterrupt):  # stopped after its second epoch
+        trainer.train(str(shards), str(out), trainer.TrainConfig(
+            base_filters=4, depth=3, batch_size=8, lr=0.01, epochs=4, patience=0,
+            saved_model=False, lr_schedule="cosine"), callbacks=[_Interrupt()])
+    assert main(args) == 0  # resumes at the third epoch
+    rates = [float(r["learning_rate"]) for r in history(out)]
+    # 0.01 at the start, then down a half cosine to min_lr (1e-6): 0.01, 0.0085, 0.005, 0.0015
+    expected = [1e-6 + (0.01 - 1e-6) * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+    meta = json.loads((out / "artifact.json").read_text())
+    assert meta["training"]["lr_schedule"] == "cosine"
+    with pytest.raises(ConfigError, match="plateau.*cosine"):
+        trainer.TrainConfig(lr_schedule="step")
 
 
 def test_init_from_fine_tunes_with_a_frozen_encoder(trained, shards, tmp_path):
