@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from rasterio import features
 from scipy import ndimage as ndi
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
@@ -43,6 +44,8 @@ _LC_SUSCEPTIBILITY = np.array([0, 1.0, 1.0, 0.35, 0.0, 0.0, 0.0, 1.5, 0.15, 0.6]
                               dtype=np.float64)
 #: Inventory statuses.
 STATUSES = ("new", "active", "reactivated")
+#: Recovery from which a scar is no longer drawn in the images (fully revegetated).
+DRAWN_MAX_RECOVERY = 0.97
 
 
 @dataclass
@@ -339,3 +342,67 @@ def inventory_rows(slides: list[Landslide], year: int) -> list[dict]:
         rows.append({"id": ls.lid, "trigger_year": ls.trigger_year, "status": status,
                      "area_m2": float(d.geometry.area), "geometry": d.geometry})
     return rows
+
+
+def recovery(d: Disturbance, year: int) -> float:
+    """How far failure ``d`` has revegetated in ``year``.
+
+    0 in its own year, 0.5 after ``d.visible_years`` (when it leaves the inventories), then
+    towards 1: ``1 - 2 ** (-(year - d.year) / d.visible_years)``.
+    """
+    return 1.0 - 2.0 ** (-(year - d.year) / d.visible_years)
+
+
+def drawn_failures(slides: list[Landslide], year: int
+                   ) -> list[tuple[Landslide, Disturbance, float]]:
+    """The scars drawn in ``year``'s image, bottom to top, with their recovery.
+
+    Each landslide's latest failure at or before ``year`` while its recovery is below
+    :data:`DRAWN_MAX_RECOVERY`, sorted by (failure year, landslide id): where scars
+    overlap, the most recent failure is drawn on top.
+    """
+    states = []
+    for ls in slides:
+        d = ls.state(year)
+        if d is None:
+            continue
+        rec = recovery(d, year)
+        if rec < DRAWN_MAX_RECOVERY:
+            states.append((ls, d, rec))
+    states.sort(key=lambda s: (s[1].year, s[0].lid))
+    return states
+
+
+def recovery_raster(slides: list[Landslide], year: int, grid: PixelGrid) -> np.ndarray:
+    """The recovery of the scar under every pixel of ``grid`` in ``year``.
+
+    Pixels are rasterized as the images draw the scars (pixel centres, the most recent
+    failure on top, no scar once its recovery reaches :data:`DRAWN_MAX_RECOVERY`), so a
+    pixel is in ``year``'s inventory exactly where its value is below 0.5 (unless a newer
+    scar not in the inventory covers it). ``grid`` may be any grid in the world's CRS
+    (the world's own, or a sweep's mosaic).
+
+    Args:
+        slides: Every landslide of the world (:func:`make_landslides`).
+        year: The year.
+        grid: Where to rasterize; only its shape and affine transform are used.
+
+    Returns:
+        float32 array of ``grid.shape``: 0 for a failure of ``year`` itself, rising towards
+        1 as it revegetates; NaN where no scar is drawn.
+    """
+    out = np.full(grid.shape, np.nan, dtype=np.float32)
+    states = drawn_failures(slides, year)
+    if not states:
+        return out
+    shapes = [(d.geometry, i + 1) for i, (_, d, _) in enumerate(states)]
+    lab = features.rasterize(shapes, out_shape=grid.shape, transform=grid.affine, fill=0,
+                             dtype="int32")
+    rec = np.array([s[2] for s in states], dtype=np.float64)
+    # Round down to float32, so that rec < 0.5 (< any float32 bound) keeps its float64 truth.
+    rec32 = rec.astype(np.float32)
+    up = rec32.astype(np.float64) > rec
+    rec32[up] = np.nextafter(rec32[up], np.float32(0.0))
+    inside = lab > 0
+    out[inside] = rec32[lab[inside] - 1]
+    return out

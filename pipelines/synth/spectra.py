@@ -30,7 +30,7 @@ from pipelines.synth.landcover import (
     WATER,
     Land,
 )
-from pipelines.synth.landslides import Landslide
+from pipelines.synth.landslides import Landslide, drawn_failures
 from pipelines.synth.noise import fractal, stream
 
 # Surface reflectance in SENTINEL2_BANDS order:
@@ -131,18 +131,11 @@ def _landslide_layer(slides: list[Landslide], year: int, grid: PixelGrid, dem: n
     (1 fresh .. 0 revegetated), ``u`` (0 crown .. 1 toe, from elevation), ``rocky`` and
     ``red`` (material), or None when there is no scar.
     """
-    states = []
-    for ls in slides:
-        d = ls.state(year)
-        if d is None:
-            continue
-        t = year - d.year
-        rec = 1.0 - 2.0 ** (-t / d.visible_years)  # half recovered after visible_years
-        if rec < 0.97:
-            states.append((d.year, ls, d, rec, t))
+    # the most recent failure on top; half recovered after visible_years
+    states = [(d.year, ls, d, rec, year - d.year)
+              for ls, d, rec in drawn_failures(slides, year)]
     if not states:
         return None
-    states.sort(key=lambda s: (s[0], s[1].lid))  # the most recent failure on top
     shapes = [(st[2].geometry, i + 1) for i, st in enumerate(states)]
     lab = features.rasterize(shapes, out_shape=grid.shape, transform=grid.affine, fill=0,
                              dtype="int32")
