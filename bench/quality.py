@@ -8,12 +8,20 @@ stack (the target image alone), and prints one table side by side:
 * per year, on the held-out blocks only, over whole sweeps: pixel precision, recall and
   F1, and predicted vs reference landslide counts (observed pixels only);
 * base vs fine-tuned model on patches of the held-out blocks (all years);
-* the seconds each study took.
+* the seconds each study took;
+* for the temporal studies, per year, on the held-out observed pixels of each sweep's mask:
+  how much of each recovery stage of the world's scars the mask marks as landslide
+  (:func:`recovery_breakdown`: fresh, young and older scars are in the inventory, just
+  dropped and dropped ones no longer are; "no scar" is everything else), so where the
+  misses and false alarms lie on the inventories' "half regrown" line is read, not guessed.
 
-It writes every figure to ``--json`` (default ``bench-quality.json``). Run it with
-``make bench-quality`` or ``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each
-study takes minutes (about as long as ``make demo``); ``--quick`` uses the quick demo;
-``--stack NAME=REF;REF`` also runs the first seed with other reference images.
+It writes every figure to ``--json`` (default ``bench-quality.json``; the breakdown under
+each temporal row's ``recovery``). Run it with ``make bench-quality`` or
+``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each study takes minutes (about as
+long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
+the first seed with other reference images. A finished study is only re-read (the demo
+resumes); ``--existing`` reads the studies already in ``--out`` and runs nothing, even where
+the code changed since (it stops if a study is unfinished).
 """
 
 from __future__ import annotations
@@ -27,10 +35,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
+
 from pipelines import fsio
-from pipelines.demo import WORLD_FIELDS, DemoConfig, run_demo, share_world
+from pipelines.demo import WORLD_FIELDS, DemoConfig, StageRunner, run_demo, share_world, stages
+
+log = logging.getLogger("bench.quality")
 
 VARIANTS = ("temporal", "single-date")
+#: Recovery stages of a scar (rec: 0 fresh, 0.5 when it leaves the inventories, see
+#: pipelines.synth.landslides.recovery); scars from 0.97 on are no longer drawn.
+RECOVERY_STAGES = (("fresh", 0.0, 0.1), ("young", 0.1, 0.3), ("older", 0.3, 0.5),
+                   ("just dropped", 0.5, 0.7), ("dropped", 0.7, 0.97))
+#: The stages, then pixels with no scar drawn.
+RECOVERY_NAMES = (*(name for name, _, _ in RECOVERY_STAGES), "no scar")
+#: The stages of scars in the inventories (rec < 0.5).
+INVENTORIED = ("fresh", "young", "older")
 
 
 def _config(out: str, seed: int, variant: str, quick: bool,
@@ -48,10 +68,107 @@ def run_study(out: str, seed: int, variant: str, quick: bool,
     t0 = time.monotonic()
     results = run_demo(cfg)
     seconds = time.monotonic() - t0
-    held = results["compare"]["held_out"]
-    return {"seed": seed, "variant": variant, "seconds": round(seconds, 1),
-            "stack": cfg.stack.describe(), "train_years": list(cfg.train_years),
-            "evaluate": results["evaluate"], "held_out": held}
+    return _row(cfg, seed, variant, seconds, results)
+
+
+def read_study(out: str, seed: int, variant: str, quick: bool,
+               stacks: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """The row of a study already finished in ``out``, from its stage records (runs nothing).
+
+    Its seconds are the sum of the recorded stage times. A record whose fingerprint is not
+    the current code's (a plain run would redo that stage) is read all the same, with a
+    warning.
+
+    Raises:
+        SystemExit: a stage of the study has no record (the study is not finished).
+    """
+    cfg = _config(out, seed, variant, quick, stacks)
+    runner = StageRunner(cfg, stages(cfg))
+    results: dict[str, dict] = {}
+    seconds = 0.0
+    missing, stale = [], []
+    for stage in runner.stages:
+        rec = fsio.read_record(runner.record_path(stage))
+        if rec is None or "result" not in rec:
+            missing.append(stage.name)
+            continue
+        if rec.get("fingerprint") != runner.fingerprint(stage):
+            stale.append(stage.name)
+        results[stage.name] = rec["result"]
+        seconds += float(rec.get("seconds") or 0.0)
+    if missing:
+        raise SystemExit(f"--existing: {out} is not a finished study (no record of "
+                         f"{', '.join(missing)}); run it without --existing.")
+    if stale:
+        log.warning("%s: %s recorded by other code or settings (a run without --existing "
+                    "would redo them); reading them as they are.", out, ", ".join(stale))
+    return _row(cfg, seed, variant, seconds, results)
+
+
+def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
+         results: dict[str, dict]) -> dict:
+    row = {"seed": seed, "variant": variant, "seconds": round(seconds, 1),
+           "stack": cfg.stack.describe(), "train_years": list(cfg.train_years),
+           "evaluate": results["evaluate"], "held_out": results["compare"]["held_out"]}
+    if variant == "temporal":
+        row["recovery"] = recovery_breakdown(cfg.out)
+    return row
+
+
+def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
+    """How much of each recovery stage of the world's scars a study's sweeps mark.
+
+    For every swept year (``<study>/sweeps/<year>/mosaic/mask.tif``: 1..254 landslide, 0
+    not, 255 and the file's nodata unobserved), on the held-out (``areas/eval_area.geojson``,
+    pixel centres) observed pixels of the mask: the recovery of the scar under each pixel
+    (the world's landslides regenerated from ``world/world.json`` and rasterized on the
+    mask's own grid, the most recent failure on top) binned into :data:`RECOVERY_STAGES`
+    and "no scar".
+
+    Returns:
+        ``{year: {stage: {"pixels": n, "landslide": marked, "fraction": marked / n}}}``
+        (stages in :data:`RECOVERY_NAMES` order; fraction None for no pixels).
+    """
+    import rasterio
+    from pyproj import CRS
+    from rasterio.features import geometry_mask
+
+    from pipelines.geo.grid import WGS84, PixelGrid, load_region, to_crs
+    from pipelines.synth import world_landslides
+    from pipelines.synth.landslides import recovery_raster
+
+    slides, wgrid = world_landslides(os.path.join(study_dir, "world"))
+    eval_area = load_region(os.path.join(study_dir, "areas", "eval_area.geojson")).geometry
+    sweeps = os.path.join(study_dir, "sweeps")
+    years = sorted(int(y) for y in os.listdir(sweeps) if y.isdigit()
+                   and os.path.exists(os.path.join(sweeps, y, "mosaic", "mask.tif")))
+    out: dict[str, dict[str, dict]] = {}
+    for year in years:
+        with rasterio.open(os.path.join(sweeps, str(year), "mosaic", "mask.tif")) as src:
+            values = src.read(1)
+            grid = PixelGrid.from_affine(src.crs.to_string(), src.transform, src.width,
+                                         src.height)
+            nodata = src.nodata
+        if CRS.from_user_input(grid.crs) != CRS.from_user_input(wgrid.crs):
+            raise ValueError(f"{study_dir}: the {year} mask is in {grid.crs}, the world in "
+                             f"{wgrid.crs}; the world's scars are rasterized in its own CRS")
+        scored = values != 255
+        if nodata is not None and np.isfinite(nodata):
+            scored &= values != nodata
+        area = to_crs(eval_area, WGS84, grid.crs)
+        scored &= geometry_mask([area], out_shape=grid.shape, transform=grid.affine,
+                                invert=True)
+        marked = (values >= 1) & (values <= 254)
+        rec = recovery_raster(slides, year, grid)
+        bins = [(lo <= rec) & (rec < hi) for _, lo, hi in RECOVERY_STAGES]
+        bins.append(np.isnan(rec))
+        out[str(year)] = {}
+        for name, in_bin in zip(RECOVERY_NAMES, bins):
+            sel = scored & in_bin
+            n, k = int(sel.sum()), int((sel & marked).sum())
+            out[str(year)][name] = {"pixels": n, "landslide": k,
+                                    "fraction": round(k / n, 4) if n else None}
+    return out
 
 
 def _fmt(v: float | None) -> str:
@@ -94,6 +211,36 @@ def print_table(rows: list[dict]) -> None:
     print("\n" + "\n".join(targets))
 
 
+def print_recovery(rows: list[dict]) -> None:
+    """Per seed and year: each recovery stage's share marked landslide, and where the
+    misses and false alarms lie (their share on the stages next to rec 0.5)."""
+    rows = [r for r in rows if r.get("recovery")]
+    if not rows:
+        return
+    print("\nHeld-out observed pixels by the recovery of the scar under them: share marked "
+          "landslide, marked/pixels (fresh, young, older: inventoried, rec < 0.5); misses\n"
+          "(inventoried, not marked) on older scars and false alarms (marked, not inventoried) "
+          "on just dropped ones, as shares of all misses and false alarms")
+    print(f"{'seed':>5} {'stack':12} {'year':>4}" + "".join(f" {n:>18}" for n in RECOVERY_NAMES)
+          + f" {'misses older':>13} {'FA just dropped':>16}")
+    for r in rows:
+        for year, by_stage in r["recovery"].items():
+            cells = []
+            for name in RECOVERY_NAMES:
+                s = by_stage[name]
+                frac = "  n/a" if s["fraction"] is None else f"{s['fraction']:.3f}"
+                cells.append(f" {frac} {s['landslide']}/{s['pixels']}".rjust(19))
+            miss = {n: by_stage[n]["pixels"] - by_stage[n]["landslide"] for n in INVENTORIED}
+            fa = {n: by_stage[n]["landslide"] for n in RECOVERY_NAMES if n not in INVENTORIED}
+            print(f"{r['seed']:>5} {r['variant']:12} {year:>4}" + "".join(cells)
+                  + f" {_share(miss['older'], sum(miss.values())):>13}"
+                  + f" {_share(fa['just dropped'], sum(fa.values())):>16}")
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.0%} of {whole}" if whole else "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="42,7,123", help="World seeds (default 42,7,123).")
@@ -106,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Also run the first seed with other reference images, e.g. "
                         "'2refs=base=-4y..-1y:greenest;pre=2009-01-01/2012-12-31:greenest' "
                         "(NAME: up to 12 characters); repeatable.")
+    p.add_argument("--existing", action="store_true",
+                   help="Only read the studies already finished in --out: run no stage, "
+                        "even one a plain run would redo (stops if a study is unfinished).")
     args = p.parse_args(argv)
     stacks: dict[str, tuple[str, ...]] = {}
     for text in args.stack:
@@ -127,12 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         variants += list(stacks) if seed == seeds[0] else []
         for variant in variants:
             out = os.path.join(base, variant)
-            if first is not None:
-                share_world(first, out)
-            rows.append(run_study(out, seed, variant, args.quick, stacks))
+            if args.existing:
+                rows.append(read_study(out, seed, variant, args.quick, stacks))
+            else:
+                if first is not None:
+                    share_world(first, out)
+                rows.append(run_study(out, seed, variant, args.quick, stacks))
             first = first or out
             fsio.write_json(args.json, {"world_fields": list(WORLD_FIELDS), "rows": rows})
     print_table(rows)
+    print_recovery(rows)
     print(f"\nFigures written to {args.json}")
     return 0
 

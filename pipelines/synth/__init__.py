@@ -58,6 +58,7 @@ from pipelines.synth.world import (
     GENERATOR_VERSION,
     generate_world,
     synth_command,
+    world_landslides,
 )
 
 __all__ = [
@@ -87,4 +88,5 @@ __all__ = [
     "sun_position",
     "synth_command",
     "world_grid",
+    "world_landslides",
 ]
