@@ -1,0 +1,254 @@
+"""Recovery of the synthetic landslide scars: the raster, the regenerated landslides, and
+bench/quality.py's breakdown of a sweep's mask by recovery stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from rasterio import features
+from shapely.geometry import box
+
+from pipelines.errors import InputError
+from pipelines.geo.grid import PixelGrid
+from pipelines.synth import WorldConfig, generate_world, world_landslides
+from pipelines.synth.landslides import (
+    Disturbance,
+    Landslide,
+    drawn_failures,
+    inventory_rows,
+    recovery_raster,
+)
+
+SMALL = {"size_km": 4.0, "seed": 42}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("world")
+    return out, generate_world(str(out), WorldConfig(**SMALL, clouds=False))
+
+
+@pytest.fixture(scope="module")
+def slides(world: tuple[Path, dict]) -> tuple[list[Landslide], PixelGrid]:
+    return world_landslides(str(world[0]))
+
+
+def _burn(geoms: list, grid: PixelGrid) -> np.ndarray:
+    if not geoms:
+        return np.zeros(grid.shape, dtype=bool)
+    return features.rasterize([(g, 1) for g in geoms], out_shape=grid.shape,
+                              transform=grid.affine) > 0
+
+
+def _slide(lid: int, geom, *failures: tuple[int, float]) -> Landslide:
+    ls = Landslide(lid, failures[0][0], 0.5, 1.0)
+    for i, (year, visible) in enumerate(failures):
+        ls.history.append(Disturbance(year, "new" if i == 0 else "reactivated", geom, visible,
+                                      np.zeros(2), 100.0, 50.0))
+    return ls
+
+
+# ------------------------------------------------------------------------- the raster
+def test_recovery_below_half_is_the_inventory(slides: tuple[list[Landslide], PixelGrid],
+                                              world: tuple[Path, dict]) -> None:
+    """rec < 0.5 marks exactly the inventory's pixels wherever one scar is drawn.
+
+    Where drawn scars overlap, the image shows the most recent failure and so does the
+    raster, while the inventory holds every landslide not yet half regrown: an inventoried
+    scar overdrawn by a newer one already more than half regrown (a small scar regrows
+    faster) is in the inventory but its pixels carry the newer scar's rec >= 0.5 (7 pixels
+    in 2017 on this world). So equality is asserted on single-scar pixels, and the
+    overlap pixels are checked to be that case only, and rare.
+    """
+    ls, grid = slides
+    total_inv = 0
+    for year in world[1]["years"]:
+        rec = recovery_raster(ls, year, grid)
+        assert rec.dtype == np.float32 and rec.shape == grid.shape
+        inv = _burn([r["geometry"] for r in inventory_rows(ls, year)], grid)
+        layers = [_burn([d.geometry], grid) for _, d, _ in drawn_failures(ls, year)]
+        count = np.sum(layers, axis=0)
+        drawn = count > 0
+        assert np.array_equal(np.isfinite(rec), drawn)
+        low = rec < 0.5
+        single = count == 1
+        assert inv[single].sum() > 100
+        assert np.array_equal(low[single], inv[single]), year
+        # an inventoried scar on top is always in the inventory; the inventory also holds
+        # scars overdrawn by newer ones, on overlap pixels only
+        assert not (low & ~inv).any()
+        extra = inv & ~low
+        assert (count[extra] >= 2).all()
+        assert extra.sum() <= 0.01 * inv.sum()
+        total_inv += inv.sum()
+    assert total_inv > 5000
+
+
+def test_new_failures_have_recovery_zero(slides: tuple[list[Landslide], PixelGrid],
+                                         world: tuple[Path, dict]) -> None:
+    ls, grid = slides
+    for year in world[1]["years"]:
+        rec = recovery_raster(ls, year, grid)
+        fresh = [d.geometry for _, d, _ in drawn_failures(ls, year) if d.year == year]
+        older = [d.geometry for _, d, _ in drawn_failures(ls, year) if d.year < year]
+        # a failure of the year is drawn above every older one
+        on_fresh = _burn(fresh, grid)
+        assert on_fresh.any()
+        assert (rec[on_fresh] == 0.0).all()
+        assert (rec[_burn(older, grid) & ~on_fresh] > 0.0).all()
+
+
+def test_most_recent_failure_on_top_and_regrown_scars_dropped() -> None:
+    grid = PixelGrid("EPSG:32645", (10.0, 0.0, 0.0, 0.0, -10.0, 100.0), 10, 10)
+    left, right = box(0, 0, 60, 100), box(40, 0, 100, 100)
+    slides = [
+        _slide(2, left, (2014, 4.0)),               # older, slower to regrow, below
+        _slide(1, right, (2016, 1.0)),              # newer, on top where they overlap
+    ]
+    rec = recovery_raster(slides, 2017, grid)
+    a, b = 1 - 2 ** (-3 / 4.0), 1 - 2 ** (-1 / 1.0)
+    assert np.allclose(rec[:, :4], a) and np.allclose(rec[:, 4:], b)
+    assert rec[0, 5] == np.float32(0.5)  # exactly half regrown: out of the inventory
+    assert [r["id"] for r in inventory_rows(slides, 2017)] == [2]
+    # same failure year: the higher id on top (the images' order)
+    same = [_slide(7, right, (2016, 1.0)), _slide(3, left, (2016, 3.0))]
+    assert np.allclose(recovery_raster(same, 2017, grid)[:, 4:6], 0.5)
+    # before any failure: no scar; a reactivation restarts the clock
+    assert np.isnan(recovery_raster(slides, 2013, grid)).all()
+    react = [_slide(1, left, (2014, 1.0), (2018, 2.0))]
+    assert (recovery_raster(react, 2018, grid)[:, :6] == 0.0).all()
+    # 2014 + 6 years at 1.2 years to half: rec 0.969 drawn; one more year: 0.984, gone
+    late = [_slide(1, left, (2014, 1.2))]
+    assert np.allclose(recovery_raster(late, 2020, grid)[:, :6], 1 - 2 ** (-6 / 1.2))
+    assert np.isnan(recovery_raster(late, 2021, grid)).all()
+
+
+def test_recovery_rounds_down_to_float32() -> None:
+    """A rec just below 0.5 in float64 stays below 0.5 in the float32 raster."""
+    grid = PixelGrid("EPSG:32645", (10.0, 0.0, 0.0, 0.0, -10.0, 100.0), 10, 10)
+    visible = 1.0 + 1e-9  # one year later: rec = 0.5 - 3.5e-10, which float32 rounds to 0.5
+    slides = [_slide(1, box(0, 0, 100, 100), (2016, visible))]
+    assert len(inventory_rows(slides, 2017)) == 1
+    assert (recovery_raster(slides, 2017, grid) < 0.5).all()
+
+
+# ------------------------------------------------------------- regenerated landslides
+def test_world_landslides_are_the_generated_ones(slides: tuple[list[Landslide], PixelGrid],
+                                                 world: tuple[Path, dict]) -> None:
+    ls, grid = slides
+    w, meta = world
+    assert len(ls) == meta["landslides_total"]
+    assert list(grid.transform) == meta["transform"] and list(grid.shape) == meta["shape"]
+    for year in meta["years"]:
+        gpkg = gpd.read_file(w / f"inventory_{year}.gpkg").sort_values("id")
+        rows = sorted(inventory_rows(ls, year), key=lambda r: r["id"])
+        assert len(rows) == len(gpkg) > 0
+        assert [r["id"] for r in rows] == gpkg["id"].tolist()
+        assert [r["trigger_year"] for r in rows] == gpkg["trigger_year"].tolist()
+        assert [r["status"] for r in rows] == gpkg["status"].tolist()
+        assert np.allclose([r["area_m2"] for r in rows], gpkg["area_m2"], atol=0.01)
+        # the GeoPackage holds multipolygons with reoriented rings: compare the vertices
+        for r, g in zip(rows, gpkg.geometry):
+            a = shapely.get_coordinates(shapely.normalize(r["geometry"]))
+            b = shapely.get_coordinates(shapely.normalize(g))
+            assert a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6), r["id"]
+
+
+def test_world_landslides_refuses_another_world(world: tuple[Path, dict],
+                                                tmp_path: Path) -> None:
+    meta = dict(world[1])
+    (tmp_path / "world.json").write_text(json.dumps({**meta, "generator_version": "0.9"}))
+    with pytest.raises(InputError, match="version 0.9"):
+        world_landslides(str(tmp_path))
+    (tmp_path / "world.json").write_text(
+        json.dumps({**meta, "landslides_total": meta["landslides_total"] + 1}))
+    with pytest.raises(InputError, match="landslides"):
+        world_landslides(str(tmp_path))
+
+
+# ---------------------------------------------------------- bench/quality.py's breakdown
+def _quality():
+    spec = importlib.util.spec_from_file_location("quality", REPO / "bench" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recovery_breakdown_of_a_mask_equal_to_the_inventory(
+        world: tuple[Path, dict], slides: tuple[list[Landslide], PixelGrid],
+        tmp_path: Path) -> None:
+    """A mask marking every inventoried pixel: inventoried stages all marked, dropped ones
+    (almost) never, no scar never; unobserved and not held-out pixels (marked 1) ignored."""
+    w = world[0]
+    ls, wgrid = slides
+    study = tmp_path / "study"
+    (study / "areas").mkdir(parents=True)
+    (study / "world").symlink_to(w)
+    # the eval area: the world's eastern half
+    left, bottom, right, top = wgrid.bounds
+    held = box((left + right) / 2, bottom, right, top)
+    frame = gpd.GeoDataFrame({"name": ["eval_area"]}, geometry=[held], crs=wgrid.crs)
+    (study / "areas" / "eval_area.geojson").write_text(frame.to_crs("EPSG:4326").to_json())
+    # the mosaic's grid: 16 pixels more on every side, nodata outside the world
+    mgrid = wgrid.buffered(16)
+    years = [2015, 2017]
+    for year in years:
+        inv = _burn([r["geometry"] for r in inventory_rows(ls, year)], mgrid)
+        mask = np.where(inv, 1, 0).astype(np.uint8)
+        mask[:16], mask[-16:], mask[:, :16], mask[:, -16:] = 255, 255, 255, 255
+        mask[:, : mgrid.width // 2] = 1           # not held out
+        mask[40:80] = 255                         # unobserved
+        path = study / "sweeps" / str(year) / "mosaic" / "mask.tif"
+        path.parent.mkdir(parents=True)
+        with rasterio.open(path, "w", driver="GTiff", width=mgrid.width, height=mgrid.height,
+                           count=1, dtype="uint8", crs=mgrid.crs, nodata=255,
+                           transform=Affine(*mgrid.transform)) as dst:
+            dst.write(mask, 1)
+
+    out = _quality().recovery_breakdown(str(study))
+
+    assert list(out) == [str(y) for y in years]
+    c = np.arange(mgrid.width)
+    cols = ((c + 0.5 >= 16 + wgrid.width / 2) & (c < mgrid.width - 16))[None, :]
+    rows = (np.arange(mgrid.height) >= 16) & (np.arange(mgrid.height) < mgrid.height - 16)
+    rows &= ~((np.arange(mgrid.height) >= 40) & (np.arange(mgrid.height) < 80))
+    scored = int((cols & rows[:, None]).sum())
+    for year in years:
+        stages = out[str(year)]
+        assert list(stages) == ["fresh", "young", "older", "just dropped", "dropped",
+                                "no scar"]
+        assert sum(s["pixels"] for s in stages.values()) == scored
+        assert stages["fresh"]["pixels"] > 0 and stages["older"]["pixels"] > 0
+        for name in ("fresh", "young", "older"):
+            if stages[name]["pixels"]:
+                assert stages[name]["fraction"] == 1.0
+        assert stages["no scar"]["fraction"] == 0.0
+        dropped = stages["just dropped"]["landslide"] + stages["dropped"]["landslide"]
+        assert dropped <= 0.01 * stages["older"]["pixels"] + 10
+        assert stages["dropped"]["pixels"] > 0
+    assert out["2015"]["fresh"]["pixels"] > 500  # the event year
+
+
+def test_recovery_table_prints_the_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    q = _quality()
+    cell = {"pixels": 10, "landslide": 5, "fraction": 0.5}
+    empty = {"pixels": 0, "landslide": 0, "fraction": None}
+    rec = {"2016": {name: cell for name in q.RECOVERY_NAMES}}
+    rec["2016"]["young"] = empty
+    q.print_recovery([{"seed": 42, "variant": "temporal", "recovery": rec},
+                      {"seed": 42, "variant": "single-date"}])
+    text = capsys.readouterr().out
+    assert "just dropped" in text and "2016" in text and "0.500 5/10" in text
+    assert "n/a" in text and text.count("\n   42 ") == 1  # the temporal row only
+    # misses: 5 of 5 + 5 on older scars; false alarms: 5 of 3 * 5 on just dropped ones
+    assert "50% of 10" in text and "33% of 15" in text
