@@ -1,12 +1,12 @@
 """Image classifiers on patches of the demo world, scored on its held-out blocks.
 
 The image-level study of issue 19 on the demo's data: the world, the held-out blocks and
-the exports of ``landslides demo`` (seed 42, its temporal input stack: 30 channels of
-64-px patches), reused from ``--out`` when already there. Every backbone of
-``--backbones`` is trained by one ``classify-train`` run (weights ``none``: the internet
-is not reachable here, and ImageNet weights have no filters for 27 of the 30 channels
-anyway) on the patches the demo fine-tunes on (the training area and the investigation
-area's other blocks, 2014, 2016, 2018; validation: the export's own spatially blocked
+the exports of ``landslides demo`` (seed 42, its temporal input stack in 64-px
+patches), reused from ``--out`` when already there. Every backbone of ``--backbones`` is
+trained by one ``classify-train`` run (weights ``none``: the internet is not reachable
+here, and ImageNet weights have no filters for all but 3 of the stack's channels anyway) on
+the patches the demo fine-tunes on (the training area and the investigation area's other
+blocks, in the demo's training years; validation: the export's own spatially blocked
 split), then ``classify-eval`` scores all of them on the patches of the held-out blocks
 (every year 2013-2019, never trained on). A patch is ``landslide`` when at least
 ``--min-landslide-share`` of its labelled pixels are.

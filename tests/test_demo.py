@@ -66,7 +66,7 @@ def test_quick_demo_is_scored_on_held_out_blocks_with_temporal_context(demo_out)
     assert art["training"]["monitor"] == "val_loss"
     assert art["bands"] == art["stack"]["channels"]
     manifest = json.loads((demo_out / "shards" / "train" / "manifest.json").read_text())
-    assert manifest["years"] == [2014, 2016, 2018]
+    assert manifest["years"] == [2014, 2016, 2017, 2018]
     # held-out and fine-tuning areas do not touch: the gap keeps training windows away
     import geopandas as gpd
 
