@@ -39,14 +39,16 @@ import numpy as np
 
 from pipelines import fsio
 from pipelines.demo import WORLD_FIELDS, DemoConfig, StageRunner, run_demo, share_world, stages
+from pipelines.synth.landslides import DRAWN_MAX_RECOVERY
 
 log = logging.getLogger("bench.quality")
 
 VARIANTS = ("temporal", "single-date")
 #: Recovery stages of a scar (rec: 0 fresh, 0.5 when it leaves the inventories, see
-#: pipelines.synth.landslides.recovery); scars from 0.97 on are no longer drawn.
+#: pipelines.synth.landslides.recovery); scars from DRAWN_MAX_RECOVERY on are no longer
+#: drawn.
 RECOVERY_STAGES = (("fresh", 0.0, 0.1), ("young", 0.1, 0.3), ("older", 0.3, 0.5),
-                   ("just dropped", 0.5, 0.7), ("dropped", 0.7, 0.97))
+                   ("just dropped", 0.5, 0.7), ("dropped", 0.7, DRAWN_MAX_RECOVERY))
 #: The stages, then pixels with no scar drawn.
 RECOVERY_NAMES = (*(name for name, _, _ in RECOVERY_STAGES), "no scar")
 #: The stages of scars in the inventories (rec < 0.5).
