@@ -181,7 +181,8 @@ def _finish(ds: tf.data.Dataset, n: int, batch_size: int, training: bool, seed: 
             ds = tf.data.Dataset.zip((ds, seeds)).map(
                 lambda pair, s: (augment_batch(pair[0], s), pair[1]),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size).with_options(data_mod.epoch_options()).prefetch(
+        tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------- images

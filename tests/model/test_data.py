@@ -164,6 +164,18 @@ def test_dataset_selects_bands_in_the_requested_order(shards):
     assert any(np.array_equal(m[..., 0], written["train"][0][1]) for m in masks)
 
 
+def test_epoch_datasets_run_without_the_autotuning_thread(shards):
+    # Keras drops the iterator every epoch; joining the autotuning thread stalled epochs
+    root, _ = shards
+    found = data.find_shards(str(root))
+    for training in (False, True):
+        ds = data.shard_dataset(found, found.files["train"], ("B4",), batch_size=4,
+                                training=training, seed=1)
+        assert ds.options().autotune.enabled is False
+        # the AUTOTUNE parallelism still yields every patch once per pass
+        assert sum(len(b[0]) for b in ds.as_numpy_iterator()) == 12
+
+
 def test_training_augments_image_and_mask_together(tmp_path):
     # The label is exactly "band 0 is bright", so any geometric transform that treats image
     # and mask alike keeps that relation pixel for pixel.
