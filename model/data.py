@@ -411,9 +411,9 @@ def epoch_options() -> tf.data.Options:
     Keras drops the iterator at the end of every epoch (and of every validation pass).
     Destroying it joins tf.data's autotuning thread, which is often in the middle of an
     optimisation pass on a busy CPU: in the demo that wait stalled about one epoch in two
-    by several seconds (``bench/quality.py`` prints the stage times). With autotuning off the
-    ``AUTOTUNE`` parallelism is the number of cores and prefetching still adapts its buffer,
-    so the steady throughput is unchanged and the epochs stop stalling.
+    by several seconds (a demo study's ``stages/train.json`` records the time). With
+    autotuning off, the ``AUTOTUNE`` settings fall back to fixed defaults (parallel calls
+    about one per core); the demo's steady epochs kept their speed and stopped stalling.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
