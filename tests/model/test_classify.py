@@ -247,6 +247,8 @@ def test_image_folders_read_png_and_geotiff_and_split_per_class(tmp_path):
     x, _ = next(iter(train.dataset(32, False, 0)))
     assert x.shape == (16, SIZE, SIZE, 3)
     np.testing.assert_allclose(np.mean(x, axis=(0, 1, 2)), data.mean, rtol=1e-3)
+    # Keras drops the iterator every epoch: no autotuning thread to join (model.data)
+    assert train.dataset(4, True, 0).options().autotune.enabled is False
 
 
 def test_bad_image_folders_say_what_is_wrong_and_what_to_do(tmp_path):
