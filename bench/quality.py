@@ -120,9 +120,10 @@ def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
 def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
     """How much of each recovery stage of the world's scars a study's sweeps mark.
 
-    For every swept year (``<study>/sweeps/<year>/mosaic/mask.tif``: 1..254 landslide, 0
-    not, 255 and the file's nodata unobserved), on the held-out (``areas/eval_area.geojson``,
-    pixel centres) observed pixels of the mask: the recovery of the scar under each pixel
+    For every swept year (``<study>/sweeps/<year>/mosaic/mask.tif``, read as the comparison
+    reads it, ``RasterMask.classify``: 1..254 landslide, 0 not, 255 and the file's nodata
+    unobserved), on the held-out (``areas/eval_area.geojson``, pixel centres) observed
+    pixels of the mask: the recovery of the scar under each pixel
     (the world's landslides regenerated from ``world/world.json`` and rasterized on the
     mask's own grid, the most recent failure on top) binned into :data:`RECOVERY_STAGES`
     and "no scar".
@@ -135,6 +136,7 @@ def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
     from pyproj import CRS
     from rasterio.features import geometry_mask
 
+    from pipelines.compare.layers import RasterMask
     from pipelines.geo.grid import WGS84, PixelGrid, load_region, to_crs
     from pipelines.synth import world_landslides
     from pipelines.synth.landslides import recovery_raster
@@ -146,7 +148,8 @@ def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
                    and os.path.exists(os.path.join(sweeps, y, "mosaic", "mask.tif")))
     out: dict[str, dict[str, dict]] = {}
     for year in years:
-        with rasterio.open(os.path.join(sweeps, str(year), "mosaic", "mask.tif")) as src:
+        mask_path = os.path.join(sweeps, str(year), "mosaic", "mask.tif")
+        with rasterio.open(mask_path) as src:
             values = src.read(1)
             grid = PixelGrid.from_affine(src.crs.to_string(), src.transform, src.width,
                                          src.height)
@@ -154,13 +157,10 @@ def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
         if CRS.from_user_input(grid.crs) != CRS.from_user_input(wgrid.crs):
             raise ValueError(f"{study_dir}: the {year} mask is in {grid.crs}, the world in "
                              f"{wgrid.crs}; the world's scars are rasterized in its own CRS")
-        scored = values != 255
-        if nodata is not None and np.isfinite(nodata):
-            scored &= values != nodata
+        marked, scored = RasterMask.classify(values, nodata, mask_path)
         area = to_crs(eval_area, WGS84, grid.crs)
         scored &= geometry_mask([area], out_shape=grid.shape, transform=grid.affine,
                                 invert=True)
-        marked = (values >= 1) & (values <= 254)
         rec = recovery_raster(slides, year, grid)
         bins = [(lo <= rec) & (rec < hi) for _, lo, hi in RECOVERY_STAGES]
         bins.append(np.isnan(rec))

@@ -123,8 +123,15 @@ class RasterMask:
         return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
 
     @staticmethod
-    def _classify(values: np.ndarray, nodata: float | None, path: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def classify(values: np.ndarray, nodata: float | None, path: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Landslide and valid masks of mask ``values`` read from ``path``.
+
+        1..254 are landslide, 0 not, 255 and ``nodata`` no data (as are non-finite values).
+
+        Raises:
+            InputError: fractional values (a probability map passed as a mask).
+        """
         valid = np.isfinite(values) & (values != MASK_NODATA)
         if nodata is not None and np.isfinite(nodata):
             valid &= values != nodata
@@ -148,7 +155,7 @@ class RasterMask:
                           src_crs=src.crs, src_nodata=src.nodata, dst_transform=grid.affine,
                           dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.nearest,
                           init_dest_nodata=True)
-            m, v = self._classify(dst, f.nodata, f.path)
+            m, v = self.classify(dst, f.nodata, f.path)
             mask |= m
             valid |= v
         return mask, valid
@@ -172,7 +179,7 @@ class RasterMask:
                     if aoi_native is not None and not aoi_native.intersects(box(*sub.bounds)):
                         continue
                     values = src.read(1, window=window).astype("float32", copy=False)
-                    mask, ok = self._classify(values, f.nodata, f.path)
+                    mask, ok = self.classify(values, f.nodata, f.path)
                     if valid:
                         mask = ok
                     if not mask.any():
