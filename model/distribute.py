@@ -10,7 +10,11 @@
   than one worker, ``mirrored`` with more than one GPU, else ``default``.
 
 Mixed precision (``auto``) is only switched on where it pays: ``mixed_float16`` on GPUs,
-``mixed_bfloat16`` on TPUs; CPUs train in float32. The U-Net keeps its normalisation and
+``mixed_bfloat16`` on TPUs; CPUs train in float32. ``mixed_bfloat16`` may be asked for on
+a CPU: with native bfloat16 arithmetic (AVX512_BF16 or AMX, :func:`cpu_has_bf16`) its
+train steps are faster than float32 (``bench/train.py`` measures both), without it they
+are emulated and slower (a warning says so). It is not the CPU default: it changes the
+numbers a run trains to. The U-Net keeps its normalisation and
 its output activation in float32 either way (see :mod:`model.unet`).
 """
 
@@ -21,6 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -31,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
 PRECISIONS = ("auto", "off", "float32", "mixed_float16", "mixed_bfloat16")
+#: CPU flags (as Linux lists them) of native bfloat16 arithmetic: AVX512 bf16 dot products,
+#: AMX bf16 tiles. Without them bfloat16 is emulated and slower than float32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def tf_config_workers(environ: dict[str, str] | None = None) -> int:
@@ -128,12 +136,38 @@ def accelerator(strategy: tf.distribute.Strategy) -> str | None:
     return None
 
 
-def precision_policy(setting: str, strategy: tf.distribute.Strategy) -> str:
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (one of :data:`BF16_CPU_FLAGS`).
+
+    Args:
+        cpuinfo: Text in the form of Linux's ``/proc/cpuinfo`` (default: read it; False
+            where there is none, e.g. macOS).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return any(flag in value.split() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def precision_policy(setting: str, strategy: tf.distribute.Strategy,
+                     cpu_bf16: bool | None = None) -> str:
     """The Keras dtype policy name for ``setting`` (one of :data:`PRECISIONS`) on ``strategy``.
 
     ``auto`` gives ``mixed_float16`` on GPUs, ``mixed_bfloat16`` on TPUs and ``float32``
-    on CPUs; ``off`` is ``float32``; a policy name is taken as is (a mixed policy on a CPU is
-    allowed, with a warning: it is slower there).
+    on CPUs; ``off`` is ``float32``; a policy name is taken as is (a mixed policy that is
+    slower than float32 on this CPU is allowed, with a warning).
+
+    Args:
+        setting: One of :data:`PRECISIONS`.
+        strategy: Where training runs.
+        cpu_bf16: Whether the CPU has native bfloat16, for the warning (default:
+            :func:`cpu_has_bf16`).
     """
     if setting not in PRECISIONS:
         raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {setting!r}")
@@ -142,8 +176,12 @@ def precision_policy(setting: str, strategy: tf.distribute.Strategy) -> str:
         return {"gpu": "mixed_float16", "tpu": "mixed_bfloat16"}.get(device or "", "float32")
     if setting == "off":
         return "float32"
-    if setting != "float32" and device is None:
-        logger.warning("mixed precision %s on a CPU is slower than float32", setting)
+    if device is None and setting != "float32":
+        native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+        if setting == "mixed_float16" or not native:
+            logger.warning("mixed precision %s on this CPU is slower than float32 (float16 is "
+                           "emulated on CPUs; bfloat16 needs one of the CPU flags %s)",
+                           setting, ", ".join(BF16_CPU_FLAGS))
     return setting
 
 

@@ -330,10 +330,35 @@ def test_mirrored_strategy_with_mixed_precision_writes_a_float32_artifact(shards
     assert art.meta["metrics"]["val"]["f1"] > 0.5
 
 
+def test_cpu_bf16_flags_are_read_from_cpuinfo():
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
+    avx = "processor : 0\nflags : fpu avx512f avx512_bf16 avx512_vnni\n"
+    plain = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
+    assert distribute.cpu_has_bf16(amx) and distribute.cpu_has_bf16(avx)
+    assert not distribute.cpu_has_bf16(plain)
+    assert not distribute.cpu_has_bf16("")  # no flags line (other systems)
+    # a flag named like a bf16 flag inside another line does not count
+    assert not distribute.cpu_has_bf16("model name : avx512_bf16 edition\nflags : fpu\n")
+
+
+def test_mixed_policy_warns_only_where_the_cpu_emulates_it(caplog):
+    default = distribute.choose_strategy("auto")
+    with caplog.at_level("WARNING", logger="model.distribute"):
+        distribute.precision_policy("mixed_bfloat16", default, cpu_bf16=True)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="model.distribute"):
+        distribute.precision_policy("mixed_bfloat16", default, cpu_bf16=False)
+        distribute.precision_policy("mixed_float16", default, cpu_bf16=True)
+    assert len(caplog.records) == 2
+    assert all("slower than float32" in r.getMessage() for r in caplog.records)
+
+
 def test_strategy_and_precision_choice():
     default = distribute.choose_strategy("auto")
     assert default.num_replicas_in_sync == 1 and distribute.is_chief(default)
-    assert distribute.precision_policy("auto", default) == "float32"  # no accelerator here
+    # CPUs train in float32 unless asked, even where bfloat16 is native
+    assert distribute.precision_policy("auto", default, cpu_bf16=True) == "float32"
+    assert distribute.precision_policy("off", default, cpu_bf16=True) == "float32"
     assert distribute.precision_policy("mixed_bfloat16", default) == "mixed_bfloat16"
     cluster = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
                "task": {"type": "worker", "index": 0}}
