@@ -114,7 +114,42 @@ def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
            "evaluate": results["evaluate"], "held_out": results["compare"]["held_out"]}
     if variant == "temporal":
         row["recovery"] = recovery_breakdown(cfg.out)
+        row["objects"] = object_breakdown(cfg.out)
     return row
+
+
+#: The comparison's object metrics kept per year (pipelines.geo.compare_metrics.object_metrics).
+OBJECT_FIELDS = ("n_reference", "n_predicted", "n_found", "n_missed", "n_false_alarms",
+                 "n_fragmented", "merges", "n_reference_in_merges")
+
+
+def object_breakdown(study_dir: str) -> dict[str, dict[str, int]]:
+    """Per year, the held-out comparison's landslide-by-landslide counts (``report/metrics.json``):
+    found and missed references, false alarms, references in several pieces, merges."""
+    metrics = fsio.read_json(os.path.join(study_dir, "report", "metrics.json"))
+    out = {}
+    for year, entry in sorted((metrics.get("years") or {}).items()):
+        obj = entry.get("object") or {}
+        out[year] = {k: int(obj[k]) for k in OBJECT_FIELDS if obj.get(k) is not None}
+    return out
+
+
+def count_gaps(rows: list[dict], tolerance: float = 0.3) -> list[str]:
+    """One line per seed and year whose predicted count is more than ``tolerance`` off the
+    reference count, saying which landslides make the difference."""
+    lines = []
+    for r in rows:
+        for year, o in (r.get("objects") or {}).items():
+            n_ref, n_pred = o.get("n_reference"), o.get("n_predicted")
+            if not n_ref or n_pred is None or abs(n_pred - n_ref) <= tolerance * n_ref:
+                continue
+            lines.append(
+                f"seed {r['seed']} {year}: {n_pred} predicted / {n_ref} reference: "
+                f"{o.get('n_missed', 0)} missed, {o.get('n_false_alarms', 0)} false alarms, "
+                f"{o.get('merges', 0)} predicted over 2+ landslides "
+                f"({o.get('n_reference_in_merges', 0)} landslides), "
+                f"{o.get('n_fragmented', 0)} landslides in 2+ pieces")
+    return lines
 
 
 def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
@@ -211,6 +246,10 @@ def print_table(rows: list[dict]) -> None:
                        f"{'yes' if counts_ok else 'no'}, fine-tuned beats base: "
                        f"{'yes' if beats else 'no'}")
     print("\n" + "\n".join(targets))
+    gaps = count_gaps(rows)
+    if gaps:
+        print("\nCounts more than 30% off, landslide by landslide (a match: 10% overlap):")
+        print("\n".join(gaps))
 
 
 def print_recovery(rows: list[dict]) -> None:

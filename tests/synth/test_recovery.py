@@ -252,3 +252,23 @@ def test_recovery_table_prints_the_stages(capsys: pytest.CaptureFixture[str]) ->
     assert "n/a" in text and text.count("\n   42 ") == 1  # the temporal row only
     # misses: 5 of 5 + 5 on older scars; false alarms: 5 of 3 * 5 on just dropped ones
     assert "50% of 10" in text and "33% of 15" in text
+
+
+def test_count_gaps_name_the_landslides_behind_a_count_off_by_more_than_30pc(
+        tmp_path: Path) -> None:
+    q = _quality()
+    obj = {"n_reference": 24, "n_predicted": 15, "n_found": 17, "n_missed": 7,
+           "n_false_alarms": 1, "n_fragmented": 2, "merges": 4, "n_reference_in_merges": 9,
+           "precision": 0.93}
+    close = {**obj, "n_predicted": 31}  # 29% more: within the tolerance
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "metrics.json").write_text(json.dumps(
+        {"years": {"2019": {"object": obj}, "2018": {"object": close}, "2017": {}}}))
+    out = q.object_breakdown(str(tmp_path))
+    assert list(out) == ["2017", "2018", "2019"] and out["2017"] == {}
+    assert out["2019"] == {k: v for k, v in obj.items() if k != "precision"}
+    lines = q.count_gaps([{"seed": 42, "variant": "temporal", "objects": out},
+                          {"seed": 42, "variant": "single-date"}])
+    assert lines == ["seed 42 2019: 15 predicted / 24 reference: 7 missed, 1 false alarms, "
+                     "4 predicted over 2+ landslides (9 landslides), 2 landslides in 2+ "
+                     "pieces"]
