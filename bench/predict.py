@@ -16,6 +16,9 @@ its held-out test split) and, for a region R (``--side`` x ``--side`` chunks: 4 
 * end-to-end / bare ratio (goal >= 0.85 from 100 km2) and the rest in seconds;
 * peak resident memory (``VmHWM`` of the sweep's process, before the bare timing) and the
   4R / R ratio (goal <= 1.2);
+* CPU milliseconds per chunk of each step, one at a time on one thread: reading and
+  cutting windows, the model, blending and writing (COGs, polygons), and the model's
+  share of them: the most end-to-end / bare can reach when the model has every core;
 * held-out F1 per precision and its drift from fp32 (goal: within 0.01), as recorded in
   the artifact; with ``--also-model`` (e.g. the demo's fine-tuned model) and
   ``--also-data`` (its held-out shards), the same for that model too.
@@ -115,41 +118,63 @@ def child(spec: dict) -> None:
     run = run_predict(cfg)[0]
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     peak = _peak_rss_mb()
-    tiles, model_s, model_cpu = bare_model(cfg, spec["scratch"])
+    tiles, model_s, model_cpu, steps = bare_model(cfg, spec["scratch"])
     print(json.dumps({"seconds": seconds, "cpu_s": cpu, "km2": run["aoi"]["area_km2"],
                       "chunks": run["counts"]["chunks_total"],
                       "polygons": run["counts"]["polygons"], "maxrss_mb": peak,
-                      "tiles": tiles, "model_s": model_s, "model_cpu_s": model_cpu}))
+                      "tiles": tiles, "model_s": model_s, "model_cpu_s": model_cpu,
+                      "steps": steps}))
 
 
-def bare_model(cfg, scratch: str) -> tuple[int, float, float]:
-    """Time the precision's forward pass on the sweep's own windows, one call per chunk."""
+def bare_model(cfg, scratch: str) -> tuple[int, float, float, dict[str, float]]:
+    """Time the precision's forward pass on the sweep's own windows, one call per chunk.
+
+    Also times, one chunk at a time on this thread, the work a sweep does outside the
+    model (CPU milliseconds per chunk): reading the chunk and cutting its windows
+    (``prepare_chunk``), and blending, thresholding, writing the COGs and polygonising
+    (``finish_chunk``, into ``scratch``).
+    """
     import dataclasses
+
+    import numpy as np
 
     from model.precision import load_for_inference
     from pipelines.predict import ChunkTiles, plan_predict
-    from pipelines.predict.chunk import prepare_chunk
+    from pipelines.predict.chunk import finish_chunk, prepare_chunk
 
     plan, elements = plan_predict(dataclasses.replace(cfg, out=scratch))
     art = load_for_inference(cfg.model, cfg.precision)
     for source in plan.sources:
         source.open()
-    windows = []
-    for e in elements:  # not timed: reading and cutting windows
+    chunks, windows = [], []
+    read_cpu = 0.0
+    for e in elements:  # timed apart from the model: reading and cutting windows
+        c0 = time.process_time()
         t = prepare_chunk(plan, plan.sources, *e)
         if isinstance(t, ChunkTiles):
             windows.append(t.windows())
+            chunks.append(t)
+        read_cpu += time.process_time() - c0
     for source in plan.sources:
         source.close()
     art.predict(windows[0], batch_size=cfg.batch_size)  # warm, as a worker is
     tiles, seconds, cpu = 0, 0.0, 0.0
+    probs = []
     for w in windows:
         t0, c0 = time.perf_counter(), time.process_time()
-        art.predict(w, batch_size=cfg.batch_size)
+        probs.append(np.asarray(art.predict(w, batch_size=cfg.batch_size)))
         seconds += time.perf_counter() - t0
         cpu += time.process_time() - c0
         tiles += len(w)
-    return tiles, seconds, cpu
+    finish_cpu = 0.0
+    for t, p in zip(chunks, probs):
+        c0 = time.process_time()
+        finish_chunk(plan, t, p)
+        finish_cpu += time.process_time() - c0
+    n = max(len(chunks), 1)
+    steps = {"read_cut_ms": 1000 * read_cpu / n, "model_ms": 1000 * cpu / n,
+             "finish_ms": 1000 * finish_cpu / n}
+    return tiles, seconds, cpu, steps
 
 
 def train_model(d: str, world_dir: str, world: dict, args) -> str:
@@ -253,6 +278,7 @@ def main() -> None:
                     if old:
                         for key in ("seconds", "model_s", "cpu_s", "model_cpu_s"):
                             r[key] = min(r[key], old[key])
+                        r["steps"] = {k: min(v, old["steps"][k]) for k, v in r["steps"].items()}
                         r["maxrss_mb"] = max(r["maxrss_mb"], old["maxrss_mb"])
                     rows[(p, name)] = r
     report(args, precisions, rows, record, also, side_km, t_world, t_train,
@@ -277,7 +303,8 @@ def report(args, precisions: list[str], rows: dict, record: dict, also: dict | N
             "bare_s": round(r["model_s"], 2), "bare_cpu_s": round(r["model_cpu_s"], 2),
             "bare_tiles_per_s": round(r["tiles"] / r["model_s"], 1),
             "overhead_s": round(r["seconds"] - r["model_s"], 2),
-            "peak_rss_mb": round(r["maxrss_mb"], 1)}
+            "peak_rss_mb": round(r["maxrss_mb"], 1),
+            "cpu_ms_per_chunk": {k: round(v, 1) for k, v in r["steps"].items()}}
     print(json.dumps(figures, indent=1))
     f1 = _f1_rows(record)
     also_f1 = _f1_rows(also) if also else {}
@@ -309,6 +336,13 @@ def report(args, precisions: list[str], rows: dict, record: dict, also: dict | N
         if also_f1:
             line += f" | {also_f1.get(p, 'n/a'):>21}"
         print(line)
+    print(f"\nCPU ms per {args.chunk}-px chunk, one step at a time on one thread (4R): "
+          "read + cut windows | model | blend + COGs + polygons -> model / all")
+    for p in precisions:
+        st = rows[(p, "4R")]["steps"]
+        share = st["model_ms"] / (st["model_ms"] + st["read_cut_ms"] + st["finish_ms"])
+        print(f"{p:>9} | {st['read_cut_ms']:6.1f} | {st['model_ms']:6.1f} | "
+              f"{st['finish_ms']:6.1f} -> {share:.2f}")
     if also:
         print(f"also-model: {also['held_out']['patches']} held-out patches of "
               f"{also['held_out']['data']}")
