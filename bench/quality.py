@@ -8,7 +8,8 @@ stack (the target image alone), and prints one table side by side:
 * per year, on the held-out blocks only, over whole sweeps: pixel precision, recall and
   F1, and predicted vs reference landslide counts (observed pixels only);
 * base vs fine-tuned model on patches of the held-out blocks (all years);
-* the seconds each study took;
+* the seconds each study took (each study runs in a fresh Python process, as ``make demo``
+  does, so one study's time does not carry what the studies before it left in memory);
 * for the temporal studies, per year, on the held-out observed pixels of each sweep's mask:
   how much of each recovery stage of the world's scars the mask marks as landslide
   (:func:`recovery_breakdown`: fresh, young and older scars are in the inventory, just
@@ -27,8 +28,10 @@ the code changed since (it stops if a study is unfinished).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +74,26 @@ def run_study(out: str, seed: int, variant: str, quick: bool,
     results = run_demo(cfg)
     seconds = time.monotonic() - t0
     return _row(cfg, seed, variant, seconds, results)
+
+
+def run_study_process(out: str, seed: int, variant: str, quick: bool,
+                      stacks: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """:func:`run_study` in a fresh Python process (its log goes to this one's stderr)."""
+    spec = {"out": out, "seed": seed, "variant": variant, "quick": quick,
+            "stacks": {k: list(v) for k, v in (stacks or {}).items()}}
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--study",
+                           json.dumps(spec)], stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the study {out} failed (exit {done.returncode}); its log is above")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _study_child(text: str) -> int:
+    spec = json.loads(text)
+    stacks = {k: tuple(v) for k, v in spec.pop("stacks").items()}
+    row = run_study(stacks=stacks, **spec)
+    print(json.dumps(row))
+    return 0
 
 
 def read_study(out: str, seed: int, variant: str, quick: bool,
@@ -297,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--existing", action="store_true",
                    help="Only read the studies already finished in --out: run no stage, "
                         "even one a plain run would redo (stops if a study is unfinished).")
+    p.add_argument("--study", help=argparse.SUPPRESS)  # one study, in a child process
     args = p.parse_args(argv)
     stacks: dict[str, tuple[str, ...]] = {}
     for text in args.stack:
@@ -307,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         stacks[name] = tuple(r.strip() for r in refs.split(";") if r.strip())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
+    if args.study:
+        return _study_child(args.study)
     seeds = [int(s) for s in args.seeds.split(",")]
     single = ([int(s) for s in args.single_date_seeds.split(",") if s.strip()]
               if args.single_date_seeds is not None else seeds[:1])
@@ -323,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if first is not None:
                     share_world(first, out)
-                rows.append(run_study(out, seed, variant, args.quick, stacks))
+                rows.append(run_study_process(out, seed, variant, args.quick, stacks))
             first = first or out
             fsio.write_json(args.json, {"world_fields": list(WORLD_FIELDS), "rows": rows})
     print_table(rows)
