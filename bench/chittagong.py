@@ -102,44 +102,31 @@ def cli(*words: str) -> None:
         raise SystemExit(f"`landslides {' '.join(words[:1])}` exited {code}")
 
 
-def labelled_pixels(shards: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` of a split's labelled pixels: ``x`` (n, bands), ``y`` 0/1."""
+def labelled_pixels(shards: str, split: str, model=None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(x, y, p)`` of a split's labelled pixels, read once: ``x`` (n, bands), ``y`` 0/1,
+    ``p`` the landslide probability of ``model`` (a Keras model) or None without one."""
     from model.data import find_shards, shard_dataset
 
     found = find_shards(shards)
-    xs, ys = [], []
+    xs, ys, ps = [], [], []
     for x, y in shard_dataset(found, found.files[split], BANDS, 64):
         xs.append(x.numpy())
         ys.append(y.numpy().reshape(x.shape[:3]))
+        if model is not None:
+            ps.append(np.asarray(model.predict(x, verbose=0))[..., 0])
     x, y = np.concatenate(xs), np.concatenate(ys)
     keep = (y == 0) | (y == 1)
-    return x[keep], y[keep].astype(np.int64)
-
-
-def predict_test(model_dir: str, shards: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """The U-Net's probabilities on the test split's labelled pixels, their labels and the
-    artifact's threshold."""
-    from model.artifact import load_artifact
-    from model.data import find_shards, shard_dataset
-
-    art = load_artifact(model_dir)
-    found = find_shards(shards)
-    ps, ys = [], []
-    for x, y in shard_dataset(found, found.files["test"], BANDS, 64):
-        ps.append(np.asarray(art.model.predict(x, verbose=0))[..., 0])
-        ys.append(y.numpy().reshape(x.shape[:3]))
-    p, y = np.concatenate(ps), np.concatenate(ys)
-    keep = (y == 0) | (y == 1)
-    return p[keep], y[keep].astype(np.int64), float(art.meta["metrics"]["threshold"])
+    p = np.concatenate(ps)[keep] if model is not None else None
+    return x[keep], y[keep].astype(np.int64), p
 
 
 def scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Precision, recall, F1, IoU of boolean predictions ``pred`` against 0/1 labels."""
+    from model.metrics import confusion_counts
     from model.metrics import scores as prf
 
-    tp = int((pred & (y == 1)).sum())
-    fp = int((pred & (y == 0)).sum())
-    fn = int((~pred & (y == 1)).sum())
-    return prf({"tp": tp, "fp": fp, "fn": fn})
+    return prf(confusion_counts(y, pred.astype(np.float32)))
 
 
 def ndvi(x: np.ndarray) -> np.ndarray:
@@ -156,6 +143,7 @@ def best_threshold(score: np.ndarray, y: np.ndarray) -> float:
 
 def run_fold(fold: int, data: Path, labels: str, bbox: str, strips: list[str], work: str,
              args: argparse.Namespace) -> dict:
+    from model.artifact import load_artifact
     from model.classify.evaluation import roc_auc
 
     shards, model = os.path.join(work, f"shards-{fold}"), os.path.join(work, f"model-{fold}")
@@ -171,9 +159,11 @@ def run_fold(fold: int, data: Path, labels: str, bbox: str, strips: list[str], w
         "--depth", "3", "--epochs", str(args.epochs), "--patience", "10", "--batch-size", "16",
         "--loss", args.loss, "--monitor", "val_loss", "--no-saved-model",
         "--seed", str(fold))
-    p, y, threshold = predict_test(model, shards)
-    x_train, y_train = labelled_pixels(shards, "train")
-    x_test, _ = labelled_pixels(shards, "test")
+    art = load_artifact(model)
+    threshold = float(art.meta["metrics"]["threshold"])
+    x_test, y, p = labelled_pixels(shards, "test", art.model)
+    assert p is not None
+    x_train, y_train, _ = labelled_pixels(shards, "train")
     low_ndvi = -ndvi(x_test)
     t_ndvi = best_threshold(-ndvi(x_train), y_train)
     return {

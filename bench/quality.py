@@ -157,14 +157,26 @@ def object_breakdown(study_dir: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def count_gaps(rows: list[dict], tolerance: float = 0.3) -> list[str]:
-    """One line per seed and year whose predicted count is more than ``tolerance`` off the
+#: The issue's count target: predicted within this fraction of the reference count.
+COUNT_TOLERANCE = 0.3
+
+
+def count_within(predicted: int | None, reference: int | None) -> bool:
+    """Whether a predicted count is within :data:`COUNT_TOLERANCE` of a (non-zero)
+    reference count; False when either is missing or the reference is 0."""
+    if not reference or predicted is None:
+        return False
+    return abs(predicted - reference) <= COUNT_TOLERANCE * reference
+
+
+def count_gaps(rows: list[dict]) -> list[str]:
+    """One line per seed and year whose predicted count is not :func:`count_within` the
     reference count, saying which landslides make the difference."""
     lines = []
     for r in rows:
         for year, o in (r.get("objects") or {}).items():
             n_ref, n_pred = o.get("n_reference"), o.get("n_predicted")
-            if not n_ref or n_pred is None or abs(n_pred - n_ref) <= tolerance * n_ref:
+            if not n_ref or n_pred is None or count_within(n_pred, n_ref):
                 continue
             lines.append(
                 f"seed {r['seed']} {year}: {n_pred} predicted / {n_ref} reference: "
@@ -259,9 +271,8 @@ def print_table(rows: list[dict]) -> None:
         if r["variant"] != "temporal":
             continue
         f1s = {y: m.get("f1") or 0.0 for y, m in r["held_out"].items()}
-        counts_ok = all(m.get("reference_count") and m.get("predicted_count") is not None
-                        and abs(m["predicted_count"] - m["reference_count"])
-                        <= 0.3 * m["reference_count"] for m in r["held_out"].values())
+        counts_ok = all(count_within(m.get("predicted_count"), m.get("reference_count"))
+                        for m in r["held_out"].values())
         ev = r["evaluate"]
         beats = ev["finetuned"]["f1"] > ev["base"]["f1"]
         targets.append(f"seed {r['seed']}: min F1 {min(f1s.values()):.2f} "
@@ -271,7 +282,8 @@ def print_table(rows: list[dict]) -> None:
     print("\n" + "\n".join(targets))
     gaps = count_gaps(rows)
     if gaps:
-        print("\nCounts more than 30% off, landslide by landslide (a match: 10% overlap):")
+        print(f"\nCounts more than {COUNT_TOLERANCE:.0%} off, landslide by landslide (a match: "
+              "10% overlap):")
         print("\n".join(gaps))
 
 
