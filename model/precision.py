@@ -125,6 +125,32 @@ def bf16_model(model: Any) -> Any:
     return rebuilt
 
 
+def warn_if_bf16_emulated(cpu_bf16: bool | None = None, gpu: bool | None = None) -> bool:
+    """Warn (and return True) where bf16 inference would be slower than fp32.
+
+    Without a GPU and without a CPU flag for native bfloat16 arithmetic
+    (:data:`model.distribute.BF16_CPU_FLAGS`), TensorFlow emulates bfloat16 and a bf16
+    sweep runs slower than fp32; int8 is then the fast precision.
+
+    Args:
+        cpu_bf16: Whether the CPU has native bfloat16 (default: read its flags).
+        gpu: Whether a GPU is visible (default: ask TensorFlow).
+    """
+    from model.distribute import BF16_CPU_FLAGS, cpu_has_bf16
+
+    if gpu is None:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+    if gpu or native:
+        return False
+    log.warning("bf16 inference on this machine is emulated (no GPU, and the CPU has none of "
+                "the flags %s): it is slower than fp32 here; use --precision int8 for speed, "
+                "or fp32", ", ".join(BF16_CPU_FLAGS))
+    return True
+
+
 def _output_layers(cfg: Mapping[str, Any]) -> set[str]:
     """Names of the layers a functional (or sequential) model config outputs from."""
     outs = cfg.get("output_layers")
@@ -273,6 +299,7 @@ def load_for_inference(path: str, precision: str = REFERENCE,
     if precision == "bf16":
         base = load_artifact(path)
         check_precision(base.meta, precision, path)
+        warn_if_bf16_emulated()
         return Artifact(path=path, model=bf16_model(base.model), meta=base.meta)
     meta = read_meta(path)
     entry = check_precision(meta, precision, path)
@@ -304,5 +331,6 @@ __all__ = [
     "input_normalization",
     "load_for_inference",
     "precision_record",
+    "warn_if_bf16_emulated",
     "without_normalization",
 ]

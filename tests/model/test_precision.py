@@ -21,6 +21,7 @@ from model.precision import (
     bf16_model,
     check_precision,
     load_for_inference,
+    warn_if_bf16_emulated,
 )
 from model.train import evaluate, validate_precisions
 from model.unet import build_unet
@@ -147,6 +148,28 @@ def test_precisions_that_were_not_validated_or_drifted_are_refused(fitted, valid
     with pytest.raises(ArtifactError, match=r"'int8' has held-out F1 .* a drift of 0.0340, "
                        r"more than the 0.0100 the artifact allows.*--max-drift 0.035"):
         check_precision(meta, "int8", str(out))
+
+
+def test_bf16_warns_where_the_machine_emulates_it(validated, monkeypatch, caplog):
+    import tensorflow as tf
+
+    from model import distribute
+
+    out, _ = validated
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    for native in (False, True):
+        monkeypatch.setattr(distribute, "cpu_has_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="model.precision"):
+            art = load_for_inference(str(out), "bf16")
+        assert art.model is not None
+        warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+        assert bool(warned) == (not gpu and not native), warned
+        if warned:
+            assert "AVX512_BF16" in warned[0].upper() and "--precision int8" in warned[0]
+    # a GPU computes in bfloat16 whatever the CPU has
+    assert not warn_if_bf16_emulated(cpu_bf16=False, gpu=True)
+    assert warn_if_bf16_emulated(cpu_bf16=False, gpu=False)
 
 
 def test_a_replaced_int8_file_is_refused(validated, tmp_path):
