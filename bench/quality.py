@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     single = ([int(s) for s in args.single_date_seeds.split(",") if s.strip()]
               if args.single_date_seeds is not None else seeds[:1])
+    from model.distribute import describe_cpu
+
+    machine = describe_cpu()
     rows = []
     for seed in seeds:
         base = os.path.join(args.out, f"seed{seed}")
@@ -363,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                     share_world(first, out)
                 rows.append(run_study_process(out, seed, variant, args.quick, stacks))
             first = first or out
-            fsio.write_json(args.json, {"world_fields": list(WORLD_FIELDS), "rows": rows})
+            fsio.write_json(args.json, {"machine": machine, "existing": args.existing,
+                                        "world_fields": list(WORLD_FIELDS), "rows": rows})
+    # a seed's world, its figures and the times all depend on the CPU (see describe_cpu)
+    print(("\nStudies read from --out, not run; this machine: " if args.existing
+           else "\nMachine: ") + machine)
     print_table(rows)
     print_recovery(rows)
     print(f"\nFigures written to {args.json}")

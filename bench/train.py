@@ -10,7 +10,7 @@ measures on this machine:
     depth 5, Tversky loss, Adam, the four landslide metrics) on batches already in memory,
     in float32 and under the ``mixed_bfloat16`` policy (``--mixed-precision
     mixed_bfloat16``; faster than float32 only on CPUs with native bfloat16, see
-    ``model.distribute.cpu_has_bf16``, which the output names).
+    ``model.distribute.cpu_has_bf16``; the output names the CPU).
 
 It prints them and the ratio (a / b, float32). Goal: >= 3, i.e. the input pipeline is never
 the bottleneck of training.
@@ -40,7 +40,7 @@ import keras
 
 from model.augment import AugmentConfig
 from model.data import find_shards, shard_dataset
-from model.distribute import cpu_has_bf16, dtype_policy
+from model.distribute import describe_cpu, dtype_policy
 from model.losses import get_loss
 from model.metrics import landslide_metrics
 from model.schema import encode_patch
@@ -134,9 +134,8 @@ def main(argv: list[str] | None = None) -> float:
                                           args.depth, "mixed_bfloat16")
     ratio = pipeline / step
     print(f"patches {args.size}x{args.size}x{len(BANDS)}, batch {args.batch}, U-Net "
-          f"{args.base_filters} filters depth {args.depth}, {os.cpu_count()} CPU(s), "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, native bfloat16 CPU: "
-          f"{'yes' if cpu_has_bf16() else 'no'}")
+          f"{args.base_filters} filters depth {args.depth}, GPUs: "
+          f"{len(tf.config.list_physical_devices('GPU'))}; {describe_cpu()}")
     print(f"input pipeline (GZIP shards, parse, all augmentations): {pipeline:8.1f} patches/s")
     print(f"train step (model.fit on in-memory batches), float32:   {step:8.1f} patches/s")
     print(f"train step, mixed_bfloat16:                             {step_bf16:8.1f} patches/s "

@@ -136,6 +136,23 @@ def accelerator(strategy: tf.distribute.Strategy) -> str | None:
     return None
 
 
+def _cpuinfo(cpuinfo: str | None) -> str:
+    if cpuinfo is not None:
+        return cpuinfo
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_field(cpuinfo: str, name: str) -> str | None:
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU computes in bfloat16 natively (one of :data:`BF16_CPU_FLAGS`).
 
@@ -143,16 +160,35 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
         cpuinfo: Text in the form of Linux's ``/proc/cpuinfo`` (default: read it; False
             where there is none, e.g. macOS).
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return any(flag in value.split() for flag in BF16_CPU_FLAGS)
-    return False
+    flags = (_cpu_field(_cpuinfo(cpuinfo), "flags") or "").split()
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+#: The CPU flags that decide how fast (and, in their last bits, how) numerical kernels run.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", *BF16_CPU_FLAGS)
+
+
+def describe_cpu(cpuinfo: str | None = None) -> str:
+    """One line naming this machine's CPU, for benchmark output.
+
+    Timings, and the last bits of floating-point results (the kernels numpy and
+    TensorFlow pick depend on the CPU's vector extensions), differ between CPUs, so a
+    figure is only comparable to one measured on the same kind of CPU.
+
+    Args:
+        cpuinfo: Text in the form of Linux's ``/proc/cpuinfo`` (default: read it).
+
+    Returns:
+        E.g. ``"AMD EPYC, 2 CPUs, avx2 fma, native bfloat16: no"``.
+    """
+    import os
+
+    text = _cpuinfo(cpuinfo)
+    name = _cpu_field(text, "model name") or "unknown CPU"
+    flags = (_cpu_field(text, "flags") or "").split()
+    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "no AVX2"
+    return (f"{name}, {os.cpu_count()} CPUs, {simd}, native bfloat16: "
+            f"{'yes' if cpu_has_bf16(text) else 'no'}")
 
 
 def precision_policy(setting: str, strategy: tf.distribute.Strategy,

@@ -341,6 +341,17 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo():
     assert not distribute.cpu_has_bf16("model name : avx512_bf16 edition\nflags : fpu\n")
 
 
+def test_the_cpu_is_described_by_name_vector_extensions_and_bf16():
+    info = ("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n"
+            "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n")
+    line = distribute.describe_cpu(info)
+    assert line.startswith("AMD EPYC 7B13, ") and ", avx2 fma, native bfloat16: no" in line
+    spr = "model name : Intel Xeon\nflags : avx2 fma avx512f avx512_vnni amx_bf16\n"
+    assert distribute.describe_cpu(spr).endswith(
+        "avx2 fma avx512f avx512_vnni amx_bf16, native bfloat16: yes")
+    assert "unknown CPU" in distribute.describe_cpu("")
+
+
 def test_mixed_policy_warns_only_where_the_cpu_emulates_it(caplog):
     default = distribute.choose_strategy("auto")
     with caplog.at_level("WARNING", logger="model.distribute"):
