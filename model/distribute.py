@@ -181,12 +181,10 @@ def describe_cpu(cpuinfo: str | None = None) -> str:
     Returns:
         E.g. ``"AMD EPYC, 2 CPUs, avx2 fma, native bfloat16: no"``.
     """
-    import os
-
     text = _cpuinfo(cpuinfo)
     name = _cpu_field(text, "model name") or "unknown CPU"
     flags = (_cpu_field(text, "flags") or "").split()
-    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "no AVX2"
+    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "none of " + "/".join(SIMD_FLAGS)
     return (f"{name}, {os.cpu_count()} CPUs, {simd}, native bfloat16: "
             f"{'yes' if cpu_has_bf16(text) else 'no'}")
 
