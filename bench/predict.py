@@ -316,7 +316,7 @@ def report(args, precisions: list[str], rows: dict, record: dict, also: dict | N
             f"{'peak MB R':>9} {'4R':>6} {'4R/R':>5}")
     if also_f1:
         head += f" | {'also-model F1 (drift)':>21}"
-    from model.distribute import describe_cpu
+    from model.cpu import describe_cpu
 
     print(f"\nR = {r_km2:.0f} km2, 4R = {r4_km2:.0f} km2; held-out F1 on "
           f"{record['held_out']['patches']} patches of {record['held_out']['data']}; "

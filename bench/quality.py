@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     single = ([int(s) for s in args.single_date_seeds.split(",") if s.strip()]
               if args.single_date_seeds is not None else seeds[:1])
-    from model.distribute import describe_cpu
+    from model.cpu import describe_cpu
 
     machine = describe_cpu()
     rows = []

@@ -10,7 +10,7 @@ measures on this machine:
     depth 5, Tversky loss, Adam, the four landslide metrics) on batches already in memory,
     in float32 and under the ``mixed_bfloat16`` policy (``--mixed-precision
     mixed_bfloat16``; faster than float32 only on CPUs with native bfloat16, see
-    ``model.distribute.cpu_has_bf16``; the output names the CPU).
+    ``model.cpu.cpu_has_bf16``; the output names the CPU).
 
 It prints them and the ratio (a / b, float32). Goal: >= 3, i.e. the input pipeline is never
 the bottleneck of training.
@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 
 from model.augment import AugmentConfig
+from model.cpu import describe_cpu
 from model.data import find_shards, shard_dataset
-from model.distribute import describe_cpu, dtype_policy
+from model.distribute import dtype_policy
 from model.losses import get_loss
 from model.metrics import landslide_metrics
 from model.schema import encode_patch

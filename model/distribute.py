@@ -11,7 +11,7 @@
 
 Mixed precision (``auto``) is only switched on where it pays: ``mixed_float16`` on GPUs,
 ``mixed_bfloat16`` on TPUs; CPUs train in float32. ``mixed_bfloat16`` may be asked for on
-a CPU: with native bfloat16 arithmetic (AVX512_BF16 or AMX, :func:`cpu_has_bf16`) its
+a CPU: with native bfloat16 arithmetic (AVX512_BF16 or AMX, :func:`model.cpu.cpu_has_bf16`) its
 train steps are faster than float32 (``bench/train.py`` measures both), without it they
 are emulated and slower (a warning says so). It is not the CPU default: it changes the
 numbers a run trains to. The U-Net keeps its normalisation and
@@ -25,20 +25,17 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from model.cpu import BF16_CPU_FLAGS, cpu_has_bf16
 from model.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
 PRECISIONS = ("auto", "off", "float32", "mixed_float16", "mixed_bfloat16")
-#: CPU flags (as Linux lists them) of native bfloat16 arithmetic: AVX512 bf16 dot products,
-#: AMX bf16 tiles. Without them bfloat16 is emulated and slower than float32.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def tf_config_workers(environ: dict[str, str] | None = None) -> int:
@@ -136,59 +133,6 @@ def accelerator(strategy: tf.distribute.Strategy) -> str | None:
     return None
 
 
-def _cpuinfo(cpuinfo: str | None) -> str:
-    if cpuinfo is not None:
-        return cpuinfo
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _cpu_field(cpuinfo: str, name: str) -> str | None:
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == name:
-            return value.strip()
-    return None
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes in bfloat16 natively (one of :data:`BF16_CPU_FLAGS`).
-
-    Args:
-        cpuinfo: Text in the form of Linux's ``/proc/cpuinfo`` (default: read it; False
-            where there is none, e.g. macOS).
-    """
-    flags = (_cpu_field(_cpuinfo(cpuinfo), "flags") or "").split()
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
-
-
-#: The CPU flags that decide how fast (and, in their last bits, how) numerical kernels run.
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", *BF16_CPU_FLAGS)
-
-
-def describe_cpu(cpuinfo: str | None = None) -> str:
-    """One line naming this machine's CPU, for benchmark output.
-
-    Timings, and the last bits of floating-point results (the kernels numpy and
-    TensorFlow pick depend on the CPU's vector extensions), differ between CPUs, so a
-    figure is only comparable to one measured on the same kind of CPU.
-
-    Args:
-        cpuinfo: Text in the form of Linux's ``/proc/cpuinfo`` (default: read it).
-
-    Returns:
-        E.g. ``"AMD EPYC, 2 CPUs, avx2 fma, native bfloat16: no"``.
-    """
-    text = _cpuinfo(cpuinfo)
-    name = _cpu_field(text, "model name") or "unknown CPU"
-    flags = (_cpu_field(text, "flags") or "").split()
-    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "none of " + "/".join(SIMD_FLAGS)
-    return (f"{name}, {os.cpu_count()} CPUs, {simd}, native bfloat16: "
-            f"{'yes' if cpu_has_bf16(text) else 'no'}")
-
-
 def precision_policy(setting: str, strategy: tf.distribute.Strategy,
                      cpu_bf16: bool | None = None) -> str:
     """The Keras dtype policy name for ``setting`` (one of :data:`PRECISIONS`) on ``strategy``.
@@ -201,7 +145,7 @@ def precision_policy(setting: str, strategy: tf.distribute.Strategy,
         setting: One of :data:`PRECISIONS`.
         strategy: Where training runs.
         cpu_bf16: Whether the CPU has native bfloat16, for the warning (default:
-            :func:`cpu_has_bf16`).
+            :func:`model.cpu.cpu_has_bf16`).
     """
     if setting not in PRECISIONS:
         raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {setting!r}")

@@ -129,14 +129,14 @@ def warn_if_bf16_emulated(cpu_bf16: bool | None = None, gpu: bool | None = None)
     """Warn (and return True) where bf16 inference would be slower than fp32.
 
     Without a GPU and without a CPU flag for native bfloat16 arithmetic
-    (:data:`model.distribute.BF16_CPU_FLAGS`), TensorFlow emulates bfloat16 and a bf16
+    (:data:`model.cpu.BF16_CPU_FLAGS`), TensorFlow emulates bfloat16 and a bf16
     sweep runs slower than fp32; int8 is then the fast precision.
 
     Args:
         cpu_bf16: Whether the CPU has native bfloat16 (default: read its flags).
         gpu: Whether a GPU is visible (default: ask TensorFlow).
     """
-    from model.distribute import BF16_CPU_FLAGS, cpu_has_bf16
+    from model.cpu import BF16_CPU_FLAGS, cpu_has_bf16
 
     if gpu is None:
         import tensorflow as tf

@@ -153,12 +153,12 @@ def test_precisions_that_were_not_validated_or_drifted_are_refused(fitted, valid
 def test_bf16_warns_where_the_machine_emulates_it(validated, monkeypatch, caplog):
     import tensorflow as tf
 
-    from model import distribute
+    from model import cpu
 
     out, _ = validated
     gpu = bool(tf.config.list_physical_devices("GPU"))
     for native in (False, True):
-        monkeypatch.setattr(distribute, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(cpu, "cpu_has_bf16", lambda native=native: native)
         caplog.clear()
         with caplog.at_level("WARNING", logger="model.precision"):
             art = load_for_inference(str(out), "bf16")

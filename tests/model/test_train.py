@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from model import distribute
+from model import cpu, distribute
 from model import train as trainer
 from model.artifact import load_artifact
 from model.errors import ConfigError
@@ -334,22 +334,22 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo():
     amx = "processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n"
     avx = "processor : 0\nflags : fpu avx512f avx512_bf16 avx512_vnni\n"
     plain = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
-    assert distribute.cpu_has_bf16(amx) and distribute.cpu_has_bf16(avx)
-    assert not distribute.cpu_has_bf16(plain)
-    assert not distribute.cpu_has_bf16("")  # no flags line (other systems)
+    assert cpu.cpu_has_bf16(amx) and cpu.cpu_has_bf16(avx)
+    assert not cpu.cpu_has_bf16(plain)
+    assert not cpu.cpu_has_bf16("")  # no flags line (other systems)
     # a flag named like a bf16 flag inside another line does not count
-    assert not distribute.cpu_has_bf16("model name : avx512_bf16 edition\nflags : fpu\n")
+    assert not cpu.cpu_has_bf16("model name : avx512_bf16 edition\nflags : fpu\n")
 
 
 def test_the_cpu_is_described_by_name_vector_extensions_and_bf16():
     info = ("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n"
             "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n")
-    line = distribute.describe_cpu(info)
+    line = cpu.describe_cpu(info)
     assert line.startswith("AMD EPYC 7B13, ") and ", avx2 fma, native bfloat16: no" in line
     spr = "model name : Intel Xeon\nflags : avx2 fma avx512f avx512_vnni amx_bf16\n"
-    assert distribute.describe_cpu(spr).endswith(
+    assert cpu.describe_cpu(spr).endswith(
         "avx2 fma avx512f avx512_vnni amx_bf16, native bfloat16: yes")
-    assert "unknown CPU" in distribute.describe_cpu("")
+    assert "unknown CPU" in cpu.describe_cpu("")
 
 
 def test_mixed_policy_warns_only_where_the_cpu_emulates_it(caplog):
