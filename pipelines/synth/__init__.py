@@ -14,7 +14,8 @@
   shadow, 3 thin cloud or faint shadow).
 * ``inventory_<year>.gpkg``: the landslides visible (not yet revegetated) that year.
 * ``aoi.geojson``, ``train_area.geojson``, ``study_area.geojson`` (WGS 84) and
-  ``world.json`` (configuration, georeferencing, per-year counts, legend, file names).
+  ``world.json`` (configuration, georeferencing, per-year counts, legend, file names, a
+  fingerprint of the landslides and the numpy kernels that generated them).
 
 Landslides start on steep slopes, run downslope, have heavy-tailed areas, occur at a
 background rate every year, massively in the event year (an earthquake) and at a decaying
@@ -25,6 +26,10 @@ ridges and cliffs, fallow fields and snow.
 Everything is vectorised numpy/scipy (per-landslide Python only for the polygon
 outlines). Every random component draws from its own stream derived from the seed
 (:mod:`.noise`), so switching clouds off changes nothing but the cloudy pixels.
+A seed gives the same world wherever numpy runs its transcendental functions with the
+same kernels (:func:`model.cpu.numpy_kernels`): its AVX512 and AVX2 kernels differ in the
+last bit, which moves the terrain by as much and, through a few landslide traces that
+then step across a pixel edge, the landslides of the later years.
 
 Modules, in the order a world is built: :mod:`.config` (what to generate), :mod:`.frame`
 (the grid), :mod:`.terrain` (valleys and DEM), :mod:`.landcover`, :mod:`.landslides`,

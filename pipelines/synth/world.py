@@ -10,6 +10,7 @@ one inventory per year, and writes the DEM, land cover, areas and ``world.json``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import numpy as np
 import shapely
 from shapely.geometry import box
 
+from model.cpu import describe_numpy_kernels, numpy_kernels
 from pipelines import fsio
 from pipelines.geo.bands import SENTINEL2_BANDS, TERRAIN_BANDS
 from pipelines.geo.cog import CATEGORICAL, CogProfile, write_cog
@@ -109,13 +111,32 @@ def _landscape(config: WorldConfig) -> tuple[Frame, Terrain, Land, list[Landslid
     return frame, T, land, slides
 
 
+def landslides_fingerprint(slides: list[Landslide]) -> str:
+    """A hash of every landslide, failure by failure, to the last bit of its outline.
+
+    The same seed regenerates the same landslides only where numpy's transcendental
+    kernels are the same (:func:`model.cpu.numpy_kernels`: AVX512 and AVX2 ones differ in
+    the last bit, and a trace's step on the other side of a pixel edge moves everything
+    after it), so :func:`world_landslides` compares this, not only their number.
+    """
+    h = hashlib.sha256()
+    for ls in slides:
+        h.update(f"{ls.lid} {ls.trigger_year} {ls.rockiness!r} {ls.redness!r}".encode())
+        for d in ls.history:
+            h.update(f"{d.year} {d.kind} {d.visible_years!r} ".encode())
+            h.update(shapely.to_wkb(d.geometry))
+    return h.hexdigest()[:16]
+
+
 def world_landslides(world_dir: str) -> tuple[list[Landslide], PixelGrid]:
     """Every landslide of an existing world folder, regenerated from its ``world.json``.
 
     The landslides are not stored, only their yearly inventories; this rebuilds them (with
     every failure, its year and recovery time) from the configuration in ``world.json``,
     as :func:`generate_world` built them: the terrain and land cover are regenerated too,
-    the images are not (seconds, not minutes).
+    the images are not (seconds, not minutes). They are checked against the fingerprint
+    ``world.json`` records (:func:`landslides_fingerprint`), so a world generated where
+    numpy computes differently is refused, not described by other landslides.
 
     Args:
         world_dir: The world folder (local or ``gs://``).
@@ -126,7 +147,8 @@ def world_landslides(world_dir: str) -> tuple[list[Landslide], PixelGrid]:
     Raises:
         DataNotFoundError: ``world_dir`` holds no ``world.json``.
         InputError: the world was written by another version of the generator, or its
-            landslides do not regenerate as recorded (their count or grid differ).
+            landslides do not regenerate as recorded (their count, grid or fingerprint
+            differ: e.g. it was generated on a machine whose numpy kernels differ).
     """
     from pipelines.errors import DataNotFoundError, InputError
 
@@ -149,6 +171,17 @@ def world_landslides(world_dir: str) -> tuple[list[Landslide], PixelGrid]:
         raise InputError(f"{world_dir}: the regenerated world has {len(slides)} landslides on "
                          f"{list(grid.transform)}, world.json records "
                          f"{meta.get('landslides_total')} on {meta.get('transform')}.")
+    recorded = meta.get("landslides_fingerprint")  # absent in worlds written before it
+    if recorded is not None and landslides_fingerprint(slides) != recorded:
+        then = meta.get("numpy_kernels")
+        raise InputError(
+            f"{world_dir}: its landslides do not regenerate as generated (fingerprint "
+            f"{landslides_fingerprint(slides)}, world.json records {recorded}). numpy's "
+            f"transcendental functions differ in their last bits between CPU targets: the "
+            f"world was generated with numpy kernels "
+            f"{describe_numpy_kernels(then) if then else 'not recorded'}, this machine "
+            f"runs {describe_numpy_kernels()}. Generate the world on this machine "
+            f"(`landslides synth`, or rerun the study), or read it where it was generated.")
     return slides, grid
 
 
@@ -176,6 +209,7 @@ def generate_world(out: str, config: WorldConfig = _DEFAULT_CONFIG) -> dict:
              grid.width, grid.height, ps, grid.crs, config.years[0], config.years[-1],
              config.event_year, config.seed)
     frame, T, land, slides = _landscape(config)
+    fingerprint = landslides_fingerprint(slides)
     dem = frame.crop(T.dem).astype(np.float32)
     tex = make_textures(grid.shape, ps, config.seed)
     log.info("Terrain, land cover and %d landslides in %.1f s.", len(slides),
@@ -242,6 +276,9 @@ def generate_world(out: str, config: WorldConfig = _DEFAULT_CONFIG) -> dict:
                                 for k, v in LANDCOVER.items()},
         "landslides": per_year,
         "landslides_total": len(slides),
+        # what world_landslides checks a regeneration against, and what decides it
+        "landslides_fingerprint": fingerprint,
+        "numpy_kernels": numpy_kernels(),
         "images": images,
         "files": {
             **{k: v for k, v in FILES.items()},

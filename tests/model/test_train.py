@@ -348,8 +348,29 @@ def test_the_cpu_is_described_by_name_vector_extensions_and_bf16():
     assert line.startswith("AMD EPYC 7B13, ") and ", avx2 fma, native bfloat16: no" in line
     spr = "model name : Intel Xeon\nflags : avx2 fma avx512f avx512_vnni amx_bf16\n"
     assert cpu.describe_cpu(spr).endswith(
-        "avx2 fma avx512f avx512_vnni amx_bf16, native bfloat16: yes")
+        "avx2 fma avx512f avx512_vnni amx_bf16, native bfloat16: yes, numpy kernels: "
+        + cpu.describe_numpy_kernels())
     assert "unknown CPU" in cpu.describe_cpu("")
+
+
+def test_numpy_kernels_name_the_targets_numpy_dispatches_to():
+    kernels = cpu.numpy_kernels()
+    assert set(kernels) == set(cpu.NUMPY_TRANSCENDENTALS)
+    assert cpu.describe_numpy_kernels({"exp": "X86_V4", "sin": "X86_V4"}) == "X86_V4"
+    assert cpu.describe_numpy_kernels({"exp": "X86_V3", "power": "baseline(X86_V2)",
+                                       "sin": "X86_V3"}) == (
+        "X86_V3 (exp sin); baseline(X86_V2) (power)")
+    # what numpy reports follows what it runs: with this machine's widest target switched
+    # off (before numpy loads), exp runs with another kernel, and numpy_kernels says so
+    exp = kernels["exp"]
+    if exp.startswith("baseline") or exp == "unknown":
+        pytest.skip(f"numpy runs exp with its baseline kernel here ({exp}): nothing to switch")
+    probe = ("import json; from model.cpu import numpy_kernels; "
+             "print(json.dumps(numpy_kernels()))")
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": exp}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert json.loads(done.stdout)["exp"] not in (exp, "unknown")
 
 
 def test_mixed_policy_warns_only_where_the_cpu_emulates_it(caplog):

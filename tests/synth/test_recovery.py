@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,6 +19,7 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry import box
 
+from model.cpu import numpy_kernels
 from pipelines.errors import InputError
 from pipelines.geo.grid import PixelGrid
 from pipelines.synth import WorldConfig, generate_world, world_landslides
@@ -26,6 +30,7 @@ from pipelines.synth.landslides import (
     inventory_rows,
     recovery_raster,
 )
+from pipelines.synth.world import landslides_fingerprint
 
 SMALL = {"size_km": 4.0, "seed": 42}
 REPO = Path(__file__).resolve().parents[2]
@@ -147,6 +152,8 @@ def test_world_landslides_are_the_generated_ones(slides: tuple[list[Landslide], 
     ls, grid = slides
     w, meta = world
     assert len(ls) == meta["landslides_total"]
+    assert meta["landslides_fingerprint"] == landslides_fingerprint(ls)
+    assert meta["numpy_kernels"] == numpy_kernels()
     assert list(grid.transform) == meta["transform"] and list(grid.shape) == meta["shape"]
     for year in meta["years"]:
         gpkg = gpd.read_file(w / f"inventory_{year}.gpkg").sort_values("id")
@@ -173,6 +180,36 @@ def test_world_landslides_refuses_another_world(world: tuple[Path, dict],
         json.dumps({**meta, "landslides_total": meta["landslides_total"] + 1}))
     with pytest.raises(InputError, match="landslides"):
         world_landslides(str(tmp_path))
+    # same count, other landslides (one outline moved by a bit): named, with the kernels
+    ls, _ = world_landslides(str(world[0]))
+    ls[-1].history[-1].geometry = shapely.affinity.translate(ls[-1].history[-1].geometry,
+                                                             1e-9)
+    other = {**meta, "landslides_fingerprint": landslides_fingerprint(ls),
+             "numpy_kernels": {"exp": "X86_V3", "sin": "X86_V3"}}
+    assert other["landslides_fingerprint"] != meta["landslides_fingerprint"]
+    (tmp_path / "world.json").write_text(json.dumps(other))
+    with pytest.raises(InputError,
+                       match=r"do not regenerate.*with numpy kernels X86_V3, this machine"):
+        world_landslides(str(tmp_path))
+
+
+def test_a_world_generated_with_other_numpy_kernels_is_refused(world: tuple[Path, dict]
+                                                              ) -> None:
+    """numpy's AVX512 and AVX2 kernels of exp, sin, cos... differ in the last bit: the same
+    seed then draws other landslides, which must not pass for the world's own."""
+    exp = numpy_kernels()["exp"]
+    if exp.startswith("baseline") or exp == "unknown":
+        pytest.skip(f"numpy runs exp with its baseline kernel here ({exp}): nothing to switch")
+    probe = ("import sys; from pipelines.synth import world_landslides; "
+             "from pipelines.errors import InputError\n"
+             "try:\n    world_landslides(sys.argv[1])\n"
+             "except InputError as e:\n    print(e); sys.exit(3)")
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": exp}
+    done = subprocess.run([sys.executable, "-c", probe, str(world[0])], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "do not regenerate as generated" in done.stdout
+    assert f"generated with numpy kernels {exp}" in done.stdout
 
 
 # ---------------------------------------------------------- bench/quality.py's breakdown
