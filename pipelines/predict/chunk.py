@@ -316,21 +316,21 @@ def chunk_polygons(grid: PixelGrid, mask: np.ndarray, prob: np.ndarray, valid: n
     Polygons below ``min_area_m2`` are dropped unless they touch the chunk's edge (their
     other parts may lie in the next chunk; the inventory merges and filters them).
     """
-    from pipelines.geo.inventory import vectorize
+    from pipelines.geo.inventory.vector import polygonize
 
     if not mask.any():
         return []
     mask = drop_small(mask, grid, connectivity, min_area_m2)
     if not mask.any():
         return []
-    gdf = vectorize(mask, grid, min_area_m2=0.0, probability=prob,
-                    connectivity=connectivity, valid=valid)
+    cols = polygonize(mask, grid, min_area_m2=0.0, probability=prob,
+                      connectivity=connectivity, valid=valid)
     left, bottom, right, top = grid.bounds
     tol = grid.res / 2.0
     out = []
-    for geom, area, npx, pmean, pmax in zip(gdf.geometry.values, gdf["area_m2"],
-                                            gdf["n_pixels"], gdf["prob_mean"],
-                                            gdf["prob_max"]):
+    for geom, area, npx, pmean, pmax in zip(cols["geometry"], cols["area_m2"],
+                                            cols["n_pixels"], cols["prob_mean"],
+                                            cols["prob_max"]):
         x0, y0, x1, y1 = geom.bounds
         edge = bool(x0 <= left + tol or y0 <= bottom + tol or x1 >= right - tol
                     or y1 >= top - tol)

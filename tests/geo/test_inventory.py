@@ -28,6 +28,7 @@ from pipelines.geo.inventory import (
     vectorize,
     write_inventory,
 )
+from pipelines.geo.inventory.geometry import areas_m2
 
 UTM = "EPSG:32645"
 YEARS = range(2013, 2020)
@@ -223,6 +224,29 @@ def test_probability_statistics_per_polygon():
     assert second["prob_max"] == pytest.approx(0.9, abs=1e-6)
 
 
+def test_polygonize_gives_vectorize_columns_as_arrays(rng):
+    from pipelines.geo.inventory.vector import polygonize
+
+    mask = (rng.random(GRID.shape) < 0.35).astype("uint8")
+    prob = rng.random(GRID.shape)
+    prob[mask.astype(bool) & (rng.random(GRID.shape) < 0.3)] = np.nan
+    mask[38:44, 38:44] = 0
+    mask[40:42, 40:42] = 1
+    prob[40:42, 40:42] = np.nan  # an island whose every probability is missing
+    for conn in (4, 8):
+        gdf = vectorize(mask, GRID, min_area_m2=150, probability=prob, connectivity=conn)
+        cols = polygonize(mask, GRID, min_area_m2=150, probability=prob, connectivity=conn)
+        assert list(cols) == list(gdf.columns) and len(cols["value"]) == len(gdf) >= 5
+        assert shapely.equals(cols["geometry"], gdf.geometry.values).all()
+        for col in ("value", "area_m2", "n_pixels", "prob_mean", "prob_max"):
+            np.testing.assert_array_equal(cols[col], gdf[col].to_numpy())
+    island = [i for i, g in enumerate(cols["geometry"]) if g.equals(pixel_box(40, 40, 2, 2))]
+    assert len(island) == 1
+    assert np.isnan(cols["prob_mean"][island[0]]) and np.isnan(cols["prob_max"][island[0]])
+    empty = polygonize(np.zeros(GRID.shape, dtype=bool), GRID, probability=prob)
+    assert list(empty) == list(cols) and all(len(v) == 0 for v in empty.values())
+
+
 def test_connectivity_decides_whether_diagonal_pixels_join():
     mask = np.zeros(GRID.shape, dtype="uint8")
     mask[10:12, 10:12] = 1
@@ -284,6 +308,8 @@ def test_wgs84_input_lands_on_the_right_utm_pixels(rng):
     np.testing.assert_array_equal(rasterize(geographic, GRID), expected)
     # And true areas are the same whether computed in degrees (via UTM) or in UTM.
     np.testing.assert_allclose(area_m2(geographic), shrunk.geometry.area, rtol=1e-6)
+    np.testing.assert_array_equal(areas_m2(geographic.geometry.values, "EPSG:4326"),
+                                  area_m2(geographic).to_numpy())
 
 
 def test_empty_input_rasterizes_to_zeros_and_empty_mask_vectorizes_to_nothing():

@@ -17,8 +17,8 @@ from pyproj import CRS
 from pipelines.errors import CRSError
 from pipelines.geo.grid import WGS84
 
-__all__ = ["COLLECTION", "MULTIPOLYGON", "POLYGON", "area_m2", "flatten_polygons",
-           "has_area", "polygonal"]
+__all__ = ["COLLECTION", "MULTIPOLYGON", "POLYGON", "area_m2", "areas_m2",
+           "flatten_polygons", "has_area", "polygonal"]
 
 #: Shapely geometry type ids of polygons, multipolygons and geometry collections.
 POLYGON, MULTIPOLYGON, COLLECTION = 3, 6, 7
@@ -103,8 +103,17 @@ def area_m2(gdf: gpd.GeoDataFrame | gpd.GeoSeries) -> pd.Series:
             "Cannot compute areas of geometries without a CRS: set one with "
             "gdf.set_crs('EPSG:nnnn') (the CRS the coordinates are in)."
         )
-    crs = CRS.from_user_input(geo.crs)
-    geoms = np.asarray(geo.values, dtype=object)
+    areas = areas_m2(np.asarray(geo.values, dtype=object), geo.crs)
+    return pd.Series(areas, index=geo.index, dtype="float64", name="area_m2")
+
+
+def areas_m2(geoms: np.ndarray, crs: CRS | str) -> np.ndarray:
+    """:func:`area_m2` of an array of shapely geometries in ``crs``, as a float array.
+
+    For callers that hold plain arrays (a sweep polygonises every chunk): no GeoSeries.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    crs = CRS.from_user_input(crs)
     if not _needs_utm(crs):
         factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         areas = shapely.area(geoms) * factor**2
@@ -122,4 +131,4 @@ def area_m2(gdf: gpd.GeoDataFrame | gpd.GeoSeries) -> pd.Series:
                 sel = idx[zones == epsg]
                 proj = gpd.GeoSeries(geoms[sel], crs=crs).to_crs(f"EPSG:{int(epsg)}")
                 areas[sel] = shapely.area(proj.values)
-    return pd.Series(areas, index=geo.index, dtype="float64", name="area_m2")
+    return np.asarray(areas, dtype="float64")

@@ -2,6 +2,8 @@
 
 One polygon per connected region of one class, with its true area, pixel count and (given
 a probability raster) probability statistics: the rows of the sweep's vector inventory.
+:func:`polygonize` returns the same columns as plain arrays, for callers that handle
+many small masks (a sweep's chunks) and need no GeoDataFrame.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from scipy import ndimage
 
 from pipelines.errors import InputError
 from pipelines.geo.grid import PixelGrid
-from pipelines.geo.inventory.geometry import area_m2, polygonal
+from pipelines.geo.inventory.geometry import areas_m2, polygonal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VECTOR_COLUMNS", "vectorize"]
+__all__ = ["VECTOR_COLUMNS", "polygonize", "vectorize"]
 
 #: Columns of :func:`vectorize`'s output (the ``prob_*`` ones only with a probability).
 VECTOR_COLUMNS = ("value", "area_m2", "n_pixels", "prob_mean", "prob_max")
@@ -37,6 +39,14 @@ def _empty_vector(grid: PixelGrid, with_prob: bool) -> gpd.GeoDataFrame:
         cols["prob_max"] = pd.Series([], dtype="float64")
     gdf = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
     return gdf[["geometry", *cols]]
+
+
+def _empty_columns(with_prob: bool) -> dict[str, np.ndarray]:
+    cols = {"geometry": np.empty(0, dtype=object), "value": np.zeros(0, dtype="int64"),
+            "area_m2": np.zeros(0), "n_pixels": np.zeros(0, dtype="int64")}
+    if with_prob:
+        cols.update(prob_mean=np.zeros(0), prob_max=np.zeros(0))
+    return cols
 
 
 def _check_shape(name: str, arr: np.ndarray, grid: PixelGrid) -> None:
@@ -79,6 +89,27 @@ def vectorize(
     Raises:
         InputError: arrays not on the grid, non-integer class values, bad connectivity.
     """
+    cols = polygonize(mask, grid, min_area_m2, probability, connectivity, valid)
+    if not len(cols["value"]):
+        return _empty_vector(grid, probability is not None)
+    geoms = cols.pop("geometry")
+    return gpd.GeoDataFrame({"geometry": gpd.GeoSeries(geoms, crs=grid.crs), **cols},
+                            crs=grid.crs)
+
+
+def polygonize(
+    mask: np.ndarray,
+    grid: PixelGrid,
+    min_area_m2: float = 200.0,
+    probability: np.ndarray | None = None,
+    connectivity: int = 4,
+    valid: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`vectorize`'s columns as arrays (``geometry``: shapely objects), no GeoDataFrame.
+
+    Same arguments, order and errors as :func:`vectorize`; every array is empty when no
+    polygon is left.
+    """
     from rasterio.features import shapes
 
     if connectivity not in (4, 8):
@@ -119,7 +150,7 @@ def vectorize(
         label_class.append(np.full(n, int(value), dtype="int64"))
         n_labels += n
     if n_labels == 0:
-        return _empty_vector(grid, probability is not None)
+        return _empty_columns(probability is not None)
     cls_of = np.concatenate(label_class)
 
     # Polygonize the label image with 4-connectivity: GDAL's 8-connected rings touch
@@ -160,14 +191,18 @@ def vectorize(
         tot = np.bincount(flat[finite], weights=p[finite], minlength=n_labels + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
-        pmax = np.asarray(
-            ndimage.maximum(np.where(finite, p, -np.inf).reshape(labels.shape), labels,
-                            index=np.arange(n_labels + 1)), dtype="float64")
+        # over the labelled pixels only (ndimage.maximum sorts the whole image's labels)
+        inside = finite & (flat > 0)
+        pmax = np.full(n_labels + 1, -np.inf)
+        np.maximum.at(pmax, flat[inside], p[inside])
         pmax[~np.isfinite(pmax)] = np.nan
         data["prob_mean"] = mean[ids_arr]
         data["prob_max"] = pmax[ids_arr]
-    gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=grid.crs), crs=grid.crs)
-    gdf.insert(1, "area_m2", area_m2(gdf).to_numpy())
-    gdf = gdf[gdf["area_m2"] >= float(min_area_m2)].reset_index(drop=True)
-    cols = ["geometry", *[c for c in VECTOR_COLUMNS if c in gdf.columns]]
-    return gdf[cols]
+    area = areas_m2(geoms, grid.crs)
+    keep = area >= float(min_area_m2)
+    out = {"geometry": geoms[keep], "value": data["value"][keep], "area_m2": area[keep],
+           "n_pixels": data["n_pixels"][keep]}
+    if probability is not None:
+        out["prob_mean"] = data["prob_mean"][keep]
+        out["prob_max"] = data["prob_max"][keep]
+    return out
