@@ -42,6 +42,7 @@ import numpy as np
 
 from pipelines import fsio
 from pipelines.demo import WORLD_FIELDS, DemoConfig, StageRunner, run_demo, share_world, stages
+from pipelines.errors import InputError
 from pipelines.synth.landslides import DRAWN_MAX_RECOVERY
 
 log = logging.getLogger("bench.quality")
@@ -136,7 +137,12 @@ def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
            "stack": cfg.stack.describe(), "train_years": list(cfg.train_years),
            "evaluate": results["evaluate"], "held_out": results["compare"]["held_out"]}
     if variant == "temporal":
-        row["recovery"] = recovery_breakdown(cfg.out)
+        try:
+            row["recovery"] = recovery_breakdown(cfg.out)
+        except InputError as exc:  # e.g. a world generated with other numpy kernels
+            log.warning("seed %s: no recovery table: %s", seed, exc)
+            row["recovery"] = None
+            row["recovery_error"] = str(exc)
         row["objects"] = object_breakdown(cfg.out)
     return row
 
@@ -290,6 +296,9 @@ def print_table(rows: list[dict]) -> None:
 def print_recovery(rows: list[dict]) -> None:
     """Per seed and year: each recovery stage's share marked landslide, and where the
     misses and false alarms lie (their share on the stages next to rec 0.5)."""
+    for r in rows:
+        if r.get("recovery_error"):
+            print(f"\nseed {r['seed']}: no recovery table: {r['recovery_error']}")
     rows = [r for r in rows if r.get("recovery")]
     if not rows:
         return

@@ -283,8 +283,11 @@ def test_recovery_table_prints_the_stages(capsys: pytest.CaptureFixture[str]) ->
     rec = {"2016": {name: cell for name in q.RECOVERY_NAMES}}
     rec["2016"]["young"] = empty
     q.print_recovery([{"seed": 42, "variant": "temporal", "recovery": rec},
-                      {"seed": 42, "variant": "single-date"}])
+                      {"seed": 42, "variant": "single-date"},
+                      {"seed": 7, "variant": "temporal", "recovery": None,
+                       "recovery_error": "world/: its landslides do not regenerate"}])
     text = capsys.readouterr().out
+    assert "seed 7: no recovery table: world/: its landslides do not regenerate" in text
     assert "just dropped" in text and "2016" in text and "0.500 5/10" in text
     assert "n/a" in text and text.count("\n   42 ") == 1  # the temporal row only
     # misses: 5 of 5 + 5 on older scars; false alarms: 5 of 3 * 5 on just dropped ones
