@@ -19,6 +19,10 @@ its held-out test split) and, for a region R (``--side`` x ``--side`` chunks: 4 
 * CPU milliseconds per chunk of each step, one at a time on one thread: reading and
   cutting windows, the model, blending and writing (COGs, polygons), and the model's
   share of them: the most end-to-end / bare can reach when the model has every core;
+* where a sweep's time goes (R): planning, building the Beam graph and starting its
+  runner until the first chunk is done, the chunks from the first to the last, and
+  finishing (inventory, mosaics, STAC, run.json), from the times of the sweep's own log
+  records;
 * held-out F1 per precision and its drift from fp32 (goal: within 0.01), as recorded in
   the artifact; with ``--also-model`` (e.g. the demo's fine-tuned model) and
   ``--also-data`` (its held-out shards), the same for that model too.
@@ -114,16 +118,67 @@ def child(spec: dict) -> None:
     from pipelines.predict import run_predict
 
     cfg = _config(spec, spec["precision"])
+    records = _LogTimes()
     t, cpu = time.perf_counter(), time.process_time()
-    run = run_predict(cfg)[0]
+    with records:
+        run = run_predict(cfg)[0]
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    phases = records.phases(t, t + seconds)
     peak = _peak_rss_mb()
     tiles, model_s, model_cpu, steps = bare_model(cfg, spec["scratch"])
     print(json.dumps({"seconds": seconds, "cpu_s": cpu, "km2": run["aoi"]["area_km2"],
                       "chunks": run["counts"]["chunks_total"],
                       "polygons": run["counts"]["polygons"], "maxrss_mb": peak,
                       "tiles": tiles, "model_s": model_s, "model_cpu_s": model_cpu,
-                      "steps": steps}))
+                      "steps": steps, "phases": phases}))
+
+
+class _LogTimes(logging.Handler):
+    """While active, the times of the sweep's records that mark its phases.
+
+    ``run_predict`` logs "Predicting ..." once planned, and the progress logger a line per
+    finished chunk ("n/N chunks"); the sweep returns after finishing its AOI.
+    """
+
+    LOGGERS = ("pipelines.predict.run", "landslides.progress")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.planned: float | None = None
+        self.chunks: list[float] = []
+        self._levels: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.perf_counter()  # record.created is wall-clock; phases use perf_counter
+        msg = record.getMessage()
+        if record.name == self.LOGGERS[0] and msg.startswith("Predicting "):
+            self.planned = now
+        elif record.name == self.LOGGERS[1] and " chunks (" in msg:
+            self.chunks.append(now)
+
+    def __enter__(self) -> _LogTimes:
+        for name in self.LOGGERS:
+            lg = logging.getLogger(name)
+            self._levels[name] = lg.level
+            lg.setLevel(logging.INFO)
+            lg.addHandler(self)
+            lg.propagate = False  # nothing printed: the child's stdout is its JSON line
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            lg = logging.getLogger(name)
+            lg.removeHandler(self)
+            lg.setLevel(self._levels[name])
+            lg.propagate = True
+
+    def phases(self, start: float, end: float) -> dict[str, float] | None:
+        """Seconds of planning, start (to the first chunk done), chunks, finishing."""
+        if self.planned is None or not self.chunks:
+            return None
+        return {"plan_s": self.planned - start, "start_s": self.chunks[0] - self.planned,
+                "chunks_s": self.chunks[-1] - self.chunks[0],
+                "finish_s": end - self.chunks[-1]}
 
 
 def bare_model(cfg, scratch: str) -> tuple[int, float, float, dict[str, float]]:
@@ -276,6 +331,8 @@ def main() -> None:
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
                     old = rows.get((p, name))
                     if old:
+                        if old["seconds"] < r["seconds"]:  # the phases of the fastest run
+                            r["phases"] = old.get("phases")
                         for key in ("seconds", "model_s", "cpu_s", "model_cpu_s"):
                             r[key] = min(r[key], old[key])
                         r["steps"] = {k: min(v, old["steps"][k]) for k, v in r["steps"].items()}
@@ -304,7 +361,8 @@ def report(args, precisions: list[str], rows: dict, record: dict, also: dict | N
             "bare_tiles_per_s": round(r["tiles"] / r["model_s"], 1),
             "overhead_s": round(r["seconds"] - r["model_s"], 2),
             "peak_rss_mb": round(r["maxrss_mb"], 1),
-            "cpu_ms_per_chunk": {k: round(v, 1) for k, v in r["steps"].items()}}
+            "cpu_ms_per_chunk": {k: round(v, 1) for k, v in r["steps"].items()},
+            "phases_s": {k: round(v, 3) for k, v in (r.get("phases") or {}).items()}}
     print(json.dumps(figures, indent=1))
     f1 = _f1_rows(record)
     also_f1 = _f1_rows(also) if also else {}
@@ -346,6 +404,18 @@ def report(args, precisions: list[str], rows: dict, record: dict, also: dict | N
         share = st["model_ms"] / (st["model_ms"] + st["read_cut_ms"] + st["finish_ms"])
         print(f"{p:>9} | {st['read_cut_ms']:6.1f} | {st['model_ms']:6.1f} | "
               f"{st['finish_ms']:6.1f} -> {share:.2f}")
+    print("\nWhere the R sweep's seconds go (its log records): planning | Beam graph and "
+          "runner start, to the first chunk done | the other chunks | finishing (inventory, "
+          "mosaics, STAC, run.json) -> planning + start + finishing | bare model")
+    for p in precisions:
+        r = rows[(p, "R")]
+        ph = r.get("phases")
+        if not ph:
+            print(f"{p:>9} | n/a (the sweep logged no progress)")
+            continue
+        outside = ph["plan_s"] + ph["start_s"] + ph["finish_s"]
+        print(f"{p:>9} | {ph['plan_s']:5.2f} | {ph['start_s']:5.2f} | {ph['chunks_s']:5.2f} | "
+              f"{ph['finish_s']:5.2f} -> {outside:5.2f} | {r['model_s']:5.2f}")
     if also:
         print(f"also-model: {also['held_out']['patches']} held-out patches of "
               f"{also['held_out']['data']}")
