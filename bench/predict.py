@@ -19,10 +19,11 @@ its held-out test split) and, for a region R (``--side`` x ``--side`` chunks: 4 
 * CPU milliseconds per chunk of each step, one at a time on one thread: reading and
   cutting windows, the model, blending and writing (COGs, polygons), and the model's
   share of them: the most end-to-end / bare can reach when the model has every core;
-* where a sweep's time goes (R): planning, building the Beam graph and starting its
-  runner until the first chunk is done, the chunks from the first to the last, and
-  finishing (inventory, mosaics, STAC, run.json), from the times of the sweep's own log
-  records;
+* where a sweep's time goes (R), from the times of the sweep's own log records:
+  planning; building the Beam graph and starting its runner, until the first chunk is
+  read; reading the others (the model and the writer work behind the reader); and after
+  the last read: its inference and writing, then the inventory, mosaics, STAC and
+  run.json;
 * held-out F1 per precision and its drift from fp32 (goal: within 0.01), as recorded in
   the artifact; with ``--also-model`` (e.g. the demo's fine-tuned model) and
   ``--also-data`` (its held-out shards), the same for that model too.
@@ -136,8 +137,9 @@ def child(spec: dict) -> None:
 class _LogTimes(logging.Handler):
     """While active, the times of the sweep's records that mark its phases.
 
-    ``run_predict`` logs "Predicting ..." once planned, and the progress logger a line per
-    finished chunk ("n/N chunks"); the sweep returns after finishing its AOI.
+    ``run_predict`` logs "Predicting ..." once planned, and the progress logger a line when
+    the first and the last chunk have been read ("n/N chunks"; others at most every few
+    seconds); the sweep returns after finishing its AOI.
     """
 
     LOGGERS = ("pipelines.predict.run", "landslides.progress")
@@ -173,7 +175,7 @@ class _LogTimes(logging.Handler):
             lg.propagate = True
 
     def phases(self, start: float, end: float) -> dict[str, float] | None:
-        """Seconds of planning, start (to the first chunk done), chunks, finishing."""
+        """Seconds of planning, start (to the first chunk read), reads, after the last read."""
         if self.planned is None or not self.chunks:
             return None
         return {"plan_s": self.planned - start, "start_s": self.chunks[0] - self.planned,
@@ -405,8 +407,9 @@ def report(args, precisions: list[str], rows: dict, record: dict, also: dict | N
         print(f"{p:>9} | {st['read_cut_ms']:6.1f} | {st['model_ms']:6.1f} | "
               f"{st['finish_ms']:6.1f} -> {share:.2f}")
     print("\nWhere the R sweep's seconds go (its log records): planning | Beam graph and "
-          "runner start, to the first chunk done | the other chunks | finishing (inventory, "
-          "mosaics, STAC, run.json) -> planning + start + finishing | bare model")
+          "runner start, to the first chunk read | reading the others, the model behind | "
+          "after the last read: its model and writing, inventory, mosaics, STAC, run.json "
+          "-> all but the reads | bare model")
     for p in precisions:
         r = rows[(p, "R")]
         ph = r.get("phases")

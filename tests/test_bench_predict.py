@@ -32,12 +32,12 @@ def test_phases_come_from_the_planning_and_progress_records(caplog) -> None:
         time.sleep(0.05)  # planning
         run_log.info("Predicting %d chunk(s) of 1 AOI(s)", 3)
         progress = Progress(3, "predict", "chunks", every_s=0.0)
-        time.sleep(0.1)  # graph, runner and the first chunk
+        time.sleep(0.1)  # graph, runner and the first read
         progress.update()
         for _ in range(2):
-            time.sleep(0.1)  # the other chunks
+            time.sleep(0.1)  # the other reads
             progress.update()
-        time.sleep(0.05)  # finishing
+        time.sleep(0.05)  # the last chunk's model and writing, then finishing
         run_log.info("Predict finished")
     end = time.perf_counter()
     ph = times.phases(start, end)
