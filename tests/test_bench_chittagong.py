@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import geopandas as gpd
@@ -10,16 +9,13 @@ import numpy as np
 import pytest
 import shapely
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("chittagong",
-                                                  REPO / "bench" / "chittagong.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/chittagong.py")
 
 
 def test_strips_tile_the_area_north_to_south_without_overlap(tmp_path: Path) -> None:

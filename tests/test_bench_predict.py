@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
-from pathlib import Path
 
 import pytest
 
 from pipelines.progress import Progress
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_predict",
-                                                  REPO / "bench" / "predict.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/predict.py", "bench_predict")
 
 
 def test_phases_come_from_the_planning_and_progress_records(caplog) -> None:

@@ -113,14 +113,9 @@ def test_the_same_seed_gives_the_same_study(demo_out, tmp_path):
     """Export, training, sweeps and comparison are deterministic: a second quick demo of
     the same seed gives the same metrics, inventories and probability COGs (pixel values),
     as bench/demo_digest.py measures them."""
-    import importlib.util
-    from pathlib import Path
+    from tests.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location(
-        "demo_digest", Path(__file__).resolve().parents[1] / "bench" / "demo_digest.py")
-    assert spec is not None and spec.loader is not None
-    digest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(digest)
+    digest = load_script("bench/demo_digest.py")
     again = tmp_path / "again"
     assert cli.main(["demo", "--quick", "--out", str(again)]) == 0
     first, second = digest.digest(str(demo_out)), digest.digest(str(again))

@@ -28,6 +28,7 @@ from shapely.geometry import Point, shape
 from pipelines import cli
 from pipelines.options.commands import COMMANDS
 from pipelines.options.fields import from_namespace
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -35,15 +36,7 @@ DISCOVERY = Path(importlib.util.find_spec("googleapiclient").origin).parent / \
     "discovery_cache" / "documents"
 
 
-def _flex_main():
-    spec = importlib.util.spec_from_file_location("flex_main", INFRA / "flex_main.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["flex_main"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-flex_main = _flex_main()
+flex_main = load_script("infra/flex_main.py", register=True)
 
 
 def _subparser(command: str):

@@ -3,7 +3,6 @@ bench/quality.py's breakdown of a sweep's mask by recovery stage."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +30,7 @@ from pipelines.synth.landslides import (
     recovery_raster,
 )
 from pipelines.synth.world import landslides_fingerprint
+from tests.scripts import load_script
 
 SMALL = {"size_km": 4.0, "seed": 42}
 REPO = Path(__file__).resolve().parents[2]
@@ -214,11 +214,7 @@ def test_a_world_generated_with_other_numpy_kernels_is_refused(world: tuple[Path
 
 # ---------------------------------------------------------- bench/quality.py's breakdown
 def _quality():
-    spec = importlib.util.spec_from_file_location("quality", REPO / "bench" / "quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/quality.py")
 
 
 def test_recovery_breakdown_of_a_mask_equal_to_the_inventory(
