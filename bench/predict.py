@@ -148,7 +148,7 @@ class _LogTimes(logging.Handler):
         super().__init__(logging.INFO)
         self.planned: float | None = None
         self.chunks: list[float] = []
-        self._levels: dict[str, int] = {}
+        self._saved: dict[str, tuple[int, bool]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         now = time.perf_counter()  # record.created is wall-clock; phases use perf_counter
@@ -161,7 +161,7 @@ class _LogTimes(logging.Handler):
     def __enter__(self) -> _LogTimes:
         for name in self.LOGGERS:
             lg = logging.getLogger(name)
-            self._levels[name] = lg.level
+            self._saved[name] = (lg.level, lg.propagate)
             lg.setLevel(logging.INFO)
             lg.addHandler(self)
             lg.propagate = False  # nothing printed: the child's stdout is its JSON line
@@ -171,8 +171,8 @@ class _LogTimes(logging.Handler):
         for name in self.LOGGERS:
             lg = logging.getLogger(name)
             lg.removeHandler(self)
-            lg.setLevel(self._levels[name])
-            lg.propagate = True
+            lg.setLevel(self._saved[name][0])
+            lg.propagate = self._saved[name][1]
 
     def phases(self, start: float, end: float) -> dict[str, float] | None:
         """Seconds of planning, start (to the first chunk read), reads, after the last read."""

@@ -172,11 +172,12 @@ def world_landslides(world_dir: str) -> tuple[list[Landslide], PixelGrid]:
                          f"{list(grid.transform)}, world.json records "
                          f"{meta.get('landslides_total')} on {meta.get('transform')}.")
     recorded = meta.get("landslides_fingerprint")  # absent in worlds written before it
-    if recorded is not None and landslides_fingerprint(slides) != recorded:
+    regenerated = landslides_fingerprint(slides) if recorded is not None else None
+    if regenerated != recorded:
         then = meta.get("numpy_kernels")
         raise InputError(
             f"{world_dir}: its landslides do not regenerate as generated (fingerprint "
-            f"{landslides_fingerprint(slides)}, world.json records {recorded}). numpy's "
+            f"{regenerated}, world.json records {recorded}). numpy's "
             f"transcendental functions differ in their last bits between CPU targets: the "
             f"world was generated with numpy kernels "
             f"{describe_numpy_kernels(then) if then else 'not recorded'}, this machine "
