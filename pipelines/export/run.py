@@ -48,8 +48,12 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
              config.out, config.stack.describe() if config.stack else "")
     from pipelines.export.cut import CutPatches
 
+    # chunk by chunk, every period of a chunk in a row: a temporal stack's periods share
+    # dates (2016's references are 2012-2015, 2017's 2013-2016), so a worker reading them
+    # one after another decodes each date's window once (sources.geotiff.cache); shard
+    # contents do not depend on the order (records are sorted)
     elements = [(str(c.key), plan.splits[c.key], c.region_wkb, c.spec.to_dict(), i)
-                for i in range(len(plan.sources)) for c in plan.chunks]
+                for c in plan.chunks for i in range(len(plan.sources))]
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write = WriteShards(config.out, config.compression, shard_totals(config, by_split,
                                                                      len(plan.sources)))

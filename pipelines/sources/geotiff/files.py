@@ -9,6 +9,7 @@ express every file's footprint and pixel size in the CRS of the grid being read.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,9 @@ class FileInfo:
     dtype: str
     nodata: float | None
     band_index: tuple[tuple[str, int], ...]
+    #: What identifies the file's content (:func:`content_stamp`); None where it is not
+    #: known without reading it (remote objects), so its reads are never cached.
+    stamp: str | None = None
 
     def index(self, band: str) -> int:
         """The 1-based index of ``band`` in the file."""
@@ -56,6 +60,22 @@ class FileInfo:
     def is_integer(self) -> bool:
         """True when the file stores integers (scaled by the band registry)."""
         return bool(np.issubdtype(np.dtype(self.dtype), np.integer))
+
+
+def content_stamp(path: str) -> str | None:
+    """What identifies a local file's content without reading it.
+
+    Its size, inode and modification and change times (ns); a file rewritten or replaced
+    at the same path gets another stamp. None for a remote object or a path that cannot
+    be stat'ed.
+    """
+    if fsio.is_remote(path):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def crs_string(crs: rasterio.crs.CRS) -> str:

@@ -62,9 +62,11 @@ from pipelines.geo.cog import gdal_error_text, is_gdal_error, open_dataset
 from pipelines.geo.grid import WGS84, PixelGrid, Region
 from pipelines.sources.base import Raster, Source
 from pipelines.sources.geotiff.band_map import band_index, normalise_band_map
+from pipelines.sources.geotiff.cache import READS
 from pipelines.sources.geotiff.files import (
     FileInfo,
     bounds_in_crs,
+    content_stamp,
     crs_string,
     expand_paths,
     res_in_crs,
@@ -190,6 +192,8 @@ class GeoTIFFSource(Source):
         once, when first needed, into a temporary folder.
         """
         with self._lock:
+            if not self._opened:
+                READS.session_started()
             self._opened = True
 
     def close(self) -> None:
@@ -204,6 +208,8 @@ class GeoTIFFSource(Source):
                 with contextlib.suppress(OSError):
                     self._tmpdir.cleanup()
                 self._tmpdir = None
+            if self._opened:
+                READS.session_ended()  # the last source closed empties the read cache
             self._opened = False
 
     # ---- file access
@@ -296,7 +302,8 @@ class GeoTIFFSource(Source):
                          height=ds.height, count=ds.count, dtype=ds.dtypes[0],
                          nodata=ds.nodata,
                          band_index=tuple(band_index(self.band_map, path, ds.count,
-                                                     descriptions).items()))
+                                                     descriptions).items()),
+                         stamp=content_stamp(path))
         if not self._opened:
             # Scanning outside open()/close() (e.g. on the launcher): keep neither handles
             # nor downloaded copies.
@@ -427,7 +434,7 @@ class GeoTIFFSource(Source):
                     continue
                 r0, r1, c0, c1 = r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
                 sub = grid.subgrid(Window(c0, r0, c1 - c0, r1 - r0))
-                data = self._warp(info, sub, bands, warp_scales(res, grid))
+                data = self._cached_warp(info, sub, bands, warp_scales(res, grid))
                 take = np.isfinite(data).all(axis=0)
                 if out is None and sub.shape == grid.shape:
                     out, valid = data, take  # the first file read spans the grid: no copy
@@ -451,6 +458,21 @@ class GeoTIFFSource(Source):
             if out is None:
                 out = nans(len(bands), grid)
             return Raster(out, valid, grid, bands)
+
+    def _cached_warp(self, info: FileInfo, grid: PixelGrid, bands: tuple[str, ...],
+                     scales: dict[str, str]) -> np.ndarray:
+        """:meth:`_warp` through the process's read cache (:mod:`.cache`).
+
+        The key holds everything the result depends on: the file and its content stamp,
+        the grid, the bands, the warp options and this source's reading settings. Sources
+        reading the same file the same way (a stack's references over the same years, an
+        export's years of one chunk) share the decoded pixels.
+        """
+        key = None if info.stamp is None else (
+            type(self).__name__, info.path, info.stamp, info.band_index, info.nodata, grid,
+            bands, tuple(sorted(scales.items())), self.scale, self.nodata, self.resampling,
+            self.mask_zero_pixels)
+        return READS.get_or_read(key, lambda: self._warp(info, grid, bands, scales))
 
     def _warp(self, info: FileInfo, grid: PixelGrid, bands: tuple[str, ...],
               scales: dict[str, str]) -> np.ndarray:
