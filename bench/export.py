@@ -7,9 +7,8 @@ DirectRunner.
     .venv/bin/python bench/export.py [--size 4096] [--chunk 512] [--patch 128]
 
 The export has ~1 s of fixed cost per run (Beam's graph and stages, planning), so the
-ratio grows with the scene: measured here 0.33 at 2048 px (324 patches) and 0.52-0.59 at
-4096 px (1,296 patches, the default). The export reads the next chunk on a thread and
-gzips on another; ``export_*_cpu_s`` shows the CPU of all its threads, the plain read is
+ratio grows with the scene (README's table keeps the figures). The export reads the next
+chunk on a thread; ``export_*_cpu_s`` shows the CPU of all its threads, the plain read is
 one loop on one thread.
 """
 

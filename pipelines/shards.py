@@ -7,7 +7,10 @@ into ``<out>/<split>/<split>-SSSSS-of-NNNNN.tfrecord[.gz]`` and a manifest. Both
   records are written sorted by their bytes, then the file is renamed into place. The
   same records therefore give the same files, byte for byte, whatever order a runner
   delivers them in and however often a bundle is retried; a trainer reading them with a
-  fixed seed sees the same sequence on every run.
+  fixed seed sees the same sequence on every run. The records themselves never cross the
+  runner's shuffle: where they are made, each bundle appends them to a spill file of its
+  own under the output's temporary folder, and only their addresses (file, offset,
+  length) are grouped by shard; the writer of a shard reads its records back.
 * :func:`write_records`: TFRecord framing (length, masked CRC32C, data, masked CRC32C),
   gzipped with ISA-L when installed (Beam's own gzip compresses with zlib level 6, several
   times slower for ~4 % fewer bytes); ``tf.data`` reads the files.
@@ -25,6 +28,7 @@ import math
 import struct
 import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 import apache_beam as beam
@@ -33,8 +37,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import fsio
+from pipelines.beam_util import keeps_finish_bundle_outputs
 from pipelines.errors import OutputError
 from pipelines.geo.patches import SPLITS
+from pipelines.transforms.background import InBackground
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +136,97 @@ def write_records(fh: BinaryIO, records: Iterable[bytes], compression: str) -> N
         raise OutputError(f"Writing a shard failed: {exc}") from exc
 
 
-class _WriteShard(beam.DoFn):
-    """``((split, index), records)`` -> the shard file, records sorted by their bytes."""
+class _SpillRecords(beam.DoFn):
+    """``(split, record)`` -> ``((split, shard), (spill file, offset, length))``.
 
-    def __init__(self, out: str, temp: str, compression: str, totals: Mapping[str, int]
-                 ) -> None:
+    Each bundle appends its records to one spill file of its own under ``temp`` (closed in
+    ``finish_bundle``, before the bundle's outputs are committed, so the writers find it
+    whole) and outputs where each record lies: grouping the addresses by shard moves a few
+    bytes per record instead of the record. A retried bundle writes a new file; the failed
+    attempt's outputs are dropped with it.
+    """
+
+    def __init__(self, temp: str, totals: Mapping[str, int]) -> None:
+        self.temp, self.totals = temp, dict(totals)
+
+    def setup(self) -> None:
+        self._fh: Any = None
+
+    def start_bundle(self) -> None:
+        self._close()
+
+    def process(self, element: tuple[str, bytes]
+                ) -> Iterable[tuple[tuple[str, int], tuple[str, int, int]]]:
+        split, record = element
+        if self._fh is None:
+            self._path = fsio.join(self.temp, f"spill-{uuid.uuid4().hex}.bin")
+            self._fh = FileSystems.create(self._path, mime_type="application/octet-stream",
+                                          compression_type=CompressionTypes.UNCOMPRESSED)
+            self._offset = 0
+        try:
+            self._fh.write(record)
+        except OSError as exc:
+            raise OutputError(f"Spilling a record to {self._path!r} failed: {exc}") from exc
+        yield ((split, shard_of(record, self.totals[split])),
+               (self._path, self._offset, len(record)))
+        self._offset += len(record)
+
+    def finish_bundle(self) -> None:
+        self._close()
+
+    def teardown(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        fh, self._fh = getattr(self, "_fh", None), None
+        if fh is not None:
+            fh.close()
+
+
+def read_spilled(addresses: Iterable[tuple[str, int, int]]) -> list[bytes]:
+    """The records at ``(spill file, offset, length)`` addresses, each file opened once."""
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for path, offset, length in addresses:
+        by_file.setdefault(path, []).append((offset, length))
+    records = []
+    for path, spans in by_file.items():
+        with FileSystems.open(path, mime_type="application/octet-stream",
+                              compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            for offset, length in sorted(spans):
+                fh.seek(offset)
+                data = fh.read(length)
+                if len(data) != length:
+                    raise OutputError(
+                        f"Spill file {path!r} holds {len(data)} bytes at {offset}, not the "
+                        f"{length} of its record: it was truncated; re-run the export.")
+                records.append(data)
+    return records
+
+
+class _WriteShard(InBackground):
+    """``((split, index), addresses)`` -> the shard file, records sorted by their bytes.
+
+    Shards are written on two threads (reading the spilled records back, sorting them,
+    gzip and the rename; ISA-L and file I/O release the GIL), one shard each, so a
+    worker's two cores compress two shards at once; at most two shards' records are held.
+    """
+
+    thread_name = "shard-write"
+
+    def __init__(self, out: str, temp: str, compression: str, totals: Mapping[str, int],
+                 overlap: bool = True) -> None:
+        super().__init__(max_pending=1, overlap=overlap, workers=2)
         self.out, self.temp, self.compression = out, temp, compression
         self.totals = dict(totals)
 
-    def process(self, element: tuple[tuple[str, int], Iterable[bytes]]) -> Iterable[str]:
-        (split, index), records = element
+    def process(self, element: tuple[tuple[str, int], Iterable[tuple[str, int, int]]],
+                timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        (split, index), addresses = element
+        yield from self._submit(None, timestamp, window, self._write, split, index,
+                                list(addresses))
+
+    def _write(self, split: str, index: int, addresses: list[tuple[str, int, int]]) -> str:
+        records = read_spilled(addresses)
         name = shard_name(split, index, self.totals[split], self.compression)
         final = fsio.join(self.out, name)
         temp = fsio.join(self.temp, f"{uuid.uuid4().hex[:12]}-{name.rsplit('/', 1)[-1]}")
@@ -147,7 +234,10 @@ class _WriteShard(beam.DoFn):
                                 compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             write_records(fh, sorted(records), self.compression)
         FileSystems.rename([temp], [final])
-        yield final
+        return final
+
+    def _outputs(self, context: Any, future: Future) -> Iterable[str]:
+        yield future.result()
 
 
 class WriteShards(beam.PTransform):
@@ -177,11 +267,12 @@ class WriteShards(beam.PTransform):
             fsio.makedirs(fsio.join(self.out, split))
         fsio.makedirs(self.temp)
         totals = self.totals
+        overlap = keeps_finish_bundle_outputs(pcoll.pipeline.options)
         return (pcoll
-                | "Assign" >> beam.Map(lambda e: ((e[0], shard_of(e[1], totals[e[0]])), e[1]))
+                | "Spill" >> beam.ParDo(_SpillRecords(self.temp, totals))
                 | "Group" >> beam.GroupByKey()
                 | "Write" >> beam.ParDo(_WriteShard(self.out, self.temp, self.compression,
-                                                    totals)))
+                                                    totals, overlap)))
 
 
 def finish_shards(out: str, files: Iterable[str], temp: str,

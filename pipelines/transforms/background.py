@@ -18,7 +18,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 
 class InBackground(beam.DoFn):
-    """A DoFn whose per-element work runs on one background thread, in order.
+    """A DoFn whose per-element work runs on background threads, emitted in order.
 
     A subclass's ``process`` calls :meth:`_submit` with the element's work; its
     :meth:`_outputs` turns the finished work into outputs, on the bundle's thread.
@@ -36,15 +36,19 @@ class InBackground(beam.DoFn):
             for runners that drop what ``finish_bundle`` emits (Beam 2.77's Dask runner
             collects a bundle's outputs before it calls ``finish_bundle``); see
             :func:`pipelines.beam_util.keeps_finish_bundle_outputs`.
+        workers: Threads doing the work (default one: each element's work after the
+            last's); outputs are emitted in the elements' order either way.
     """
 
     thread_name = "background"
 
-    def __init__(self, max_pending: int, overlap: bool = True) -> None:
+    def __init__(self, max_pending: int, overlap: bool = True, workers: int = 1) -> None:
         self.max_pending = max(1, int(max_pending)) if overlap else 0
+        self.workers = max(1, int(workers))
 
     def setup(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                        thread_name_prefix=self.thread_name)
 
     def teardown(self) -> None:
         self._pool.shutdown(wait=True)

@@ -145,3 +145,51 @@ def test_the_same_records_in_any_order_give_the_same_files(tmp_path):
     train = [[r.numpy() for r in tf.data.TFRecordDataset(f, "GZIP")] for f in files_a[:3]]
     assert all(shard == sorted(shard) for shard in train)  # sorted within each shard
     assert not list(tmp_path.glob("a/.shards-tmp-*"))
+
+
+def test_the_grouping_carries_addresses_and_the_shards_hold_the_records(tmp_path):
+    """Records are spilled where they are made; only (file, offset, length) is grouped."""
+    import tensorflow as tf
+
+    from pipelines.shards import _SpillRecords, read_spilled, shard_of
+
+    rng = np.random.default_rng(2)
+    records = [("train", rng.bytes(int(rng.integers(1000, 200_000)))) for _ in range(30)]
+    totals = {"train": 3}
+    temp = tmp_path / "spill"
+    temp.mkdir()
+    spill = _SpillRecords(str(temp), totals)
+    spill.setup()
+    outputs = []
+    for bundle in (records[:20], records[20:]):  # two bundles: two spill files
+        spill.start_bundle()
+        for element in bundle:
+            outputs += list(spill.process(element))
+        spill.finish_bundle()
+    spill.teardown()
+    assert len({path for _, (path, _, _) in outputs}) == 2
+    assert len(list(temp.iterdir())) == 2
+    by_shard: dict[int, list] = {}
+    for (split, index), address in outputs:
+        assert split == "train" and address[0].startswith(str(temp))
+        assert 1000 <= address[2] <= 200_000  # an address, not the record
+        by_shard.setdefault(index, []).append(address)
+    # every record lies where its address says, in the shard its bytes hash to
+    for index in range(3):
+        want = sorted(r for _, r in records if shard_of(r, 3) == index)
+        assert sorted(read_spilled(by_shard.get(index, []))) == want
+    # and the whole writer gives shards that tf.data reads back as the same records
+    files = _run_write(tmp_path / "out", records, totals, "none")
+    read = sorted(r.numpy() for f in files for r in tf.data.TFRecordDataset(f))
+    assert read == sorted(r for _, r in records)
+    assert not list((tmp_path / "out").glob(".shards-tmp-*"))  # spill files removed
+
+
+def test_a_truncated_spill_file_is_an_output_error_naming_it(tmp_path):
+    from pipelines.shards import read_spilled
+
+    path = tmp_path / "spill-x.bin"
+    path.write_bytes(b"abcdefghij")
+    assert read_spilled([(str(path), 6, 4), (str(path), 0, 3)]) == [b"abc", b"ghij"]
+    with pytest.raises(OutputError, match=r"spill-x\.bin.*truncated"):
+        read_spilled([(str(path), 8, 5)])
