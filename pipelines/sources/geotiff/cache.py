@@ -14,7 +14,8 @@ without reading them are cached (local files: size, inode, modification and chan
 times); a file rewritten at the same path gets another key, unless it keeps its size and
 inode and is rewritten within one tick of the file system's clock (a few milliseconds).
 Entries live while a source is open: when the last open source closes (a pipeline's
-workers tear down), the cache empties. ``LANDSLIDES_READ_CACHE_MB`` sets the bound for a
+workers tear down), the cache empties (a source read without ``open()`` opens itself and
+counts until it is closed). ``LANDSLIDES_READ_CACHE_MB`` sets the bound for a
 process (``0`` turns the cache off).
 """
 
