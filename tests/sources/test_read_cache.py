@@ -68,6 +68,27 @@ def test_least_recently_used_results_leave_first_within_the_byte_bound():
     assert reads["none"] == 2 and reads["off"] == 2 and len(off) == 0
 
 
+def test_reads_of_grids_older_than_the_last_few_are_dropped():
+    cache = ReadCache(10**9, max_grids=2)
+    reads: collections.Counter[str] = collections.Counter()
+
+    def read(key: str):
+        def run() -> np.ndarray:
+            reads[key] += 1
+            return np.zeros(1000, np.float32)
+        return run
+
+    for grid in ("g1", "g2"):
+        for f in ("a", "b"):
+            cache.get_or_read((f, grid), read(f + grid), grid)
+    cache.get_or_read(("a", "g1"), read("ag1"), "g1")  # a hit makes g1 the newest grid
+    cache.get_or_read(("a", "g3"), read("ag3"), "g3")  # g2 is the oldest: its reads go
+    assert len(cache) == 3 and cache.nbytes == 3 * 4000
+    for f, grid in (("a", "g1"), ("b", "g1"), ("a", "g3"), ("a", "g2")):
+        cache.get_or_read((f, grid), read(f + grid), grid)
+    assert reads == {"ag1": 1, "bg1": 1, "ag2": 2, "bg2": 1, "ag3": 1}
+
+
 def test_the_last_source_closed_empties_the_cache():
     cache = ReadCache(1000)
     cache.session_started()

@@ -472,7 +472,7 @@ class GeoTIFFSource(Source):
             type(self).__name__, info.path, info.stamp, info.band_index, info.nodata, grid,
             bands, tuple(sorted(scales.items())), self.scale, self.nodata, self.resampling,
             self.mask_zero_pixels)
-        return READS.get_or_read(key, lambda: self._warp(info, grid, bands, scales))
+        return READS.get_or_read(key, lambda: self._warp(info, grid, bands, scales), grid)
 
     def _warp(self, info: FileInfo, grid: PixelGrid, bands: tuple[str, ...],
               scales: dict[str, str]) -> np.ndarray:
