@@ -39,15 +39,20 @@ def test_results_are_kept_and_every_caller_gets_its_own_copy():
     assert len(calls) == 1
 
 
-def test_least_recently_used_results_leave_first_within_the_byte_bound():
-    cache = ReadCache(100)  # room for two 40-byte results
-    reads: collections.Counter[str] = collections.Counter()
-
+def counting_reader(reads: collections.Counter, size: int):
+    """``reader(key)``: a read of ``size`` float32 zeros that counts itself in ``reads``."""
     def reader(key: str):
         def read() -> np.ndarray:
             reads[key] += 1
-            return np.zeros(10, np.float32)
+            return np.zeros(size, np.float32)
         return read
+    return reader
+
+
+def test_least_recently_used_results_leave_first_within_the_byte_bound():
+    cache = ReadCache(100)  # room for two 40-byte results
+    reads: collections.Counter[str] = collections.Counter()
+    reader = counting_reader(reads, 10)
 
     for key in ("a", "b"):
         cache.get_or_read(key, reader(key))
@@ -71,12 +76,7 @@ def test_least_recently_used_results_leave_first_within_the_byte_bound():
 def test_reads_of_grids_older_than_the_last_few_are_dropped():
     cache = ReadCache(10**9, max_grids=2)
     reads: collections.Counter[str] = collections.Counter()
-
-    def read(key: str):
-        def run() -> np.ndarray:
-            reads[key] += 1
-            return np.zeros(1000, np.float32)
-        return run
+    read = counting_reader(reads, 1000)
 
     for grid in ("g1", "g2"):
         for f in ("a", "b"):
