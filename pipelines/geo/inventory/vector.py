@@ -12,7 +12,6 @@ import logging
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 from scipy import ndimage
 
@@ -26,19 +25,6 @@ __all__ = ["VECTOR_COLUMNS", "polygonize", "vectorize"]
 
 #: Columns of :func:`vectorize`'s output (the ``prob_*`` ones only with a probability).
 VECTOR_COLUMNS = ("value", "area_m2", "n_pixels", "prob_mean", "prob_max")
-
-
-def _empty_vector(grid: PixelGrid, with_prob: bool) -> gpd.GeoDataFrame:
-    cols: dict[str, pd.Series] = {
-        "value": pd.Series([], dtype="int64"),
-        "area_m2": pd.Series([], dtype="float64"),
-        "n_pixels": pd.Series([], dtype="int64"),
-    }
-    if with_prob:
-        cols["prob_mean"] = pd.Series([], dtype="float64")
-        cols["prob_max"] = pd.Series([], dtype="float64")
-    gdf = gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
-    return gdf[["geometry", *cols]]
 
 
 def _empty_columns(with_prob: bool) -> dict[str, np.ndarray]:
@@ -90,9 +76,7 @@ def vectorize(
         InputError: arrays not on the grid, non-integer class values, bad connectivity.
     """
     cols = polygonize(mask, grid, min_area_m2, probability, connectivity, valid)
-    if not len(cols["value"]):
-        return _empty_vector(grid, probability is not None)
-    geoms = cols.pop("geometry")
+    geoms = cols.pop("geometry")  # typed empty arrays when no polygon is left
     return gpd.GeoDataFrame({"geometry": gpd.GeoSeries(geoms, crs=grid.crs), **cols},
                             crs=grid.crs)
 
@@ -180,8 +164,11 @@ def polygonize(
 
     flat = labels.ravel()
     n_pix = np.bincount(flat, minlength=n_labels + 1)
-    data: dict[str, np.ndarray] = {
+    area = areas_m2(geoms, grid.crs)
+    data: dict[str, np.ndarray] = {  # in VECTOR_COLUMNS' order, after the geometry
+        "geometry": geoms,
         "value": cls_of[ids_arr],
+        "area_m2": area,
         "n_pixels": n_pix[ids_arr].astype("int64"),
     }
     if probability is not None:
@@ -198,11 +185,5 @@ def polygonize(
         pmax[~np.isfinite(pmax)] = np.nan
         data["prob_mean"] = mean[ids_arr]
         data["prob_max"] = pmax[ids_arr]
-    area = areas_m2(geoms, grid.crs)
     keep = area >= float(min_area_m2)
-    out = {"geometry": geoms[keep], "value": data["value"][keep], "area_m2": area[keep],
-           "n_pixels": data["n_pixels"][keep]}
-    if probability is not None:
-        out["prob_mean"] = data["prob_mean"][keep]
-        out["prob_max"] = data["prob_max"][keep]
-    return out
+    return {name: column[keep] for name, column in data.items()}
