@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 NORMALIZATION_LAYER = "normalization"
 #: Prefix of every encoder layer's name (``enc{level}_conv1`` ...), for freezing the encoder.
 ENCODER_PREFIX = "enc"
+#: Prefix of the per-pixel stem's units (``enc_stem0_conv`` ...): part of the encoder.
+STEM_PREFIX = f"{ENCODER_PREFIX}_stem"
 
 
 def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -35,19 +37,27 @@ def size_multiple(depth: int) -> int:
     return 2 ** (depth - 1)
 
 
+def _unit(
+    x: keras.KerasTensor, filters: int, kernel: int, batch_norm: bool, bn_momentum: float,
+    name: str, suffix: str = "",
+) -> keras.KerasTensor:
+    """Conv (``kernel`` x ``kernel``) - [batch norm] - ReLU."""
+    x = keras.layers.Conv2D(
+        filters, kernel, padding="same", use_bias=not batch_norm,
+        kernel_initializer="he_normal", name=f"{name}_conv{suffix}",
+    )(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn{suffix}")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu{suffix}")(x)
+
+
 def _conv_block(
     x: keras.KerasTensor, filters: int, batch_norm: bool, dropout: float, name: str,
     bn_momentum: float = 0.99,
 ) -> keras.KerasTensor:
     """Two (conv 3x3 - [batch norm] - ReLU) units with dropout between them."""
     for i in (1, 2):
-        x = keras.layers.Conv2D(
-            filters, 3, padding="same", use_bias=not batch_norm,
-            kernel_initializer="he_normal", name=f"{name}_conv{i}",
-        )(x)
-        if batch_norm:
-            x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn{i}")(x)
-        x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
+        x = _unit(x, filters, 3, batch_norm, bn_momentum, name, str(i))
         if i == 1 and dropout > 0:
             x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return x
@@ -92,15 +102,21 @@ def build_unet(
     patch_size: int | None = None,
     name: str = "unet",
     bn_momentum: float = 0.99,
+    stem: Sequence[int] = (),
 ) -> keras.Model:
     """Build the U-Net.
 
-    The encoder has ``depth`` blocks of two conv-BN-ReLU units (``base_filters * 2**i``
-    filters) with 2x2 max pooling between them; the decoder upsamples with 2x2 transposed
-    convolutions, concatenates the encoder's skip connection and applies another block. The
-    head is a 1x1 convolution with a sigmoid (``n_classes == 1``: landslide probability) or
-    a softmax (``n_classes > 1``: background + landslide classes such as scarp/deposit),
-    computed in float32 also under mixed precision.
+    An optional stem of 1x1 convolutions (conv-BN-ReLU units of ``stem`` widths) first
+    mixes each pixel's channels on its own, before any 3x3 filter: a small per-pixel
+    network over the stack's bands and change bands (how far a scar has regrown is a
+    non-linear function of the bands of several dates; the first 3x3 block alone has only
+    ``base_filters`` combinations of them). The encoder has ``depth`` blocks of two
+    conv-BN-ReLU units (``base_filters * 2**i`` filters) with 2x2 max pooling between
+    them; the decoder upsamples with 2x2 transposed convolutions, concatenates the
+    encoder's skip connection and applies another block. The head is a 1x1 convolution
+    with a sigmoid (``n_classes == 1``: landslide probability) or a softmax
+    (``n_classes > 1``: background + landslide classes such as scarp/deposit), computed in
+    float32 also under mixed precision.
 
     Args:
         bands: Input band names, in channel order (only their number shapes the model; the
@@ -119,6 +135,7 @@ def build_unet(
         bn_momentum: Momentum of the batch-norm moving statistics (Keras' 0.99 suits long
             runs; short runs and fine-tuning need a lower value such as 0.9 for the
             inference statistics to catch up with the weights).
+        stem: Widths of the 1x1 convolution units before the first block (empty: none).
 
     Returns:
         An uncompiled ``keras.Model`` mapping ``(B, H, W, C)`` float32 to ``(B, H, W,
@@ -140,6 +157,9 @@ def build_unet(
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
     if not (0.0 <= bn_momentum < 1.0) or math.isnan(bn_momentum):
         raise ConfigError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
+    stem = tuple(stem)
+    if any(isinstance(w, bool) or not isinstance(w, int | np.integer) or w < 1 for w in stem):
+        raise ConfigError(f"stem must be positive integer widths, got {list(stem)!r}")
     multiple = size_multiple(depth)
     if patch_size is not None and (patch_size <= 0 or patch_size % multiple):
         nearest = max(multiple, round(patch_size / multiple) * multiple)
@@ -150,6 +170,8 @@ def build_unet(
 
     inputs = keras.Input(shape=(None, None, n_bands), name="image")
     x = _normalization(n_bands, mean, std)(inputs)
+    for i, width in enumerate(stem):
+        x = _unit(x, int(width), 1, batch_norm, bn_momentum, f"{STEM_PREFIX}{i}")
     skips = []
     for level in range(depth):
         if level:

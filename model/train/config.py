@@ -61,6 +61,8 @@ class TrainConfig:
         bands: Input bands by name, in model order (default: the manifest's bands).
         base_filters: Filters of the first U-Net block (8/16/32...).
         depth: Encoder blocks (5: 10 encoder conv layers).
+        stem: Widths of 1x1 convolution units before the first block (a per-pixel network
+            over the input channels, see :func:`model.unet.build_unet`); empty: none.
         dropout: Dropout rate inside every block.
         batch_norm: Batch normalisation after every convolution.
         bn_momentum: Momentum of the batch-norm moving statistics.
@@ -107,6 +109,9 @@ class TrainConfig:
                                          "manifest's).")
     base_filters: int = _opt(16, "Filters of the first block (%(default)s).")
     depth: int = _opt(5, "U-Net encoder blocks (default %(default)s).")
+    stem: tuple[int, ...] = _opt((), "Comma-separated widths of 1x1 convolutions before the "
+                                 "first block, mixing each pixel's bands (e.g. 64,32; "
+                                 "default none).")
     dropout: float = _opt(0.1, "Dropout rate (default %(default)s).")
     batch_norm: bool = _opt(True, "Batch normalisation (default %(default)s).")
     bn_momentum: float = _opt(0.9, "Batch-norm momentum (default %(default)s).")
@@ -160,6 +165,7 @@ class TrainConfig:
         for name in (*_INT_FIELDS, *_FLOAT_FIELDS, *_BOOL_FIELDS, *_STR_FIELDS):
             object.__setattr__(self, name, _coerce(name, getattr(self, name)))
         object.__setattr__(self, "bands", _coerce_bands(self.bands))
+        object.__setattr__(self, "stem", _coerce_widths("stem", self.stem))
         object.__setattr__(self, "augment", _coerce_augment(self.augment))
         self._validate()
 
@@ -281,6 +287,27 @@ def _coerce_bands(value: Any) -> tuple[str, ...] | None:
     if len(set(value)) != len(value):
         raise ConfigError(f"bands repeat a name: {list(value)}")
     return tuple(value)
+
+
+def _coerce_widths(name: str, value: Any) -> tuple[int, ...]:
+    """Layer widths from a list (YAML), a tuple or ``"64,32"`` (a flag); empty: none."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{name} must be a list of layer widths, got {value!r}")
+    widths = []
+    for v in value:
+        try:
+            w = int(v) if not isinstance(v, bool | float) else None
+        except ValueError:
+            w = None
+        if w is None or w < 1:
+            raise ConfigError(f"{name} must be positive integer widths (e.g. 64,32), got "
+                              f"{list(value)!r}")
+        widths.append(w)
+    return tuple(widths)
 
 
 def _coerce_augment(value: Any) -> AugmentConfig:

@@ -175,7 +175,7 @@ def train(
     with dtype_policy(policy), strategy.scope():
         model = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
                            resolved.batch_norm, n_classes, mean, std, patch_size,
-                           bn_momentum=resolved.bn_momentum)
+                           bn_momentum=resolved.bn_momentum, stem=resolved.stem)
         if init is not None:
             copy_weights(init.model, model, f"--init-from {init.path!r}")
         if resolved.freeze_encoder:
@@ -241,7 +241,7 @@ def train(
     # The artifact is a plain float32 single-device model, whatever trained it.
     final = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
                        resolved.batch_norm, n_classes, mean, std, patch_size,
-                       bn_momentum=resolved.bn_momentum)
+                       bn_momentum=resolved.bn_momentum, stem=resolved.stem)
     copy_weights(model, final, "the trained model")
     calibrated = calibrate(final, val_ds)
     epochs_run = epochs_in_history(history_path)

@@ -14,7 +14,7 @@ import keras
 
 from model.artifact import Artifact, load_artifact, require_segmentation
 from model.errors import ArtifactError, ConfigError
-from model.unet import encoder_layers
+from model.unet import STEM_PREFIX, encoder_layers
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ def architecture_of(model: keras.Model) -> dict[str, Any]:
             depth += 1
         first = model.get_layer("enc0_conv1")
         batch_norm = "enc0_bn1" in names
+        stem = []
+        while f"{STEM_PREFIX}{len(stem)}_conv" in names:
+            stem.append(int(model.get_layer(f"{STEM_PREFIX}{len(stem)}_conv").filters))
         return {
             "base_filters": int(first.filters),
             "depth": depth,
@@ -40,6 +43,7 @@ def architecture_of(model: keras.Model) -> dict[str, Any]:
             "dropout": float(model.get_layer("enc0_dropout").rate)
             if "enc0_dropout" in names else 0.0,
             "n_classes": int(model.outputs[0].shape[-1]),
+            "stem": tuple(stem),
         }
     except (ValueError, AttributeError) as exc:
         raise ArtifactError(

@@ -22,6 +22,7 @@ from model.artifact import load_artifact
 from model.errors import ConfigError
 from model.metrics import best_threshold, confusion_counts, scores
 from model.schema import decode_patch
+from model.train import architecture_of
 from model.unet import encoder_layers
 from pipelines.cli import main
 from tests.model.test_data import BANDS, write_shards
@@ -426,6 +427,32 @@ def test_config_yaml_and_flags():
         trainer.TrainConfig(freeze_encoder=True)
     with pytest.raises(ConfigError, match="loss must be one of"):
         trainer.TrainConfig(loss="l2")
+
+
+def test_stem_widths_from_yaml_flags_and_tuples():
+    assert trainer.TrainConfig().stem == ()
+    assert trainer.TrainConfig(stem="64, 32").stem == (64, 32)  # a flag
+    assert trainer.TrainConfig.from_dict({"stem": [48]}).stem == (48,)  # YAML
+    assert trainer.TrainConfig(stem=None).stem == ()
+    for bad in ("64,x", (0,), [32, -1], [2.5], "64;32"):
+        with pytest.raises(ConfigError, match="stem must be positive integer widths"):
+            trainer.TrainConfig(stem=bad)
+
+
+def test_init_from_keeps_the_artifacts_stem(shards, tmp_path):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert main(["train", "--data", str(shards), "--out", str(base), "--epochs", "1",
+                 "--stem", "6,5", *TINY]) == 0
+    assert architecture_of(load_artifact(str(base)).model)["stem"] == (6, 5)
+    # fine-tuning names no stem: the artifact's is built, and its weights start it
+    assert main(["train", "--data", str(shards), "--out", str(tuned), "--init-from",
+                 str(base), "--freeze-encoder", "--epochs", "1", *TINY]) == 0
+    a, b = load_artifact(str(base)), load_artifact(str(tuned))
+    assert b.meta["training"]["stem"] == [6, 5]
+    for name in ("enc_stem0_conv", "enc_stem1_bn"):  # frozen with the encoder
+        for x, y in zip(a.model.get_layer(name).get_weights(),
+                        b.model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_a_corrupt_shard_is_named_with_its_record(trained, tmp_path, capsys):

@@ -61,6 +61,30 @@ def test_architecture_depth_and_width():
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in default.layers)
 
 
+def test_stem_mixes_each_pixel_on_its_own_before_the_first_block(rng):
+    plain = unet.build_unet(BANDS, **SMALL)
+    model = unet.build_unet(BANDS, stem=(6, 5), **SMALL)
+    first, second = model.get_layer("enc_stem0_conv"), model.get_layer("enc_stem1_conv")
+    assert first.kernel_size == second.kernel_size == (1, 1)
+    assert (first.filters, second.filters) == (6, 5)
+    assert model.get_layer("enc0_conv1").kernel.shape == (3, 3, 5, 4)  # reads the stem
+    # weights added: two 1x1 convolutions and their batch norms; enc0_conv1 reads 5
+    # channels instead of the 3 bands
+    stem = 3 * 6 + 4 * 6 + 6 * 5 + 4 * 5
+    assert model.count_params() == plain.count_params() + stem + 3 * 3 * (5 - 3) * 4
+    assert {"enc_stem0_conv", "enc_stem1_bn"} <= {
+        layer.name for layer in unet.encoder_layers(model)}  # frozen with the encoder
+    # per pixel: changing one input pixel changes the stem's output at that pixel only
+    out = keras.Model(model.input, model.get_layer("enc_stem1_relu").output)
+    x = rng.random((1, 8, 8, 3), dtype=np.float32)
+    y = x.copy()
+    y[0, 3, 4] += 5.0
+    diff = np.abs(out.predict(y, verbose=0) - out.predict(x, verbose=0)).sum(-1)[0]
+    assert diff[3, 4] > 0
+    diff[3, 4] = 0
+    assert not diff.any()
+
+
 def test_normalisation_inside_the_model(rng):
     mean, std = [0.1, 0.3, 20.0], [0.05, 0.1, 8.0]
     model = unet.build_unet(BANDS, mean=mean, std=std, **SMALL)
@@ -82,6 +106,8 @@ def test_normalisation_inside_the_model(rng):
         ({"mean": [0, 0, 0], "std": [1, 0, 1]}, "positive"),
         ({"dropout": 1.0}, "dropout"),
         ({"n_classes": 0}, "n_classes"),
+        ({"stem": (8, 0)}, "stem"),
+        ({"stem": (8.5,)}, "stem"),
     ],
 )
 def test_bad_configuration(kwargs, message):
