@@ -59,18 +59,23 @@ RECOVERY_NAMES = (*(name for name, _, _ in RECOVERY_STAGES), "no scar")
 INVENTORIED = ("fresh", "young", "older")
 
 
+#: A variant of the first seed's study named on the command line: the demo's settings with
+#: some of them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``).
+Others = dict[str, dict[str, tuple]]
+
+
 def _config(out: str, seed: int, variant: str, quick: bool,
-            stacks: dict[str, tuple[str, ...]] | None = None) -> DemoConfig:
+            others: Others | None = None) -> DemoConfig:
     if variant == "temporal":
         return DemoConfig(out=out, seed=seed, quick=quick)
-    if stacks and variant in stacks:  # the demo with other reference images
-        return DemoConfig(out=out, seed=seed, quick=quick, references=stacks[variant])
+    if others and variant in others:  # the demo with other references or another stem
+        return DemoConfig(out=out, seed=seed, quick=quick, **others[variant])
     return DemoConfig(out=out, seed=seed, quick=quick, references=(), change=())
 
 
 def run_study(out: str, seed: int, variant: str, quick: bool,
-              stacks: dict[str, tuple[str, ...]] | None = None) -> dict:
-    cfg = _config(out, seed, variant, quick, stacks)
+              others: Others | None = None) -> dict:
+    cfg = _config(out, seed, variant, quick, others)
     t0 = time.monotonic()
     results = run_demo(cfg)
     seconds = time.monotonic() - t0
@@ -78,10 +83,10 @@ def run_study(out: str, seed: int, variant: str, quick: bool,
 
 
 def run_study_process(out: str, seed: int, variant: str, quick: bool,
-                      stacks: dict[str, tuple[str, ...]] | None = None) -> dict:
+                      others: Others | None = None) -> dict:
     """:func:`run_study` in a fresh Python process (its log goes to this one's stderr)."""
     spec = {"out": out, "seed": seed, "variant": variant, "quick": quick,
-            "stacks": {k: list(v) for k, v in (stacks or {}).items()}}
+            "others": {k: {f: list(v) for f, v in o.items()} for k, o in (others or {}).items()}}
     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--study",
                            json.dumps(spec)], stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
@@ -91,14 +96,14 @@ def run_study_process(out: str, seed: int, variant: str, quick: bool,
 
 def _study_child(text: str) -> int:
     spec = json.loads(text)
-    stacks = {k: tuple(v) for k, v in spec.pop("stacks").items()}
-    row = run_study(stacks=stacks, **spec)
+    others = {k: {f: tuple(v) for f, v in o.items()} for k, o in spec.pop("others").items()}
+    row = run_study(others=others, **spec)
     print(json.dumps(row))
     return 0
 
 
 def read_study(out: str, seed: int, variant: str, quick: bool,
-               stacks: dict[str, tuple[str, ...]] | None = None) -> dict:
+               others: Others | None = None) -> dict:
     """The row of a study already finished in ``out``, from its stage records (runs nothing).
 
     Its seconds are the sum of the recorded stage times. A record whose fingerprint is not
@@ -108,7 +113,7 @@ def read_study(out: str, seed: int, variant: str, quick: bool,
     Raises:
         SystemExit: a stage of the study has no record (the study is not finished).
     """
-    cfg = _config(out, seed, variant, quick, stacks)
+    cfg = _config(out, seed, variant, quick, others)
     runner = StageRunner(cfg, stages(cfg))
     results: dict[str, dict] = {}
     seconds = 0.0
@@ -338,18 +343,32 @@ def main(argv: list[str] | None = None) -> int:
                    help="Also run the first seed with other reference images, e.g. "
                         "'2refs=base=-4y..-1y:greenest;pre=2009-01-01/2012-12-31:greenest' "
                         "(NAME: up to 12 characters); repeatable.")
+    p.add_argument("--stem", action="append", default=[], metavar="NAME=WIDTHS",
+                   help="Also run the first seed with another U-Net stem (1x1 convolutions "
+                        "before the first block), e.g. 'nostem=' (none) or 'w64x32=64,32' "
+                        f"(the demo's: {','.join(map(str, DemoConfig().stem))}); repeatable.")
     p.add_argument("--existing", action="store_true",
                    help="Only read the studies already finished in --out: run no stage, "
                         "even one a plain run would redo (stops if a study is unfinished).")
     p.add_argument("--study", help=argparse.SUPPRESS)  # one study, in a child process
     args = p.parse_args(argv)
-    stacks: dict[str, tuple[str, ...]] = {}
-    for text in args.stack:
-        name, _, refs = text.partition("=")
-        if not refs or len(name) > 12 or name in VARIANTS:
-            p.error(f"--stack {text!r}: give NAME=REF;REF... with a new name of up to 12 "
-                    f"characters")
-        stacks[name] = tuple(r.strip() for r in refs.split(";") if r.strip())
+    others: Others = {}
+    for flag, texts in (("stack", args.stack), ("stem", args.stem)):
+        for text in texts:
+            name, eq, value = text.partition("=")
+            if not name or not eq or (flag == "stack" and not value) or len(name) > 12 \
+                    or name in VARIANTS or name in others:
+                what = "REF;REF..." if flag == "stack" else "WIDTHS"
+                p.error(f"--{flag} {text!r}: give NAME={what} with a new name of up to 12 "
+                        f"characters")
+            if flag == "stack":
+                others[name] = {"references": tuple(r.strip() for r in value.split(";")
+                                                    if r.strip())}
+            else:
+                try:
+                    others[name] = {"stem": tuple(int(w) for w in value.split(",") if w.strip())}
+                except ValueError:
+                    p.error(f"--stem {text!r}: WIDTHS are comma-separated integers")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
     if args.study:
@@ -365,15 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         base = os.path.join(args.out, f"seed{seed}")
         first = None
         variants = [v for v in VARIANTS if v == "temporal" or seed in single]
-        variants += list(stacks) if seed == seeds[0] else []
+        variants += list(others) if seed == seeds[0] else []
         for variant in variants:
             out = os.path.join(base, variant)
             if args.existing:
-                rows.append(read_study(out, seed, variant, args.quick, stacks))
+                rows.append(read_study(out, seed, variant, args.quick, others))
             else:
                 if first is not None:
                     share_world(first, out)
-                rows.append(run_study_process(out, seed, variant, args.quick, stacks))
+                rows.append(run_study_process(out, seed, variant, args.quick, others))
             first = first or out
             fsio.write_json(args.json, {"machine": machine, "existing": args.existing,
                                         "world_fields": list(WORLD_FIELDS), "rows": rows})

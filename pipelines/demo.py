@@ -55,6 +55,8 @@ class DemoConfig:
         change: Change bands of every reference.
         history_years: Years the world holds before the first swept year, for reference
             images (a stack that needs older images is refused).
+        stem: Widths of the U-Net's 1x1 stem (:func:`model.unet.build_unet`), in the full
+            demo; empty: none.
     """
 
     out: str = option("demo-out", "Output folder (default %(default)s).")
@@ -75,8 +77,15 @@ class DemoConfig:
                                    "bare=-4y..-1y:barest")
     change: tuple[str, ...] = ("NDVI", "B4", "B8", "B11", "B12")
     history_years: int = 4
+    # one 1x1 convolution of 32 filters mixes each pixel's 41 channels before the first 3x3
+    # block: a per-pixel network on the same inputs had found the older scars the U-Net
+    # missed; with it seed 42's held-out F1 rose in every year (2018 0.70 -> 0.77); two
+    # layers (64, 32) gave less (2018 0.72) and three (64, 64, 32) less still (0.68)
+    stem: tuple[int, ...] = (32,)
 
     def __post_init__(self) -> None:
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.stem):
+            raise ConfigError(f"stem must be positive integer widths, got {list(self.stem)}.")
         missing = [y for y in self.train_years if y not in self.years]
         if missing:
             raise ConfigError(f"train_years {missing} must be among the years {self.years}.")
@@ -211,14 +220,10 @@ def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
     # 26 + 10 epochs keep the demo under 8 minutes with three references on the 2-core
     # development machine (bench/quality.py prints the study time, README's timing table
     # keeps it); it became affordable once the datasets stopped stalling every other
-    # epoch (model.data.epoch_options), and raised every held-out year's F1 of seed 42.
-    # The stem (a 1x1 convolution of 32 filters) mixes each pixel's 41 channels before the
-    # first 3x3 block: a per-pixel network on the same inputs had found the older scars
-    # the U-Net missed; with it seed 42's held-out F1 rose in every year (2018 0.70 ->
-    # 0.77); two 1x1 layers (64, 32) gave less (2018 0.72) and (64, 64, 32) less still
+    # epoch (model.data.epoch_options), and raised every held-out year's F1 of seed 42
     return {"base_filters": 16, "depth": 4, "epochs": 26, "patience": 8, "batch_size": 16,
             "loss": "bce_dice", "reduce_lr_patience": 3, "monitor": "val_loss",
-            "stem": (32,)}
+            "stem": cfg.stem}
 
 
 def _finetune_settings(cfg: DemoConfig) -> dict[str, Any]:

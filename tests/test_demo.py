@@ -9,6 +9,7 @@ import pytest
 
 from pipelines import cli
 from pipelines.demo import DemoConfig, Stage, StageRunner
+from pipelines.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,22 @@ def test_rerun_reuses_every_stage(demo_out, caplog):
     after = {p.name: p.stat().st_mtime_ns for p in (demo_out / "stages").iterdir()}
     assert before == after
     assert caplog.text.count("already done") == len(before)
+
+
+def test_the_stem_reaches_the_training_settings_and_bad_widths_are_refused(tmp_path):
+    from pipelines.demo import _finetune_settings, _train_settings, stages
+
+    assert _train_settings(DemoConfig(out=str(tmp_path)))["stem"] == (32,)
+    assert _train_settings(DemoConfig(out=str(tmp_path), stem=()))["stem"] == ()
+    assert "stem" not in _finetune_settings(DemoConfig(out=str(tmp_path)))  # the base's
+    # another stem retrains the models but reuses the world, its terrain and areas
+    a, b = DemoConfig(out=str(tmp_path)), DemoConfig(out=str(tmp_path), stem=(64, 32))
+    ra, rb = StageRunner(a, stages(a)), StageRunner(b, stages(b))
+    same = {s.name for s, t in zip(ra.stages, rb.stages) if ra.fingerprint(s) == rb.fingerprint(t)}
+    assert {"world", "terrain", "areas"} <= same and "train" not in same
+    for bad in ((0,), (32, -1), (True,)):
+        with pytest.raises(ConfigError, match="stem must be positive integer widths"):
+            DemoConfig(out=str(tmp_path), stem=bad)
 
 
 def test_a_rerun_stage_invalidates_the_stages_after_it(tmp_path):
