@@ -158,7 +158,7 @@ def run_fold(fold: int, data: Path, labels: str, bbox: str, strips: list[str], w
     cli("train", "--data", shards, "--out", model, "--base-filters", str(args.base_filters),
         "--depth", "3", "--epochs", str(args.epochs), "--patience", "10", "--batch-size", "16",
         "--loss", args.loss, "--monitor", "val_loss", "--no-saved-model",
-        "--seed", str(fold))
+        "--seed", str(fold), *(["--stem", args.stem] if args.stem else []))
     art = load_artifact(model)
     threshold = float(art.meta["metrics"]["threshold"])
     x_test, y, p = labelled_pixels(shards, "test", art.model)
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=40, help="Training epochs (patience 10).")
     ap.add_argument("--base-filters", type=int, default=16, help="U-Net base filters (16).")
     ap.add_argument("--loss", default="bce_dice", help="Training loss (bce_dice, as the demo).")
+    ap.add_argument("--stem", default="", help="Widths of the U-Net's 1x1 stem, e.g. 32 (the "
+                    "demo's; default: none).")
     ap.add_argument("--json", default="bench-chittagong.json", help="Where to write figures.")
     args = ap.parse_args(argv)
     data = Path(args.data)
