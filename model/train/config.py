@@ -226,6 +226,7 @@ class TrainConfig:
         """Plain values (bands as a list), as saved in the artifact and the backup state."""
         out = dataclasses.asdict(self)
         out["bands"] = list(self.bands) if self.bands is not None else None
+        out["stem"] = list(self.stem)  # as JSON reads it back (a resumed run compares them)
         return out
 
     def replace(self, **changes: Any) -> TrainConfig:
