@@ -28,6 +28,7 @@ the code changed since (it stops if a study is unfinished).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,7 +63,7 @@ INVENTORIED = ("fresh", "young", "older")
 
 #: A variant of the first seed's study named on the command line: the demo's settings with
 #: some of them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``).
-Others = dict[str, dict[str, tuple]]
+Others = dict[str, dict[str, Any]]
 
 
 def _config(out: str, seed: int, variant: str, quick: bool,
@@ -69,7 +71,8 @@ def _config(out: str, seed: int, variant: str, quick: bool,
     if variant == "temporal":
         return DemoConfig(out=out, seed=seed, quick=quick)
     if others and variant in others:  # the demo with other references or another stem
-        return DemoConfig(out=out, seed=seed, quick=quick, **others[variant])
+        return dataclasses.replace(DemoConfig(out=out, seed=seed, quick=quick),
+                                   **others[variant])
     return DemoConfig(out=out, seed=seed, quick=quick, references=(), change=())
 
 

@@ -32,7 +32,7 @@ def architecture_of(model: keras.Model) -> dict[str, Any]:
             depth += 1
         first = model.get_layer("enc0_conv1")
         batch_norm = "enc0_bn1" in names
-        stem = []
+        stem: list[int] = []
         while f"{STEM_PREFIX}{len(stem)}_conv" in names:
             stem.append(int(model.get_layer(f"{STEM_PREFIX}{len(stem)}_conv").filters))
         return {
