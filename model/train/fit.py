@@ -172,10 +172,14 @@ def train(
     config_dict = resolved.to_dict()
     state = read_state(backup, config_dict)  # every worker resumes from the chief's backup
 
+    # the model trained and the float32 artifact are built alike (copy_weights pairs them)
+    def unet() -> keras.Model:
+        return build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
+                          resolved.batch_norm, n_classes, mean, std, patch_size,
+                          bn_momentum=resolved.bn_momentum, stem=resolved.stem)
+
     with dtype_policy(policy), strategy.scope():
-        model = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
-                           resolved.batch_norm, n_classes, mean, std, patch_size,
-                           bn_momentum=resolved.bn_momentum, stem=resolved.stem)
+        model = unet()
         if init is not None:
             copy_weights(init.model, model, f"--init-from {init.path!r}")
         if resolved.freeze_encoder:
@@ -239,9 +243,7 @@ def train(
             model.load_weights(best_path)
 
     # The artifact is a plain float32 single-device model, whatever trained it.
-    final = build_unet(bands, resolved.base_filters, resolved.depth, resolved.dropout,
-                       resolved.batch_norm, n_classes, mean, std, patch_size,
-                       bn_momentum=resolved.bn_momentum, stem=resolved.stem)
+    final = unet()
     copy_weights(model, final, "the trained model")
     calibrated = calibrate(final, val_ds)
     epochs_run = epochs_in_history(history_path)
