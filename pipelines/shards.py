@@ -3,17 +3,21 @@
 Export and the Landslide4Sense importer both turn a PCollection of ``(split, record)``
 into ``<out>/<split>/<split>-SSSSS-of-NNNNN.tfrecord[.gz]`` and a manifest. Both use:
 
-* :class:`WriteShards`: every record goes to the shard its content hashes to, a shard's
-  records are written sorted by their bytes, then the file is renamed into place. The
-  same records therefore give the same files, byte for byte, whatever order a runner
-  delivers them in and however often a bundle is retried; a trainer reading them with a
-  fixed seed sees the same sequence on every run. The records themselves never cross the
-  runner's shuffle: where they are made, each bundle appends them to a spill file of its
-  own under the output's temporary folder, and only their addresses (file, offset,
-  length) are grouped by shard; the writer of a shard reads its records back.
-* :func:`write_records`: TFRecord framing (length, masked CRC32C, data, masked CRC32C),
-  gzipped with ISA-L when installed (Beam's own gzip compresses with zlib level 6, several
-  times slower for ~4 % fewer bytes); ``tf.data`` reads the files.
+* :class:`WriteShards`: every record goes to the shard its content hashes to and is framed
+  (and, for gzip shards, compressed) where it is made; a shard's frames are written sorted
+  by their bytes, then the file is renamed into place. The same records therefore give the
+  same files, byte for byte, whatever order a runner delivers them in and however often a
+  bundle is retried; a trainer reading them with a fixed seed sees the same sequence on
+  every run. The records themselves never cross the runner's shuffle: each bundle appends
+  its frames to a spill file of its own under the output's temporary folder, on a thread
+  beside the stage that makes the records, and only their addresses (file, offset,
+  length) are grouped by shard; the writer of a shard reads its frames back and
+  concatenates them.
+* :func:`frame`: TFRecord framing (length, masked CRC32C, data, masked CRC32C); a gzip
+  shard holds one gzip member per record (a multi-member gzip file, which ``tf.data``
+  reads as one stream), compressed with ISA-L when installed (Beam's own gzip compresses
+  with zlib level 6, several times slower for ~4 % fewer bytes). Compressing each record
+  where it is made puts the compression beside the export's reads instead of after them.
 * :class:`Summary`: one combiner for counts, band statistics and failures, so the
   manifest waits on one small aggregate rather than three.
 """
@@ -21,11 +25,12 @@ into ``<out>/<split>/<split>-SSSSS-of-NNNNN.tfrecord[.gz]`` and a manifest. Both
 from __future__ import annotations
 
 import gzip
-import hashlib
+import itertools
 import json
 import logging
 import math
 import struct
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
@@ -89,24 +94,26 @@ def shard_count(records: int, record_bytes: int) -> int:
 
 
 def shard_of(record: bytes, total: int) -> int:
-    """The shard a record belongs to: a hash of its bytes, so a function of content only."""
-    return int.from_bytes(hashlib.blake2b(record, digest_size=8).digest(), "big") % total
+    """The shard a record belongs to: a hash of its bytes, so a function of content only.
+
+    CRC32C, computed in hardware: a cryptographic hash of every record cost the export
+    more CPU than spilling it.
+    """
+    return google_crc32c.value(record) % total
 
 
-def gzip_writer(fh: Any) -> Any:
-    """A gzip stream over ``fh`` (closing it writes the trailer, not closing ``fh``).
+def gzip_member(data: bytes) -> bytes:
+    """``data`` as one gzip member, with no file name or time in its header.
 
-    No file name or time in the header: equal records give equal bytes.
-
-    ISA-L's igzip when installed (``isal``: same gzip format, several times the speed of
-    zlib level 1 on float32 imagery for 2% larger output), else the standard library's.
+    Equal data therefore give equal bytes. ISA-L's igzip when installed (``isal``: same
+    gzip format, several times the speed of zlib level 1 on float32 imagery for 2% larger
+    output), else the standard library's.
     """
     try:
         from isal import igzip
     except ImportError:  # no wheel for this platform
-        return gzip.GzipFile(filename="", fileobj=fh, mode="wb", compresslevel=1, mtime=0)
-    return igzip.IGzipFile(filename="", fileobj=fh, mode="wb", compresslevel=GZIP_LEVEL,
-                            mtime=0)
+        return gzip.compress(data, compresslevel=1, mtime=0)
+    return igzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def _masked_crc(data: bytes) -> bytes:
@@ -114,67 +121,118 @@ def _masked_crc(data: bytes) -> bytes:
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
+def _check_compression(compression: str) -> None:
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}, got "
+                         f"{compression!r}")
+
+
+def frame(record: bytes, compression: str) -> bytes:
+    """``record`` as it lies in a shard: TFRecord-framed, for ``gzip`` a gzip member.
+
+    Concatenated members are one gzip stream to ``tf.data`` (and to Python's gzip).
+
+    Raises:
+        ValueError: an unknown compression.
+    """
+    _check_compression(compression)
+    length = struct.pack("<Q", len(record))
+    framed = b"".join((length, _masked_crc(length), record, _masked_crc(record)))
+    return gzip_member(framed) if compression == "gzip" else framed
+
+
+def write_frames(fh: BinaryIO, frames: Iterable[bytes]) -> None:
+    """Write ``frames`` (from :func:`frame`) to ``fh`` in order (``fh`` stays open).
+
+    Raises:
+        OutputError: the file cannot be written (e.g. the disk is full).
+    """
+    try:
+        for data in frames:
+            fh.write(data)
+    except OSError as exc:
+        raise OutputError(f"Writing a shard failed: {exc}") from exc
+
+
 def write_records(fh: BinaryIO, records: Iterable[bytes], compression: str) -> None:
-    """Write ``records`` to ``fh`` as TFRecords, gzipped or not (``fh`` stays open).
+    """Write ``records`` to ``fh`` as TFRecords, gzipped or not, in order (``fh`` stays open).
+
+    A gzip file without records is one empty gzip member, so every shard is valid gzip.
 
     Raises:
         ValueError: an unknown compression.
         OutputError: the file cannot be written (e.g. the disk is full).
     """
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}, got {compression!r}")
-    out = gzip_writer(fh) if compression == "gzip" else fh
-    try:
-        for record in records:
-            length = struct.pack("<Q", len(record))
-            out.write(length + _masked_crc(length))
-            out.write(record)
-            out.write(_masked_crc(record))
-        if out is not fh:
-            out.close()  # writes the gzip trailer; leaves fh open
-    except OSError as exc:
-        raise OutputError(f"Writing a shard failed: {exc}") from exc
+    _check_compression(compression)
+    frames = (frame(r, compression) for r in records)
+    first = next(frames, None)
+    if first is None:
+        write_frames(fh, [gzip_member(b"")] if compression == "gzip" else [])
+    else:
+        write_frames(fh, itertools.chain([first], frames))
 
 
-class _SpillRecords(beam.DoFn):
+class _SpillRecords(InBackground):
     """``(split, record)`` -> ``((split, shard), (spill file, offset, length))``.
 
-    Each bundle appends its records to one spill file of its own under ``temp`` (closed in
-    ``finish_bundle``, before the bundle's outputs are committed, so the writers find it
-    whole) and outputs where each record lies: grouping the addresses by shard moves a few
-    bytes per record instead of the record. A retried bundle writes a new file; the failed
+    On a thread beside the bundle's (ISA-L, CRC32C and file I/O release the GIL), each
+    record is framed and compressed (:func:`frame`) and appended to the bundle's own spill
+    file under ``temp``; the output says where its frame lies: grouping the addresses by
+    shard moves a few bytes per record instead of the record. The file is closed in
+    ``finish_bundle``, after the last frame and before the bundle's outputs are committed,
+    so the writers find it whole. A retried bundle writes a new file; the failed
     attempt's outputs are dropped with it.
     """
 
-    def __init__(self, temp: str, totals: Mapping[str, int]) -> None:
-        self.temp, self.totals = temp, dict(totals)
+    thread_name = "shard-spill"
+
+    def __init__(self, temp: str, totals: Mapping[str, int], compression: str = "gzip",
+                 overlap: bool = True) -> None:
+        # a few records ahead: the thread compresses while the stage makes the next ones
+        super().__init__(max_pending=32, overlap=overlap, workers=2)
+        _check_compression(compression)
+        self.temp, self.totals, self.compression = temp, dict(totals), compression
 
     def setup(self) -> None:
+        super().setup()
         self._fh: Any = None
+        self._lock = threading.Lock()
 
     def start_bundle(self) -> None:
+        super().start_bundle()
         self._close()
 
-    def process(self, element: tuple[str, bytes]
-                ) -> Iterable[tuple[tuple[str, int], tuple[str, int, int]]]:
-        split, record = element
-        if self._fh is None:
-            self._path = fsio.join(self.temp, f"spill-{uuid.uuid4().hex}.bin")
-            self._fh = FileSystems.create(self._path, mime_type="application/octet-stream",
-                                          compression_type=CompressionTypes.UNCOMPRESSED)
-            self._offset = 0
-        try:
-            self._fh.write(record)
-        except OSError as exc:
-            raise OutputError(f"Spilling a record to {self._path!r} failed: {exc}") from exc
-        yield ((split, shard_of(record, self.totals[split])),
-               (self._path, self._offset, len(record)))
-        self._offset += len(record)
+    def process(self, element: tuple[str, bytes], timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        yield from self._submit(None, timestamp, window, self._spill, *element)
 
-    def finish_bundle(self) -> None:
+    def _spill(self, split: str, record: bytes
+               ) -> tuple[tuple[str, int], tuple[str, int, int]]:
+        """On the spill thread (one: frames are appended in the records' order)."""
+        data = frame(record, self.compression)
+        with self._lock:
+            if self._fh is None:
+                self._path = fsio.join(self.temp, f"spill-{uuid.uuid4().hex}.bin")
+                self._fh = FileSystems.create(self._path, mime_type="application/octet-stream",
+                                              compression_type=CompressionTypes.UNCOMPRESSED)
+                self._offset = 0
+            try:
+                self._fh.write(data)
+            except OSError as exc:
+                raise OutputError(f"Spilling a record to {self._path!r} failed: {exc}") from exc
+            address = (self._path, self._offset, len(data))
+            self._offset += len(data)
+        return (split, shard_of(record, self.totals[split])), address
+
+    def _outputs(self, context: Any, future: Future) -> Iterable[Any]:
+        yield future.result()
+
+    def finish_bundle(self):
+        yield from super().finish_bundle()  # every frame is written once this returns
         self._close()
 
     def teardown(self) -> None:
+        super().teardown()
         self._close()
 
     def _close(self) -> None:
@@ -184,7 +242,7 @@ class _SpillRecords(beam.DoFn):
 
 
 def read_spilled(addresses: Iterable[tuple[str, int, int]]) -> list[bytes]:
-    """The records at ``(spill file, offset, length)`` addresses, each file opened once."""
+    """The frames at ``(spill file, offset, length)`` addresses, each file opened once."""
     by_file: dict[str, list[tuple[int, int]]] = {}
     for path, offset, length in addresses:
         by_file.setdefault(path, []).append((offset, length))
@@ -204,11 +262,11 @@ def read_spilled(addresses: Iterable[tuple[str, int, int]]) -> list[bytes]:
 
 
 class _WriteShard(InBackground):
-    """``((split, index), addresses)`` -> the shard file, records sorted by their bytes.
+    """``((split, index), addresses)`` -> the shard file: its frames, sorted by their bytes.
 
-    Shards are written on two threads (reading the spilled records back, sorting them,
-    gzip and the rename; ISA-L and file I/O release the GIL), one shard each, so a
-    worker's two cores compress two shards at once; at most two shards' records are held.
+    Shards are written on two threads (reading the spilled frames back, sorting and
+    concatenating them, the rename; file I/O releases the GIL), one shard each; at most two
+    shards' frames are held.
     """
 
     thread_name = "shard-write"
@@ -226,13 +284,13 @@ class _WriteShard(InBackground):
                                 list(addresses))
 
     def _write(self, split: str, index: int, addresses: list[tuple[str, int, int]]) -> str:
-        records = read_spilled(addresses)
+        frames = read_spilled(addresses)
         name = shard_name(split, index, self.totals[split], self.compression)
         final = fsio.join(self.out, name)
         temp = fsio.join(self.temp, f"{uuid.uuid4().hex[:12]}-{name.rsplit('/', 1)[-1]}")
         with FileSystems.create(temp, mime_type="application/octet-stream",
                                 compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            write_records(fh, sorted(records), self.compression)
+            write_frames(fh, sorted(frames))
         FileSystems.rename([temp], [final])
         return final
 
@@ -253,9 +311,7 @@ class WriteShards(beam.PTransform):
 
     def __init__(self, out: str, compression: str, totals: Mapping[str, int]) -> None:
         super().__init__()
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}, got "
-                             f"{compression!r}")
+        _check_compression(compression)
         bad = {s: n for s, n in totals.items() if n < 1}
         if bad:
             raise ValueError(f"every split needs at least one shard, got {bad}")
@@ -269,7 +325,8 @@ class WriteShards(beam.PTransform):
         totals = self.totals
         overlap = keeps_finish_bundle_outputs(pcoll.pipeline.options)
         return (pcoll
-                | "Spill" >> beam.ParDo(_SpillRecords(self.temp, totals))
+                | "Spill" >> beam.ParDo(_SpillRecords(self.temp, totals, self.compression,
+                                                      overlap))
                 | "Group" >> beam.GroupByKey()
                 | "Write" >> beam.ParDo(_WriteShard(self.out, self.temp, self.compression,
                                                     totals, overlap)))

@@ -14,6 +14,7 @@ from pipelines.shards import (
     WriteShards,
     files_by_split,
     finish_shards,
+    frame,
     shard_name,
     split_of,
     write_records,
@@ -143,12 +144,30 @@ def test_the_same_records_in_any_order_give_the_same_files(tmp_path):
     read = [r.numpy() for f in files_a for r in tf.data.TFRecordDataset(f, "GZIP")]
     assert sorted(read) == sorted(r for _, r in records)
     train = [[r.numpy() for r in tf.data.TFRecordDataset(f, "GZIP")] for f in files_a[:3]]
-    assert all(shard == sorted(shard) for shard in train)  # sorted within each shard
+    # within a shard, records lie in the order of their frames' bytes (content only)
+    assert all(shard == sorted(shard, key=lambda r: frame(r, "gzip")) for shard in train)
     assert not list(tmp_path.glob("a/.shards-tmp-*"))
 
 
-def test_the_grouping_carries_addresses_and_the_shards_hold_the_records(tmp_path):
-    """Records are spilled where they are made; only (file, offset, length) is grouped."""
+def _spill_bundles(spill, bundles):
+    """Run ``_SpillRecords`` by hand over ``bundles``: its outputs' values."""
+    from apache_beam.transforms.window import GlobalWindow
+
+    spill.setup()
+    outputs = []
+    for bundle in bundles:
+        spill.start_bundle()
+        for element in bundle:
+            outputs += list(spill.process(element, 0, GlobalWindow()))
+        outputs += list(spill.finish_bundle())
+    spill.teardown()
+    return [o.value for o in outputs]
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
+def test_the_grouping_carries_addresses_and_the_shards_hold_the_records(tmp_path, compression):
+    """Records are framed and spilled where they are made; only (file, offset, length) is
+    grouped, and the shards are the frames concatenated."""
     import tensorflow as tf
 
     from pipelines.shards import _SpillRecords, read_spilled, shard_of
@@ -158,31 +177,58 @@ def test_the_grouping_carries_addresses_and_the_shards_hold_the_records(tmp_path
     totals = {"train": 3}
     temp = tmp_path / "spill"
     temp.mkdir()
-    spill = _SpillRecords(str(temp), totals)
-    spill.setup()
-    outputs = []
-    for bundle in (records[:20], records[20:]):  # two bundles: two spill files
-        spill.start_bundle()
-        for element in bundle:
-            outputs += list(spill.process(element))
-        spill.finish_bundle()
-    spill.teardown()
+    # two bundles: two spill files; two threads frame and append them
+    outputs = _spill_bundles(_SpillRecords(str(temp), totals, compression),
+                             (records[:20], records[20:]))
+    assert len(outputs) == len(records)
     assert len({path for _, (path, _, _) in outputs}) == 2
     assert len(list(temp.iterdir())) == 2
     by_shard: dict[int, list] = {}
     for (split, index), address in outputs:
         assert split == "train" and address[0].startswith(str(temp))
-        assert 1000 <= address[2] <= 200_000  # an address, not the record
+        assert address[2] < 200_100  # an address, not the record
         by_shard.setdefault(index, []).append(address)
-    # every record lies where its address says, in the shard its bytes hash to
+    # every frame lies where its address says, in the shard its record's bytes hash to
     for index in range(3):
-        want = sorted(r for _, r in records if shard_of(r, 3) == index)
+        want = sorted(frame(r, compression) for _, r in records if shard_of(r, 3) == index)
         assert sorted(read_spilled(by_shard.get(index, []))) == want
     # and the whole writer gives shards that tf.data reads back as the same records
-    files = _run_write(tmp_path / "out", records, totals, "none")
-    read = sorted(r.numpy() for f in files for r in tf.data.TFRecordDataset(f))
+    files = _run_write(tmp_path / "out", records, totals, compression)
+    kind = "GZIP" if compression == "gzip" else ""
+    read = sorted(r.numpy() for f in files for r in tf.data.TFRecordDataset(f, kind))
     assert read == sorted(r for _, r in records)
     assert not list((tmp_path / "out").glob(".shards-tmp-*"))  # spill files removed
+
+
+def test_a_gzip_shard_is_one_member_per_record_readable_as_one_stream(tmp_path):
+    import gzip
+    import zlib
+
+    records = [bytes([i]) * (100 + 1000 * i) for i in range(5)]
+    path = tmp_path / "x.tfrecord.gz"
+    _write(path, records, "gzip")
+    data = path.read_bytes()
+    assert gzip.decompress(data) == b"".join(frame(r, "none") for r in records)
+    members, rest = 0, data
+    while rest:  # each member ends where zlib stops; the next starts right after
+        d = zlib.decompressobj(wbits=31)
+        assert d.decompress(rest) == frame(records[members], "none")
+        rest, members = d.unused_data, members + 1
+    assert members == len(records)
+    # an empty shard is still gzip: one empty member
+    _write(path, [], "gzip")
+    assert gzip.decompress(path.read_bytes()) == b""
+
+
+def test_a_spill_that_cannot_be_written_fails_the_bundle_naming_the_path(tmp_path):
+    """The error on the spill thread reaches the bundle: no address of an unwritten frame."""
+    from pipelines.shards import _SpillRecords
+
+    blocker = tmp_path / "afile"  # a file where the temporary folder should be
+    blocker.write_bytes(b"")
+    with pytest.raises(OSError, match="afile"):
+        _spill_bundles(_SpillRecords(str(blocker), {"train": 1}, "none"),
+                       ([("train", b"x" * 100)],))
 
 
 def test_a_truncated_spill_file_is_an_output_error_naming_it(tmp_path):
