@@ -62,7 +62,8 @@ INVENTORIED = ("fresh", "young", "older")
 
 
 #: A variant of the first seed's study named on the command line: the demo's settings with
-#: some of them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``).
+#: some of them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``,
+#: ``train_seed`` for ``--train-seeds``).
 Others = dict[str, dict[str, Any]]
 
 
@@ -70,7 +71,7 @@ def _config(out: str, seed: int, variant: str, quick: bool,
             others: Others | None = None) -> DemoConfig:
     if variant == "temporal":
         return DemoConfig(out=out, seed=seed, quick=quick)
-    if others and variant in others:  # the demo with other references or another stem
+    if others and variant in others:  # other references, another stem or training seed
         return dataclasses.replace(DemoConfig(out=out, seed=seed, quick=quick),
                                    **others[variant])
     return DemoConfig(out=out, seed=seed, quick=quick, references=(), change=())
@@ -89,7 +90,8 @@ def run_study_process(out: str, seed: int, variant: str, quick: bool,
                       others: Others | None = None) -> dict:
     """:func:`run_study` in a fresh Python process (its log goes to this one's stderr)."""
     spec = {"out": out, "seed": seed, "variant": variant, "quick": quick,
-            "others": {k: {f: list(v) for f, v in o.items()} for k, o in (others or {}).items()}}
+            "others": {k: {f: list(v) if isinstance(v, tuple) else v for f, v in o.items()}
+                       for k, o in (others or {}).items()}}
     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--study",
                            json.dumps(spec)], stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
@@ -99,7 +101,8 @@ def run_study_process(out: str, seed: int, variant: str, quick: bool,
 
 def _study_child(text: str) -> int:
     spec = json.loads(text)
-    others = {k: {f: tuple(v) for f, v in o.items()} for k, o in spec.pop("others").items()}
+    others = {k: {f: tuple(v) if isinstance(v, list) else v for f, v in o.items()}
+              for k, o in spec.pop("others").items()}
     row = run_study(others=others, **spec)
     print(json.dumps(row))
     return 0
@@ -301,6 +304,44 @@ def print_table(rows: list[dict]) -> None:
         print("\n".join(gaps))
 
 
+def training_spread(rows: list[dict], others: Others) -> dict[str, dict[str, list]]:
+    """Per year, the range of F1 and of the predicted count over the first seed's temporal
+    study and its ``--train-seeds`` variants (same world and shards, other training seeds).
+
+    Returns:
+        ``{year: {"f1": [min, max], "predicted_count": [min, max]}}``; empty without
+        training-seed variants.
+    """
+    seeded = {name for name, o in others.items() if "train_seed" in o}
+    if not rows or not seeded:
+        return {}
+    first = rows[0]["seed"]
+    runs = [r for r in rows if r["seed"] == first and
+            (r["variant"] == "temporal" or r["variant"] in seeded)]
+    out = {}
+    for year in sorted({y for r in runs for y in r["held_out"]}):
+        cells = [r["held_out"][year] for r in runs if year in r["held_out"]]
+        f1 = [c["f1"] for c in cells if c.get("f1") is not None]
+        n = [c["predicted_count"] for c in cells if c.get("predicted_count") is not None]
+        out[year] = {"f1": [min(f1), max(f1)] if f1 else None,
+                     "predicted_count": [min(n), max(n)] if n else None,
+                     "reference_count": cells[0].get("reference_count"), "runs": len(cells)}
+    return out
+
+
+def print_spread(rows: list[dict], others: Others) -> None:
+    spread = training_spread(rows, others)
+    if not spread:
+        return
+    runs = next(iter(spread.values()))["runs"]
+    print(f"\nSeed {rows[0]['seed']} over {runs} training seeds (same world and shards): "
+          "held-out F1 min-max, predicted count min-max / reference")
+    print(" ".join(f"{y}: {_fmt(s['f1'][0]).strip()}-{_fmt(s['f1'][1]).strip()} "
+                   f"{s['predicted_count'][0]}-{s['predicted_count'][1]}/"
+                   f"{s['reference_count']}"
+                   for y, s in spread.items() if s["f1"] and s["predicted_count"]))
+
+
 def print_recovery(rows: list[dict]) -> None:
     """Per seed and year: each recovery stage's share marked landslide, and where the
     misses and false alarms lie (their share on the stages next to rec 0.5)."""
@@ -350,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Also run the first seed with another U-Net stem (1x1 convolutions "
                         "before the first block), e.g. 'nostem=' (none) or 'w64x32=64,32' "
                         f"(the demo's: {','.join(map(str, DemoConfig().stem))}); repeatable.")
+    p.add_argument("--train-seeds", default="", metavar="N,N...",
+                   help="Also run the first seed's demo with these training seeds (same world "
+                        "and shards; other initial weights, shuffles and augmentation) and "
+                        "print the spread of its figures over them.")
     p.add_argument("--existing", action="store_true",
                    help="Only read the studies already finished in --out: run no stage, "
                         "even one a plain run would redo (stops if a study is unfinished).")
@@ -372,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                     others[name] = {"stem": tuple(int(w) for w in value.split(",") if w.strip())}
                 except ValueError:
                     p.error(f"--stem {text!r}: WIDTHS are comma-separated integers")
+    for text in (t.strip() for t in args.train_seeds.split(",") if t.strip()):
+        if not text.isdigit() or f"train{int(text)}" in others:
+            p.error(f"--train-seeds {args.train_seeds!r}: give distinct integers >= 0, "
+                    f"e.g. 1,2")
+        others[f"train{int(text)}"] = {"train_seed": int(text)}
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
     if args.study:
@@ -398,11 +448,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_study_process(out, seed, variant, args.quick, others))
             first = first or out
             fsio.write_json(args.json, {"machine": machine, "existing": args.existing,
-                                        "world_fields": list(WORLD_FIELDS), "rows": rows})
+                                        "world_fields": list(WORLD_FIELDS), "rows": rows,
+                                        "training_spread": training_spread(rows, others)})
     # a seed's world, its figures and the times all depend on the CPU (see describe_cpu)
     print(("\nStudies read from --out, not run; this machine: " if args.existing
            else "\nMachine: ") + machine)
     print_table(rows)
+    print_spread(rows, others)
     print_recovery(rows)
     print(f"\nFigures written to {args.json}")
     return 0
