@@ -375,6 +375,41 @@ def _share(part: int, whole: int) -> str:
     return f"{part / whole:.0%} of {whole}" if whole else "n/a"
 
 
+def variant_settings(stacks: list[str], stems: list[str], train_seeds: str) -> Others:
+    """The first seed's variants from ``--stack``, ``--stem`` and ``--train-seeds``.
+
+    Raises:
+        ValueError: naming the flag: a missing ``=``, a name that is empty, longer than 12
+            characters, built in or given twice, no references, widths or seeds that are
+            not integers (seeds: >= 0), a training seed given twice.
+    """
+    others: Others = {}
+    for flag, texts in (("stack", stacks), ("stem", stems)):
+        for text in texts:
+            name, eq, value = text.partition("=")
+            if not name or not eq or (flag == "stack" and not value) or len(name) > 12 \
+                    or name in VARIANTS or name in others:
+                what = "REF;REF..." if flag == "stack" else "WIDTHS"
+                raise ValueError(f"--{flag} {text!r}: give NAME={what} with a new name of up "
+                                 f"to 12 characters")
+            if flag == "stack":
+                others[name] = {"references": tuple(r.strip() for r in value.split(";")
+                                                    if r.strip())}
+            else:
+                try:
+                    others[name] = {"stem": tuple(int(w) for w in value.split(",") if w.strip())}
+                except ValueError:
+                    raise ValueError(f"--stem {text!r}: WIDTHS are comma-separated "
+                                     f"integers") from None
+    for text in (t.strip() for t in train_seeds.split(",") if t.strip()):
+        name = f"train{int(text)}" if text.isdigit() else ""
+        if not name or name in others:
+            raise ValueError(f"--train-seeds {train_seeds!r}: give distinct integers >= 0, "
+                             f"e.g. 1,2")
+        others[name] = {"train_seed": int(text)}
+    return others
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="42,7,123", help="World seeds (default 42,7,123).")
@@ -400,28 +435,10 @@ def main(argv: list[str] | None = None) -> int:
                         "even one a plain run would redo (stops if a study is unfinished).")
     p.add_argument("--study", help=argparse.SUPPRESS)  # one study, in a child process
     args = p.parse_args(argv)
-    others: Others = {}
-    for flag, texts in (("stack", args.stack), ("stem", args.stem)):
-        for text in texts:
-            name, eq, value = text.partition("=")
-            if not name or not eq or (flag == "stack" and not value) or len(name) > 12 \
-                    or name in VARIANTS or name in others:
-                what = "REF;REF..." if flag == "stack" else "WIDTHS"
-                p.error(f"--{flag} {text!r}: give NAME={what} with a new name of up to 12 "
-                        f"characters")
-            if flag == "stack":
-                others[name] = {"references": tuple(r.strip() for r in value.split(";")
-                                                    if r.strip())}
-            else:
-                try:
-                    others[name] = {"stem": tuple(int(w) for w in value.split(",") if w.strip())}
-                except ValueError:
-                    p.error(f"--stem {text!r}: WIDTHS are comma-separated integers")
-    for text in (t.strip() for t in args.train_seeds.split(",") if t.strip()):
-        if not text.isdigit() or f"train{int(text)}" in others:
-            p.error(f"--train-seeds {args.train_seeds!r}: give distinct integers >= 0, "
-                    f"e.g. 1,2")
-        others[f"train{int(text)}"] = {"train_seed": int(text)}
+    try:
+        others = variant_settings(args.stack, args.stem, args.train_seeds)
+    except ValueError as exc:
+        p.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
     if args.study:

@@ -1,4 +1,5 @@
-"""bench/quality.py's variants of the first seed: other reference images, another stem."""
+"""bench/quality.py's variants of the first seed: other reference images, another stem,
+other training seeds."""
 
 from __future__ import annotations
 
@@ -31,9 +32,39 @@ def test_variants_replace_only_the_setting_they_name(tmp_path):
     ["--stem", "temporal=64"],     # a built-in variant's name
     ["--stem", "a=64", "--stack", "a=prev=-1y"],  # one name twice
     ["--stack", "refs="],          # no references
+    ["--train-seeds", "1,x"],      # not an integer
+    ["--train-seeds", "1,1"],      # one seed twice
+    ["--train-seeds", "-1"],       # negative
 ])
 def test_bad_variant_flags_are_refused_before_any_study_runs(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _quality().main(["--seeds", "42", "--out", str(tmp_path / "out"), *flag])
     assert exc.value.code == 2 and flag[0] in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_training_seeds_are_variants_that_change_only_the_training_seed(tmp_path):
+    q = _quality()
+    others = q.variant_settings([], ["nostem="], " 1, 2")
+    assert others == {"nostem": {"stem": ()}, "train1": {"train_seed": 1},
+                      "train2": {"train_seed": 2}}
+    demo = DemoConfig(out=str(tmp_path))
+    one = q._config(str(tmp_path), 42, "train1", False, others)
+    assert one.train_seed == 1 and one.training_seed == 1 and one.seed == 42
+    assert one == DemoConfig(out=str(tmp_path), train_seed=1) and demo.training_seed == 42
+
+
+def test_the_training_spread_covers_the_first_seed_and_its_training_seeds_only():
+    q = _quality()
+
+    def row(seed, variant, f1, n):
+        return {"seed": seed, "variant": variant, "held_out": {
+            "2013": {"f1": f1, "predicted_count": n, "reference_count": 29}}}
+
+    rows = [row(42, "temporal", 0.8, 30), row(42, "2refs", 0.2, 90), row(42, "train1", 0.7, 25),
+            row(42, "train2", 0.75, 33), row(7, "temporal", 0.1, 1)]
+    others = {"2refs": {"references": ("prev=-1y",)}, "train1": {"train_seed": 1},
+              "train2": {"train_seed": 2}}
+    assert q.training_spread(rows, others) == {"2013": {
+        "f1": [0.7, 0.8], "predicted_count": [25, 33], "reference_count": 29, "runs": 3}}
+    assert q.training_spread(rows, {"2refs": others["2refs"]}) == {}  # no training seeds

@@ -101,6 +101,35 @@ def test_the_stem_reaches_the_training_settings_and_bad_widths_are_refused(tmp_p
             DemoConfig(out=str(tmp_path), stem=bad)
 
 
+def test_a_training_seed_retrains_on_the_same_world_and_shards_only(tmp_path, monkeypatch):
+    import dataclasses
+
+    import model.train
+    from pipelines import fsio
+    from pipelines.demo import stage_finetune, stage_train, stages
+
+    a, b = DemoConfig(out=str(tmp_path)), DemoConfig(out=str(tmp_path), train_seed=5)
+    assert (a.training_seed, b.training_seed) == (42, 5)
+    ra, rb = StageRunner(a, stages(a)), StageRunner(b, stages(b))
+    same = {s.name for s, t in zip(ra.stages, rb.stages) if ra.fingerprint(s) == rb.fingerprint(t)}
+    assert {"world", "terrain", "areas"} <= same and not {"train", "finetune"} & same
+    # unset, it is not part of any fingerprint: demos finished before it existed stay done
+    train = next(s for s in ra.stages if s.name == "train")
+    fields = {k: v for k, v in dataclasses.asdict(a).items() if k not in ("out", "train_seed")}
+    assert ra.fingerprint(train) == fsio.digest(
+        {"stage": "train", "config": fields, **train.fingerprint})[:16]
+    # both trainings take it (the world, its blocks and the shards keep --seed)
+    seeds: list[int] = []
+    monkeypatch.setattr(model.train, "train",
+                        lambda data, out, config: seeds.append(config.seed) or {"model_id": ""})
+    stage_train(b)
+    stage_finetune(b)
+    assert seeds == [5, 5]
+    for bad in (-1, True, "3", 2.0):
+        with pytest.raises(ConfigError, match="train_seed must be an integer >= 0"):
+            DemoConfig(out=str(tmp_path), train_seed=bad)
+
+
 def test_a_rerun_stage_invalidates_the_stages_after_it(tmp_path):
     calls: list[str] = []
 
