@@ -292,7 +292,7 @@ def print_table(rows: list[dict]) -> None:
                         for m in r["held_out"].values())
         ev = r["evaluate"]
         beats = ev["finetuned"]["f1"] > ev["base"]["f1"]
-        targets.append(f"seed {r['seed']}: min F1 {min(f1s.values()):.2f} "
+        targets.append(f"seed {r['seed']}: min F1 {min(f1s.values()):.3f} "
                        f"({min(f1s, key=lambda y: f1s[y])}), counts within 30% every year: "
                        f"{'yes' if counts_ok else 'no'}, fine-tuned beats base: "
                        f"{'yes' if beats else 'no'}")

@@ -86,7 +86,8 @@ class DemoConfig:
     # one 1x1 convolution of 32 filters mixes each pixel's 41 channels before the first 3x3
     # block: a per-pixel network on the same inputs had found the older scars the U-Net
     # missed; with it seed 42's held-out F1 rose in every year (2018 0.70 -> 0.77); two
-    # layers (64, 32) gave less (2018 0.72) and three (64, 64, 32) less still (0.68)
+    # layers (64, 32) gave less (2018 0.72) and three (64, 64, 32) less still (0.68), single
+    # runs: other training seeds alone move 2018 over 0.67-0.77 (README, bench/quality.py)
     stem: tuple[int, ...] = (32,)
 
     def __post_init__(self) -> None:
