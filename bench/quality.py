@@ -20,8 +20,11 @@ It writes every figure to ``--json`` (default ``bench-quality.json``; the breakd
 each temporal row's ``recovery``). Run it with ``make bench-quality`` or
 ``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each study takes minutes (about as
 long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
-the first seed with other reference images. A finished study is only re-read (the demo
-resumes); ``--existing`` reads the studies already in ``--out`` and runs nothing, even where
+the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem, and
+``--train-seeds 1,2`` with other training seeds on the same world and shards (it prints
+the per-year range of F1 and counts over them: how much of a row is the training run). A
+finished study is only re-read (the demo resumes; its time is then the stages' recorded
+times); ``--existing`` reads the studies already in ``--out`` and runs nothing, even where
 the code changed since (it stops if a study is unfinished).
 """
 
