@@ -24,6 +24,7 @@ into ``<out>/<split>/<split>-SSSSS-of-NNNNN.tfrecord[.gz]`` and a manifest. Both
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import json
@@ -175,7 +176,7 @@ def write_records(fh: BinaryIO, records: Iterable[bytes], compression: str) -> N
 class _SpillRecords(InBackground):
     """``(split, record)`` -> ``((split, shard), (spill file, offset, length))``.
 
-    On a thread beside the bundle's (ISA-L, CRC32C and file I/O release the GIL), each
+    On two threads beside the bundle's (ISA-L, CRC32C and file I/O release the GIL), each
     record is framed and compressed (:func:`frame`) and appended to the bundle's own spill
     file under ``temp``; the output says where its frame lies: grouping the addresses by
     shard moves a few bytes per record instead of the record. The file is closed in
@@ -188,7 +189,7 @@ class _SpillRecords(InBackground):
 
     def __init__(self, temp: str, totals: Mapping[str, int], compression: str = "gzip",
                  overlap: bool = True) -> None:
-        # a few records ahead: the thread compresses while the stage makes the next ones
+        # up to 32 records ahead: the threads compress while the stage makes the next ones
         super().__init__(max_pending=32, overlap=overlap, workers=2)
         _check_compression(compression)
         self.temp, self.totals, self.compression = temp, dict(totals), compression
@@ -208,7 +209,11 @@ class _SpillRecords(InBackground):
 
     def _spill(self, split: str, record: bytes
                ) -> tuple[tuple[str, int], tuple[str, int, int]]:
-        """On the spill thread (one: frames are appended in the records' order)."""
+        """On a spill thread: frame the record, then append it under the lock.
+
+        The two threads append in the order they finish; each address says where its
+        frame lies, and the writers sort the frames, so the order does not matter.
+        """
         data = frame(record, self.compression)
         with self._lock:
             if self._fh is None:
@@ -236,9 +241,11 @@ class _SpillRecords(InBackground):
         self._close()
 
     def _close(self) -> None:
-        fh, self._fh = getattr(self, "_fh", None), None
-        if fh is not None:
-            fh.close()
+        # under the lock: a thread of an abandoned bundle may still be appending
+        with getattr(self, "_lock", None) or contextlib.nullcontext():
+            fh, self._fh = getattr(self, "_fh", None), None
+            if fh is not None:
+                fh.close()
 
 
 def read_spilled(addresses: Iterable[tuple[str, int, int]]) -> list[bytes]:
