@@ -140,7 +140,6 @@ def read_study(out: str, seed: int, variant: str, quick: bool,
     cfg = _config(out, seed, variant, quick, others)
     runner = StageRunner(cfg, stages(cfg))
     results: dict[str, dict] = {}
-    seconds = 0.0
     missing, stale = [], []
     for stage in runner.stages:
         rec = fsio.read_record(runner.record_path(stage))
@@ -150,14 +149,13 @@ def read_study(out: str, seed: int, variant: str, quick: bool,
         if rec.get("fingerprint") != runner.fingerprint(stage):
             stale.append(stage.name)
         results[stage.name] = rec["result"]
-        seconds += float(rec.get("seconds") or 0.0)
     if missing:
         raise SystemExit(f"--existing: {out} is not a finished study (no record of "
                          f"{', '.join(missing)}); run it without --existing.")
     if stale:
         log.warning("%s: %s recorded by other code or settings (a run without --existing "
                     "would redo them); reading them as they are.", out, ", ".join(stale))
-    return _row(cfg, seed, variant, seconds, results)
+    return _row(cfg, seed, variant, _recorded_seconds(runner), results)
 
 
 def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
