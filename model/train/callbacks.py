@@ -1,4 +1,4 @@
-"""Callbacks that report on a run: one log line per epoch, and TensorBoard scalars."""
+"""Callbacks of a run: one log line per epoch, TensorBoard scalars, averaged weights."""
 
 from __future__ import annotations
 
@@ -79,3 +79,23 @@ class EpochSummaries(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         for writer in self.writers.values():
             writer.close()
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Puts the optimizer's moving average of the weights in the model outside training.
+
+    With an optimizer built with ``use_ema=True``, validation runs on the averaged weights,
+    and at every epoch end they are in the model for the callbacks that follow this one
+    (the checkpointer saves them as the last and best weights); the next epoch swaps the
+    trained weights back in. Keras' :class:`~keras.callbacks.SwapEMAWeights` does the
+    swapping; this only says where a run resumed from such a checkpoint starts.
+
+    Args:
+        resumed: The model was loaded from a checkpoint written at an epoch end, so it
+            holds the average and the optimizer the trained weights: the first epoch
+            swaps them.
+    """
+
+    def __init__(self, resumed: bool = False) -> None:
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed

@@ -32,7 +32,7 @@ _INT_FIELDS = ("base_filters", "depth", "batch_size", "epochs", "steps_per_epoch
                "validation_steps", "patience", "reduce_lr_patience", "seed", "shuffle_buffer",
                "stats_patches", "n_classes")
 _FLOAT_FIELDS = ("dropout", "bn_momentum", "alpha", "beta", "gamma", "lr", "reduce_lr_factor",
-                 "min_lr")
+                 "min_lr", "ema")
 _BOOL_FIELDS = ("batch_norm", "reduce_lr", "freeze_encoder", "saved_model", "allow_partial",
                 "deterministic")
 _STR_FIELDS = ("loss", "mixed_precision", "strategy", "tpu", "cache", "label", "init_from",
@@ -85,6 +85,10 @@ class TrainConfig:
         reduce_lr_patience: Epochs without improvement before reducing.
         reduce_lr_factor: Factor applied to the learning rate.
         min_lr: Lower bound of the learning rate (the end of ``cosine``).
+        ema: Momentum (per step) of an exponential moving average of the weights, e.g.
+            0.99; validation, the best checkpoint and the artifact then use the averaged
+            weights, which vary less from one training run to the next than the weights
+            of any one step. 0: off.
         augment: Augmentations of training patches.
         seed: Seed of weights, shuffling and augmentation.
         init_from: Artifact to start from (transfer learning / fine-tuning).
@@ -138,6 +142,9 @@ class TrainConfig:
     reduce_lr_patience: int = 4
     reduce_lr_factor: float = 0.5
     min_lr: float = 1e-6
+    ema: float = _opt(0.0, "Momentum per step of a moving average of the weights that "
+                      "validation, checkpoints and the artifact use (e.g. 0.99; default "
+                      "%(default)s: off).")
     augment: AugmentConfig = _opt(AugmentConfig, "none, or e.g. flip_h,flip_v,rot90,rot45,"
                                   "shear=0.2,blur=0.3,sharpen=0.3.", factory=True)
     seed: int = _opt(0, "Seed (default %(default)s).")
@@ -187,6 +194,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
         if not 0.0 < self.reduce_lr_factor < 1.0:
             raise ConfigError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not 0.0 <= self.min_lr < 1.0:
             raise ConfigError(f"min_lr must be in [0, 1), got {self.min_lr}")
         if self.loss not in LOSSES:

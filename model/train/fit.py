@@ -25,7 +25,7 @@ from model.distribute import choose_strategy, dtype_policy, is_chief, precision_
 from model.errors import ArtifactError, ConfigError
 from model.losses import get_loss
 from model.metrics import landslide_metrics
-from model.train.callbacks import EpochSummaries, ProgressLog
+from model.train.callbacks import AveragedWeights, EpochSummaries, ProgressLog
 from model.train.config import TrainConfig
 from model.train.files import join, remove_tree
 from model.train.inputs import cache_for, check_complete, resolve_classes, stack_of
@@ -185,7 +185,8 @@ def train(
         if resolved.freeze_encoder:
             logger.info("froze %d encoder layers", set_frozen(model))
         model.compile(
-            optimizer=keras.optimizers.Adam(resolved.lr),
+            optimizer=keras.optimizers.Adam(resolved.lr, use_ema=resolved.ema > 0,
+                                            ema_momentum=resolved.ema or 0.99),
             loss=get_loss(resolved.loss, **resolved.loss_params),
             metrics=[*landslide_metrics(0.5), BestThresholdF1()],
         )
@@ -217,7 +218,9 @@ def train(
             if resolved.lr_schedule == "cosine" else None)
         checkpointer = Checkpointer(backup, config_dict, early, plateau, state, started,
                                     write=chief, monitor=resolved.monitor)
-        cbs: list[keras.callbacks.Callback] = [cb for cb in (early, plateau, schedule)
+        # the averaged weights go into the model before the other callbacks see the epoch
+        average = AveragedWeights(resumed=state is not None) if resolved.ema else None
+        cbs: list[keras.callbacks.Callback] = [cb for cb in (average, early, plateau, schedule)
                                                if cb is not None]
         cbs.append(checkpointer)
         if chief:

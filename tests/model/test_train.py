@@ -471,3 +471,88 @@ def test_a_corrupt_shard_is_named_with_its_record(trained, tmp_path, capsys):
     assert main(["evaluate", "--model", str(trained), "--data", str(root),
                  "--split", "train"]) == 2
     assert f"shard {str(bad)!r} is corrupt" in capsys.readouterr().err
+
+
+class _RawWeights(keras.callbacks.Callback):
+    """The trained (not averaged) weights after every step, and the steps per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[list[np.ndarray]] = []
+        self.epoch_ends: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([np.array(v) for v in self.model.trainable_weights])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append(len(self.steps))
+
+
+def _trainable(out: Path) -> list[np.ndarray]:
+    return [np.array(v) for v in load_artifact(str(out)).model.trainable_weights]
+
+
+def test_ema_validates_and_saves_the_moving_average_of_the_weights(shards, tmp_path):
+    config = trainer.TrainConfig(base_filters=4, depth=3, batch_size=8, lr=0.01, epochs=3,
+                                 patience=0, saved_model=False, ema=0.8, monitor="val_loss")
+    raw = _RawWeights()
+    trainer.train(str(shards), str(tmp_path / "ema"), config, callbacks=[raw])
+    meta = json.loads((tmp_path / "ema" / "artifact.json").read_text())
+    assert meta["training"]["ema"] == 0.8
+    best = meta["metrics"]["best_epoch"]  # 1-based
+    # Keras' average: the first step's weights, then 0.8 * average + 0.2 * weights
+    average = _moving_average(raw.steps[:raw.epoch_ends[best - 1]], 0.8)
+    saved = _trainable(tmp_path / "ema")
+    assert len(saved) == len(average)
+    for s, a in zip(saved, average):
+        np.testing.assert_allclose(s, a, rtol=1e-4, atol=1e-5)
+    # the average is not the last step's weights (else this test could not tell them apart)
+    assert max(float(np.abs(a - w).max()) for a, w in
+               zip(average, raw.steps[raw.epoch_ends[best - 1] - 1])) > 1e-3
+    # validation ran on the averaged weights: the artifact's loss on it is the logged one
+    rows = history(tmp_path / "ema")
+    assert meta["metrics"]["best_epoch_val_loss"] == pytest.approx(
+        float(rows[best - 1]["val_loss"]), rel=1e-6)
+    with pytest.raises(ConfigError, match="ema must be in"):
+        trainer.TrainConfig(ema=1.0)
+
+
+class _FirstStep(keras.callbacks.Callback):
+    """The weights the first training step of a run starts from."""
+
+    weights: list[np.ndarray] | None = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.weights is None:
+            self.weights = [np.array(v) for v in self.model.trainable_weights]
+
+
+def _moving_average(steps: list[list[np.ndarray]], momentum: float) -> list[np.ndarray]:
+    average = steps[0]
+    for weights in steps[1:]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+    return average
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_a_resumed_run_trains_on_from_the_trained_weights_and_averages_on(shards, tmp_path,
+                                                                           ema):
+    """The checkpoint holds the average; a resumed run must not train on from it."""
+    config = trainer.TrainConfig(base_filters=4, depth=3, batch_size=8, lr=0.01, epochs=4,
+                                 patience=0, saved_model=False, ema=ema, monitor="val_loss")
+    out = tmp_path / "run"
+    before, after, first = _RawWeights(), _RawWeights(), _FirstStep()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(str(shards), str(out), config, callbacks=[before, _Interrupt()])
+    trainer.train(str(shards), str(out), config, callbacks=[first, after])
+    assert first.weights is not None
+    for a, b in zip(first.weights, before.steps[-1]):  # Keras swaps by adding, subtracting
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    steps = before.steps + after.steps
+    ends = before.epoch_ends + [len(before.steps) + e for e in after.epoch_ends]
+    assert len(ends) == 4
+    best = json.loads((out / "artifact.json").read_text())["metrics"]["best_epoch"]
+    kept = steps[:ends[best - 1]]
+    expected = _moving_average(kept, ema) if ema else kept[-1]
+    for s, e in zip(_trainable(out), expected):
+        np.testing.assert_allclose(s, e, rtol=1e-4, atol=1e-5)
