@@ -22,7 +22,8 @@ each temporal row's ``recovery``). Run it with ``make bench-quality`` or
 long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
 the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem, and
 ``--train-seeds 1,2`` with other training seeds on the same world and shards (it prints
-the per-year range of F1 and counts over them: how much of a row is the training run). A
+the per-year range of F1 and counts over them: how much of a row is the training run);
+``--ema 0.99`` trains every study's models with a moving average of the weights. A
 finished study is only re-read (the demo resumes; its time is then the stages' recorded
 times); ``--existing`` reads the studies already in ``--out`` and runs nothing, even where
 the code changed since (it stops if a study is unfinished).
@@ -47,7 +48,7 @@ import numpy as np
 
 from pipelines import fsio
 from pipelines.demo import WORLD_FIELDS, DemoConfig, StageRunner, run_demo, share_world, stages
-from pipelines.errors import InputError
+from pipelines.errors import ConfigError, InputError
 from pipelines.synth.landslides import DRAWN_MAX_RECOVERY
 
 log = logging.getLogger("bench.quality")
@@ -71,18 +72,18 @@ Others = dict[str, dict[str, Any]]
 
 
 def _config(out: str, seed: int, variant: str, quick: bool,
-            others: Others | None = None) -> DemoConfig:
+            others: Others | None = None, ema: float = 0.0) -> DemoConfig:
+    demo = DemoConfig(out=out, seed=seed, quick=quick, ema=ema)
     if variant == "temporal":
-        return DemoConfig(out=out, seed=seed, quick=quick)
+        return demo
     if others and variant in others:  # other references, another stem or training seed
-        return dataclasses.replace(DemoConfig(out=out, seed=seed, quick=quick),
-                                   **others[variant])
-    return DemoConfig(out=out, seed=seed, quick=quick, references=(), change=())
+        return dataclasses.replace(demo, **others[variant])
+    return dataclasses.replace(demo, references=(), change=())
 
 
 def run_study(out: str, seed: int, variant: str, quick: bool,
-              others: Others | None = None) -> dict:
-    cfg = _config(out, seed, variant, quick, others)
+              others: Others | None = None, ema: float = 0.0) -> dict:
+    cfg = _config(out, seed, variant, quick, others, ema)
     runner = StageRunner(cfg, stages(cfg))
     resumed = [s.name for s in runner.stages if runner.is_done(s)]
     t0 = time.monotonic()
@@ -105,9 +106,9 @@ def _recorded_seconds(runner: StageRunner) -> float:
 
 
 def run_study_process(out: str, seed: int, variant: str, quick: bool,
-                      others: Others | None = None) -> dict:
+                      others: Others | None = None, ema: float = 0.0) -> dict:
     """:func:`run_study` in a fresh Python process (its log goes to this one's stderr)."""
-    spec = {"out": out, "seed": seed, "variant": variant, "quick": quick,
+    spec = {"out": out, "seed": seed, "variant": variant, "quick": quick, "ema": ema,
             "others": {k: {f: list(v) if isinstance(v, tuple) else v for f, v in o.items()}
                        for k, o in (others or {}).items()}}
     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--study",
@@ -127,7 +128,7 @@ def _study_child(text: str) -> int:
 
 
 def read_study(out: str, seed: int, variant: str, quick: bool,
-               others: Others | None = None) -> dict:
+               others: Others | None = None, ema: float = 0.0) -> dict:
     """The row of a study already finished in ``out``, from its stage records (runs nothing).
 
     Its seconds are the sum of the recorded stage times. A record whose fingerprint is not
@@ -137,7 +138,7 @@ def read_study(out: str, seed: int, variant: str, quick: bool,
     Raises:
         SystemExit: a stage of the study has no record (the study is not finished).
     """
-    cfg = _config(out, seed, variant, quick, others)
+    cfg = _config(out, seed, variant, quick, others, ema)
     runner = StageRunner(cfg, stages(cfg))
     results: dict[str, dict] = {}
     missing, stale = [], []
@@ -447,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Also run the first seed's demo with these training seeds (same world "
                         "and shards; other initial weights, shuffles and augmentation) and "
                         "print the spread of its figures over them.")
+    p.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                   help="Train every study's models with a moving average of the weights "
+                        "of this momentum (e.g. 0.99; default 0: off, as the demo).")
     p.add_argument("--existing", action="store_true",
                    help="Only read the studies already finished in --out: run no stage, "
                         "even one a plain run would redo (stops if a study is unfinished).")
@@ -454,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         others = variant_settings(args.stack, args.stem, args.train_seeds)
-    except ValueError as exc:
+        DemoConfig(ema=args.ema)  # a momentum outside [0, 1) fails here, not in a study
+    except (ValueError, ConfigError) as exc:
         p.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
@@ -475,11 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             out = os.path.join(base, variant)
             if args.existing:
-                rows.append(read_study(out, seed, variant, args.quick, others))
+                rows.append(read_study(out, seed, variant, args.quick, others, args.ema))
             else:
                 if first is not None:
                     share_world(first, out)
-                rows.append(run_study_process(out, seed, variant, args.quick, others))
+                rows.append(run_study_process(out, seed, variant, args.quick, others,
+                                              args.ema))
             first = first or out
             fsio.write_json(args.json, {"machine": machine, "existing": args.existing,
                                         "world_fields": list(WORLD_FIELDS), "rows": rows,

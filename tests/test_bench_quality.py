@@ -54,6 +54,21 @@ def test_training_seeds_are_variants_that_change_only_the_training_seed(tmp_path
     assert one == DemoConfig(out=str(tmp_path), train_seed=1) and demo.training_seed == 42
 
 
+def test_ema_applies_to_every_study_and_a_bad_momentum_is_refused_before_any(tmp_path,
+                                                                           capsys):
+    q = _quality()
+    others = q.variant_settings(["2refs=base=-4y..-1y:greenest"], [], "1")
+    for variant in ("temporal", "single-date", "2refs", "train1"):
+        assert q._config(str(tmp_path), 42, variant, False, others, 0.99).ema == 0.99
+        assert q._config(str(tmp_path), 42, variant, False, others).ema == 0.0
+    assert q._config(str(tmp_path), 42, "train1", False, others, 0.99) == DemoConfig(
+        out=str(tmp_path), train_seed=1, ema=0.99)
+    with pytest.raises(SystemExit) as exc:
+        q.main(["--seeds", "42", "--out", str(tmp_path / "out"), "--ema", "1.5"])
+    assert exc.value.code == 2 and "ema must be a number in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_training_spread_covers_the_first_seed_and_its_training_seeds_only():
     q = _quality()
 

@@ -115,7 +115,8 @@ def test_a_training_seed_retrains_on_the_same_world_and_shards_only(tmp_path, mo
     assert {"world", "terrain", "areas"} <= same and not {"train", "finetune"} & same
     # unset, it is not part of any fingerprint: demos finished before it existed stay done
     train = next(s for s in ra.stages if s.name == "train")
-    fields = {k: v for k, v in dataclasses.asdict(a).items() if k not in ("out", "train_seed")}
+    fields = {k: v for k, v in dataclasses.asdict(a).items()
+              if k not in ("out", "train_seed", "ema")}
     assert ra.fingerprint(train) == fsio.digest(
         {"stage": "train", "config": fields, **train.fingerprint})[:16]
     # both trainings take it (the world, its blocks and the shards keep --seed)
@@ -128,6 +129,30 @@ def test_a_training_seed_retrains_on_the_same_world_and_shards_only(tmp_path, mo
     for bad in (-1, True, "3", 2.0):
         with pytest.raises(ConfigError, match="train_seed must be an integer >= 0"):
             DemoConfig(out=str(tmp_path), train_seed=bad)
+
+
+def test_a_moving_average_retrains_with_it_and_is_left_out_of_fingerprints_when_off(
+        tmp_path, monkeypatch):
+    import model.train
+    from pipelines.demo import stage_finetune, stage_train, stages
+
+    off, on = DemoConfig(out=str(tmp_path)), DemoConfig(out=str(tmp_path), ema=0.99)
+    ron, roff = StageRunner(on, stages(on)), StageRunner(off, stages(off))
+    same = {s.name for s, t in zip(ron.stages, roff.stages)
+            if ron.fingerprint(s) == roff.fingerprint(t)}
+    assert {"world", "terrain", "areas"} <= same and not {"train", "finetune"} & same
+    # off, the demo's fingerprints are those of the code before the setting existed
+    assert DemoConfig(out=str(tmp_path), ema=0) == off
+    emas: list[float] = []
+    monkeypatch.setattr(model.train, "train",
+                        lambda data, out, config: emas.append(config.ema) or {"model_id": ""})
+    for cfg in (on, off):
+        stage_train(cfg)
+        stage_finetune(cfg)
+    assert emas == [0.99, 0.99, 0.0, 0.0]
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(ConfigError, match="ema must be a number in"):
+            DemoConfig(out=str(tmp_path), ema=bad)
 
 
 def test_a_rerun_stage_invalidates_the_stages_after_it(tmp_path):
