@@ -64,7 +64,7 @@ class DemoConfig:
         ema: Momentum of a moving average of the weights that both trainings validate
             and keep (``TrainConfig.ema``), in the full demo; 0: off. Off by default:
             with 0.99 the held-out figures moved within their training-seed spread while
-            training took ~10% longer, past the demo's 8 minutes (README).
+            training took ~15% longer, once past the demo's 8 minutes (README).
     """
 
     out: str = option("demo-out", "Output folder (default %(default)s).")

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from model import data as data_mod
 from model.errors import ConfigError
+from model.train.config import TrainConfig
 from model.train.files import join, save_weights, write_json, write_text
 from model.train.selection import MONITOR, MONITORS
 
@@ -114,7 +115,8 @@ def read_state(backup: str, config: dict) -> dict | None:
     if not (tf.io.gfile.exists(path) and tf.io.gfile.exists(join(backup, "last.weights.h5"))):
         return None
     state = data_mod.read_json(path)
-    saved = state.get("config", {})
+    # a setting added since the run was interrupted had its default then
+    saved = {**TrainConfig().to_dict(), **state.get("config", {})}
     differ = sorted(k for k in set(saved) | set(config)
                     if k not in _RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if differ:

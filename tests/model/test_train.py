@@ -178,6 +178,26 @@ def test_interrupted_training_resumes_from_its_last_epoch(shards, tmp_path, capl
     assert meta["metrics"]["epochs_run"] == 4 and not (out / "_backup").exists()
 
 
+def test_a_run_interrupted_before_a_setting_existed_resumes_with_its_default(shards,
+                                                                             tmp_path):
+    config = trainer.TrainConfig(base_filters=4, depth=3, batch_size=8, lr=0.01, epochs=3,
+                                 patience=0, saved_model=False)
+    out = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(str(shards), str(out), config, callbacks=[_Interrupt()])
+    state_path = out / "_backup" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["ema"]  # as written before the setting existed
+    state_path.write_text(json.dumps(state))
+    trainer.train(str(shards), str(out), config)
+    assert [int(r["epoch"]) for r in history(out)] == [0, 1, 2]
+    # at another value it is a changed setting, refused
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(str(shards), str(tmp_path / "new"), config, callbacks=[_Interrupt()])
+    with pytest.raises(ConfigError, match="ema"):
+        trainer.train(str(shards), str(tmp_path / "new"), config.replace(ema=0.9))
+
+
 def test_monitor_val_loss_keeps_the_epoch_with_the_lowest_validation_loss(shards, tmp_path):
     out = tmp_path / "by-loss"
     # a high learning rate makes the validation loss go up and down between epochs
