@@ -141,7 +141,7 @@ def test_a_moving_average_retrains_with_it_and_is_left_out_of_fingerprints_when_
     same = {s.name for s, t in zip(ron.stages, roff.stages)
             if ron.fingerprint(s) == roff.fingerprint(t)}
     assert {"world", "terrain", "areas"} <= same and not {"train", "finetune"} & same
-    # off, the demo's fingerprints are those of the code before the setting existed
+    # an integer 0 is off too (the fingerprints at 0 are checked with the training seed's)
     assert DemoConfig(out=str(tmp_path), ema=0) == off
     emas: list[float] = []
     monkeypatch.setattr(model.train, "train",

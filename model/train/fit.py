@@ -186,7 +186,7 @@ def train(
             logger.info("froze %d encoder layers", set_frozen(model))
         model.compile(
             optimizer=keras.optimizers.Adam(resolved.lr, use_ema=resolved.ema > 0,
-                                            ema_momentum=resolved.ema or 0.99),
+                                            ema_momentum=resolved.ema),
             loss=get_loss(resolved.loss, **resolved.loss_params),
             metrics=[*landslide_metrics(0.5), BestThresholdF1()],
         )
