@@ -167,9 +167,10 @@ def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
     if variant == "temporal":
         try:
             row["recovery"] = recovery_breakdown(cfg.out)
+            row["near_line"] = scar_decisions(cfg.out)
         except InputError as exc:  # e.g. a world generated with other numpy kernels
             log.warning("seed %s: no recovery table: %s", seed, exc)
-            row["recovery"] = None
+            row["recovery"] = row["near_line"] = None
             row["recovery_error"] = str(exc)
         row["objects"] = object_breakdown(cfg.out)
     return row
@@ -221,6 +222,45 @@ def count_gaps(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _held_out_masks(study_dir: str):
+    """The world's landslides and, per swept year, the mask's marked and scored pixels.
+
+    Yields ``(slides, year, grid, marked, scored)`` for every year with a
+    ``<study>/sweeps/<year>/mosaic/mask.tif``, read as the comparison reads it
+    (``RasterMask.classify``: 1..254 landslide, 0 not, 255 and the file's nodata
+    unobserved); ``scored`` keeps the held-out (``areas/eval_area.geojson``, pixel centres)
+    observed pixels; ``slides`` are regenerated from ``world/world.json``.
+    """
+    import rasterio
+    from pyproj import CRS
+    from rasterio.features import geometry_mask
+
+    from pipelines.compare.layers import RasterMask
+    from pipelines.geo.grid import WGS84, PixelGrid, load_region, to_crs
+    from pipelines.synth import world_landslides
+
+    slides, wgrid = world_landslides(os.path.join(study_dir, "world"))
+    eval_area = load_region(os.path.join(study_dir, "areas", "eval_area.geojson")).geometry
+    sweeps = os.path.join(study_dir, "sweeps")
+    years = sorted(int(y) for y in os.listdir(sweeps) if y.isdigit()
+                   and os.path.exists(os.path.join(sweeps, y, "mosaic", "mask.tif")))
+    for year in years:
+        mask_path = os.path.join(sweeps, str(year), "mosaic", "mask.tif")
+        with rasterio.open(mask_path) as src:
+            values = src.read(1)
+            grid = PixelGrid.from_affine(src.crs.to_string(), src.transform, src.width,
+                                         src.height)
+            nodata = src.nodata
+        if CRS.from_user_input(grid.crs) != CRS.from_user_input(wgrid.crs):
+            raise ValueError(f"{study_dir}: the {year} mask is in {grid.crs}, the world in "
+                             f"{wgrid.crs}; the world's scars are rasterized in its own CRS")
+        marked, scored = RasterMask.classify(values, nodata, mask_path)
+        area = to_crs(eval_area, WGS84, grid.crs)
+        scored &= geometry_mask([area], out_shape=grid.shape, transform=grid.affine,
+                                invert=True)
+        yield slides, year, grid, marked, scored
+
+
 def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
     """How much of each recovery stage of the world's scars a study's sweeps mark.
 
@@ -236,35 +276,10 @@ def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
         ``{year: {stage: {"pixels": n, "landslide": marked, "fraction": marked / n}}}``
         (stages in :data:`RECOVERY_NAMES` order; fraction None for no pixels).
     """
-    import rasterio
-    from pyproj import CRS
-    from rasterio.features import geometry_mask
-
-    from pipelines.compare.layers import RasterMask
-    from pipelines.geo.grid import WGS84, PixelGrid, load_region, to_crs
-    from pipelines.synth import world_landslides
     from pipelines.synth.landslides import recovery_raster
 
-    slides, wgrid = world_landslides(os.path.join(study_dir, "world"))
-    eval_area = load_region(os.path.join(study_dir, "areas", "eval_area.geojson")).geometry
-    sweeps = os.path.join(study_dir, "sweeps")
-    years = sorted(int(y) for y in os.listdir(sweeps) if y.isdigit()
-                   and os.path.exists(os.path.join(sweeps, y, "mosaic", "mask.tif")))
     out: dict[str, dict[str, dict]] = {}
-    for year in years:
-        mask_path = os.path.join(sweeps, str(year), "mosaic", "mask.tif")
-        with rasterio.open(mask_path) as src:
-            values = src.read(1)
-            grid = PixelGrid.from_affine(src.crs.to_string(), src.transform, src.width,
-                                         src.height)
-            nodata = src.nodata
-        if CRS.from_user_input(grid.crs) != CRS.from_user_input(wgrid.crs):
-            raise ValueError(f"{study_dir}: the {year} mask is in {grid.crs}, the world in "
-                             f"{wgrid.crs}; the world's scars are rasterized in its own CRS")
-        marked, scored = RasterMask.classify(values, nodata, mask_path)
-        area = to_crs(eval_area, WGS84, grid.crs)
-        scored &= geometry_mask([area], out_shape=grid.shape, transform=grid.affine,
-                                invert=True)
+    for slides, year, grid, marked, scored in _held_out_masks(study_dir):
         rec = recovery_raster(slides, year, grid)
         bins = [(lo <= rec) & (rec < hi) for _, lo, hi in RECOVERY_STAGES]
         bins.append(np.isnan(rec))
@@ -275,6 +290,70 @@ def recovery_breakdown(study_dir: str) -> dict[str, dict[str, dict]]:
             out[str(year)][name] = {"pixels": n, "landslide": k,
                                     "fraction": round(k / n, 4) if n else None}
     return out
+
+
+#: Scars listed as deciding a year: recovery within 0.1 of the inventories' line (0.5) ...
+NEAR_LINE = (0.4, 0.6)
+#: ... with at least this many held-out observed pixels.
+NEAR_LINE_MIN_PIXELS = 50
+#: The recovery band scored as if decided right in ``f1_band_right``.
+DECIDED_BAND = (0.45, 0.55)
+
+
+def scar_decisions(study_dir: str) -> dict[str, dict]:
+    """Per swept year, the large held-out scars near the inventories' half-regrown line
+    and what deciding the scars closest to it right would do to the year's F1.
+
+    The masks are read as :func:`recovery_breakdown` reads them; each pixel belongs to the
+    scar its year's image draws there (``scar_raster``: the most recent failure on top), in
+    the inventory when that failure's recovery is below 0.5. The pixel counts come from the
+    comparison's ``report/metrics.json`` (``years.<year>.pixel``: ``tp_px``, ``fp_px``,
+    ``fn_px``).
+
+    Returns:
+        ``{year: {"scars": [...], "band_missed": n, "band_false_alarms": n, "f1": f,
+        "f1_band_right": f}}``: ``scars`` the scars with recovery in :data:`NEAR_LINE` and
+        at least :data:`NEAR_LINE_MIN_PIXELS` scored pixels, largest first (``id``,
+        ``failure_year`` the year of the failure drawn, ``trigger_year`` the landslide's
+        first, ``recovery``, ``inventoried``, ``pixels``, ``marked``); ``band_*`` the
+        inventoried pixels left unmarked and the marked pixels not inventoried on scars with
+        recovery in :data:`DECIDED_BAND`; ``f1_band_right`` the F1 with those pixels scored
+        right (None where the comparison has no pixel counts).
+    """
+    from pipelines.synth.landslides import scar_raster
+
+    metrics = fsio.read_json(os.path.join(study_dir, "report", "metrics.json"))
+    out: dict[str, dict] = {}
+    for slides, year, grid, marked, scored in _held_out_masks(study_dir):
+        labels, states = scar_raster(slides, year, grid)
+        rec = np.array([np.nan] + [r for _, _, r in states])
+        n_px = np.bincount(labels[scored], minlength=len(rec))
+        n_marked = np.bincount(labels[scored & marked], minlength=len(rec))
+        scars = []
+        for i, (ls, d, r) in enumerate(states, start=1):
+            if NEAR_LINE[0] <= r < NEAR_LINE[1] and n_px[i] >= NEAR_LINE_MIN_PIXELS:
+                scars.append({"id": int(ls.lid), "failure_year": int(d.year),
+                              "trigger_year": int(ls.trigger_year), "recovery": round(r, 3),
+                              "inventoried": bool(r < 0.5), "pixels": int(n_px[i]),
+                              "marked": int(n_marked[i])})
+        scars.sort(key=lambda c: -c["pixels"])
+        band = (rec >= DECIDED_BAND[0]) & (rec < DECIDED_BAND[1])
+        inventoried = rec < 0.5
+        missed = int((n_px - n_marked)[band & inventoried].sum())
+        false_alarms = int(n_marked[band & ~inventoried].sum())
+        pixel = ((metrics.get("years") or {}).get(str(year)) or {}).get("pixel") or {}
+        f1 = right = None
+        if all(k in pixel for k in ("tp_px", "fp_px", "fn_px")):
+            tp, fp, fn = pixel["tp_px"], pixel["fp_px"], pixel["fn_px"]
+            f1 = _f1(tp, fp, fn)
+            right = _f1(tp + missed, fp - false_alarms, fn - missed)
+        out[str(year)] = {"scars": scars, "band_missed": missed,
+                          "band_false_alarms": false_alarms, "f1": f1, "f1_band_right": right}
+    return out
+
+
+def _f1(tp: int, fp: int, fn: int) -> float | None:
+    return round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None
 
 
 def _fmt(v: float | None) -> str:
@@ -389,6 +468,29 @@ def print_recovery(rows: list[dict]) -> None:
                   + f" {_share(fa['just dropped'], sum(fa.values())):>16}")
 
 
+def print_near_line(rows: list[dict]) -> None:
+    """Per seed and year: the F1, the F1 with the scars closest to the line decided right,
+    and the large scars near the line (failure year, recovery, in or out of the inventory,
+    held-out pixels, share marked)."""
+    rows = [r for r in rows if r.get("near_line")]
+    if not rows:
+        return
+    lo, hi = NEAR_LINE
+    print(f"\nScars near the half-regrown line (recovery {lo:.2f}-{hi:.2f}, at least "
+          f"{NEAR_LINE_MIN_PIXELS} held-out observed pixels; in/out: inventoried or not),\n"
+          f"largest first, and each year's F1 if every scar at {DECIDED_BAND[0]:.2f}-"
+          f"{DECIDED_BAND[1]:.2f} were decided right: failure year, recovery, in/out, "
+          "pixels, share marked")
+    print(f"{'seed':>5} {'stack':12} {'year':>4} {'F1':>5} {'right':>5}  scars")
+    for r in rows:
+        for year, d in r["near_line"].items():
+            scars = "; ".join(f"{c['failure_year']} {c['recovery']:.2f} "
+                              f"{'in' if c['inventoried'] else 'out'} {c['pixels']} "
+                              f"{c['marked'] / c['pixels']:.0%}" for c in d["scars"])
+            print(f"{r['seed']:>5} {r['variant']:12} {year:>4} {_fmt(d['f1'])} "
+                  f"{_fmt(d['f1_band_right'])}  {scars or '-'}")
+
+
 def _share(part: int, whole: int) -> str:
     return f"{part / whole:.0%} of {whole}" if whole else "n/a"
 
@@ -496,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print_spread(rows, others)
     print_recovery(rows)
+    print_near_line(rows)
     print(f"\nFigures written to {args.json}")
     return 0
 

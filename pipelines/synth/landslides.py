@@ -373,6 +373,30 @@ def drawn_failures(slides: list[Landslide], year: int
     return states
 
 
+def scar_raster(slides: list[Landslide], year: int, grid: PixelGrid
+                ) -> tuple[np.ndarray, list[tuple[Landslide, Disturbance, float]]]:
+    """Which scar the image of ``year`` draws at every pixel of ``grid``.
+
+    Args:
+        slides: Every landslide of the world (:func:`make_landslides`).
+        year: The year.
+        grid: Where to rasterize (pixel centres); only its shape and affine transform are
+            used.
+
+    Returns:
+        ``(labels, states)``: int32 labels of ``grid.shape``, ``i + 1`` where
+        ``states[i]`` (:func:`drawn_failures`, the most recent failure on top) is drawn,
+        0 where no scar is.
+    """
+    states = drawn_failures(slides, year)
+    if not states:
+        return np.zeros(grid.shape, dtype=np.int32), states
+    shapes = [(d.geometry, i + 1) for i, (_, d, _) in enumerate(states)]
+    labels = features.rasterize(shapes, out_shape=grid.shape, transform=grid.affine,
+                                fill=0, dtype="int32")
+    return labels, states
+
+
 def recovery_raster(slides: list[Landslide], year: int, grid: PixelGrid) -> np.ndarray:
     """The recovery of the scar under every pixel of ``grid`` in ``year``.
 
@@ -392,12 +416,9 @@ def recovery_raster(slides: list[Landslide], year: int, grid: PixelGrid) -> np.n
         1 as it revegetates; NaN where no scar is drawn.
     """
     out = np.full(grid.shape, np.nan, dtype=np.float32)
-    states = drawn_failures(slides, year)
+    lab, states = scar_raster(slides, year, grid)
     if not states:
         return out
-    shapes = [(d.geometry, i + 1) for i, (_, d, _) in enumerate(states)]
-    lab = features.rasterize(shapes, out_shape=grid.shape, transform=grid.affine, fill=0,
-                             dtype="int32")
     rec = np.array([s[2] for s in states], dtype=np.float64)
     # Round down to float32, so that rec < 0.5 (< any float32 bound) keeps its float64 truth.
     rec32 = rec.astype(np.float32)

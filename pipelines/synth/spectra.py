@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from rasterio import features
 from scipy import ndimage as ndi
 
 from pipelines.geo.bands import SENTINEL2_BANDS
@@ -30,7 +29,7 @@ from pipelines.synth.landcover import (
     WATER,
     Land,
 )
-from pipelines.synth.landslides import Landslide, drawn_failures
+from pipelines.synth.landslides import Landslide, scar_raster
 from pipelines.synth.noise import fractal, stream
 
 # Surface reflectance in SENTINEL2_BANDS order:
@@ -132,13 +131,10 @@ def _landslide_layer(slides: list[Landslide], year: int, grid: PixelGrid, dem: n
     ``red`` (material), or None when there is no scar.
     """
     # the most recent failure on top; half recovered after visible_years
-    states = [(d.year, ls, d, rec, year - d.year)
-              for ls, d, rec in drawn_failures(slides, year)]
-    if not states:
+    lab, drawn = scar_raster(slides, year, grid)
+    if not drawn:
         return None
-    shapes = [(st[2].geometry, i + 1) for i, st in enumerate(states)]
-    lab = features.rasterize(shapes, out_shape=grid.shape, transform=grid.affine, fill=0,
-                             dtype="int32")
+    states = [(d.year, ls, d, rec, year - d.year) for ls, d, rec in drawn]
     inside = lab > 0
     if not inside.any():
         return None

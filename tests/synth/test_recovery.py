@@ -28,6 +28,7 @@ from pipelines.synth.landslides import (
     drawn_failures,
     inventory_rows,
     recovery_raster,
+    scar_raster,
 )
 from pipelines.synth.world import landslides_fingerprint
 from tests.scripts import load_script
@@ -135,6 +136,20 @@ def test_most_recent_failure_on_top_and_regrown_scars_dropped() -> None:
     late = [_slide(1, left, (2014, 1.2))]
     assert np.allclose(recovery_raster(late, 2020, grid)[:, :6], 1 - 2 ** (-6 / 1.2))
     assert np.isnan(recovery_raster(late, 2021, grid)).all()
+
+
+def test_scar_raster_labels_the_scar_on_top() -> None:
+    grid = PixelGrid("EPSG:32645", (10.0, 0.0, 0.0, 0.0, -10.0, 100.0), 10, 10)
+    slides = [_slide(2, box(0, 0, 60, 100), (2014, 4.0)),
+              _slide(1, box(40, 0, 100, 100), (2016, 1.0))]
+    labels, states = scar_raster(slides, 2017, grid)
+    assert labels.dtype == np.int32 and labels.shape == grid.shape
+    assert [(ls.lid, d.year) for ls, d, _ in states] == [(2, 2014), (1, 2016)]
+    assert (labels[:, :4] == 1).all() and (labels[:, 4:] == 2).all()
+    rec = recovery_raster(slides, 2017, grid)
+    assert np.allclose(rec, np.array([r for _, _, r in states])[labels - 1])
+    labels, states = scar_raster(slides, 2013, grid)
+    assert states == [] and not labels.any()
 
 
 def test_recovery_rounds_down_to_float32() -> None:
@@ -270,6 +285,95 @@ def test_recovery_breakdown_of_a_mask_equal_to_the_inventory(
         assert dropped <= 0.01 * stages["older"]["pixels"] + 10
         assert stages["dropped"]["pixels"] > 0
     assert out["2015"]["fresh"]["pixels"] > 500  # the event year
+
+
+def _write_mask(path: Path, mask: np.ndarray, grid: PixelGrid) -> None:
+    path.parent.mkdir(parents=True)
+    with rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height,
+                       count=1, dtype="uint8", crs=grid.crs, nodata=255,
+                       transform=Affine(*grid.transform)) as dst:
+        dst.write(mask, 1)
+
+
+def test_scar_decisions_list_the_scars_near_the_line_and_score_them_right(
+        world: tuple[Path, dict], slides: tuple[list[Landslide], PixelGrid],
+        tmp_path: Path) -> None:
+    """A mask equal to the inventory but for one inventoried scar left unmarked and one
+    just dropped scar marked, both within 0.05 of the line: both listed with their pixels
+    and share marked, their pixels counted as the band's misses and false alarms, and the
+    year's F1 with them decided right is 1."""
+    ls, grid = slides
+    study = tmp_path / "study"
+    (study / "areas").mkdir(parents=True)
+    (study / "world").symlink_to(world[0])
+    frame = gpd.GeoDataFrame({"name": ["eval_area"]}, geometry=[box(*grid.bounds)],
+                             crs=grid.crs)
+    (study / "areas" / "eval_area.geojson").write_text(frame.to_crs("EPSG:4326").to_json())
+    q = _quality()
+    year, pick = None, {}
+    for y in world[1]["years"]:
+        labels, states = scar_raster(ls, y, grid)
+        sizes = np.bincount(labels.ravel(), minlength=len(states) + 1)
+        for want, lo, hi in (("in", 0.45, 0.5), ("out", 0.5, 0.55)):
+            for i, (_, _, r) in enumerate(states, start=1):
+                if lo <= r < hi and sizes[i] >= q.NEAR_LINE_MIN_PIXELS:
+                    pick[want] = i
+                    break
+        if len(pick) == 2:
+            year = y
+            break
+        pick = {}
+    assert year is not None, "no year of this world has both kinds of scar near the line"
+    rec = recovery_raster(ls, year, grid)
+    truth = rec < 0.5
+    marked = truth.copy()
+    marked[labels == pick["in"]] = False
+    marked[labels == pick["out"]] = True
+    _write_mask(study / "sweeps" / str(year) / "mosaic" / "mask.tif",
+                marked.astype(np.uint8), grid)
+    tp, fp, fn = (int((marked & truth).sum()), int((marked & ~truth).sum()),
+                  int((~marked & truth).sum()))
+    (study / "report").mkdir()
+    (study / "report" / "metrics.json").write_text(json.dumps(
+        {"years": {str(year): {"pixel": {"tp_px": tp, "fp_px": fp, "fn_px": fn}}}}))
+
+    out = q.scar_decisions(str(study))
+
+    d = out[str(year)]
+    n_in, n_out = int((labels == pick["in"]).sum()), int((labels == pick["out"]).sum())
+    assert d["band_missed"] == n_in == fn and d["band_false_alarms"] == n_out == fp
+    assert d["f1"] == round(2 * tp / (2 * tp + fp + fn), 4) < 1.0
+    assert d["f1_band_right"] == 1.0
+    listed_in = [c for c in d["scars"] if c["inventoried"] and c["marked"] == 0]
+    listed_out = [c for c in d["scars"] if not c["inventoried"] and c["marked"] == c["pixels"]]
+    assert [c["pixels"] for c in listed_in] == [n_in]
+    assert [c["pixels"] for c in listed_out] == [n_out]
+    _, states = scar_raster(ls, year, grid)
+    for c, i in ((listed_in[0], pick["in"]), (listed_out[0], pick["out"])):
+        s_ls, s_d, s_r = states[i - 1]
+        assert (c["id"], c["failure_year"], c["recovery"]) == (s_ls.lid, s_d.year,
+                                                               round(s_r, 3))
+    # every other scar listed is near the line, large enough, and marked as inventoried
+    for c in d["scars"]:
+        assert 0.4 <= c["recovery"] < 0.6 and c["pixels"] >= q.NEAR_LINE_MIN_PIXELS
+    assert [c["pixels"] for c in d["scars"]] == sorted((c["pixels"] for c in d["scars"]),
+                                                       reverse=True)
+
+
+def test_near_line_table_prints_each_years_scars(capsys: pytest.CaptureFixture[str]) -> None:
+    q = _quality()
+    scar = {"id": 3, "failure_year": 2015, "trigger_year": 2015, "recovery": 0.49,
+            "inventoried": True, "pixels": 167, "marked": 0}
+    q.print_near_line([{"seed": 123, "variant": "temporal", "near_line": {
+        "2019": {"scars": [scar, {**scar, "recovery": 0.51, "inventoried": False,
+                                  "pixels": 200, "marked": 84}],
+                 "f1": 0.693, "f1_band_right": 0.904},
+        "2018": {"scars": [], "f1": None, "f1_band_right": None}}},
+        {"seed": 42, "variant": "single-date"}])
+    text = capsys.readouterr().out
+    assert "  123 temporal     2019  0.69  0.90  2015 0.49 in 167 0%; 2015 0.51 out 200 42%" \
+        in text
+    assert "  123 temporal     2018   n/a   n/a  -" in text and "single-date" not in text
 
 
 def test_recovery_table_prints_the_stages(capsys: pytest.CaptureFixture[str]) -> None:
