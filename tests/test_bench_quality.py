@@ -83,3 +83,21 @@ def test_the_training_spread_covers_the_first_seed_and_its_training_seeds_only()
     assert q.training_spread(rows, others) == {"2013": {
         "f1": [0.7, 0.8], "predicted_count": [25, 33], "reference_count": 29, "runs": 3}}
     assert q.training_spread(rows, {"2refs": others["2refs"]}) == {}  # no training seeds
+
+
+def test_breakdowns_are_read_for_every_temporal_study_not_the_single_date_one(
+        tmp_path, monkeypatch):
+    """The recovery and near-line tables cover the first seed's variants of the demo's
+    stack too (they are what a variant is compared on); the single-date study has none."""
+    q = _quality()
+    read = []
+    for name in ("recovery_breakdown", "scar_decisions", "object_breakdown"):
+        monkeypatch.setattr(q, name, lambda d, name=name: read.append((name, d)) or {})
+    results = {"evaluate": {}, "compare": {"held_out": {}}}
+    for variant in ("temporal", "base3", "train1", "single-date"):
+        cfg = DemoConfig(out=str(tmp_path / variant))
+        row = q._row(cfg, 42, variant, 1.0, results)
+        assert ("recovery" in row and "near_line" in row) == (variant != "single-date")
+    assert sorted({d for _, d in read}) == sorted(str(tmp_path / v)
+                                                  for v in ("temporal", "base3", "train1"))
+    assert len(read) == 9
