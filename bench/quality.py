@@ -19,8 +19,8 @@ stack (the target image alone), and prints one table side by side:
   with the F1 the year would reach if those within 0.05 of it were decided right
   (:func:`scar_decisions`).
 
-It writes every figure to ``--json`` (default ``bench-quality.json``; the breakdown under
-each temporal row's ``recovery``). Run it with ``make bench-quality`` or
+It writes every figure to ``--json`` (default ``bench-quality.json``; the breakdowns under
+each temporal row's ``recovery`` and ``near_line``). Run it with ``make bench-quality`` or
 ``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each study takes minutes (about as
 long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
 the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem, and
@@ -42,6 +42,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +226,8 @@ def count_gaps(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _held_out_masks(study_dir: str):
+def _held_out_masks(study_dir: str
+                    ) -> Iterator[tuple[list[Any], int, Any, np.ndarray, np.ndarray]]:
     """The world's landslides and, per swept year, the mask's marked and scored pixels.
 
     Yields ``(slides, year, grid, marked, scored)`` for every year with a
@@ -309,9 +311,10 @@ def scar_decisions(study_dir: str) -> dict[str, dict]:
 
     The masks are read as :func:`recovery_breakdown` reads them; each pixel belongs to the
     scar its year's image draws there (``scar_raster``: the most recent failure on top), in
-    the inventory when that failure's recovery is below 0.5. The pixel counts come from the
-    comparison's ``report/metrics.json`` (``years.<year>.pixel``: ``tp_px``, ``fp_px``,
-    ``fn_px``).
+    the inventory when that failure's recovery is below 0.5 (the comparison's reference
+    also holds an inventoried scar overdrawn by a newer one past the line: a few pixels,
+    see ``recovery_raster``). The pixel counts come from the comparison's
+    ``report/metrics.json`` (``years.<year>.pixel``: ``tp_px``, ``fp_px``, ``fn_px``).
 
     Returns:
         ``{year: {"scars": [...], "band_missed": n, "band_false_alarms": n, "f1": f,
