@@ -23,7 +23,8 @@ It writes every figure to ``--json`` (default ``bench-quality.json``; the breakd
 each temporal row's ``recovery`` and ``near_line``). Run it with ``make bench-quality`` or
 ``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each study takes minutes (about as
 long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
-the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem, and
+the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem,
+``--base-filters NAME=N`` with a wider or narrower U-Net, and
 ``--train-seeds 1,2`` with other training seeds on the same world and shards (it prints
 the per-year range of F1 and counts over them: how much of a row is the training run);
 ``--ema 0.99`` trains every study's models with a moving average of the weights. A
@@ -71,6 +72,7 @@ INVENTORIED = ("fresh", "young", "older")
 
 #: A variant of the first seed's study named on the command line: the demo's settings with
 #: some of them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``,
+#: ``base_filters`` for ``--base-filters``,
 #: ``train_seed`` for ``--train-seeds``).
 Others = dict[str, dict[str, Any]]
 
@@ -501,26 +503,33 @@ def _share(part: int, whole: int) -> str:
     return f"{part / whole:.0%} of {whole}" if whole else "n/a"
 
 
-def variant_settings(stacks: list[str], stems: list[str], train_seeds: str) -> Others:
-    """The first seed's variants from ``--stack``, ``--stem`` and ``--train-seeds``.
+def variant_settings(stacks: list[str], stems: list[str], train_seeds: str,
+                     widths: list[str] | None = None) -> Others:
+    """The first seed's variants from ``--stack``, ``--stem``, ``--train-seeds`` and
+    ``--base-filters``.
 
     Raises:
         ValueError: naming the flag: a missing ``=``, a name that is empty, longer than 12
             characters, built in or given twice, no references, widths or seeds that are
-            not integers (seeds: >= 0), a training seed given twice.
+            not integers (seeds: >= 0), a training seed given twice, a filter count that is
+            not a positive integer.
     """
     others: Others = {}
-    for flag, texts in (("stack", stacks), ("stem", stems)):
+    for flag, texts in (("stack", stacks), ("stem", stems), ("base-filters", widths or [])):
         for text in texts:
             name, eq, value = text.partition("=")
-            if not name or not eq or (flag == "stack" and not value) or len(name) > 12 \
+            if not name or not eq or (flag != "stem" and not value) or len(name) > 12 \
                     or name in VARIANTS or name in others:
-                what = "REF;REF..." if flag == "stack" else "WIDTHS"
+                what = {"stack": "REF;REF...", "stem": "WIDTHS"}.get(flag, "N")
                 raise ValueError(f"--{flag} {text!r}: give NAME={what} with a new name of up "
                                  f"to 12 characters")
             if flag == "stack":
                 others[name] = {"references": tuple(r.strip() for r in value.split(";")
                                                     if r.strip())}
+            elif flag == "base-filters":
+                if not value.strip().isdigit() or int(value) < 1:
+                    raise ValueError(f"--base-filters {text!r}: N is a positive integer")
+                others[name] = {"base_filters": int(value)}
             else:
                 try:
                     others[name] = {"stem": tuple(int(w) for w in value.split(",") if w.strip())}
@@ -552,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="Also run the first seed with another U-Net stem (1x1 convolutions "
                         "before the first block), e.g. 'nostem=' (none) or 'w64x32=64,32' "
                         f"(the demo's: {','.join(map(str, DemoConfig().stem))}); repeatable.")
+    p.add_argument("--base-filters", action="append", default=[], metavar="NAME=N",
+                   help="Also run the first seed with a U-Net of N filters in its first block "
+                        f"(the demo's: {DemoConfig().base_filters}), e.g. 'wide24=24'; "
+                        "repeatable.")
     p.add_argument("--train-seeds", default="", metavar="N,N...",
                    help="Also run the first seed's demo with these training seeds (same world "
                         "and shards; other initial weights, shuffles and augmentation) and "
@@ -565,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", help=argparse.SUPPRESS)  # one study, in a child process
     args = p.parse_args(argv)
     try:
-        others = variant_settings(args.stack, args.stem, args.train_seeds)
+        others = variant_settings(args.stack, args.stem, args.train_seeds,
+                                  args.base_filters)
         DemoConfig(ema=args.ema)  # a momentum outside [0, 1) fails here, not in a study
     except (ValueError, ConfigError) as exc:
         p.error(str(exc))

@@ -61,6 +61,8 @@ class DemoConfig:
             images (a stack that needs older images is refused).
         stem: Widths of the U-Net's 1x1 stem (:func:`model.unet.build_unet`), in the full
             demo; empty: none.
+        base_filters: Filters of the U-Net's first block in the full demo (the quick demo
+            keeps 8); each block below doubles them.
         ema: Momentum of a moving average of the weights that both trainings validate
             and keep (``TrainConfig.ema``), in the full demo; 0: off. Off by default:
             with 0.99 the held-out figures moved within their training-seed spread while
@@ -93,6 +95,7 @@ class DemoConfig:
     # layers (64, 32) gave less (2018 0.72) and three (64, 64, 32) less still (0.68), single
     # runs: other training seeds alone move 2018 over 0.67-0.77 (README, bench/quality.py)
     stem: tuple[int, ...] = (32,)
+    base_filters: int = 16
     ema: float = option(0.0, "Momentum of a moving average of the weights the models "
                         "validate and keep (e.g. 0.99; default 0: off).")
 
@@ -104,6 +107,10 @@ class DemoConfig:
         if isinstance(self.ema, bool) or not isinstance(self.ema, int | float) \
                 or not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be a number in [0, 1) (0: off), got {self.ema!r}.")
+        if isinstance(self.base_filters, bool) or not isinstance(self.base_filters, int) \
+                or self.base_filters < 1:
+            raise ConfigError(f"base_filters must be a positive integer, got "
+                              f"{self.base_filters!r}.")
         if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.stem):
             raise ConfigError(f"stem must be positive integer widths, got {list(self.stem)}.")
         missing = [y for y in self.train_years if y not in self.years]
@@ -154,7 +161,7 @@ class Stage:
 
 
 #: Settings that are part of a stage's fingerprint only where they differ from these.
-UNFINGERPRINTED_DEFAULTS: dict[str, Any] = {"train_seed": None, "ema": 0.0}
+UNFINGERPRINTED_DEFAULTS: dict[str, Any] = {"train_seed": None, "ema": 0.0, "base_filters": 16}
 
 
 class StageRunner:
@@ -256,7 +263,7 @@ def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
     # keeps it); it became affordable once the datasets stopped stalling every other
     # epoch (model.data.epoch_options), and raised every held-out year's F1 of seed 42
     settings: dict[str, Any] = {
-        "base_filters": 16, "depth": 4, "epochs": 26, "patience": 8, "batch_size": 16,
+        "base_filters": cfg.base_filters, "depth": 4, "epochs": 26, "patience": 8, "batch_size": 16,
         "loss": "bce_dice", "reduce_lr_patience": 3, "monitor": "val_loss", "stem": cfg.stem}
     if cfg.ema:  # unset, it is left out: demos trained before it existed stay done
         settings["ema"] = cfg.ema

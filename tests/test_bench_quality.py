@@ -35,6 +35,9 @@ def test_variants_replace_only_the_setting_they_name(tmp_path):
     ["--train-seeds", "1,x"],      # not an integer
     ["--train-seeds", "1,1"],      # one seed twice
     ["--train-seeds", "-1"],       # negative
+    ["--base-filters", "w=0"],     # not positive
+    ["--base-filters", "w=x"],     # not an integer
+    ["--base-filters", "w="],      # no value
 ])
 def test_bad_variant_flags_are_refused_before_any_study_runs(flag, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -101,3 +104,12 @@ def test_breakdowns_are_read_for_every_temporal_study_not_the_single_date_one(
     assert sorted({d for _, d in read}) == sorted(str(tmp_path / v)
                                                   for v in ("temporal", "base3", "train1"))
     assert len(read) == 9
+
+
+def test_a_base_filters_variant_changes_only_the_width(tmp_path):
+    q = _quality()
+    others = q.variant_settings([], [], "", ["wide24=24"])
+    assert others == {"wide24": {"base_filters": 24}}
+    wide = q._config(str(tmp_path), 42, "wide24", False, others)
+    assert wide == DemoConfig(out=str(tmp_path), base_filters=24)
+    assert DemoConfig(out=str(tmp_path)).base_filters == 16

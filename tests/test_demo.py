@@ -116,7 +116,7 @@ def test_a_training_seed_retrains_on_the_same_world_and_shards_only(tmp_path, mo
     # unset, it is not part of any fingerprint: demos finished before it existed stay done
     train = next(s for s in ra.stages if s.name == "train")
     fields = {k: v for k, v in dataclasses.asdict(a).items()
-              if k not in ("out", "train_seed", "ema")}
+              if k not in ("out", "train_seed", "ema", "base_filters")}
     assert ra.fingerprint(train) == fsio.digest(
         {"stage": "train", "config": fields, **train.fingerprint})[:16]
     # both trainings take it (the world, its blocks and the shards keep --seed)
@@ -153,6 +153,28 @@ def test_a_moving_average_retrains_with_it_and_is_left_out_of_fingerprints_when_
     for bad in (1.0, -0.1, True, "0.9"):
         with pytest.raises(ConfigError, match="ema must be a number in"):
             DemoConfig(out=str(tmp_path), ema=bad)
+
+
+def test_a_wider_unet_retrains_and_the_default_width_is_left_out_of_fingerprints(
+        tmp_path, monkeypatch):
+    import model.train
+    from pipelines.demo import stage_train, stages
+
+    std, wide = DemoConfig(out=str(tmp_path)), DemoConfig(out=str(tmp_path), base_filters=24)
+    rs, rw = StageRunner(std, stages(std)), StageRunner(wide, stages(wide))
+    same = {s.name for s, t in zip(rs.stages, rw.stages) if rs.fingerprint(s) == rw.fingerprint(t)}
+    assert {"world", "terrain", "areas"} <= same
+    assert not {"train", "finetune"} & same
+    widths: list[int] = []
+    monkeypatch.setattr(model.train, "train",
+                        lambda data, out, config: widths.append(config.base_filters)
+                        or {"model_id": ""})
+    for cfg in (wide, std, DemoConfig(out=str(tmp_path), quick=True, base_filters=24)):
+        stage_train(cfg)
+    assert widths == [24, 16, 8]  # the quick demo keeps its own small U-Net
+    for bad in (0, -8, True, "24", 24.0):
+        with pytest.raises(ConfigError, match="base_filters must be a positive integer"):
+            DemoConfig(out=str(tmp_path), base_filters=bad)
 
 
 def test_a_rerun_stage_invalidates_the_stages_after_it(tmp_path):
