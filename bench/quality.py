@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -228,6 +229,20 @@ def count_gaps(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _world_landslides(world_dir: str) -> tuple[list[Any], Any]:
+    """``pipelines.synth.world_landslides`` of a study's world, regenerated once for the
+    breakdowns that read it (~5 s each time); a rewritten ``world.json`` is read anew."""
+    path = os.path.realpath(world_dir)
+    return _regenerated(path, os.stat(os.path.join(path, "world.json")).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _regenerated(world_dir: str, mtime_ns: int) -> tuple[list[Any], Any]:
+    from pipelines.synth import world_landslides
+
+    return world_landslides(world_dir)
+
+
 def _held_out_masks(study_dir: str
                     ) -> Iterator[tuple[list[Any], int, Any, np.ndarray, np.ndarray]]:
     """The world's landslides and, per swept year, the mask's marked and scored pixels.
@@ -244,9 +259,8 @@ def _held_out_masks(study_dir: str
 
     from pipelines.compare.layers import RasterMask
     from pipelines.geo.grid import WGS84, PixelGrid, load_region, to_crs
-    from pipelines.synth import world_landslides
 
-    slides, wgrid = world_landslides(os.path.join(study_dir, "world"))
+    slides, wgrid = _world_landslides(os.path.join(study_dir, "world"))
     eval_area = load_region(os.path.join(study_dir, "areas", "eval_area.geojson")).geometry
     sweeps = os.path.join(study_dir, "sweeps")
     years = sorted(int(y) for y in os.listdir(sweeps) if y.isdigit()
