@@ -160,8 +160,11 @@ class Stage:
     uses: tuple[str, ...] | None = None
 
 
-#: Settings that are part of a stage's fingerprint only where they differ from these.
-UNFINGERPRINTED_DEFAULTS: dict[str, Any] = {"train_seed": None, "ema": 0.0, "base_filters": 16}
+#: Settings that are part of a stage's fingerprint only where they differ from their
+#: defaults (added after demos had finished with those values).
+UNFINGERPRINTED_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(DemoConfig)
+    if f.name in ("train_seed", "ema", "base_filters")}
 
 
 class StageRunner:
