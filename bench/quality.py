@@ -17,7 +17,8 @@ stack (the target image alone), and prints one table side by side:
   scar" is everything else), so where the misses and false alarms lie on the inventories'
   "half regrown" line is read, not guessed; and the large scars within 0.1 of that line,
   with the F1 the year would reach if those within 0.05 of it were decided right
-  (:func:`scar_decisions`).
+  (:func:`scar_decisions`), and how many of those scars each study decided right
+  (:func:`decided_right`).
 
 It writes every figure to ``--json`` (default ``bench-quality.json``; the breakdowns under
 each temporal row's ``recovery`` and ``near_line``). Run it with ``make bench-quality`` or
@@ -25,8 +26,9 @@ each temporal row's ``recovery`` and ``near_line``). Run it with ``make bench-qu
 long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
 the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem,
 ``--base-filters NAME=N`` with a wider or narrower U-Net, and
-``--train-seeds 1,2`` with other training seeds on the same world and shards (it prints
-the per-year range of F1 and counts over them: how much of a row is the training run);
+``--train-seeds 1,2`` with other training seeds on the same world and shards (for the
+seeds of ``--train-seeds-for``, default the first; it prints, per seed, the per-year range
+of F1 and counts over them: how much of a row is the training run);
 ``--ema 0.99`` trains every study's models with a moving average of the weights. A
 finished study is only re-read (the demo resumes; its time is then the stages' recorded
 times); ``--existing`` reads the studies already in ``--out`` and runs nothing, even where
@@ -71,10 +73,10 @@ RECOVERY_NAMES = (*(name for name, _, _ in RECOVERY_STAGES), "no scar")
 INVENTORIED = ("fresh", "young", "older")
 
 
-#: A variant of the first seed's study named on the command line: the demo's settings with
-#: some of them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``,
-#: ``base_filters`` for ``--base-filters``,
-#: ``train_seed`` for ``--train-seeds``).
+#: A variant of a seed's study named on the command line: the demo's settings with some of
+#: them replaced (``references`` for ``--stack``, ``stem`` for ``--stem``, ``base_filters``
+#: for ``--base-filters``: the first seed's; ``train_seed`` for ``--train-seeds``: the
+#: seeds of ``--train-seeds-for``).
 Others = dict[str, dict[str, Any]]
 
 
@@ -423,42 +425,43 @@ def print_table(rows: list[dict]) -> None:
         print("\n".join(gaps))
 
 
-def training_spread(rows: list[dict], others: Others) -> dict[str, dict[str, list]]:
-    """Per year, the range of F1 and of the predicted count over the first seed's temporal
-    study and its ``--train-seeds`` variants (same world and shards, other training seeds).
+def training_spread(rows: list[dict], others: Others) -> dict[str, dict[str, dict]]:
+    """Per seed run with ``--train-seeds`` variants and per year, the range of F1 and of
+    the predicted count over its temporal study and those variants (same world and shards,
+    other training seeds).
 
     Returns:
-        ``{year: {"f1": [min, max], "predicted_count": [min, max]}}``; empty without
-        training-seed variants.
+        ``{seed: {year: {"f1": [min, max], "predicted_count": [min, max],
+        "reference_count": n, "runs": n}}}`` (seeds as strings, in the order of ``rows``);
+        empty without training-seed variants.
     """
     seeded = {name for name, o in others.items() if "train_seed" in o}
-    if not rows or not seeded:
-        return {}
-    first = rows[0]["seed"]
-    runs = [r for r in rows if r["seed"] == first and
-            (r["variant"] == "temporal" or r["variant"] in seeded)]
-    out = {}
-    for year in sorted({y for r in runs for y in r["held_out"]}):
-        cells = [r["held_out"][year] for r in runs if year in r["held_out"]]
-        f1 = [c["f1"] for c in cells if c.get("f1") is not None]
-        n = [c["predicted_count"] for c in cells if c.get("predicted_count") is not None]
-        out[year] = {"f1": [min(f1), max(f1)] if f1 else None,
-                     "predicted_count": [min(n), max(n)] if n else None,
-                     "reference_count": cells[0].get("reference_count"), "runs": len(cells)}
+    out: dict[str, dict[str, dict]] = {}
+    for seed in dict.fromkeys(r["seed"] for r in rows if r["variant"] in seeded):
+        runs = [r for r in rows if r["seed"] == seed and
+                (r["variant"] == "temporal" or r["variant"] in seeded)]
+        years: dict[str, dict] = {}
+        for year in sorted({y for r in runs for y in r["held_out"]}):
+            cells = [r["held_out"][year] for r in runs if year in r["held_out"]]
+            f1 = [c["f1"] for c in cells if c.get("f1") is not None]
+            n = [c["predicted_count"] for c in cells if c.get("predicted_count") is not None]
+            years[year] = {"f1": [min(f1), max(f1)] if f1 else None,
+                           "predicted_count": [min(n), max(n)] if n else None,
+                           "reference_count": cells[0].get("reference_count"),
+                           "runs": len(cells)}
+        out[str(seed)] = years
     return out
 
 
 def print_spread(rows: list[dict], others: Others) -> None:
-    spread = training_spread(rows, others)
-    if not spread:
-        return
-    runs = next(iter(spread.values()))["runs"]
-    print(f"\nSeed {rows[0]['seed']} over {runs} training seeds (same world and shards): "
-          "held-out F1 min-max, predicted count min-max / reference")
-    print(" ".join(f"{y}: {_fmt(s['f1'][0]).strip()}-{_fmt(s['f1'][1]).strip()} "
-                   f"{s['predicted_count'][0]}-{s['predicted_count'][1]}/"
-                   f"{s['reference_count']}"
-                   for y, s in spread.items() if s["f1"] and s["predicted_count"]))
+    for seed, spread in training_spread(rows, others).items():
+        runs = max(s["runs"] for s in spread.values())
+        print(f"\nSeed {seed} over {runs} training seeds (same world and shards): "
+              "held-out F1 min-max, predicted count min-max / reference")
+        print(" ".join(f"{y}: {_fmt(s['f1'][0]).strip()}-{_fmt(s['f1'][1]).strip()} "
+                       f"{s['predicted_count'][0]}-{s['predicted_count'][1]}/"
+                       f"{s['reference_count']}"
+                       for y, s in spread.items() if s["f1"] and s["predicted_count"]))
 
 
 def print_recovery(rows: list[dict]) -> None:
@@ -511,6 +514,31 @@ def print_near_line(rows: list[dict]) -> None:
                               f"{c['marked'] / c['pixels']:.0%}" for c in d["scars"])
             print(f"{r['seed']:>5} {r['variant']:12} {year:>4} {_fmt(d['f1'])} "
                   f"{_fmt(d['f1_band_right'])}  {scars or '-'}")
+    print(f"\nThose scars decided right (most of their pixels marked if inventoried, unmarked if "
+          f"not), all years: recovery {DECIDED_BAND[0]:.2f}-{DECIDED_BAND[1]:.2f} | the rest "
+          f"of {lo:.2f}-{hi:.2f}")
+    for r in rows:
+        band, rest = decided_right(r["near_line"])
+        print(f"{r['seed']:>5} {r['variant']:12} {band[0]}/{band[1]} | {rest[0]}/{rest[1]}")
+
+
+def decided_right(near_line: dict[str, dict]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """How many of a study's near-line scars (:func:`scar_decisions`) it decided right.
+
+    A scar is decided right when more than half of its scored pixels are marked and it is
+    inventoried, or at most half and it is not.
+
+    Returns:
+        ``((right, scars), (right, scars))``: the scars with recovery in
+        :data:`DECIDED_BAND`, then the other scars of :data:`NEAR_LINE`, over all years.
+    """
+    counts = {True: [0, 0], False: [0, 0]}
+    for year in near_line.values():
+        for c in year["scars"]:
+            tally = counts[DECIDED_BAND[0] <= c["recovery"] < DECIDED_BAND[1]]
+            tally[0] += (2 * c["marked"] > c["pixels"]) == c["inventoried"]
+            tally[1] += 1
+    return (counts[True][0], counts[True][1]), (counts[False][0], counts[False][1])
 
 
 def _share(part: int, whole: int) -> str:
@@ -519,8 +547,7 @@ def _share(part: int, whole: int) -> str:
 
 def variant_settings(stacks: list[str], stems: list[str], train_seeds: str,
                      widths: list[str] | None = None) -> Others:
-    """The first seed's variants from ``--stack``, ``--stem``, ``--train-seeds`` and
-    ``--base-filters``.
+    """The variants from ``--stack``, ``--stem``, ``--train-seeds`` and ``--base-filters``.
 
     Raises:
         ValueError: naming the flag: a missing ``=``, a name that is empty, longer than 12
@@ -559,6 +586,34 @@ def variant_settings(stacks: list[str], stems: list[str], train_seeds: str,
     return others
 
 
+def study_variants(seed: int, seeds: list[int], single: list[int], spread_seeds: list[int],
+                   others: Others) -> list[str]:
+    """The studies run for ``seed``, in order: the demo's (``temporal``), ``single-date``
+    for the seeds in ``single``, the ``--stack``/``--stem``/``--base-filters`` variants for
+    the first of ``seeds``, the ``--train-seeds`` ones for the seeds in ``spread_seeds``."""
+    retrained = [name for name, o in others.items() if "train_seed" in o]
+    variants = [v for v in VARIANTS if v == "temporal" or seed in single]
+    variants += [n for n in others if n not in retrained] if seed == seeds[0] else []
+    return variants + (retrained if seed in spread_seeds else [])
+
+
+def seed_subset(text: str | None, seeds: list[int], flag: str) -> list[int]:
+    """The seeds ``text`` names (comma-separated; None: the first of ``seeds``).
+
+    Raises:
+        ValueError: naming ``flag``: a seed that is not an integer or not in ``seeds``.
+    """
+    if text is None:
+        return seeds[:1]
+    out = []
+    for part in (t.strip() for t in text.split(",") if t.strip()):
+        if not part.lstrip("-").isdigit() or int(part) not in seeds:
+            raise ValueError(f"{flag} {text!r}: give seeds of --seeds "
+                             f"({','.join(map(str, seeds))})")
+        out.append(int(part))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="42,7,123", help="World seeds (default 42,7,123).")
@@ -580,9 +635,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"(the demo's: {DemoConfig().base_filters}), e.g. 'wide24=24'; "
                         "repeatable.")
     p.add_argument("--train-seeds", default="", metavar="N,N...",
-                   help="Also run the first seed's demo with these training seeds (same world "
-                        "and shards; other initial weights, shuffles and augmentation) and "
-                        "print the spread of its figures over them.")
+                   help="Also run the demo of the --train-seeds-for seeds with these "
+                        "training seeds (same world and shards; other initial weights, "
+                        "shuffles and augmentation) and print the spread of each seed's "
+                        "figures over them.")
+    p.add_argument("--train-seeds-for", default=None, metavar="SEEDS",
+                   help="The seeds (of --seeds) whose study --train-seeds repeats (default: "
+                        "the first seed).")
     p.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
                    help="Train every study's models with a moving average of the weights "
                         "of this momentum (e.g. 0.99; default 0: off, as the demo).")
@@ -604,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     single = ([int(s) for s in args.single_date_seeds.split(",") if s.strip()]
               if args.single_date_seeds is not None else seeds[:1])
+    try:
+        spread_seeds = seed_subset(args.train_seeds_for, seeds, "--train-seeds-for")
+    except ValueError as exc:
+        p.error(str(exc))
     from model.cpu import describe_cpu
 
     machine = describe_cpu()
@@ -611,9 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         base = os.path.join(args.out, f"seed{seed}")
         first = None
-        variants = [v for v in VARIANTS if v == "temporal" or seed in single]
-        variants += list(others) if seed == seeds[0] else []
-        for variant in variants:
+        for variant in study_variants(seed, seeds, single, spread_seeds, others):
             out = os.path.join(base, variant)
             if args.existing:
                 rows.append(read_study(out, seed, variant, args.quick, others, args.ema))

@@ -72,7 +72,7 @@ def test_ema_applies_to_every_study_and_a_bad_momentum_is_refused_before_any(tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_the_training_spread_covers_the_first_seed_and_its_training_seeds_only():
+def test_the_training_spread_covers_each_retrained_seed_and_its_training_seeds_only():
     q = _quality()
 
     def row(seed, variant, f1, n):
@@ -80,12 +80,41 @@ def test_the_training_spread_covers_the_first_seed_and_its_training_seeds_only()
             "2013": {"f1": f1, "predicted_count": n, "reference_count": 29}}}
 
     rows = [row(42, "temporal", 0.8, 30), row(42, "2refs", 0.2, 90), row(42, "train1", 0.7, 25),
-            row(42, "train2", 0.75, 33), row(7, "temporal", 0.1, 1)]
+            row(42, "train2", 0.75, 33), row(7, "temporal", 0.1, 1), row(123, "temporal", 0.6, 20),
+            row(123, "train1", 0.65, 22)]
     others = {"2refs": {"references": ("prev=-1y",)}, "train1": {"train_seed": 1},
               "train2": {"train_seed": 2}}
-    assert q.training_spread(rows, others) == {"2013": {
-        "f1": [0.7, 0.8], "predicted_count": [25, 33], "reference_count": 29, "runs": 3}}
+    assert q.training_spread(rows, others) == {
+        "42": {"2013": {"f1": [0.7, 0.8], "predicted_count": [25, 33], "reference_count": 29,
+                        "runs": 3}},
+        "123": {"2013": {"f1": [0.6, 0.65], "predicted_count": [20, 22], "reference_count": 29,
+                         "runs": 2}}}  # seed 7 has no training-seed variant: no spread
     assert q.training_spread(rows, {"2refs": others["2refs"]}) == {}  # no training seeds
+
+
+def test_training_seed_variants_run_for_the_named_seeds_other_variants_for_the_first():
+    q = _quality()
+    others = q.variant_settings(["2refs=prev=-1y"], [], "1,2", ["w24=24"])
+    seeds = [42, 7, 123]
+    spread = q.seed_subset("7,42", seeds, "--train-seeds-for")
+    assert spread == [7, 42]
+    assert q.study_variants(42, seeds, [42], spread, others) == [
+        "temporal", "single-date", "2refs", "w24", "train1", "train2"]
+    assert q.study_variants(7, seeds, [42], spread, others) == ["temporal", "train1", "train2"]
+    assert q.study_variants(123, seeds, [42], spread, others) == ["temporal"]
+    assert q.seed_subset(None, seeds, "--train-seeds-for") == [42]  # default: the first
+    for bad in ("5", "x", "7,,9"):
+        with pytest.raises(ValueError, match="--train-seeds-for"):
+            q.seed_subset(bad, seeds, "--train-seeds-for")
+
+
+def test_a_train_seeds_for_seed_outside_seeds_is_refused_before_any_study(tmp_path, capsys):
+    q = _quality()
+    with pytest.raises(SystemExit) as exc:
+        q.main(["--seeds", "42,7", "--out", str(tmp_path / "out"), "--train-seeds", "1",
+                "--train-seeds-for", "123"])
+    assert exc.value.code == 2 and "--train-seeds-for '123'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_breakdowns_are_read_for_every_temporal_study_not_the_single_date_one(
@@ -113,3 +142,16 @@ def test_a_base_filters_variant_changes_only_the_width(tmp_path):
     wide = q._config(str(tmp_path), 42, "wide24", False, others)
     assert wide == DemoConfig(out=str(tmp_path), base_filters=24)
     assert DemoConfig(out=str(tmp_path)).base_filters == 16
+
+
+def test_near_line_scars_decided_right_split_by_their_distance_to_the_line():
+    q = _quality()
+
+    def scar(rec, marked, pixels=100):
+        return {"recovery": rec, "inventoried": rec < 0.5, "marked": marked, "pixels": pixels}
+
+    near = {"2018": {"scars": [scar(0.48, 74), scar(0.52, 89), scar(0.52, 50),  # right, no, right
+                               scar(0.42, 10)]},  # outside the band, inventoried, missed
+            "2019": {"scars": [scar(0.49, 51), scar(0.58, 0), scar(0.55, 60)]}}
+    assert q.decided_right(near) == ((3, 4), (1, 3))
+    assert q.decided_right({}) == ((0, 0), (0, 0))
