@@ -214,8 +214,8 @@ def count_within(predicted: int | None, reference: int | None) -> bool:
 
 
 def count_gaps(rows: list[dict]) -> list[str]:
-    """One line per seed and year whose predicted count is not :func:`count_within` the
-    reference count, saying which landslides make the difference."""
+    """One line per study (seed, variant) and year whose predicted count is not
+    :func:`count_within` the reference count, saying which landslides make the difference."""
     lines = []
     for r in rows:
         for year, o in (r.get("objects") or {}).items():
@@ -223,7 +223,7 @@ def count_gaps(rows: list[dict]) -> list[str]:
             if not n_ref or n_pred is None or count_within(n_pred, n_ref):
                 continue
             lines.append(
-                f"seed {r['seed']} {year}: {n_pred} predicted / {n_ref} reference: "
+                f"seed {r['seed']} {r['variant']} {year}: {n_pred} predicted / {n_ref} reference: "
                 f"{o.get('n_missed', 0)} missed, {o.get('n_false_alarms', 0)} false alarms, "
                 f"{o.get('merges', 0)} predicted over 2+ landslides "
                 f"({o.get('n_reference_in_merges', 0)} landslides), "
