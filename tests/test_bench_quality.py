@@ -156,18 +156,3 @@ def test_near_line_scars_decided_right_split_by_their_distance_to_the_line():
     assert q.decided_right(near) == ((3, 4), (1, 3))
     assert q.decided_right({}) == ((0, 0), (0, 0))
 
-
-def test_count_gaps_name_each_study_whose_count_is_off_by_more_than_30_percent():
-    q = _quality()
-
-    def row(variant, n_pred):
-        return {"seed": 42, "variant": variant, "objects": {"2019": {
-            "n_reference": 24, "n_predicted": n_pred, "n_missed": 8, "n_false_alarms": 1,
-            "merges": 4, "n_reference_in_merges": 9, "n_fragmented": 1}}}
-
-    lines = q.count_gaps([row("temporal", 15), row("train1", 21), row("wide24", 32)])
-    assert lines == [
-        "seed 42 temporal 2019: 15 predicted / 24 reference: 8 missed, 1 false alarms, "
-        "4 predicted over 2+ landslides (9 landslides), 1 landslides in 2+ pieces",
-        "seed 42 wide24 2019: 32 predicted / 24 reference: 8 missed, 1 false alarms, "
-        "4 predicted over 2+ landslides (9 landslides), 1 landslides in 2+ pieces"]

@@ -408,7 +408,11 @@ def test_count_gaps_name_the_landslides_behind_a_count_off_by_more_than_30pc(
     assert list(out) == ["2017", "2018", "2019"] and out["2017"] == {}
     assert out["2019"] == {k: v for k, v in obj.items() if k != "precision"}
     lines = q.count_gaps([{"seed": 42, "variant": "temporal", "objects": out},
-                          {"seed": 42, "variant": "single-date"}])
-    assert lines == ["seed 42 2019: 15 predicted / 24 reference: 7 missed, 1 false alarms, "
-                     "4 predicted over 2+ landslides (9 landslides), 2 landslides in 2+ "
-                     "pieces"]
+                          {"seed": 42, "variant": "single-date"},
+                          {"seed": 42, "variant": "train1", "objects": {"2018": obj}}])
+    assert lines == ["seed 42 temporal 2019: 15 predicted / 24 reference: 7 missed, 1 false "
+                     "alarms, 4 predicted over 2+ landslides (9 landslides), 2 landslides in "
+                     "2+ pieces",  # each line names its study: seed and variant
+                     "seed 42 train1 2018: 15 predicted / 24 reference: 7 missed, 1 false "
+                     "alarms, 4 predicted over 2+ landslides (9 landslides), 2 landslides in "
+                     "2+ pieces"]
