@@ -435,7 +435,7 @@ def training_spread(rows: list[dict], others: Others) -> dict[str, dict[str, dic
         "reference_count": n, "runs": n}}}`` (seeds as strings, in the order of ``rows``);
         empty without training-seed variants.
     """
-    seeded = {name for name, o in others.items() if "train_seed" in o}
+    seeded = retrained(others)
     out: dict[str, dict[str, dict]] = {}
     for seed in dict.fromkeys(r["seed"] for r in rows if r["variant"] in seeded):
         runs = [r for r in rows if r["seed"] == seed and
@@ -591,10 +591,15 @@ def study_variants(seed: int, seeds: list[int], single: list[int], spread_seeds:
     """The studies run for ``seed``, in order: the demo's (``temporal``), ``single-date``
     for the seeds in ``single``, the ``--stack``/``--stem``/``--base-filters`` variants for
     the first of ``seeds``, the ``--train-seeds`` ones for the seeds in ``spread_seeds``."""
-    retrained = [name for name, o in others.items() if "train_seed" in o]
+    again = retrained(others)
     variants = [v for v in VARIANTS if v == "temporal" or seed in single]
-    variants += [n for n in others if n not in retrained] if seed == seeds[0] else []
-    return variants + (retrained if seed in spread_seeds else [])
+    variants += [n for n in others if n not in again] if seed == seeds[0] else []
+    return variants + (again if seed in spread_seeds else [])
+
+
+def retrained(others: Others) -> list[str]:
+    """The names of the ``--train-seeds`` variants among ``others``, in their order."""
+    return [name for name, o in others.items() if "train_seed" in o]
 
 
 def seed_subset(text: str | None, seeds: list[int], flag: str) -> list[int]:
