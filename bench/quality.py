@@ -602,6 +602,20 @@ def retrained(others: Others) -> list[str]:
     return [name for name, o in others.items() if "train_seed" in o]
 
 
+def parse_seeds(text: str) -> list[int]:
+    """The world seeds ``--seeds`` names (comma-separated integers >= 0, each once).
+
+    Raises:
+        ValueError: naming the flag and the value: an empty list, a seed that is not an
+            integer >= 0, or one named twice (its studies would share one folder).
+    """
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts or not all(t.isdigit() for t in parts) or len(set(map(int, parts))) < len(parts):
+        raise ValueError(f"--seeds {text!r}: give comma-separated integers >= 0, each once "
+                         "(e.g. 42,7,123)")
+    return [int(t) for t in parts]
+
+
 def seed_subset(text: str | None, seeds: list[int], flag: str) -> list[int]:
     """The seeds ``text`` names (comma-separated; None: the first of ``seeds``).
 
@@ -626,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="bench-quality.json", help="Where to write the figures.")
     p.add_argument("--quick", action="store_true", help="The quick demo (smaller world).")
     p.add_argument("--single-date-seeds", default=None,
-                   help="Seeds also run with a single-date stack (default: the first seed).")
+                   help="Seeds (of --seeds) also run with a single-date stack (default: the "
+                        "first seed; '': none).")
     p.add_argument("--stack", action="append", default=[], metavar="NAME=REF;REF...",
                    help="Also run the first seed with other reference images, e.g. "
                         "'2refs=base=-4y..-1y:greenest;pre=2009-01-01/2012-12-31:greenest' "
@@ -665,10 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pipelines.demo").setLevel(logging.INFO)
     if args.study:
         return _study_child(args.study)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    single = ([int(s) for s in args.single_date_seeds.split(",") if s.strip()]
-              if args.single_date_seeds is not None else seeds[:1])
     try:
+        seeds = parse_seeds(args.seeds)
+        # a seed not in --seeds would run no study: refused, not skipped in silence
+        single = seed_subset(args.single_date_seeds, seeds, "--single-date-seeds")
         spread_seeds = seed_subset(args.train_seeds_for, seeds, "--train-seeds-for")
     except ValueError as exc:
         p.error(str(exc))

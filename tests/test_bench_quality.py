@@ -117,6 +117,31 @@ def test_a_train_seeds_for_seed_outside_seeds_is_refused_before_any_study(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["--seeds", "42,7", "--single-date-seeds", "8"], "--single-date-seeds '8'"),
+    (["--seeds", "42,x"], "--seeds '42,x'"),
+    (["--seeds", "42,7,42"], "--seeds '42,7,42'"),
+    (["--seeds", ""], "--seeds ''"),
+])
+def test_bad_seed_lists_are_refused_before_any_study(argv, named, tmp_path, capsys):
+    """A single-date seed outside --seeds once ran no single-date study and said nothing;
+    a seed named twice would run two studies into one folder."""
+    q = _quality()
+    with pytest.raises(SystemExit) as exc:
+        q.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_seed_lists_parse_to_the_studies_they_name():
+    q = _quality()
+    assert q.parse_seeds(" 42, 7 ,123,") == [42, 7, 123]
+    seeds = [42, 7, 123]
+    assert q.seed_subset("", seeds, "--single-date-seeds") == []  # '': no single-date study
+    assert q.seed_subset("123", seeds, "--single-date-seeds") == [123]
+    assert q.study_variants(123, seeds, [123], [42], {}) == ["temporal", "single-date"]
+
+
 def test_breakdowns_are_read_for_every_temporal_study_not_the_single_date_one(
         tmp_path, monkeypatch):
     """The recovery and near-line tables cover the first seed's variants of the demo's
