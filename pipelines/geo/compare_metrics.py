@@ -239,9 +239,9 @@ def object_metrics(reference: gpd.GeoDataFrame | gpd.GeoSeries,
 
     Returns:
         ``(metrics, matches)``: the JSON-ready metrics dict, and one row per found
-        reference landslide with its best predicted polygon (highest IoU): ``ref``,
-        ``pred``, ``ref_area_m2``, ``pred_area_m2``, ``iou``, ``n_pieces`` (the area
-        scatter plots ``ref_area_m2`` against ``pred_area_m2``).
+        reference landslide with its best predicted polygon (the highest IoU among those
+        that find it): ``ref``, ``pred``, ``ref_area_m2``, ``pred_area_m2``, ``iou``,
+        ``n_pieces`` (the area scatter plots ``ref_area_m2`` against ``pred_area_m2``).
 
     Raises:
         InputError: a threshold outside (0, 1] or an unknown criterion.
@@ -285,8 +285,9 @@ def object_metrics(reference: gpd.GeoDataFrame | gpd.GeoSeries,
         "merges": len(merged),
         "n_reference_in_merges": int(merged.sum()),
     }
-    best = pairs[pairs["ref"].isin(found_ids)].sort_values(["ref", "iou"],
-                                                            ascending=[True, False])
+    # each found landslide's best match among the predictions that find it (the highest
+    # IoU of any overlapping one could be a polygon that fails the criterion)
+    best = pairs[finds].sort_values(["ref", "iou"], ascending=[True, False])
     best = best.drop_duplicates("ref").reset_index(drop=True)
     matches = best[["ref", "pred", "ref_area_m2", "pred_area_m2", "iou"]].copy()
     matches["n_pieces"] = n_pieces.reindex(matches["ref"]).fillna(1).astype("int64").to_numpy()

@@ -163,6 +163,18 @@ def test_object_threshold_and_iou_criterion():
         cm.object_metrics(ref, pred, min_overlap=0)
 
 
+def test_a_match_row_names_a_prediction_that_meets_the_criterion():
+    """matches.csv (and the area scatter) once named the overlapping polygon of highest IoU
+    even when it did not find the landslide: here a small polygon covering 4.8% of it."""
+    ref = gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs=UTM)
+    pred = gpd.GeoDataFrame(geometry=[box(-100, -100, 1, 10),  # covers 10%: finds it
+                                      box(5, 5, 7.2, 7.2)], crs=UTM)  # higher IoU, 4.8%
+    metrics, matches = cm.object_metrics(ref, pred, min_overlap=0.1, criterion="overlap")
+    assert metrics["n_found"] == 1
+    assert matches["pred"].tolist() == [0]
+    assert matches["pred_area_m2"].tolist() == [pytest.approx(101 * 110)]
+
+
 def test_object_metrics_empty_sides_and_crs():
     ref, pred = object_case()
     m, matches = cm.object_metrics(ref, pred.iloc[0:0])
