@@ -26,12 +26,15 @@ from shapely.geometry import box
 
 from pipelines import fsio
 from pipelines.errors import CRSError, InputError
+from pipelines.geo.cog import band_scaling
 from pipelines.geo.grid import PixelGrid, to_crs
 from pipelines.geo.inventory import rasterize, vectorize
 from pipelines.geo.polygons import merge_across_edges
 
 #: Raster value meaning "no data" in a sweep's mask (besides the file's own nodata).
 MASK_NODATA = 255
+#: The band name of a sweep's probability COGs.
+PROBABILITY_BAND = "landslide_probability"
 
 
 def _crs_label(crs: CRS | str | None) -> str:
@@ -40,6 +43,28 @@ def _crs_label(crs: CRS | str | None) -> str:
     c = CRS.from_user_input(crs)
     epsg = c.to_epsg()
     return f"EPSG:{epsg}" if epsg else c.to_string()
+
+
+def _refuse_non_mask(src: rasterio.io.DatasetReader, path: str) -> None:
+    """Refuse a raster that is not a 0/1 mask although its values would pass as one.
+
+    Raises:
+        InputError: a scaled band (a quantised probability COG: stored 0..250 read as a
+            mask marks every pixel above p = 0.004) or a nodata of 0 (0 is "not landslide":
+            every such pixel would count as no data, and misses as unobserved).
+    """
+    scale, offset = band_scaling(src, 1)
+    if (scale, offset) != (1.0, 0.0) or src.descriptions[0] == PROBABILITY_BAND:
+        why = (f"its band is {PROBABILITY_BAND!r}" if src.descriptions[0] == PROBABILITY_BAND
+               else f"its values are scaled: value = stored * {scale:g} + {offset:g}")
+        raise InputError(
+            f"Raster {path!r} looks like a probability map ({why}), not a mask: pass the "
+            f"sweep's mask COG (mosaic/mask.tif or mask/*.tif, values 0/1).")
+    if src.nodata is not None and src.nodata == 0:
+        raise InputError(
+            f"Raster {path!r} declares nodata = 0, which in a mask means 'not landslide': "
+            f"every such pixel would count as unobserved. Mark no data with 255 instead "
+            f"(`gdal_edit.py -a_nodata 255 {path}`, or `-unsetnodata` when it has none).")
 
 
 @dataclass
@@ -111,6 +136,7 @@ class RasterMask:
                     if src.crs is None:
                         raise CRSError(f"Raster {p!r} has no CRS: set one with "
                                        f"`gdal_edit.py -a_srs EPSG:nnnn {p}`.")
+                    _refuse_non_mask(src, p)
                     files.append(RasterFile(p, local, _crs_label(src.crs), tuple(src.transform),
                                             src.width, src.height, src.nodata, src.dtypes[0]))
             except rasterio.errors.RasterioIOError as exc:

@@ -415,3 +415,43 @@ def test_the_report_shows_grad_cam_overlays_when_given(tmp_path):
     assert main(["compare", "--reference", str(tmp_path / "ref.gpkg"), "--out", str(plain),
                  "--no-figures"]) == 0
     assert "Grad-CAM" not in (plain / "report.html").read_text()
+
+
+@pytest.mark.parametrize("kind", ["probability", "nodata0"])
+def test_a_raster_that_only_looks_like_a_mask_is_refused(kind, tmp_path):
+    """A quantised probability COG (stored 0..250, scale 0.004) once counted every pixel
+    above p = 0.004 as a landslide, and a mask with nodata 0 made every 'not landslide'
+    pixel unobserved (recall 1.0): both are refused, naming the fix; the 0/1 mask with
+    nodata 255 beside them scores as it should."""
+    x0, y0 = 330_000.0, 3_110_000.0
+    grid = PixelGrid(UTM, (10.0, 0.0, x0, 0.0, -10.0, y0), 50, 50)
+    ref = gpd.GeoDataFrame(geometry=[box(x0 + 100, y0 - 200, x0 + 200, y0 - 100),
+                                     box(x0 + 300, y0 - 400, x0 + 400, y0 - 300)], crs=UTM)
+    ref.to_file(tmp_path / "ref.gpkg")
+    mask = np.zeros((50, 50), "uint8")
+    mask[10:20, 10:20] = 1  # the first landslide only
+    write_cog(str(tmp_path / "mask.tif"), mask, grid, nodata=255, profile=CATEGORICAL,
+              overviews=False)
+    if kind == "probability":
+        stored = np.where(mask == 1, 225, 5).astype("uint8")  # p 0.9 and 0.02
+        write_cog(str(tmp_path / "bad.tif"), stored, grid, nodata=255, profile=CATEGORICAL,
+                  overviews=False, scales=[0.004])
+        fix = "mask COG"
+    else:
+        write_cog(str(tmp_path / "bad.tif"), mask, grid, nodata=0, profile=CATEGORICAL,
+                  overviews=False)
+        fix = "-a_nodata 255"
+    base = ["-q", "compare", "--reference", str(tmp_path / "ref.gpkg"), "--resolution", "10",
+            "--no-figures"]
+    assert main([*base, "--predicted", str(tmp_path / "mask.tif"),
+                 "--out", str(tmp_path / "good")]) == 0
+    good = read_json(tmp_path / "good" / "metrics.json")["years"]["all"]
+    assert good["pixel"]["recall"] == pytest.approx(0.5)
+    assert good["object"]["n_reference"] == 2 and good["object"]["n_found"] == 1
+    assert main([*base, "--predicted", str(tmp_path / "bad.tif"),
+                 "--out", str(tmp_path / "bad")]) == 1
+    m = read_json(tmp_path / "bad" / "metrics.json")
+    assert m["status"] == "partial" and m["years"]["all"]["pixel"] is None
+    errors = [p for p in m["problems"] if p["level"] == "error"]
+    assert len(errors) == 1 and "bad.tif" in errors[0]["message"]
+    assert fix in errors[0]["message"]
