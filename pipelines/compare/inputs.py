@@ -194,6 +194,8 @@ def _to_common(role: str, year: int | None, res: ResolvedInput, native: object,
     if layer_gdf is not None:  # vectors are burnt as compared (clipped, filtered)
         layer: Layer = VectorMask(gdf)
         bounds = tuple(gdf.total_bounds) if len(gdf) else None
+    elif report.get("n_below_min_area"):  # the pixels of the polygons dropped go too
+        layer = rm.keeping(gdf)
     else:
         layer = rm
     return Side(role, year, res, gdf, layer, report, bounds)

@@ -111,11 +111,17 @@ class RasterMask:
     Args:
         files: The files' metadata (see :meth:`open`).
         crs: The CRS the comparison works in.
+        kept: Polygons (in ``crs``) that limit the landslide pixels :meth:`burn` gives: the
+            ones :meth:`vectorize` found that the comparison keeps (``--min-area`` drops the
+            rest), so the pixel metrics score the same landslides as the object metrics.
+            None: every landslide pixel.
     """
 
-    def __init__(self, files: list[RasterFile], crs: str) -> None:
+    def __init__(self, files: list[RasterFile], crs: str,
+                 kept: gpd.GeoDataFrame | None = None) -> None:
         self.files = files
         self.crs = crs
+        self.kept = VectorMask(kept) if kept is not None else None
         self.bounds_in_crs = [_bounds_in(f.grid.bounds, f.crs, crs) for f in files]
         # Which files meet a tile: an R-tree over the footprints (a sweep has many chunks).
         self._index = shapely.STRtree([box(*b) for b in self.bounds_in_crs])
@@ -184,7 +190,13 @@ class RasterMask:
             m, v = self.classify(dst, f.nodata, f.path)
             mask |= m
             valid |= v
+        if self.kept is not None:
+            mask &= self.kept.burn(grid)[0]
         return mask, valid
+
+    def keeping(self, kept: gpd.GeoDataFrame) -> RasterMask:
+        """The same files, their landslide pixels limited to ``kept`` (see ``kept``)."""
+        return RasterMask(self.files, self.crs, kept)
 
     def vectorize(self, aoi: shapely.Geometry | None, block: int, connectivity: int,
                   valid: bool = False) -> gpd.GeoDataFrame:

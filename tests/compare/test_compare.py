@@ -455,3 +455,35 @@ def test_a_raster_that_only_looks_like_a_mask_is_refused(kind, tmp_path):
     errors = [p for p in m["problems"] if p["level"] == "error"]
     assert len(errors) == 1 and "bad.tif" in errors[0]["message"]
     assert fix in errors[0]["message"]
+
+
+def test_min_area_drops_the_same_landslides_from_a_raster_and_a_vector_prediction(tmp_path):
+    """--min-area dropped a raster's small blobs from the object metrics but kept their
+    pixels in the pixel metrics; the same prediction as polygons lost both."""
+    x0, y0 = 330_000.0, 3_110_000.0
+    grid = PixelGrid(UTM, (10.0, 0.0, x0, 0.0, -10.0, y0), 60, 60)
+    mask = np.zeros((60, 60), "uint8")
+    mask[10:20, 10:20] = 1  # 10 000 m2, on the reference landslide
+    mask[40:42, 40:42] = 1  # 400 m2 false alarms
+    mask[50, 5:8] = 1  # 300 m2
+    mask[0:30, 59] = 255  # an unobserved strip
+    write_cog(str(tmp_path / "pred.tif"), mask, grid, nodata=255, profile=CATEGORICAL,
+              overviews=False)
+    vectorize(mask == 1, grid, min_area_m2=0.0).to_file(tmp_path / "pred.gpkg")
+    gpd.GeoDataFrame(geometry=[box(x0 + 100, y0 - 200, x0 + 200, y0 - 100)],
+                     crs=UTM).to_file(tmp_path / "ref.gpkg")
+    common = {"reference": str(tmp_path / "ref.gpkg"), "resolution": 10.0, "figures": False}
+
+    def years(predicted: str, name: str, min_area: float) -> dict:
+        return run_compare(CompareConfig(predicted=str(tmp_path / predicted), min_area=min_area,
+                                         out=str(tmp_path / name), **common))["years"]["all"]
+
+    everything = years("pred.tif", "all", 0.0)
+    assert everything["pixel"]["fp_px"] == 7
+    raster, vector = years("pred.tif", "r", 500.0), years("pred.gpkg", "v", 500.0)
+    for k in ("tp_px", "fp_px", "fn_px"):
+        assert raster["pixel"][k] == vector["pixel"][k], k
+    assert raster["pixel"]["fp_px"] == 0 and raster["pixel"]["tp_px"] == 100
+    assert raster["object"]["n_predicted"] == vector["object"]["n_predicted"] == 1
+    # the unobserved strip stays unobserved: only the landslide pixels are filtered
+    assert raster["pixel"]["tn_px"] == everything["pixel"]["tn_px"] + 7
