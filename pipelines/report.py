@@ -417,7 +417,10 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
     inp_rows = []
     for role, per in (metrics.get("inputs") or {}).items():
         for y, rep in per.items():
-            unobserved = rep.get("n_unobserved", rep.get("n_on_unobserved"))
+            # reference: under the prediction's no data; predicted: on those landslides or
+            # where a reference raster holds no label (older metrics: n_on_unobserved)
+            unobserved = rep.get("n_unobserved", rep.get("n_left_out",
+                                                         rep.get("n_on_unobserved")))
             compared = rep.get("n_compared")
             if unobserved is not None and compared is not None:
                 compared = compared - unobserved  # what was scored and counted

@@ -227,21 +227,48 @@ def _observed_references(sides: dict, years: Sequence[int | None], aoi: shapely.
         if ref is None or pred is None or not isinstance(pred.layer, RasterMask) \
                 or not len(ref.gdf):
             continue
-        seen = pred.layer.vectorize(aoi, config.tile_size, config.connectivity, valid=True)
-        observed = shapely.union_all(seen.geometry.to_numpy()) if len(seen) else None
-        geoms = ref.gdf.geometry.to_numpy()
-        if observed is None:
-            share = np.zeros(len(geoms))
-        else:
-            shapely.prepare(observed)
-            inter = shapely.area(shapely.intersection(geoms, observed))
-            share = inter / np.maximum(shapely.area(geoms), 1e-9)
-        keep = share >= OBSERVED_SHARE
+        keep = observed_share(ref.gdf, pred.layer, aoi, config) >= OBSERVED_SHARE
         gdf = ref.gdf[keep].reset_index(drop=True)
         report = {**ref.report, "n_unobserved": int((~keep).sum())}
         out[year] = Side(ref.role, ref.year, ref.source, gdf, VectorMask(gdf), report,
                          tuple(gdf.total_bounds) if len(gdf) else None,
                          unobserved=ref.gdf[~keep].reset_index(drop=True))
+    return out
+
+
+def observed_share(gdf: gpd.GeoDataFrame, raster: RasterMask, aoi: shapely.Geometry | None,
+                   config: CompareConfig) -> np.ndarray:
+    """The share of each polygon of ``gdf`` (same CRS) inside the valid pixels of ``raster``."""
+    seen = raster.vectorize(aoi, config.tile_size, config.connectivity, valid=True)
+    geoms = gdf.geometry.to_numpy()
+    if not len(seen):
+        return np.zeros(len(geoms))
+    observed = shapely.union_all(seen.geometry.to_numpy())
+    shapely.prepare(observed)
+    inter = shapely.area(shapely.intersection(geoms, observed))
+    return inter / np.maximum(shapely.area(geoms), 1e-9)
+
+
+def predictions_on_unlabelled(sides: dict, years: Sequence[int | None],
+                              aoi: shapely.Geometry | None, config: CompareConfig
+                              ) -> dict[int | None, np.ndarray]:
+    """Per year with a raster reference: which predicted polygons lie mostly off its labels.
+
+    A label raster marks unlabelled (ignore) and unobserved pixels as no data; the pixel
+    metrics never score them, and a predicted landslide at least half on them is neither a
+    correct detection nor a false alarm either (the rule :func:`_observed_references`
+    applies to reference landslides under a raster prediction's no data).
+
+    Returns:
+        ``{year: boolean array over the predicted polygons, True where left out}``.
+    """
+    out: dict[int | None, np.ndarray] = {}
+    for year in years:
+        ref, pred = sides.get(("reference", year)), sides.get(("predicted", year))
+        if ref is None or pred is None or not isinstance(ref.layer, RasterMask) \
+                or not len(pred.gdf):
+            continue
+        out[year] = observed_share(pred.gdf, ref.layer, aoi, config) < OBSERVED_SHARE
     return out
 
 

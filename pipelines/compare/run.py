@@ -24,6 +24,7 @@ from pipelines.compare.inputs import (
     _observed_references,
     _to_common,
     _union_bounds,
+    predictions_on_unlabelled,
     predictions_on_unobserved,
     resolve_input,
 )
@@ -111,7 +112,7 @@ def run_compare(config: CompareConfig) -> dict:
         # 2b. Where a raster prediction had no imagery, reference landslides are unobservable.
         observed_refs = _observed_references(sides, years, aoi, config) \
             if config.observed_only else {}
-        observed_preds: dict = {}
+        leave_out: dict = {}  # year -> predicted polygons not matched or counted
         for year, side in observed_refs.items():
             n_out = side.report["n_unobserved"]
             inputs_report["reference"][_year_key(year)]["n_unobserved"] = n_out
@@ -127,9 +128,24 @@ def run_compare(config: CompareConfig) -> dict:
                 logger.info("%s: %d predicted landslide(s) lie on those unobserved reference "
                             "landslides; they are not matched or counted either",
                             _year_key(year), int(drop.sum()))
-                gdf = pside.gdf[~drop].reset_index(drop=True)
-                observed_preds[year] = dataclasses.replace(
-                    pside, gdf=gdf, report={**pside.report, "n_on_unobserved": int(drop.sum())})
+                leave_out[year] = drop
+        # 2c. Where a raster reference holds no label, predictions are not scored either.
+        unlabelled = predictions_on_unlabelled(sides, years, aoi, config) \
+            if config.observed_only else {}
+        for year, drop in unlabelled.items():
+            inputs_report["predicted"][_year_key(year)]["n_on_unlabelled"] = int(drop.sum())
+            if drop.any():
+                logger.info("%s: %d predicted landslide(s) lie mostly where the reference "
+                            "raster holds no label (no data); they are not matched or counted",
+                            _year_key(year), int(drop.sum()))
+                leave_out[year] = leave_out.get(year, False) | drop
+        observed_preds: dict = {}
+        for year, drop in leave_out.items():
+            pside = sides[("predicted", year)]
+            # the same dict as inputs_report's: the report's "unobserved" column reads it
+            pside.report["n_left_out"] = int(drop.sum())
+            observed_preds[year] = dataclasses.replace(
+                pside, gdf=pside.gdf[~drop].reset_index(drop=True))
 
         # 3. Density area.
         if region is not None:

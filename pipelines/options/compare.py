@@ -79,7 +79,10 @@ class CompareConfig:
             mask mosaic: nodata under clouds or outside the imagery), match and count only
             the reference landslides at least half inside its observed (valid) pixels, so a
             landslide no image could show is neither a miss nor a count the prediction had
-            to reach. Pixel metrics are always limited to valid pixels of raster inputs.
+            to reach; likewise, when the reference of a year is a raster (a label raster:
+            unlabelled or unobserved pixels are its no data), match and count only the
+            predicted landslides at least half on its labelled pixels. Pixel metrics are
+            always limited to valid pixels of raster inputs.
         notes: Sentences the report shows about the comparison (e.g. which areas and
             years the model was trained on).
         explanations: Grad-CAM overlays (PNG files or globs, e.g. the output of
@@ -124,7 +127,8 @@ class CompareConfig:
     observed_only: bool = option(
         True, "With a raster prediction (a sweep's mask mosaic), match and count only "
         "reference landslides at least half inside its valid pixels (default on: a landslide "
-        "under clouds in every image is not a miss).")
+        "under clouds in every image is not a miss); with a raster reference, only predicted "
+        "landslides at least half on its labelled pixels.")
     notes: tuple[str, ...] = option((), "Sentences the report shows about the comparison.",
                                     cli=False)
     explanations: tuple[str, ...] = option(

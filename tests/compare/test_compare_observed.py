@@ -244,3 +244,48 @@ def test_a_prediction_on_both_an_observed_and_an_unobserved_landslide_stays(tmp_
     assert m["inputs"]["predicted"]["all"]["n_on_unobserved"] == 0
     obj = m["years"]["all"]["object"]
     assert (obj["n_reference"], obj["n_predicted"], obj["n_found"]) == (1, 1, 1)
+
+
+def write_vector(path: Path, boxes) -> None:
+    gpd.GeoDataFrame(geometry=[px_box(*b) for b in boxes], crs=UTM).to_file(path)
+
+
+def test_a_prediction_mostly_where_a_reference_raster_has_no_label_is_not_scored(tmp_path):
+    """The mirror rule: a label raster's no data (unlabelled, ignore = 255) is never scored
+    pixel by pixel, and a predicted landslide at least half on it is neither a correct
+    detection nor a false alarm (it was once counted as a false alarm)."""
+    write_mask(tmp_path / "labels.tif", (FOUND,))  # the reference: 255 in the NW block
+    write_vector(tmp_path / "pred.gpkg", (HIDDEN, SEVENTY, FORTY, FOUND, FALSE_ALARM))
+    kw = {"reference": str(tmp_path / "labels.tif"), "predicted": str(tmp_path / "pred.gpkg"),
+          "resolution": RES, "tile_size": 64, "figures": False}
+    on = run_compare(CompareConfig(out=str(tmp_path / "on"), **kw))
+    off = run_compare(CompareConfig(out=str(tmp_path / "off"), observed_only=False, **kw))
+    assert on["inputs"]["predicted"]["all"]["n_on_unlabelled"] == 2  # HIDDEN, FORTY (60%)
+    obj = on["years"]["all"]["object"]
+    # SEVENTY lies 30% on the block: scored, a false alarm like FALSE_ALARM
+    assert (obj["n_predicted"], obj["n_correct_predicted"], obj["n_false_alarms"]) == (3, 1, 2)
+    assert on["years"]["all"]["stats"]["predicted"]["count"] == 3
+    obj = off["years"]["all"]["object"]
+    assert (obj["n_predicted"], obj["n_false_alarms"]) == (5, 4)
+    assert on["years"]["all"]["pixel"] == off["years"]["all"]["pixel"]
+    # the pixels off the block: SEVENTY's 5 x 7, FORTY's 4 x 5, FALSE_ALARM's 5 x 5
+    assert on["years"]["all"]["pixel"]["fp_px"] == 35 + 20 + 25
+
+
+def test_no_data_on_both_rasters_applies_both_rules(tmp_path):
+    """A raster reference with an unlabelled block and a raster prediction with a cloud
+    block: the prediction's polygon on the unlabelled block is left out and counted in the
+    inputs' left-out figure."""
+    write_mask(tmp_path / "labels.tif", (FOUND, MISSED))  # 255 in the NW block
+    cloud = (slice(40, 60), slice(40, 60))
+    write_mask(tmp_path / "mask.tif", (HIDDEN, FOUND, FALSE_ALARM, (22, 28, 2, 8)),
+               nodata=cloud)
+    m = run_compare(CompareConfig(reference=str(tmp_path / "labels.tif"),
+                                  predicted=str(tmp_path / "mask.tif"), out=str(tmp_path / "o"),
+                                  resolution=RES, tile_size=64, figures=False))
+    pred = m["inputs"]["predicted"]["all"]
+    assert pred["n_on_unlabelled"] == 1 and pred["n_left_out"] == 1  # HIDDEN
+    obj = m["years"]["all"]["object"]
+    # FALSE_ALARM lies under the cloud (255 in the prediction): never a polygon
+    assert (obj["n_predicted"], obj["n_correct_predicted"]) == (2, 1)
+    assert (obj["n_reference"], obj["n_found"]) == (2, 1)  # FOUND, MISSED
