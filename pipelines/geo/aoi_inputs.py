@@ -88,6 +88,27 @@ def _pick(columns: dict[str, str], names: Sequence[str], what: str, path: str,
     return None
 
 
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """The folder names of events: each name, with ``-<n>`` added to its repeats.
+
+    The first event of a name keeps it; a repeat gets the first ``<name>-<n>`` (n = 1,
+    2, ...) that is neither an event's own name anywhere in the catalogue nor a name
+    already given, so that every event has a folder of its own.
+    """
+    taken = set(names)
+    given: set[str] = set()
+    out: list[str] = []
+    for name in names:
+        if name in given:
+            n = 1
+            while f"{name}-{n}" in taken or f"{name}-{n}" in given:
+                n += 1
+            name = f"{name}-{n}"
+        given.add(name)
+        out.append(name)
+    return out
+
+
 def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: int = 90,
                 limit: int | None = None) -> list[AOI]:
     """One AOI per event of a CSV catalogue.
@@ -121,10 +142,12 @@ def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: in
     id_c = _pick(columns, ID_COLUMNS, "id", path, required=False)
     if df.empty:
         raise InputError(f"The event catalogue {path!r} holds no events.")
+    rows = [dict(zip(df.columns, row)) for row in df.itertuples(index=False)]
+    raw_ids = [rec[id_c] if id_c and str(rec[id_c]).strip() else f"event-{i}"
+               for i, rec in enumerate(rows, start=1)]
+    names = _unique_names([safe_name(r) for r in raw_ids])
     aois: list[AOI] = []
-    seen: dict[str, int] = {}
-    for i, row in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
-        rec = dict(zip(df.columns, row))
+    for i, (rec, raw_id, name) in enumerate(zip(rows, raw_ids, names), start=2):  # 1: header
         try:
             lat, lon = float(rec[lat_c]), float(rec[lon_c])
         except ValueError:
@@ -135,13 +158,6 @@ def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: in
             raise InputError(f"{path!r} row {i}: cannot read the date {rec[date_c]!r} "
                              f"(use e.g. 2015-04-25 or 2015/04/25 06:11:00).")
         day = when.date()
-        raw_id = rec[id_c] if id_c and str(rec[id_c]).strip() else f"event-{i - 1}"
-        name = safe_name(raw_id)
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}-{seen[name]}"
-        else:
-            seen[name] = 0
         try:
             region = point_region(lat, lon, buffer_m)
         except InputError as exc:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from pipelines.geo.stack import StackSpec
 from pipelines.predict.config import CONFIG, FAILED, FORMAT, RUN, PredictConfig, SweepJob
 from pipelines.sources.base import Source
 from pipelines.sources.stacked import make_stacked_source
+
+if TYPE_CHECKING:
+    from pipelines.geo.aoi_inputs import AOI
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +189,29 @@ def sweep_geometry(meta: dict, window: int | None, overlap: float, chunk_size: i
             float(pixel_size or meta.get("pixel_size") or 10.0))
 
 
+def job_folders(config: PredictConfig, aois: Sequence[AOI]) -> list[str]:
+    """The output folder of each AOI: ``out`` itself, or ``out/<name>`` per event.
+
+    Raises:
+        ConfigError: two AOIs would write into the same folder (each would overwrite the
+            other's products and both runs would report success).
+    """
+    folders = [fsio.join(config.out, a.name) if a.name else config.out for a in aois]
+    owners: dict[str, list[AOI]] = {}
+    for aoi, folder in zip(aois, folders):
+        owners.setdefault(folder, []).append(aoi)
+    shared = {f: group for f, group in owners.items() if len(group) > 1}
+    if shared:
+        folder, group = next(iter(shared.items()))
+        which = "; ".join(f"{a.region.name or 'the AOI'} {a.start}..{a.end}" for a in group)
+        more = f" ({len(shared) - 1} other folder(s) too)" if len(shared) > 1 else ""
+        raise ConfigError(
+            f"{len(group)} sweeps would write into the same folder {folder!r} ({which}) "
+            f"and overwrite each other's products{more}. Give each event of "
+            f"{config.events!r} an id of its own.")
+    return folders
+
+
 def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     """Validate every input and plan the chunks on the launcher (no Beam).
 
@@ -193,7 +221,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     Raises:
         InputError: bad artifact, AOI, date window or configuration; BandError when the
             source lacks one of the model's bands; RegionError when the AOI lies outside
-            the source.
+            the source; ConfigError when two AOIs would write into one folder.
     """
     from pipelines.geo.aoi_inputs import resolve_aois
 
@@ -213,13 +241,14 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
                     "and predicted for several chunks.", config.chunk_size, lattice.window)
     aois = resolve_aois(config.aoi, config.point, config.buffer_m, config.events,
                         config.start, config.end, config.days_before, config.days_after)
+    folders = job_folders(config, aois)
     sources: list[Source] = []
     source_info: list[dict] = []
     by_window: dict[tuple, int] = {}
     jobs: list[SweepJob] = []
     elements: list[ChunkElement] = []
     skipped_outside: list[str] = []
-    for aoi in aois:
+    for aoi, out in zip(aois, folders):
         win = (aoi.start, aoi.end)
         if win not in by_window:
             # every date of the model's input stack, or a clear error before any chunk
@@ -242,7 +271,6 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
                 continue
         chunks = plan_chunks(aoi.region, pixel_size, config.chunk_size, halo=halo,
                              epsg=config.epsg)
-        out = fsio.join(config.out, aoi.name) if aoi.name else config.out
         base = fsio.digest({"format": FORMAT, "model_id": meta["model_id"],
                        "source": source_info[src_i], "start": aoi.start, "end": aoi.end,
                        "lattice": lattice.to_dict(), "halo": halo, "pixel_size": pixel_size,
@@ -320,6 +348,7 @@ __all__ = [
     "ChunkElement",
     "SweepPlan",
     "chunk_signature",
+    "job_folders",
     "load_meta",
     "one_run_per_folder",
     "plan_predict",
