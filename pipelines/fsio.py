@@ -274,6 +274,14 @@ def remove_tree(path: str | Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_empty_dir(path: str | Path) -> None:
+    """Remove a local folder if it is empty (a no-op for object stores and other folders)."""
+    if is_remote(path):
+        return
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        os.rmdir(path)
+
+
 def open_binary(path: str | Path) -> io.BufferedIOBase:
     """Open for reading (a stream), local or remote."""
     if is_remote(path):

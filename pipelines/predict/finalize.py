@@ -36,10 +36,12 @@ from pipelines.predict.config import FAILED, FORMAT, NODATA_U8, PROB_SCALE, RUN,
 from pipelines.predict.inventory import merge_edges, write_job_inventory
 from pipelines.predict.plan import SweepPlan
 from pipelines.predict.records import (
+    MOSAIC_FILE,
     ChunkSummary,
     PolygonPart,
-    drop_other,
     polygon_parts,
+    remove_leftovers,
+    remove_stac,
     tagged,
 )
 
@@ -155,12 +157,24 @@ def finish_job(plan: SweepPlan, job_i: int, summaries: Iterable[ChunkSummary],
         outputs["failed_chunks"] = failed_path
     elif fsio.exists(failed_path):  # a clean rerun supersedes the old dead letters
         fsio.delete(failed_path)
+    _drop_chunk_explains(job, chunks)
     if plan.config.stac:
         outputs["stac"] = write_stac(plan, job, chunks, outputs, partial)
+    elif removed := remove_stac(job.path("stac")):  # no catalog of another run's products
+        log.info("Removed the STAC catalog of an earlier run in %s (%d files): this run "
+                 "writes none (stac off).", job.path("stac"), len(removed))
     outputs["run"] = job.path(RUN)
     run = run_record(plan, job, chunks, failures, lost, n_polygons, area_m2, outputs)
     fsio.write_json(job.path(RUN), run)  # last
     return run
+
+
+def _drop_chunk_explains(job: SweepJob, chunks: Sequence[ChunkSummary]) -> None:
+    """Delete the Grad-CAM COGs an earlier run left for chunks that now have none."""
+    stale = {f"{s.key}.tif" for s in chunks if "explain" not in dict(s.files)}
+    if stale and (removed := remove_leftovers(job.path("explain"), stale.__contains__)):
+        log.info("Removed %d Grad-CAM COG(s) of an earlier run in %s: this run wrote none "
+                 "for those chunks.", len(removed), job.path("explain"))
 
 
 def run_record(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary],
@@ -221,10 +235,16 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary]
     Sweeps with ``explain`` also get one of the Grad-CAM maps (``explain.vrt|tif``).
 
     With ``partial`` (some chunks failed) the files are ``<kind>.partial.vrt|tif``.
+
+    Every mosaic file an earlier run left in ``mosaic/`` that this run does not write (the
+    other kind of partial/complete, a merged COG now over ``merge_max_px``, the Grad-CAM
+    maps of a run with ``explain``, a UTM zone no longer swept) is deleted: it would
+    describe other chunks, or another model.
     """
     from pipelines.geo.mosaic import merge_to_cog, mosaic_grid, write_vrt
 
     out: dict[str, Any] = {}
+    written: set[str] = set()
     with_files = [s for s in chunks if s.files]
     for epsg in sorted({s.epsg for s in with_files}):
         recs = [s for s in with_files if s.epsg == epsg]
@@ -249,7 +269,7 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary]
             vrt = tagged(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
             write_vrt(vrt, list(zip(files, grids)), dtype, nodata, description=desc,
                       scale=scale)
-            drop_other(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
+            written.add(f"{kind}{suffix}.vrt")
             entry = {"vrt": vrt, "crs": f"EPSG:{epsg}", "shape": [big.height, big.width],
                      "transform": list(big.transform)}
             if small:
@@ -260,9 +280,15 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary]
                                  description=desc)
                 except CorruptOutputError as exc:
                     raise _damaged_chunk(job, recs, files, exc) from exc
-                drop_other(job.path("mosaic", f"{kind}{suffix}.tif"), partial)
+                written.add(f"{kind}{suffix}.tif")
                 entry["cog"] = cog
             out[f"{kind}{suffix}"] = entry
+    written = {tagged(name, partial) for name in written}
+    removed = remove_leftovers(job.path("mosaic"), lambda name: bool(
+        MOSAIC_FILE.fullmatch(name)) and name not in written)
+    if removed:
+        log.info("Removed %d mosaic file(s) of an earlier run that this run does not write: "
+                 "%s", len(removed), ", ".join(removed))
     return out
 
 

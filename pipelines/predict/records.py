@@ -1,15 +1,17 @@
-"""The small records finalize passes around, and the names of a partial sweep's products.
+"""The small records finalize passes around, and the names of a sweep's products.
 
 :class:`ChunkSummary` is what finalize keeps of a chunk (a few hundred bytes, never its
 pixels or polygons); :class:`PolygonPart` is one landslide polygon on its way into the
 inventory. :func:`tagged` names the products of a sweep with failed chunks
-``*.partial.*``.
+``*.partial.*``; :func:`drop_other`, :func:`remove_leftovers` and :func:`remove_stac`
+delete what an earlier run into the same folder wrote and this run does not.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -92,4 +94,70 @@ def drop_other(path: str, partial: bool) -> None:
         fsio.delete(other)
 
 
-__all__ = ["PARTIAL", "ChunkSummary", "PolygonPart", "drop_other", "polygon_parts", "tagged"]
+#: The mosaic files predict writes in ``mosaic/``: ``<kind>[_<epsg>][.partial].vrt|tif``.
+MOSAIC_FILE = re.compile(r"(prob|mask|explain)(_\d+)?(\.partial)?\.(vrt|tif)")
+#: The ids of predict's STAC items (``stac/<id>/<id>.json``): the mosaic's and the chunks'.
+STAC_ITEM_ID = re.compile(r"mosaic|\d+_r-?\d+_c-?\d+")
+
+
+def _name(path: str) -> str:
+    """The last component of a local path or URL."""
+    return str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def remove_leftovers(folder: str, stale: Callable[[str], bool]) -> list[str]:
+    """Delete the files directly in ``folder`` whose names ``stale`` picks; local or gs://.
+
+    For the products an earlier run into the same folder wrote and this run does not (a
+    merged COG of a mosaic now too large to merge, the Grad-CAM maps of a run with
+    ``--explain``): left, they would pass for this run's. ``stale`` must pick only names
+    that predict gives its products, so that no other file is touched. An emptied local
+    folder goes too.
+
+    Returns:
+        The deleted paths.
+    """
+    removed = []
+    for path in fsio.glob(fsio.join(folder, "*")):
+        if stale(_name(path)):
+            fsio.delete(path)
+            removed.append(path)
+    if removed:
+        fsio.remove_empty_dir(folder)
+    return removed
+
+
+def remove_stac(folder: str) -> list[str]:
+    """Delete the STAC catalog an earlier run wrote, for a run that writes none.
+
+    Only predict's own STAC files are touched: ``catalog.json`` and ``<id>/<id>.json``
+    where ``<id>`` is ``mosaic`` or a chunk key; emptied local folders go too.
+
+    Args:
+        folder: The job's ``stac`` folder.
+
+    Returns:
+        The deleted paths.
+    """
+    from pipelines.geo.stac import CATALOG
+
+    removed = []
+    for path in fsio.glob(fsio.join(folder, "*", "*.json")):
+        name = _name(path)
+        parent = path[:-len(name)].rstrip("/\\")
+        item_id = name.removesuffix(".json")
+        if _name(parent) == item_id and STAC_ITEM_ID.fullmatch(item_id):
+            fsio.delete(path)
+            fsio.remove_empty_dir(parent)
+            removed.append(path)
+    catalog = fsio.join(folder, CATALOG)
+    if fsio.exists(catalog):
+        fsio.delete(catalog)
+        removed.append(catalog)
+    if removed:
+        fsio.remove_empty_dir(folder)
+    return removed
+
+
+__all__ = ["MOSAIC_FILE", "PARTIAL", "STAC_ITEM_ID", "ChunkSummary", "PolygonPart",
+           "drop_other", "polygon_parts", "remove_leftovers", "remove_stac", "tagged"]
