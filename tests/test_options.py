@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import cli
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, InputError
 from pipelines.options.commands import COMMANDS
 from pipelines.options.compare import CompareConfig
 from pipelines.options.fields import (
@@ -155,6 +155,23 @@ def test_flags_become_the_options_objects_the_commands_run():
     s = parse("synth", "--out", "w", "--years", "2014-2015", "--event-year", "2014",
               "--no-clouds")
     assert (s.config.years, s.config.clouds) == ((2014, 2015), False)
+
+
+def test_predict_refuses_an_epsg_in_feet_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(tmp_path / "m"), "--out", str(out), "--source",
+            "geotiff", "--images", str(tmp_path / "s2.tif"), "--aoi=-74.0,40.70,-73.99,40.71",
+            "--start", "2020-06-01", "--end", "2020-09-30"]
+    assert cli.main([*argv, "--epsg", "2263"]) == 2
+    err = capsys.readouterr().err
+    assert "EPSG:2263" in err and "US survey foot" in err and "not metres" in err
+    assert "UTM zone" in err and "leave --epsg unset" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(InputError, match="EPSG:2229 .* measures in US survey foot"):
+        PredictConfig(model="m", out=str(out), aoi="1,2,3,4", source={"kind": "synthetic"},
+                      start="2020-06-01", end="2020-09-30", epsg=2229)
+    assert PredictConfig(model="m", out=str(out), aoi="1,2,3,4", source={"kind": "synthetic"},
+                         start="2020-06-01", end="2020-09-30", epsg=32618).epsg == 32618
 
 
 @pytest.mark.parametrize("argv, message", [

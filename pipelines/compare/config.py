@@ -7,9 +7,9 @@ re-exported here; this module adds the key a year is filed under in ``metrics.js
 
 from __future__ import annotations
 
-from pipelines.options.compare import METRICS_VERSION, CompareConfig, _is_metric, parse_years
+from pipelines.options.compare import METRICS_VERSION, CompareConfig, parse_years
 
-__all__ = ["METRICS_VERSION", "CompareConfig", "_is_metric", "_year_key", "parse_years"]
+__all__ = ["METRICS_VERSION", "CompareConfig", "_year_key", "parse_years"]
 
 
 def _year_key(year: int | None) -> str:

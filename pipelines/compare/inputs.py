@@ -16,15 +16,14 @@ from dataclasses import dataclass
 import geopandas as gpd
 import numpy as np
 import shapely
-from pyproj import CRS
 from shapely.geometry import box
 
 from pipelines import fsio
-from pipelines.compare.config import CompareConfig, _is_metric
+from pipelines.compare.config import CompareConfig
 from pipelines.compare.layers import Layer, RasterMask, VectorMask, _crs_label
 from pipelines.errors import DataNotFoundError, InputError, RegionError
 from pipelines.geo import compare_metrics as cm
-from pipelines.geo.grid import WGS84, Region, to_crs, utm_epsg
+from pipelines.geo.grid import WGS84, Region, is_metric_crs, to_crs, utm_epsg
 from pipelines.geo.inventory import area_m2, read_inventory
 
 logger = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ def _choose_crs(config: CompareConfig, natives: dict, region: Region | None) -> 
             break
         for (r, _), (_, crs, _) in ordered:
             if r == role:
-                if _is_metric(CRS.from_user_input(crs)):
+                if is_metric_crs(crs):
                     return crs, f"the {role} inventory's CRS"
                 break
         if role == "reference" and region is not None:

@@ -140,12 +140,7 @@ class GridSpec:
             raise ConfigError(f"chunk_size must be at least 8 pixels, got {self.chunk_size!r}.")
         if self.halo < 0:
             raise ConfigError(f"halo must be >= 0 pixels, got {self.halo!r}.")
-        crs = CRS.from_epsg(self.epsg)
-        if not crs.is_projected:
-            raise CRSError(
-                f"EPSG:{self.epsg} is not a projected CRS; chunks need metric units. "
-                f"Use a UTM zone (e.g. EPSG:{utm_epsg(85.0, 28.0)})."
-            )
+        metric_crs(self.epsg)
 
     @property
     def crs(self) -> str:
@@ -258,6 +253,69 @@ def utm_epsg(lon: float, lat: float) -> int:
     if not -90.0 <= lat <= 90.0:
         raise RegionError(f"Latitude {lat} is outside [-90, 90].")
     return (32600 if lat >= 0 else 32700) + utm_zone(lon)
+
+
+def distorts_areas(crs: CRS | str | int) -> bool:
+    """True for CRSs whose planar areas are not true areas (degrees, Mercator)."""
+    crs = CRS.from_user_input(crs)
+    if crs.is_geographic:
+        return True
+    op = crs.coordinate_operation
+    method = (op.method_name if op is not None else "").lower()
+    return "mercator" in method and "transverse" not in method
+
+
+def is_metric_crs(crs: CRS | str | int) -> bool:
+    """Whether ``crs`` (a pyproj CRS, ``"EPSG:32645"``, WKT...) is projected in true metres.
+
+    Not in feet, and not Mercator, whose metres stretch by 1 / cos(latitude).
+    """
+    crs = CRS.from_user_input(crs)
+    return bool(crs.is_projected and crs.axis_info
+                and all(math.isclose(a.unit_conversion_factor, 1.0) for a in crs.axis_info)
+                and not distorts_areas(crs))
+
+
+def metric_crs(epsg: int | str, flag: str = "--epsg") -> CRS:
+    """The CRS of EPSG code ``epsg``, refused unless it is projected in true metres.
+
+    Chunks, pixel sizes and areas (m2, km2) are in CRS units, so a CRS in feet would make
+    a 10 m pixel 10 ft and count square feet as square metres, and Mercator's stretched
+    metres would make it 10 / cos(latitude) m on the ground.
+
+    Args:
+        epsg: The EPSG code.
+        flag: The option that gave it, for the messages.
+
+    Raises:
+        CRSError: an unknown code, a geographic CRS, a projected CRS in another unit
+            (US survey feet, international feet...) or a Mercator projection.
+    """
+    example = f"EPSG:{utm_epsg(85.0, 28.0)} for 84-90 E north of the equator"
+    try:
+        crs = CRS.from_epsg(int(epsg))
+    except Exception as exc:  # pyproj's CRSError, or not an integer
+        raise CRSError(f"Unknown EPSG code {epsg!r} for {flag}: give a projected CRS in "
+                       f"metres such as a UTM zone ({example}).") from exc
+    if not crs.is_projected:
+        raise CRSError(
+            f"EPSG:{epsg} ({crs.name}) is not a projected CRS; pixel sizes and areas need "
+            f"metres. Use a UTM zone ({example}), or leave {flag} unset."
+        )
+    if not is_metric_crs(crs):
+        if distorts_areas(crs):
+            why = ("is a Mercator projection: its metres stretch by 1/cos(latitude), so "
+                   "pixel sizes and areas would be wrong away from the equator")
+        else:
+            unit = crs.axis_info[0].unit_name if crs.axis_info else "no declared unit"
+            why = (f"measures in {unit}, not metres: pixel sizes and areas would be read in "
+                   f"the wrong unit")
+        raise CRSError(
+            f"EPSG:{epsg} ({crs.name}) {why}. Use a projected CRS in metres such as the UTM "
+            f"zone of the area ({example}), or leave {flag} unset to use the UTM zone of "
+            f"each part of the region."
+        )
+    return crs
 
 
 def to_crs(geom: BaseGeometry, src: str, dst: str, densify_deg: float = 0.01) -> BaseGeometry:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from pipelines.errors import ConfigError, CRSError
+from pipelines.errors import ConfigError
 from pipelines.options.fields import option
 
 #: Object match criteria (those of pipelines.geo.compare_metrics).
@@ -176,15 +175,9 @@ class CompareConfig:
         if self.kde_bandwidth_m is not None:
             _positive("kde_bandwidth_m", self.kde_bandwidth_m, "metres")
         if self.epsg is not None:
-            from pyproj import CRS
+            from pipelines.geo.grid import metric_crs
 
-            try:
-                crs = CRS.from_epsg(int(self.epsg))
-            except Exception as exc:
-                raise CRSError(f"Unknown EPSG code {self.epsg!r}: give e.g. 32645.") from exc
-            if not _is_metric(crs):
-                raise CRSError(f"EPSG:{self.epsg} is not a projected CRS in metres: give a UTM "
-                               f"zone (e.g. 32645) or leave --epsg out.")
+            metric_crs(self.epsg)  # the grid's pixel areas and every m2 are in its unit
 
     @property
     def mode(self) -> str:
@@ -199,12 +192,6 @@ class CompareConfig:
 def _positive(name: str, value: float, unit: str) -> None:
     if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
         raise ConfigError(f"{name} must be a positive number of {unit}, got {value!r}.")
-
-
-def _is_metric(crs: Any) -> bool:
-    """Whether a pyproj CRS is projected in metres."""
-    return bool(crs.is_projected and crs.axis_info
-                and math.isclose(crs.axis_info[0].unit_conversion_factor, 1.0))
 
 
 __all__ = ["MATCHES", "CompareConfig", "parse_years"]

@@ -56,7 +56,7 @@ class PredictConfig:
         merge_max_px: Write one merged COG per mosaic when it has at most this many pixels.
         retries: Read retries of a chunk (transient source errors) before dead-lettering.
         retry_delay_s: First retry delay; doubles each time.
-        epsg: Force one projected CRS instead of per-UTM-zone chunks.
+        epsg: Force one projected CRS in metres instead of per-UTM-zone chunks.
         stac: Write the STAC catalog.
         large_model: Share one model per machine across worker processes.
         overwrite: Replace the products of a sweep of other dates already in ``out``
@@ -164,6 +164,10 @@ class PredictConfig:
                               f"off: pass --explain too, or drop --explain-layer.")
         if self.pixel_size is not None and self.pixel_size <= 0:
             raise ConfigError(f"pixel_size must be positive, got {self.pixel_size}.")
+        if self.epsg is not None:
+            from pipelines.geo.grid import metric_crs
+
+            metric_crs(self.epsg)  # pixel_size and the km2 figures are in its unit
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -487,3 +487,22 @@ def test_min_area_drops_the_same_landslides_from_a_raster_and_a_vector_predictio
     assert raster["object"]["n_predicted"] == vector["object"]["n_predicted"] == 1
     # the unobserved strip stays unobserved: only the landslide pixels are filtered
     assert raster["pixel"]["tn_px"] == everything["pixel"]["tn_px"] + 7
+
+
+def test_a_web_mercator_reference_is_compared_in_utm(tmp_path):
+    """A reference in EPSG:3857 was chosen as the comparison CRS (projected, in metres), and
+    each 5 'm' pixel counted as 25 m2: at 60 N the pixel areas came out 4x too large."""
+    utm = box(500_000, 6_650_000, 500_200, 6_650_200)  # 200 x 200 m in UTM 32N, ~60 N
+    ref = gpd.GeoDataFrame(geometry=[utm], crs="EPSG:32632").to_crs("EPSG:3857")
+    ref.to_file(tmp_path / "ref.gpkg")
+    ref.to_file(tmp_path / "pred.gpkg")
+    m = run_compare(CompareConfig(reference=str(tmp_path / "ref.gpkg"),
+                                  predicted=str(tmp_path / "pred.gpkg"), out=str(tmp_path / "o"),
+                                  resolution=5.0, figures=False))
+    assert m["crs"] == "EPSG:32632"
+    pixel = m["years"]["all"]["pixel"]
+    assert pixel["reference_area_m2"] == pytest.approx(40_000, rel=0.02)
+    assert m["years"]["all"]["stats"]["reference"]["total_area_m2"] == pytest.approx(40_000,
+                                                                                     rel=0.001)
+    with pytest.raises(CRSError, match="Mercator"):
+        CompareConfig(reference=str(tmp_path / "ref.gpkg"), out=str(tmp_path / "x"), epsg=3857)

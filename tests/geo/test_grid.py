@@ -121,6 +121,30 @@ def test_chunk_key_roundtrip_and_errors():
         G.ChunkKey.parse("banana")
 
 
+@pytest.mark.parametrize("epsg, unit", [(2263, "US survey foot"), (2222, "foot")])
+def test_a_crs_not_in_metres_is_refused_for_chunks(epsg, unit):
+    """Pixel sizes and areas are in CRS units: a CRS in feet would count ft2 as m2."""
+    match = rf"EPSG:{epsg} \(.*\) measures in {unit}, not metres.*UTM zone.*leave --epsg unset"
+    with pytest.raises(CRSError, match=match):
+        G.plan_chunks(G.parse_bbox("-74.0,40.70,-73.99,40.71"), 10.0, 64, halo=0, epsg=epsg)
+    with pytest.raises(CRSError, match=match):
+        G.GridSpec(epsg)
+    with pytest.raises(CRSError, match=match):
+        G.metric_crs(epsg)
+    assert not G.is_metric_crs(epsg) and not G.is_metric_crs(f"EPSG:{epsg}")
+
+
+def test_projected_crs_in_metres_are_accepted_for_chunks():
+    for epsg in (32618, 27700):
+        assert G.is_metric_crs(epsg) and G.metric_crs(epsg).to_epsg() == epsg
+        assert G.GridSpec(epsg).epsg == epsg
+    assert not G.is_metric_crs(4326)
+    with pytest.raises(CRSError, match="EPSG:4326 .* is not a projected CRS"):
+        G.metric_crs(4326)
+    with pytest.raises(CRSError, match="Unknown EPSG code 999999 for --epsg"):
+        G.metric_crs(999999)
+
+
 def test_bad_specs_and_regions(tmp_path):
     with pytest.raises(CRSError, match="not a projected CRS"):
         G.GridSpec(4326)
@@ -169,3 +193,15 @@ def test_patch_windows_training_and_inference():
     assert list(G.patch_windows(100, 100, 128)) == []
     with pytest.raises(ConfigError):
         list(G.patch_windows(100, 100, 128, cover_edges=True))
+
+
+def test_mercator_is_refused_for_chunks_and_areas():
+    """Web Mercator is projected and in metres, but its metres stretch by 1/cos(latitude):
+    10 'm' pixels are 5 m on the ground at 60 N and every pixel area is off by 4x there."""
+    assert G.distorts_areas(3857) and G.distorts_areas(4326)
+    assert not G.distorts_areas(32645) and not G.distorts_areas(27700)  # transverse Mercator
+    assert not G.is_metric_crs(3857)
+    with pytest.raises(CRSError, match=r"EPSG:3857 \(.*\) is a Mercator projection"):
+        G.metric_crs(3857)
+    with pytest.raises(CRSError, match="Mercator"):
+        G.GridSpec(3857)

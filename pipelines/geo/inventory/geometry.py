@@ -15,7 +15,7 @@ import shapely
 from pyproj import CRS
 
 from pipelines.errors import CRSError
-from pipelines.geo.grid import WGS84
+from pipelines.geo.grid import WGS84, distorts_areas
 
 __all__ = ["COLLECTION", "MULTIPOLYGON", "POLYGON", "area_m2", "areas_m2",
            "flatten_polygons", "has_area", "polygonal"]
@@ -69,15 +69,6 @@ def _crs_label(crs: CRS | str) -> str:
     return f"EPSG:{epsg}" if epsg else c.to_wkt()
 
 
-def _needs_utm(crs: CRS) -> bool:
-    """True for CRSs whose planar areas are not true areas (degrees, Mercator)."""
-    if crs.is_geographic:
-        return True
-    op = crs.coordinate_operation
-    method = (op.method_name if op is not None else "").lower()
-    return "mercator" in method and "transverse" not in method
-
-
 def area_m2(gdf: gpd.GeoDataFrame | gpd.GeoSeries) -> pd.Series:
     """True areas in square metres, computed from the geometry.
 
@@ -114,7 +105,7 @@ def areas_m2(geoms: np.ndarray, crs: CRS | str) -> np.ndarray:
     """
     geoms = np.asarray(geoms, dtype=object)
     crs = CRS.from_user_input(crs)
-    if not _needs_utm(crs):
+    if not distorts_areas(crs):
         factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         areas = shapely.area(geoms) * factor**2
     else:
