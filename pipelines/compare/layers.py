@@ -30,11 +30,10 @@ from pipelines.geo.cog import band_scaling
 from pipelines.geo.grid import PixelGrid, to_crs
 from pipelines.geo.inventory import rasterize, vectorize
 from pipelines.geo.polygons import merge_across_edges
+from pipelines.predict.config import PROB_BAND
 
 #: Raster value meaning "no data" in a sweep's mask (besides the file's own nodata).
 MASK_NODATA = 255
-#: The band name of a sweep's probability COGs.
-PROBABILITY_BAND = "landslide_probability"
 
 
 def _crs_label(crs: CRS | str | None) -> str:
@@ -54,8 +53,8 @@ def _refuse_non_mask(src: rasterio.io.DatasetReader, path: str) -> None:
             every such pixel would count as no data, and misses as unobserved).
     """
     scale, offset = band_scaling(src, 1)
-    if (scale, offset) != (1.0, 0.0) or src.descriptions[0] == PROBABILITY_BAND:
-        why = (f"its band is {PROBABILITY_BAND!r}" if src.descriptions[0] == PROBABILITY_BAND
+    if (scale, offset) != (1.0, 0.0) or src.descriptions[0] == PROB_BAND:
+        why = (f"its band is {PROB_BAND!r}" if src.descriptions[0] == PROB_BAND
                else f"its values are scaled: value = stored * {scale:g} + {offset:g}")
         raise InputError(
             f"Raster {path!r} looks like a probability map ({why}), not a mask: pass the "

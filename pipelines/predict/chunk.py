@@ -34,7 +34,7 @@ from pipelines.errors import PERMANENT, failure_class, worth_retrying
 from pipelines.geo.blend import blend, chunk_windows, cut_windows
 from pipelines.geo.grid import Chunk, ChunkKey, GridSpec, PixelGrid
 from pipelines.geo.patches import channels_last
-from pipelines.predict.config import FORMAT, NODATA_U8, PROB_SCALE, SweepJob
+from pipelines.predict.config import FORMAT, MASK_BAND, NODATA_U8, PROB_BAND, PROB_SCALE, SweepJob
 from pipelines.predict.plan import SweepPlan, chunk_signature
 from pipelines.sources.base import Raster, Source
 
@@ -284,11 +284,11 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
     mask_px = np.where(valid, mask, NODATA_U8).astype(np.uint8)
     files = {"prob": f"prob/{tiles.key}.tif", "mask": f"mask/{tiles.key}.tif"}
     write_cog(job.path(files["prob"]), prob_px, grid, nodata=prob_nodata,
-              band_names=["landslide_probability"], profile=prob_profile,
+              band_names=[PROB_BAND], profile=prob_profile,
               tags=prob_tags, scales=scales,
               offsets=[0.0] if scales else None)
     write_cog(job.path(files["mask"]), mask_px, grid, nodata=float(NODATA_U8),
-              band_names=["landslide"], profile=CATEGORICAL,
+              band_names=[MASK_BAND], profile=CATEGORICAL,
               tags={**tags, "legend": "0=no landslide,1=landslide"})
     if cams is not None:
         heat = blend(cams, tiles.origins, plan.weight, plan.halo, grid.shape)

@@ -26,6 +26,8 @@ CONFIG = "predict_config.json"
 PROB_SCALE = 250.0
 #: Nodata of ``uint8`` probabilities and of masks.
 NODATA_U8 = 255
+#: The band names of the probability and mask COGs (compare refuses the first as a mask).
+PROB_BAND, MASK_BAND = "landslide_probability", "landslide"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,16 @@ from typing import Any
 from pipelines import fsio
 from pipelines.errors import CorruptOutputError
 from pipelines.geo.grid import PixelGrid
-from pipelines.predict.config import FAILED, FORMAT, NODATA_U8, PROB_SCALE, RUN, SweepJob
+from pipelines.predict.config import (
+    FAILED,
+    FORMAT,
+    MASK_BAND,
+    NODATA_U8,
+    PROB_BAND,
+    PROB_SCALE,
+    RUN,
+    SweepJob,
+)
 from pipelines.predict.inventory import merge_edges, write_job_inventory
 from pipelines.predict.plan import SweepPlan
 from pipelines.predict.records import (
@@ -264,7 +273,7 @@ def write_mosaics(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary]
                 dtype, nodata, scale = "float32", float("nan"), None
             else:
                 dtype, nodata, scale = "uint8", float(NODATA_U8), None
-            desc = {"prob": "landslide_probability", "mask": "landslide",
+            desc = {"prob": PROB_BAND, "mask": MASK_BAND,
                     "explain": "gradcam"}[kind]
             vrt = tagged(job.path("mosaic", f"{kind}{suffix}.vrt"), partial)
             write_vrt(vrt, list(zip(files, grids)), dtype, nodata, description=desc,
