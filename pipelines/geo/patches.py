@@ -6,15 +6,18 @@ No Beam here: the export PTransforms only wire these functions.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from pyproj import Transformer
+from shapely.geometry.base import BaseGeometry
 
 from pipelines.errors import ConfigError
 from pipelines.geo import bands as bandreg
-from pipelines.geo.grid import Chunk, ChunkKey, PixelGrid, patch_windows
+from pipelines.geo.grid import WGS84, Chunk, ChunkKey, PixelGrid, patch_windows, to_crs
 
 SPLITS = ("train", "val", "test")
 #: Label value of pixels without a usable label: no valid imagery, or ignored by the label
@@ -112,6 +115,11 @@ def buffer_splits(chunks: Sequence[Chunk], splits: Mapping[ChunkKey, str], buffe
     corner it shares with a chunk of another split, so two splits are ``2 * buffer_px``
     apart; a chunk left with no region is dropped.
 
+    A region across UTM zones has chunks of two grids that meet at the zone edge. Their
+    boxes overlap there (the grids are not aligned) but the parts of the region they hold
+    do not, so a chunk keeps ``buffer_px`` away from the regions of the other zone's chunks
+    of another split, reprojected into its own CRS.
+
     Args:
         chunks: The planned chunks.
         splits: Each chunk's split (from :meth:`SplitPlan.assign`).
@@ -119,6 +127,7 @@ def buffer_splits(chunks: Sequence[Chunk], splits: Mapping[ChunkKey, str], buffe
     """
     if buffer_px <= 0:
         return list(chunks)
+    across = _across_zones(chunks, splits, buffer_px)
     out: list[Chunk] = []
     for c in chunks:
         k = c.key
@@ -129,14 +138,55 @@ def buffer_splits(chunks: Sequence[Chunk], splits: Mapping[ChunkKey, str], buffe
                 n = ChunkKey(k.epsg, k.row + dr, k.col + dc)
                 if (dr or dc) and n in splits and splits[n] != splits[k]:
                     others.append(c.spec.chunk_box(n))
-        if not others:
+        if not others and k not in across:
             out.append(c)
             continue
-        zone = shapely.union_all(others).buffer(width, join_style="mitre")
-        region = c.region.difference(zone)
+        # square corners around the grid's boxes; round ones (the exact distance) around
+        # the other zone's regions, whose acute corners a mitre would stretch far out
+        zones = [shapely.union_all(others).buffer(width, join_style="mitre")] if others else []
+        if k in across:
+            zones.append(shapely.union_all(across[k]).buffer(width))
+        region = c.region.difference(shapely.union_all(zones))
         if region.is_empty or region.area <= 0:
             continue
         out.append(Chunk(c.key, c.spec, shapely.to_wkb(region)))
+    return out
+
+
+def _across_zones(chunks: Sequence[Chunk], splits: Mapping[ChunkKey, str], buffer_px: int
+                  ) -> dict[ChunkKey, list[BaseGeometry]]:
+    """Per chunk, the regions of nearby chunks of another CRS and another split.
+
+    Each region is reprojected into the CRS of the chunk it is listed for. Candidates are
+    found on the regions' WGS 84 outlines with a generous margin, then kept when they lie
+    within ``buffer_px`` pixels of the chunk's box in its own CRS.
+    """
+    epsgs = sorted({c.key.epsg for c in chunks})
+    if len(epsgs) < 2:
+        return {}
+    outlines = np.empty(len(chunks), dtype=object)
+    for epsg in epsgs:  # one transformer per CRS, every region of it at once
+        index = [i for i, c in enumerate(chunks) if c.key.epsg == epsg]
+        to_wgs84 = Transformer.from_crs(f"EPSG:{epsg}", WGS84, always_xy=True)
+        outlines[index] = shapely.transform(
+            np.array([chunks[i].region for i in index], dtype=object),
+            lambda xy, t=to_wgs84: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+    tree = shapely.STRtree(outlines)
+    out: dict[ChunkKey, list[BaseGeometry]] = {}
+    for i, c in enumerate(chunks):
+        width = buffer_px * float(c.spec.pixel_size)
+        x0, y0, x1, y1 = outlines[i].bounds
+        # degrees that surely span ``width`` metres here (twice the local metres/degree)
+        cos_lat = max(math.cos(math.radians(min(max(abs(y0), abs(y1)), 89.0))), 0.01)
+        margin = 2.0 * width / (110_000.0 * cos_lat)
+        own_box = c.spec.chunk_box(c.key)
+        for j in tree.query(shapely.box(x0 - margin, y0 - margin, x1 + margin, y1 + margin)):
+            n = chunks[int(j)]
+            if n.key.epsg == c.key.epsg or splits.get(n.key) == splits.get(c.key):
+                continue
+            region = to_crs(n.region, n.spec.crs, c.spec.crs)
+            if shapely.dwithin(region, own_box, width):
+                out.setdefault(c.key, []).append(region)
     return out
 
 

@@ -255,3 +255,38 @@ def test_buffer_splits_leaves_chunks_among_their_own_split_alone():
             assert kept[c.key].region.equals(c.region)  # untouched
         elif c.key in kept:
             assert kept[c.key].region.area < c.region.area  # shrunk towards the other split
+
+
+def test_buffer_splits_keeps_splits_apart_across_utm_zones():
+    """Chunks of two UTM zones meet at 90 E: a split buffer holds across the zone edge too
+    (measured in one CRS), and removes no more than the buffer there."""
+    from pipelines.geo.patches import buffer_splits
+
+    chunks = plan_chunks(parse_bbox("89.95,28.0,90.05,28.05"), 10.0, 128, halo=0)
+    assert {c.key.epsg for c in chunks} == {32645, 32646}
+    splits = SplitPlan((0.5, 0.25, 0.25), block=1, seed=3).assign(chunks)
+    kept = buffer_splits(chunks, splits, 16)
+    before = {c.key: to_crs(c.region, c.spec.crs, "EPSG:32645") for c in chunks}
+    after = {c.key: to_crs(c.region, c.spec.crs, "EPSG:32645") for c in kept}
+
+    def across(regions):  # pairs of different splits in different zones, and their gaps
+        keys = sorted(regions)
+        return {(a, b): regions[a].distance(regions[b]) for i, a in enumerate(keys)
+                for b in keys[i + 1:] if a.epsg != b.epsg and splits[a] != splits[b]}
+
+    assert min(across(before).values()) == pytest.approx(0.0, abs=1e-6)  # they touched
+    gaps = across(after)
+    assert gaps and min(gaps.values()) >= 2 * 16 * 10.0 - 0.5, min(gaps.values())
+    # across the edge a chunk loses only what lies within the buffer of the other zone's
+    # chunks of another split (their parts of the region, not their overlapping boxes)
+    by_zone = {c.key: c for z in (32645, 32646)
+               for c in buffer_splits([c for c in chunks if c.key.epsg == z], splits, 16)}
+    kept_by_key = {c.key: c for c in kept}
+    assert len(kept_by_key) <= len(by_zone)
+    for key, c in by_zone.items():
+        lost = c.region.difference(kept_by_key[key].region) if key in kept_by_key else c.region
+        if lost.area < 1e-6:
+            continue
+        near = shapely.union_all([to_crs(n.region, n.spec.crs, c.spec.crs) for n in chunks
+                                  if n.key.epsg != key.epsg and splits[n.key] != splits[key]])
+        assert near.buffer(16 * 10.0 + 1.0).contains(lost), key
