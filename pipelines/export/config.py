@@ -16,15 +16,24 @@ from pipelines.geo.patches import PatchRules, SplitPlan
 from pipelines.geo.stack import StackSpec, shift_date
 from pipelines.options.export import DEFAULT_BANDS
 from pipelines.shards import COMPRESSIONS
-from pipelines.sources.factory import check_window, parse_date
+from pipelines.sources.factory import check_window, images_without_year, parse_date
 
 MANIFEST = "manifest.json"
 FAILED = "failed_chunks.jsonl"
+#: The run's configuration, written beside the manifest when the run ends.
+CONFIG = "export_config.json"
+#: How a label raster's values map to classes unless ``--label-map`` says otherwise.
+DEFAULT_LABEL_MAP = "0=ignore,1=background,2=landslide"
+#: Class ids ``--classes`` may give: 0 is the background, 255 the ignore value.
+CLASS_IDS = range(1, 255)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """Everything an export needs; saved as ``export_config.json`` beside the shards.
+
+    It is written with the manifest when the run ends (and an earlier run's are deleted
+    when a run starts), so the two always describe the same run.
 
     Attributes:
         source: Source spec (see :mod:`pipelines.sources.factory`).
@@ -53,8 +62,12 @@ class ExportConfig:
         split: Spatially blocked train/val/test split.
         split_buffer: Pixels cut from each chunk along edges shared with a chunk of
             another split, so no patch of one split touches another's (0: none).
-        class_attribute: Inventory attribute with class values (scarp/deposit...).
-        classes: Mapping of class strings to ids when ``class_attribute`` holds strings.
+        class_attribute: Inventory attribute with the class of each polygon
+            (scarp/deposit...); needs ``classes``.
+        classes: Every class of ``class_attribute`` and its mask id (1..254), e.g.
+            ``{"scarp": 1, "deposit": 2}``: strings of the attribute are mapped by name, a
+            numeric attribute holds the ids themselves (0 burns nothing). The manifest
+            records them as the classes of the masks.
         num_shards: TFRecord shards per split (0: as many as keep each under
             ``pipelines.shards.SHARD_BYTES`` of records).
         epsg: Force one projected CRS instead of per-UTM-zone chunks.
@@ -67,7 +80,7 @@ class ExportConfig:
     out: str
     inventory: str | None = None
     labels: str | None = None
-    label_map: str = "0=ignore,1=background,2=landslide"
+    label_map: str = DEFAULT_LABEL_MAP
     start: str | None = None
     end: str | None = None
     bands: tuple[str, ...] = DEFAULT_BANDS
@@ -103,6 +116,7 @@ class ExportConfig:
             from pipelines.geo.labels import LabelMap
 
             object.__setattr__(self, "label_map", str(LabelMap.parse(str(self.label_map))))
+        self._check_classes()
         years = tuple(int(y) for y in self.years)
         object.__setattr__(self, "years", years)
         if years:
@@ -117,6 +131,7 @@ class ExportConfig:
                     f"Exporting years {list(years)} with one set of labels {labels!r}: put "
                     f"{{year}} in the path (e.g. inventory_{{year}}.gpkg) so every year is "
                     f"labelled with its own inventory.")
+            self._check_images_follow_years(years)
         elif "{year}" in (self.inventory or self.labels or "") and not self.start:
             raise ConfigError("The label path holds {year}: give --start/--end.")
         if self.chunk_size < self.patch.size:
@@ -131,6 +146,73 @@ class ExportConfig:
             raise ConfigError(
                 f"compression must be one of {sorted(COMPRESSIONS)}, got {self.compression!r}."
             )
+
+    def _check_classes(self) -> None:
+        """Refuse class options that the labels would ignore or the masks would contradict.
+
+        The manifest's classes are what training sizes its outputs from, so they must be
+        the values the masks hold.
+        """
+        if not self.labels and str(self.label_map).replace(" ", "") != DEFAULT_LABEL_MAP:
+            raise ConfigError(
+                f"--label-map {self.label_map!r} maps the values of a label raster, but no "
+                f"--labels raster is given, so it would be ignored. Give --labels PATH, or "
+                f"drop --label-map (inventory polygons take their classes from "
+                f"--class-attribute and --classes).")
+        if self.labels and (self.class_attribute or self.classes):
+            raise ConfigError(
+                f"--class-attribute {self.class_attribute!r} / --classes {self.classes!r} "
+                f"name the classes of --inventory polygons; a --labels raster takes its "
+                f"classes from --label-map (e.g. 0=ignore,1=background,2=landslide,3=2). "
+                f"Drop --class-attribute and --classes.")
+        if self.classes is not None and not self.class_attribute:
+            raise ConfigError(
+                f"--classes {self.classes} without --class-attribute: every polygon would "
+                f"burn 1 while the manifest declared {len(self.classes)} classes. Give "
+                f"--class-attribute COLUMN (the inventory column holding each polygon's "
+                f"class), or drop --classes for landslide/background masks.")
+        if self.class_attribute and not self.inventory:
+            raise ConfigError(
+                f"--class-attribute {self.class_attribute!r} names a column of --inventory "
+                f"polygons, but no --inventory is given. Give --inventory PATH or drop "
+                f"--class-attribute.")
+        if self.class_attribute and not self.classes:
+            raise ConfigError(
+                f"--class-attribute {self.class_attribute!r} needs --classes naming every "
+                f"class and its mask id, e.g. --classes scarp=1,deposit=2 (for a numeric "
+                f"column, its codes: the ids are the values it holds), so that the manifest "
+                f"records the classes the masks hold.")
+        bad = {k: v for k, v in (self.classes or {}).items()
+               if isinstance(v, bool) or not isinstance(v, int) or v not in CLASS_IDS}
+        if bad:
+            raise ConfigError(
+                f"--classes {self.classes}: class ids must be integers 1..254 (0 is the "
+                f"background, 255 the ignore value), got {bad}. Number the classes from 1, "
+                f"e.g. scarp=1,deposit=2.")
+        ids = sorted((self.classes or {}).values())
+        if ids and ids != list(range(1, len(ids) + 1)):
+            raise ConfigError(
+                f"--classes {self.classes}: give each class its own id and number them "
+                f"1..{len(ids)} without gaps (training sizes its outputs from the classes and "
+                f"reads the ids as output positions: a gap is an output no pixel trains, a "
+                f"shared id a class no pixel holds).")
+
+    def _check_images_follow_years(self, years: tuple[int, ...]) -> None:
+        """Refuse several years that would all read the same imagery."""
+        if len(years) < 2:
+            return
+        same = images_without_year(self.source)
+        if same:
+            raise ConfigError(
+                f"Exporting years {list(years)} from the geotiff images {same}, which hold no "
+                f"{{year}}: every year would read the same pixels. Put {{year}} in --images "
+                f"(e.g. s2_{{year}}.tif) so that each year reads its own images, or export "
+                f"one year per run.")
+        if self.source.get("year"):
+            raise ConfigError(
+                f"Exporting years {list(years)} from a {self.source.get('kind')} source fixed "
+                f"to the year {self.source['year']}: every year would read the same pixels. "
+                f"Drop 'year' from the source so each year's date window chooses its images.")
 
     @property
     def channels(self) -> tuple[str, ...]:

@@ -107,7 +107,9 @@ class CutChunk(InBackground):
         if gdf is None:
             gdf = inventory.to_crs(grid.crs)
             self._by_crs[(period, grid.crs)] = gdf
-        sub = gdf.iloc[gdf.sindex.query(box(*grid.bounds))]
+        # in file order: where polygons overlap the later feature wins (rasterize), so the
+        # class of an overlap must not depend on the spatial index's tree order
+        sub = gdf.iloc[gdf.sindex.query(box(*grid.bounds), sort=True)]
         return inv.rasterize(sub, grid, attribute=self.config.class_attribute,
                              classes=self.config.classes)
 

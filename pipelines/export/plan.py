@@ -59,8 +59,15 @@ def plan_export(config: ExportConfig) -> ExportPlan:
             check_label_raster(path, region, LabelMap.parse(config.label_map))
     elif inventories:
         from pipelines.geo import inventory as inv
+        from pipelines.geo.inventory.raster import check_classes
 
-        n_in_aoi = sum(len(inv.read_inventory(path, region=region)) for path in inventories)
+        n_in_aoi = 0
+        for path in inventories:
+            polygons = inv.read_inventory(path, region=region)
+            n_in_aoi += len(polygons)
+            if config.class_attribute and config.classes:
+                # every class a mask will hold is one the manifest declares
+                check_classes(polygons, config.class_attribute, config.classes, path)
         if n_in_aoi == 0:
             if config.patch.negative_fraction == 0:
                 raise RegionError(

@@ -123,9 +123,12 @@ class ExportOptions:
                                "splits are 2 x this apart and no patch leaks across (default "
                                "%(default)s).", units="px")
     seed: int = option(0, "Seed for splits and selection.")
-    class_attribute: str | None = option(None, "Inventory attribute with class values.")
-    classes: dict[str, int] | None = option(None, "Class strings to ids, e.g. "
-                                            "scarp=1,deposit=2.", parse=_classes)
+    class_attribute: str | None = option(None, "Inventory attribute with each polygon's "
+                                         "class (needs --classes).")
+    classes: dict[str, int] | None = option(None, "Every class of --class-attribute and its "
+                                            "mask id, numbered 1..K, e.g. scarp=1,deposit=2 "
+                                            "(a numeric attribute holds the ids).",
+                                            parse=_classes)
     num_shards: int = option(0, "Shards per split (0: auto).")
     epsg: int | None = option(None, "Use one projected CRS instead of UTM zones.",
                               label="EPSG code")

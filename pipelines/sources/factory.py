@@ -61,6 +61,19 @@ def check_window(start: str | None, end: str | None) -> None:
         )
 
 
+def images_without_year(spec: Mapping[str, Any]) -> list[str]:
+    """A geotiff spec's image paths when none of them holds ``{year}``, else ``[]``.
+
+    Such images are the same whatever the date window: another date (a reference of the
+    input stack, another exported year) would read the target's own pixels. Other kinds,
+    and a geotiff spec of terrain only (``dem`` without images), give ``[]``.
+    """
+    if spec.get("kind") != "geotiff":
+        return []
+    images = [str(p) for p in spec.get("images") or []]
+    return images if images and not any("{year}" in p for p in images) else []
+
+
 def make_source(spec: Mapping[str, Any], start: str | None = None,
                 end: str | None = None, bands: Sequence[str] | None = None) -> Source:
     """Create the source described by ``spec`` for the date window ``start``..``end``.

@@ -105,6 +105,8 @@ class StackedSource(Source):
 def _reference_spec(spec: Mapping[str, Any], name: str,
                     composite: str | None = None) -> dict[str, Any]:
     """The source spec of reference ``name``: the same source at another date."""
+    from pipelines.sources.factory import images_without_year
+
     ref = {k: v for k, v in spec.items() if k not in {"year", "reference_images"}}
     if composite:
         if spec.get("kind") == "geotiff":
@@ -117,7 +119,7 @@ def _reference_spec(spec: Mapping[str, Any], name: str,
         own = (spec.get("reference_images") or {}).get(name)
         if own:
             ref["images"] = list(own) if not isinstance(own, str) else [own]
-        elif not any("{year}" in str(p) for p in ref["images"]):
+        elif images_without_year(ref):
             raise ConfigError(
                 f"Reference {name!r}: the geotiff source's images hold no {{year}} and no "
                 f"images were given for {name!r}, so the reference would read the target's "

@@ -464,6 +464,23 @@ def test_unknown_class_strings_are_listed():
         rasterize(gdf, GRID, attribute="part")
 
 
+def test_check_classes_refuses_codes_the_classes_do_not_declare():
+    from pipelines.geo.inventory.raster import check_classes
+
+    boxes = [pixel_box(i, i, 1, 1) for i in range(3)]
+    codes = gpd.GeoDataFrame({"code": [1, 2, 255]}, geometry=boxes, crs=UTM)
+    with pytest.raises(InputError, match=r"'inv.gpkg'.*'code' holds class ids \[255\]"):
+        check_classes(codes, "code", {"scarp": 1, "deposit": 2}, "inv.gpkg")
+    check_classes(codes.iloc[:2], "code", {"scarp": 1, "deposit": 2})
+    background = gpd.GeoDataFrame({"code": [0, 1]}, geometry=boxes[:2], crs=UTM)
+    check_classes(background, "code", {"scarp": 1})  # 0 burns nothing
+    names = gpd.GeoDataFrame({"part": ["scarp", "flow"]}, geometry=boxes[:2], crs=UTM)
+    with pytest.raises(InputError, match=r"\['flow'\]"):
+        check_classes(names, "part", {"scarp": 1})
+    with pytest.raises(InputError, match="'kind' not found"):
+        check_classes(names, "kind", {"scarp": 1})
+
+
 def test_arrays_off_the_grid_and_fractional_masks_are_rejected():
     with pytest.raises(InputError, match=r"mask.*\(10, 10\)"):
         vectorize(np.zeros((10, 10)), GRID)

@@ -6,6 +6,8 @@ come from an attribute, numbers as they are or strings through a ``classes`` map
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ from pipelines.errors import CRSError, InputError
 from pipelines.geo.grid import PixelGrid
 from pipelines.geo.inventory.geometry import has_area
 
-__all__ = ["rasterize"]
+__all__ = ["check_classes", "rasterize"]
 
 
 def _burn_values(
@@ -57,6 +59,38 @@ def _burn_values(
             f"{unknown}. Add them to `classes` or drop those features."
         )
     return np.array([classes[v] for v in names], dtype="uint8")
+
+
+def check_classes(gdf: gpd.GeoDataFrame, attribute: str, classes: Mapping[str, int],
+                  name: str = "inventory") -> None:
+    """Refuse polygons whose ``attribute`` would burn a class ``classes`` does not declare.
+
+    A numeric (or boolean) attribute holds class ids themselves: each must be one of the
+    ids of ``classes``, or 0 (burns nothing). A string attribute must hold names of
+    ``classes``. Otherwise masks would hold values that the declared classes (e.g. an
+    export manifest) do not name, and 255 would silently become "ignore".
+
+    Args:
+        gdf: The polygons.
+        attribute: Column holding each polygon's class.
+        classes: ``{"scarp": 1, "deposit": 2}``: every class and its id.
+        name: The inventory, for messages.
+
+    Raises:
+        InputError: naming the column, the undeclared values and the fix.
+    """
+    try:
+        values = _burn_values(gdf, attribute, dict(classes))
+    except InputError as exc:
+        raise InputError(f"Inventory {name!r}: {exc}") from exc
+    declared = set(classes.values())
+    bad = sorted(set(values.tolist()) - declared - {0})
+    if bad:
+        raise InputError(
+            f"Inventory {name!r}: attribute {attribute!r} holds class ids {bad} that the "
+            f"classes {dict(classes)} do not declare (0 is background, 255 ignore). Add "
+            f"each to the classes as NAME=ID (ids 1..254), or recode those polygons."
+        )
 
 
 def rasterize(
