@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import struct
 import threading
 import uuid
@@ -69,13 +70,23 @@ def split_of(out: str, path: str) -> str | None:
     """The split of a shard ``path`` written under ``out`` (its first folder below ``out``).
 
     Only the part below ``out`` counts: an output folder that is itself named ``train``
-    (``shards/train/val/val-00000-of-00001.tfrecord``) holds a ``val`` shard.
+    (``shards/train/val/val-00000-of-00001.tfrecord``) holds a ``val`` shard. Local paths
+    are compared normalised (``./shards/`` holds ``shards/train/...``, the path
+    :func:`pipelines.fsio.join` makes of it; ``.`` holds ``train/...``); URLs as they are.
     """
-    root = out.replace("\\", "/").rstrip("/") + "/"
-    rel = path.replace("\\", "/")
-    if not rel.startswith(root):
-        return None
-    first = rel[len(root):].split("/", 1)[0]
+    if fsio.is_remote(out):
+        root = out.rstrip("/") + "/"
+        if not path.startswith(root):
+            return None
+        rel = path[len(root):]
+    else:
+        try:
+            rel = os.path.relpath(path, out).replace("\\", "/")
+        except ValueError:  # another drive
+            return None
+        if rel == ".." or rel.startswith("../"):
+            return None
+    first = rel.split("/", 1)[0]
     return first if first in SPLITS else None
 
 

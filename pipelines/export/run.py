@@ -8,7 +8,8 @@ import logging
 from collections.abc import Sequence
 
 from pipelines import fsio
-from pipelines.export.config import FAILED, MANIFEST, ExportConfig
+from pipelines.errors import OutputError
+from pipelines.export.config import CONFIG, FAILED, MANIFEST, ExportConfig
 from pipelines.export.plan import plan_export
 from pipelines.geo import bands as bandreg
 from pipelines.geo.patches import SPLITS
@@ -40,7 +41,8 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     opts = pipeline_options(beam_args, "landslides-export")
     for_workers(plan.sources, opts)  # e.g. each worker process's part of a quota
     fsio.check_writable(config.out)
-    fsio.write_json(fsio.join(config.out, "export_config.json"), config.to_dict())
+    # validated: from here on the folder is this run's (its config comes with its manifest)
+    forget_previous_run(config.out)
     by_split = {s: sum(1 for v in plan.splits.values() if v == s) for s in SPLITS}
     log.info("Exporting %d chunks (train %d, val %d, test %d) of %s%s to %s; input stack: %s",
              len(plan.chunks), by_split["train"], by_split["val"], by_split["test"],
@@ -87,6 +89,30 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
         log.error("%d chunk(s) failed; see %s", n_failed, fsio.join(config.out, FAILED))
     log.info("Wrote %s patches: %s", sum(manifest["patches"].values()), manifest["patches"])
     return manifest
+
+
+def forget_previous_run(out: str) -> None:
+    """Delete the manifest, failure list and configuration an earlier export left in ``out``.
+
+    A rerun overwrites the earlier shards of the same names; should it die before its own
+    manifest, the earlier manifest would describe a mix of both runs' shards (and an
+    earlier ``failed_chunks.jsonl`` would outlive a rerun without failures). Only these
+    files, which export writes when a run ends, are removed: the shards stay.
+
+    Raises:
+        OutputError: one of them cannot be deleted.
+    """
+    for name in (MANIFEST, FAILED, CONFIG):
+        path = fsio.join(out, name)
+        if not fsio.exists(path):
+            continue
+        try:
+            fsio.delete(path)
+        except OSError as exc:
+            raise OutputError(f"Cannot delete {path!r}, left by an earlier export into "
+                              f"{out!r}: {exc}. Fix the permissions or choose another "
+                              f"--out.") from exc
+        log.info("Removed %s of an earlier export; this run writes its own.", path)
 
 
 def shard_totals(config: ExportConfig, chunks_per_split: dict[str, int], sources: int
@@ -146,7 +172,8 @@ def _write_manifest(parts: dict, config: ExportConfig, plan_info: dict, temp: st
     if failed:
         fsio.write_bytes(fsio.join(config.out, FAILED),
                          "".join(json.dumps(f) + "\n" for f in failed).encode())
-    fsio.write_json(fsio.join(config.out, MANIFEST), manifest)
+    fsio.write_json(fsio.join(config.out, CONFIG), manifest["config"])
+    fsio.write_json(fsio.join(config.out, MANIFEST), manifest)  # last: the run is complete
 
 
 def _classes(config: ExportConfig) -> dict[str, int]:

@@ -93,6 +93,21 @@ def test_splits_come_from_the_folder_below_the_output_even_when_it_is_named_trai
     assert finish_shards(str(out), [str(val)], str(temp), {"train": 2, "val": 1}) == [str(val)]
 
 
+def test_split_of_compares_local_paths_as_fsio_join_writes_them():
+    """``--out ./shards`` (or ``shards/``, ``.``): the writers' paths come from fsio.join,
+    which normalises them; URLs are compared as they are."""
+    from pipelines import fsio
+
+    name = shard_name("val", 0, 1, "gzip")
+    for out in ("./shards", "shards/", "./shards//", "x/../shards", "."):
+        assert split_of(out, fsio.join(out, name)) == "val", out
+        assert files_by_split(out, [fsio.join(out, name)])["val"] == [fsio.join(out, name)]
+    assert split_of("./shards", "other/val/val-00000-of-00001.tfrecord.gz") is None
+    assert split_of("./shards", "../shards/val/val-00000-of-00001.tfrecord.gz") is None
+    assert split_of("gs://b/shards/", "gs://b/shards/val/v.tfrecord.gz") == "val"
+    assert split_of("gs://b/shards", "gs://b/shards2/val/v.tfrecord.gz") is None
+
+
 def test_unknown_compression_is_refused(tmp_path):
     with pytest.raises(ValueError, match="compression"):
         write_records(io.BytesIO(), [], "zstd")
