@@ -9,7 +9,10 @@ or Earth Engine's own TFRecord patch exports (one float feature per band name, d
 from the first record), with or without a manifest. ``--data`` is such a folder, or a glob
 of shard files (``gs://bucket/shards/train/*.tfrecord.gz``): a glob's files belong to the
 split their folder or file name says (``train/``, ``val-``, ...), files that say none are
-training files. The manifest is looked up in the folder of the glob and its parent.
+training files. Only the folders the glob names from its last fixed one down count (``train``
+above; ``val`` in ``~/train/run3/val/*.gz``, whose ``train`` only says where the export
+lives), and of those the deepest that names a split decides. The manifest is looked up in
+the folder of the glob and its parent.
 
 Without a manifest the band names come from the records (``lsm/v1`` records carry them;
 Earth Engine records are an unordered map of features, so their image bands must be named
@@ -162,16 +165,34 @@ def _is_shard(name: str) -> bool:
 
 
 def _split_of(path: str) -> str:
-    """The split a shard path names (folder ``train/`` or file ``train-...``), else other."""
+    """The split a shard path names (folder ``train/`` or file ``train-...``), else other.
+
+    ``path`` is the part of the shard's path that may name a split (below the data folder,
+    or what a glob names, see :func:`_glob_part`); the deepest folder that names a split
+    decides, else the file name.
+    """
     parts = path.replace("\\", "/").split("/")
-    for split in SPLITS:
-        if split in parts[:-1]:
-            return split
+    for folder in reversed(parts[:-1]):
+        if folder in SPLITS:
+            return folder
     base = parts[-1]
     for split in SPLITS:
         if base.startswith((f"{split}-", f"{split}_", f"{split}.")):
             return split
     return "other"
+
+
+def _glob_part(root: str, path: str) -> str:
+    """The part of a file matched by a glob that may name its split.
+
+    The folders from the glob's last fixed one (``root``'s own name) down to the file:
+    ``export1/val/val-0.tfrecord.gz`` for ``/data/train/export1/*/*.tfrecord.gz``, whose
+    ``train`` only says where the export lives.
+    """
+    root = root.rstrip("/")
+    if not path.startswith(root + "/"):
+        return path.replace("\\", "/").rsplit("/", 1)[-1]  # the file name alone
+    return f"{root.rsplit('/', 1)[-1]}/{path[len(root) + 1:]}"
 
 
 def read_json(path: str) -> dict:
@@ -342,7 +363,7 @@ def find_shards(data: str, label: str | None = None) -> ShardSet:
         files = _listed_files(root, files, manifest["files"])
     by_split: dict[str, list[str]] = {s: [] for s in (*SPLITS, "other")}
     for f in files:
-        by_split[_split_of(f) if _is_glob(data) else _split_of(f[len(root):])].append(f)
+        by_split[_split_of(_glob_part(root, f) if _is_glob(data) else f[len(root):])].append(f)
     ordered = by_split["train"] + by_split["other"] + by_split["val"] + by_split["test"]
     record, compression, first = _first_record(ordered)
     fmt = detect_format(record)

@@ -121,6 +121,24 @@ def test_globs_assign_splits_and_find_the_manifest(shards):
         data.find_shards(str(root / "nothing-*.tfrecord.gz"))
 
 
+def test_folders_above_a_glob_do_not_decide_the_split(tmp_path):
+    counts = {"train": 2, "val": 2, "test": 2}
+    for parent in ("train", "val", "test"):  # e.g. ~/val/export1: where the export lives
+        root = tmp_path / parent / "export1"
+        write_shards(root, counts, size=16, shards_per_split=1)
+        found = data.find_shards(str(root / "*" / "*.tfrecord.gz"))
+        assert {s: [Path(f).parent.name for f in found.files[s]] for s in counts} == {
+            s: [s] for s in counts}, parent
+        assert not found.files["other"]
+        # the folder the glob names decides, not the one above it
+        val = data.find_shards(str(root / "val" / "*.tfrecord.gz"))
+        assert {s: len(v) for s, v in val.files.items() if v} == {"val": 1}, parent
+    # an export folder that is itself named like a split: its sub-folders decide
+    write_shards(tmp_path / "nested" / "train", counts, size=16, shards_per_split=1)
+    found = data.find_shards(str(tmp_path / "nested" / "train" / "*" / "*.tfrecord.gz"))
+    assert {s: len(found.files[s]) for s in counts} == {"train": 1, "val": 1, "test": 1}
+
+
 def test_an_export_folder_reads_only_the_shards_its_manifest_lists(tmp_path, caplog):
     # an earlier export into the same folder, other bands and 3 shards a split ...
     root = tmp_path / "train"  # a folder named like a split, as the demo's shards/train
