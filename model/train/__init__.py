@@ -18,9 +18,11 @@
   "everything is a landslide" epochs while the outputs' calibration still drifts.
 * Resume: every epoch end writes the last weights (with the optimizer state), the best
   weights and the callbacks' state (best F1, patience counters, learning rate) to
-  ``_backup/``. A run started again on the same ``--out`` with the same configuration
-  continues from the epoch after the last one saved (``epochs`` may be raised to train
-  longer). The backup is deleted once the artifact is written.
+  ``_backup/``, with a fingerprint of what the run reads (the shards' manifest, names and
+  sizes, the ``init_from`` model id). A run started again on the same ``--out`` with the
+  same configuration and the same inputs continues from the epoch after the last one saved
+  (``epochs`` may be raised to train longer); other settings or other shards are refused.
+  The backup is deleted once the artifact is written.
 * The decision threshold is calibrated on the whole validation split (best F1) and the
   validation metrics at that threshold are stored in the artifact's ``metrics``.
 * Transfer learning: ``init_from`` starts from an artifact: same bands by name (else an

@@ -86,9 +86,11 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
 
     With an optimizer built with ``use_ema=True``, validation runs on the averaged weights,
     and at every epoch end they are in the model for the callbacks that follow this one
-    (the checkpointer saves them as the last and best weights); the next epoch swaps the
-    trained weights back in. Keras' :class:`~keras.callbacks.SwapEMAWeights` does the
-    swapping; this only says where a run resumed from such a checkpoint starts.
+    (the checkpointer saves them as the last and best weights, and the trained weights
+    stay in the optimizer's average slots, which the checkpoint holds too); the next epoch
+    swaps the trained weights back in. Keras' :class:`~keras.callbacks.SwapEMAWeights`
+    does the swapping; this says where a run resumed from such a checkpoint starts, and
+    keeps the trained weights at every epoch end, the last one included.
 
     Args:
         resumed: The model was loaded from a checkpoint written at an epoch end, so it
@@ -99,3 +101,13 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
     def __init__(self, resumed: bool = False) -> None:
         super().__init__(swap_on_epoch=True)
         self._ema_weights_in_model = resumed
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # Keras' version also overwrites the trained weights with the average at the
+        # epoch end that ``params["epochs"]`` calls the last, for its own end of fit; the
+        # checkpoint of that epoch then held no trained weights, and a run resumed from it
+        # with more epochs trained on from the average. After fit, the model takes its
+        # weights from the checkpoint (see :func:`model.train.fit.train`).
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True

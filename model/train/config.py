@@ -198,6 +198,10 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not 0.0 <= self.min_lr < 1.0:
             raise ConfigError(f"min_lr must be in [0, 1), got {self.min_lr}")
+        if self.lr is not None and self.min_lr >= self.lr:
+            raise ConfigError(f"min_lr {self.min_lr:g} is not below lr {self.lr:g}: the "
+                              "learning-rate schedules would raise the rate instead of "
+                              "lowering it; lower min_lr or raise lr")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
         if self.monitor not in MONITORS:

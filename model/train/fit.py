@@ -28,7 +28,16 @@ from model.metrics import landslide_metrics
 from model.train.callbacks import AveragedWeights, EpochSummaries, ProgressLog
 from model.train.config import TrainConfig
 from model.train.files import join, remove_tree
-from model.train.inputs import cache_for, check_complete, resolve_classes, stack_of
+from model.train.inputs import (
+    cache_for,
+    check_class_ids,
+    check_complete,
+    classes_of,
+    inputs_record,
+    resolve_classes,
+    run_files,
+    stack_of,
+)
 from model.train.resume import Checkpointer, epochs_in_history, read_state, trim_history
 from model.train.selection import MONITORS, BestThresholdF1, calibrate
 from model.train.transfer import architecture_of, copy_weights, init_bands, load_init, set_frozen
@@ -58,6 +67,23 @@ def cosine_lr(epoch: int, current: float = 0.0, *, lr: float, min_lr: float,
     return float(min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
+def resolved_lr(config: TrainConfig) -> float:
+    """The learning rate of a run: ``config.lr``, else the default (1e-4 with init_from).
+
+    Raises:
+        ConfigError: ``min_lr`` is not below it (the schedules would raise the rate).
+    """
+    if config.lr is not None:
+        return config.lr  # TrainConfig refuses a min_lr that is not below it
+    lr = FINE_TUNE_LR if config.init_from else DEFAULT_LR
+    if config.min_lr >= lr:
+        default = "the default with --init-from" if config.init_from else "the default"
+        raise ConfigError(f"min_lr {config.min_lr:g} is not below the learning rate {lr:g} "
+                          f"({default}): the learning-rate schedules would raise the rate "
+                          "instead of lowering it; lower min_lr or set --lr above it")
+    return lr
+
+
 def train(
     data: str,
     out: str,
@@ -80,11 +106,14 @@ def train(
         run: only the chief writes the backup, the history, the logs and the artifact).
 
     Raises:
-        ConfigError: bad settings, bands the shards lack, missing splits.
+        ConfigError: bad settings, bands the shards lack, missing splits, class ids a
+            softmax cannot learn, or an interrupted run in ``out`` with other settings or
+            other inputs.
         ArtifactError: a corrupt or incompatible ``init_from`` artifact.
     """
     config = config or TrainConfig()
     started = time.perf_counter()
+    lr = resolved_lr(config)
     shards = data_mod.find_shards(data, label=config.label)
     val_shards = data_mod.find_shards(val_data, label=config.label) if val_data else shards
     for s in {id(shards): shards, id(val_shards): val_shards}.values():
@@ -102,8 +131,7 @@ def train(
     # the input stack the artifact will record; a selection of bands that is not a stack
     # fails here, before any epoch runs or any file is written
     stack = stack_of(shards.manifest or {}, bands)
-    train_files = shards.split_files("train", include_other=True)
-    val_files = val_shards.split_files("val", include_other=val_data is not None)
+    train_files, val_files = run_files(shards, val_shards, val_data is not None)
     if val_shards.patches("val") == 0:
         raise ConfigError(f"the manifest of {val_shards.source!r} counts 0 validation patches: "
                           "export with a val fraction, or pass --val-data")
@@ -117,19 +145,20 @@ def train(
         n_classes, classes = arch["n_classes"], init.classes
         if n_classes == 1:
             classes = {"background": 0, "landslide": 1}
+        check_class_ids(classes_of(shards), n_classes, shards.source)
         changed = {k: (getattr(config, k), v) for k, v in arch.items()
                    if getattr(config, k) != v and k != "n_classes"}
         if changed:
             logger.info("architecture from %s: %s (config values replaced)", init.path,
                         {k: v for k, (_, v) in changed.items()})
-        resolved = config.replace(bands=bands, lr=config.lr or FINE_TUNE_LR,
+        resolved = config.replace(bands=bands, lr=lr,
                                   n_classes=n_classes, **{k: v for k, v in arch.items()
                                                           if k != "n_classes"})
     else:
         n_classes, classes = resolve_classes(shards, config.n_classes)
         mean, std, norm_origin = data_mod.normalisation_stats(shards, bands,
                                                               config.stats_patches)
-        resolved = config.replace(bands=bands, lr=config.lr or DEFAULT_LR, n_classes=n_classes)
+        resolved = config.replace(bands=bands, lr=lr, n_classes=n_classes)
     patch_size = shards.patch_size
     multiple = size_multiple(resolved.depth)
     if patch_size % multiple:
@@ -170,7 +199,10 @@ def train(
     backup = join(out, BACKUP)
     history_path = join(out, HISTORY)
     config_dict = resolved.to_dict()
-    state = read_state(backup, config_dict)  # every worker resumes from the chief's backup
+    inputs = inputs_record(data, val_data, shards, train_files, val_shards, val_files,
+                           init.model_id if init is not None else None)
+    # every worker resumes from the chief's backup
+    state = read_state(backup, config_dict, inputs)
 
     # the model trained and the float32 artifact are built alike (copy_weights pairs them)
     def unet() -> keras.Model:
@@ -217,7 +249,7 @@ def train(
                               epochs=resolved.epochs))
             if resolved.lr_schedule == "cosine" else None)
         checkpointer = Checkpointer(backup, config_dict, early, plateau, state, started,
-                                    write=chief, monitor=resolved.monitor)
+                                    write=chief, monitor=resolved.monitor, inputs=inputs)
         # the averaged weights go into the model before the other callbacks see the epoch
         average = AveragedWeights(resumed=state is not None) if resolved.ema else None
         cbs: list[keras.callbacks.Callback] = [cb for cb in (average, early, plateau, schedule)
@@ -241,9 +273,12 @@ def train(
         if not chief:
             logger.info("worker done; the chief writes the artifact to %s", out)
             return {}
-        best_path = join(backup, "best.weights.h5")
-        if tf.io.gfile.exists(best_path):
-            model.load_weights(best_path)
+        # the best checkpoint, else the last: both hold the averaged weights with --ema
+        # (Keras' end of fit puts the trained ones in the model)
+        for kept in ("best.weights.h5", "last.weights.h5"):
+            if tf.io.gfile.exists(join(backup, kept)):
+                model.load_weights(join(backup, kept))
+                break
 
     # The artifact is a plain float32 single-device model, whatever trained it.
     final = unet()
@@ -259,7 +294,7 @@ def train(
     }
     manifest = shards.manifest or {"bands": list(shards.available),
                                    "patch_size": patch_size, "source": shards.source}
-    training = {**config_dict, "data": data, "val_data": val_data,
+    training = {**config_dict, "data": data, "val_data": val_data, "inputs": inputs,
                 "normalization_from": norm_origin, "strategy_used": type(strategy).__name__,
                 "replicas": replicas, "precision_policy": policy}
     meta = save_artifact(

@@ -1,16 +1,24 @@
 """What a run takes from its shards besides the patches.
 
 Whether the export is complete enough to use, the classes to predict, the input stack the
-artifact records, and whether the parsed data are cached in memory.
+artifact records, whether the parsed data are cached in memory, and the fingerprint of
+what a run read (:func:`inputs_record`), by which a resumed run or a kept tuning trial is
+told from one on other shards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import tensorflow as tf
+
 from model import data as data_mod
+from model.artifact import read_meta
 from model.errors import ConfigError
 from model.train.config import TrainConfig
 from model.train.files import join
@@ -61,15 +69,23 @@ def stack_of(manifest: Mapping[str, Any], bands: Sequence[str]) -> dict[str, Any
     return {"bands": list(bands), "references": [], "change": [], "channels": list(bands)}
 
 
+def classes_of(shards: data_mod.ShardSet) -> dict[str, Any]:
+    """The manifest's class names -> ids (binary when it names none)."""
+    return dict((shards.manifest or {}).get("classes") or {"background": 0, "landslide": 1})
+
+
 def resolve_classes(shards: data_mod.ShardSet, n_classes: int | None
                     ) -> tuple[int, dict[str, int]]:
     """The number of outputs and the class names of the model.
 
     ``n_classes`` None: 1 (sigmoid) for a binary manifest, else one softmax output per class
     of the manifest.
+
+    Raises:
+        ConfigError: n_classes 2, more classes than ``n_classes``, or class ids a softmax
+            cannot learn (see :func:`check_class_ids`).
     """
-    manifest_classes = dict((shards.manifest or {}).get("classes")
-                            or {"background": 0, "landslide": 1})
+    manifest_classes = classes_of(shards)
     if n_classes is None:
         n_classes = 1 if len(manifest_classes) <= 2 else len(manifest_classes)
     if n_classes == 1:
@@ -79,9 +95,36 @@ def resolve_classes(shards: data_mod.ShardSet, n_classes: int | None
     if len(manifest_classes) > n_classes:
         raise ConfigError(f"the shards have classes {manifest_classes}, more than n_classes "
                           f"{n_classes}")
+    check_class_ids(manifest_classes, n_classes, shards.source)
     classes = manifest_classes if len(manifest_classes) == n_classes else {
         "background": 0, **{f"class_{i}": i for i in range(1, n_classes)}}
     return n_classes, classes
+
+
+def check_class_ids(classes: Mapping[str, Any], n_classes: int, source: str) -> None:
+    """Refuse class ids that a softmax of ``n_classes`` outputs cannot learn.
+
+    The loss one-hot encodes a pixel's id into ``n_classes`` outputs, so an id outside
+    ``0..n_classes-1`` (``{background: 0, scarp: 1, deposit: 3}`` for 3 outputs) becomes
+    an all-zero target and its pixels give no signal; two names on one id cannot be told
+    apart. A sigmoid model (``n_classes`` 1) takes every non-zero id as landslide.
+
+    Raises:
+        ConfigError: naming the classes, the ids a softmax of that size takes, and the fix.
+    """
+    if n_classes == 1:
+        return
+    ids = list(classes.values())
+    if (all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_classes for i in ids)
+            and len(set(ids)) == len(ids)):
+        return
+    contiguous = ",".join(f"{name}={i}" for i, name in
+                          enumerate((n for n in classes if classes[n] != 0), 1))
+    raise ConfigError(
+        f"the shards of {source!r} have classes {dict(classes)}: a softmax of {n_classes} "
+        f"outputs takes distinct ids 0..{n_classes - 1} (0 background), and pixels of any "
+        f"other id would train with no signal. Re-export them with contiguous ids "
+        f"(--classes {contiguous}, or a label map onto 1..{n_classes - 1})")
 
 
 def cache_for(config: TrainConfig, shards: data_mod.ShardSet, split: str, n_bands: int) -> bool:
@@ -90,3 +133,88 @@ def cache_for(config: TrainConfig, shards: data_mod.ShardSet, split: str, n_band
         return config.cache == "memory"
     size = data_mod.estimated_bytes(shards, split, n_bands)
     return size is not None and size <= CACHE_LIMIT_BYTES
+
+
+#: The fingerprints of :func:`inputs_record`, and how a message names each.
+_FINGERPRINTS = {"train": "training shards", "val": "validation shards",
+                 "init_from": "--init-from artifact (model id)"}
+
+
+def run_files(shards: data_mod.ShardSet, val_shards: data_mod.ShardSet,
+              separate_val: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(train_files, val_files)`` of a run.
+
+    Training reads the ``train`` split and the split-less files of ``shards``; validation
+    the ``val`` split of ``val_shards``, with its split-less files when ``separate_val``
+    (``--val-data`` names shards of their own).
+
+    Raises:
+        ConfigError: a split without shards (see :meth:`~model.data.ShardSet.split_files`).
+    """
+    return (shards.split_files("train", include_other=True),
+            val_shards.split_files("val", include_other=separate_val))
+
+
+def _size(path: str) -> int:
+    return int(tf.io.gfile.stat(path).length)
+
+
+def _files_digest(shards: data_mod.ShardSet, files: Sequence[str]) -> str:
+    """A digest of the manifest and each file's name (below the root) and size.
+
+    Sizes, not modification times: shards copied elsewhere (a fresh disk after a
+    preemption) are still the same inputs.
+    """
+    root = shards.root.rstrip("/") + "/"
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one request per file on gs://
+        sizes = list(pool.map(_size, files))
+    names = [f[len(root):] if f.startswith(root) else f for f in files]
+    content = {"manifest": shards.manifest, "files": [list(pair) for pair in zip(names, sizes)]}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def inputs_record(data: str, val_data: str | None, shards: data_mod.ShardSet,
+                  train_files: Sequence[str], val_shards: data_mod.ShardSet,
+                  val_files: Sequence[str], init_model_id: str | None) -> dict[str, Any]:
+    """What a run reads: the paths given and a fingerprint of each input.
+
+    Saved in the ``_backup/`` state and the artifact's ``training``; :func:`changed_inputs`
+    compares two of them. ``train`` and ``val`` digest the manifest and the name and size
+    of every shard read (so the same shards moved elsewhere compare equal, and other shards
+    at the same path do not); ``init_from`` is the model id of the ``init_from`` artifact.
+    """
+    return {"data": data, "val_data": val_data,
+            "train": _files_digest(shards, train_files),
+            "val": _files_digest(val_shards, val_files),
+            "init_from": init_model_id}
+
+
+def read_inputs_record(data: str, val_data: str | None, config: TrainConfig) -> dict[str, Any]:
+    """:func:`inputs_record` of a run of ``config`` on ``data`` that has not started.
+
+    Raises:
+        ConfigError: ``data`` or ``val_data`` hold no usable shards.
+        ArtifactError: the ``init_from`` artifact cannot be read.
+    """
+    shards = data_mod.find_shards(data, label=config.label)
+    val_shards = data_mod.find_shards(val_data, label=config.label) if val_data else shards
+    train_files, val_files = run_files(shards, val_shards, val_data is not None)
+    init_id = str(read_meta(config.init_from)["model_id"]) if config.init_from else None
+    return inputs_record(data, val_data, shards, train_files, val_shards, val_files, init_id)
+
+
+def changed_inputs(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The inputs (as a message names them) whose fingerprints differ.
+
+    Only the fingerprints that ``recorded`` names are compared: a record written before
+    one was added does not refuse what it cannot tell.
+    """
+    return [what for key, what in _FINGERPRINTS.items()
+            if key in recorded and recorded[key] != current.get(key)]
+
+
+def describe_inputs(record: Mapping[str, Any]) -> str:
+    """``--data X`` (``--val-data Y``) as a message shows the inputs of a record."""
+    text = f"--data {record.get('data')!r}"
+    return text + (f" --val-data {record['val_data']!r}" if record.get("val_data") else "")

@@ -2,7 +2,8 @@
 
 :class:`Checkpointer` writes, at every epoch end, the last weights (with the optimizer
 state), the best weights and the callbacks' state (best validation F1 or loss, patience
-counters, learning rate); :func:`read_state` reads them back and refuses a run with other settings;
+counters, learning rate) and what the run reads (:func:`~model.train.inputs.inputs_record`);
+:func:`read_state` reads them back and refuses a run with other settings or other inputs;
 :func:`trim_history` drops the history rows of epochs that will run again.
 """
 
@@ -22,6 +23,7 @@ from model import data as data_mod
 from model.errors import ConfigError
 from model.train.config import TrainConfig
 from model.train.files import join, save_weights, write_json, write_text
+from model.train.inputs import changed_inputs, describe_inputs
 from model.train.selection import MONITOR, MONITORS
 
 #: Fields that may change between an interrupted run and its resumption.
@@ -33,13 +35,15 @@ class Checkpointer(keras.callbacks.Callback):
 
     def __init__(self, backup: str, config: dict, early: keras.callbacks.EarlyStopping | None,
                  plateau: keras.callbacks.ReduceLROnPlateau | None, state: dict | None,
-                 started: float, write: bool = True, monitor: str = MONITOR) -> None:
+                 started: float, write: bool = True, monitor: str = MONITOR,
+                 inputs: dict | None = None) -> None:
         super().__init__()
         self.monitor = monitor
         self.sign = 1.0 if MONITORS[monitor] == "max" else -1.0  # compare sign * value
         self.backup = backup
         self.write = write  # only the chief worker writes
         self.config = config
+        self.inputs = inputs
         self.early = early
         self.plateau = plateau
         self.state = state or {}
@@ -72,6 +76,7 @@ class Checkpointer(keras.callbacks.Callback):
             "epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch, "lr": lr,
             "seconds": self.seconds + time.perf_counter() - self.started,
             "config": self.config,
+            **({"inputs": self.inputs} if self.inputs is not None else {}),
             "early": _callback_state(self.early, ("wait", "best", "best_epoch")),
             "plateau": _callback_state(self.plateau, ("wait", "best", "cooldown_counter")),
         }
@@ -105,11 +110,19 @@ def trim_history(path: str, next_epoch: int) -> None:
         write_text(path, buf.getvalue())
 
 
-def read_state(backup: str, config: dict) -> dict | None:
+def read_state(backup: str, config: dict, inputs: dict | None = None) -> dict | None:
     """The state of an interrupted run in ``backup``, or None when there is none.
 
+    Args:
+        backup: The ``_backup/`` folder.
+        config: The resolved settings of the run that starts.
+        inputs: What it reads (:func:`~model.train.inputs.inputs_record`); compared with
+            what the interrupted run recorded (a state written before inputs were recorded
+            is compared on its settings only).
+
     Raises:
-        ConfigError: the interrupted run had other settings (only ``epochs`` may change).
+        ConfigError: the interrupted run had other settings (only ``epochs`` may change),
+            or read other shards or another ``init_from`` artifact.
     """
     path = join(backup, "state.json")
     if not (tf.io.gfile.exists(path) and tf.io.gfile.exists(join(backup, "last.weights.h5"))):
@@ -125,6 +138,16 @@ def read_state(backup: str, config: dict) -> dict | None:
             f"{[saved.get(k) for k in differ]} then, {[config.get(k) for k in differ]} now): "
             "resume it with the same settings, use another --out, or delete that folder"
         )
+    recorded = state.get("inputs")
+    if inputs is not None and isinstance(recorded, dict):
+        changed = changed_inputs(recorded, inputs)
+        if changed:
+            raise ConfigError(
+                f"{backup!r} holds a run interrupted while it trained on "
+                f"{describe_inputs(recorded)}; this run reads {describe_inputs(inputs)}, and "
+                f"the {' and the '.join(changed)} differ: resume it with the same --data "
+                "(and --val-data, --init-from), train on these with another --out, or delete "
+                "that folder")
     return state
 
 

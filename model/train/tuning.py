@@ -1,7 +1,7 @@
 """``landslides tune``: a grid search, one trained artifact per trial, ranked by val F1.
 
-Trials whose artifact already exists with the same settings are kept, so an interrupted
-search resumes.
+Trials whose artifact already exists with the same settings, trained on the same inputs,
+are kept, so an interrupted search resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from model.artifact import read_meta
 from model.errors import ArtifactError, ConfigError
 from model.train.config import TrainConfig
 from model.train.files import copy_tree, join, write_text
-from model.train.fit import train
+from model.train.fit import resolved_lr, train
+from model.train.inputs import changed_inputs, describe_inputs, read_inputs_record
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,13 @@ def tune(
         val_data: Validation shards.
 
     Returns:
-        The table rows, best first. Trials whose artifact exists already (same settings)
-        are not trained again, so an interrupted search resumes.
+        The table rows, best first. Trials whose artifact exists already (same settings,
+        same inputs: see :func:`~model.train.inputs.inputs_record`) are not trained
+        again, so an interrupted search resumes; one trained on other shards is.
+
+    Raises:
+        ConfigError: an unknown or empty grid entry, or a trial with bad settings (every
+            trial is checked before the first one trains).
     """
     config = config or TrainConfig()
     grid = dict(grid or {"lr": [1e-3, 1e-4], "base_filters": [8, 16], "batch_size": [16, 32]})
@@ -70,12 +76,14 @@ def tune(
             raise ConfigError(f"the grid of {key!r} is empty")
     combos = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     trials = [(combo, config.replace(**combo)) for combo in combos]  # validates them all
+    for _, trial_config in trials:
+        resolved_lr(trial_config)
     logger.info("grid search of %d trials over %s", len(trials), grid)
     rows = []
     for i, (setting, trial_config) in enumerate(trials, 1):
         tid = _trial_id(setting)
         trial_out = join(out, "trials", tid)
-        meta = _finished_trial(trial_out, trial_config)
+        meta = _finished_trial(trial_out, trial_config, data, val_data)
         if meta is None:
             logger.info("trial %d/%d %s", i, len(trials), tid)
             meta = train(data, trial_out, trial_config, val_data=val_data)
@@ -108,12 +116,34 @@ def tune(
     return rows
 
 
-def _finished_trial(path: str, config: TrainConfig) -> dict | None:
+def _finished_trial(path: str, config: TrainConfig, data: str,
+                    val_data: str | None) -> dict | None:
+    """The artifact of a trial trained before with ``config`` on the same inputs, or None.
+
+    An artifact written before the inputs were recorded is kept when it names the same
+    ``data`` and ``val_data``.
+    """
     try:
         meta = read_meta(path)
     except ArtifactError:
         return None
-    saved = {k: v for k, v in meta.get("training", {}).items() if k in config.to_dict()}
+    training = meta.get("training", {})
+    saved = {k: v for k, v in training.items() if k in config.to_dict()}
     wanted = config.to_dict()
     same = all(saved.get(k) == v for k, v in wanted.items() if v is not None)
-    return meta if same and "val" in meta.get("metrics", {}) else None
+    if not (same and "val" in meta.get("metrics", {})):
+        return None
+    current = read_inputs_record(data, val_data, config)
+    recorded = training.get("inputs")
+    if not isinstance(recorded, dict):
+        recorded = {"data": training.get("data"), "val_data": training.get("val_data")}
+        same_paths = (recorded["data"], recorded["val_data"]) == (data, val_data)
+        changed = [] if same_paths else ["--data and --val-data paths"]
+    else:
+        changed = changed_inputs(recorded, current)
+    if changed:
+        logger.warning("trial %s was trained on %s; this search reads %s (the %s differ): "
+                       "training it again", path, describe_inputs(recorded),
+                       describe_inputs(current), " and the ".join(changed))
+        return None
+    return meta

@@ -554,16 +554,21 @@ def _moving_average(steps: list[list[np.ndarray]], momentum: float) -> list[np.n
     return average
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.8])
+@pytest.mark.parametrize(("ema", "first_epochs"), [(0.0, 4), (0.8, 4), (0.8, 2)])
 def test_a_resumed_run_trains_on_from_the_trained_weights_and_averages_on(shards, tmp_path,
-                                                                           ema):
-    """The checkpoint holds the average; a resumed run must not train on from it."""
+                                                                           ema, first_epochs):
+    """The checkpoint holds the average; a resumed run must not train on from it.
+
+    ``first_epochs`` 2: the run was stopped after its last epoch's checkpoint and resumed
+    with more epochs (Keras puts the average in place of the trained weights there).
+    """
     config = trainer.TrainConfig(base_filters=4, depth=3, batch_size=8, lr=0.01, epochs=4,
                                  patience=0, saved_model=False, ema=ema, monitor="val_loss")
     out = tmp_path / "run"
     before, after, first = _RawWeights(), _RawWeights(), _FirstStep()
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(str(shards), str(out), config, callbacks=[before, _Interrupt()])
+    with pytest.raises(KeyboardInterrupt):  # after the second epoch
+        trainer.train(str(shards), str(out), config.replace(epochs=first_epochs),
+                      callbacks=[before, _Interrupt()])
     trainer.train(str(shards), str(out), config, callbacks=[first, after])
     assert first.weights is not None
     for a, b in zip(first.weights, before.steps[-1]):  # Keras swaps by adding, subtracting
