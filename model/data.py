@@ -46,6 +46,9 @@ from model.schema import IGNORE_VALUE, detect_format, read_stored_bands
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: Written by ``landslides export`` when it starts and deleted once its manifest is written:
+#: found without a manifest, the export died while rewriting the folder.
+EXPORT_RUNNING = "export_running.json"
 SPLITS = ("train", "val", "test")
 #: Label feature names tried, in order, in Earth Engine records when none is given.
 EE_LABELS = ("landslide", "label", "mask", "class")
@@ -359,6 +362,11 @@ def find_shards(data: str, label: str | None = None) -> ShardSet:
             "`landslides export`, or pass a glob"
         )
     manifest = _find_manifest(root, explicit=not _is_glob(data))
+    if manifest is None and tf.io.gfile.exists(_join(root, EXPORT_RUNNING)):
+        raise ConfigError(
+            f"an export into {root!r} started and did not finish ({EXPORT_RUNNING} is there, "
+            f"{MANIFEST} is not): its shards may mix that run's with an earlier one's. Run "
+            f"`landslides export` into it again, or train on another export")
     if manifest and isinstance(manifest.get("files"), dict) and not _is_glob(data):
         files = _listed_files(root, files, manifest["files"])
     by_split: dict[str, list[str]] = {s: [] for s in (*SPLITS, "other")}

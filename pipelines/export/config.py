@@ -22,6 +22,9 @@ MANIFEST = "manifest.json"
 FAILED = "failed_chunks.jsonl"
 #: The run's configuration, written beside the manifest when the run ends.
 CONFIG = "export_config.json"
+#: Written when a run starts, deleted once its manifest is written: training refuses a
+#: folder that holds it without a manifest (model.data.EXPORT_RUNNING).
+RUNNING = "export_running.json"
 #: How a label raster's values map to classes unless ``--label-map`` says otherwise.
 DEFAULT_LABEL_MAP = "0=ignore,1=background,2=landslide"
 #: Class ids ``--classes`` may give: 0 is the background, 255 the ignore value.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pipelines import fsio
 from pipelines.errors import OutputError
-from pipelines.export.config import CONFIG, FAILED, MANIFEST, ExportConfig
+from pipelines.export.config import CONFIG, FAILED, MANIFEST, RUNNING, ExportConfig
 from pipelines.export.plan import plan_export
 from pipelines.geo import bands as bandreg
 from pipelines.geo.patches import SPLITS
@@ -43,6 +43,9 @@ def run_export(config: ExportConfig, beam_args: Sequence[str] | None = None) -> 
     fsio.check_writable(config.out)
     # validated: from here on the folder is this run's (its config comes with its manifest)
     forget_previous_run(config.out)
+    fsio.write_json(fsio.join(config.out, RUNNING), {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": config.to_dict()})
     by_split = {s: sum(1 for v in plan.splits.values() if v == s) for s in SPLITS}
     log.info("Exporting %d chunks (train %d, val %d, test %d) of %s%s to %s; input stack: %s",
              len(plan.chunks), by_split["train"], by_split["val"], by_split["test"],
@@ -173,7 +176,8 @@ def _write_manifest(parts: dict, config: ExportConfig, plan_info: dict, temp: st
         fsio.write_bytes(fsio.join(config.out, FAILED),
                          "".join(json.dumps(f) + "\n" for f in failed).encode())
     fsio.write_json(fsio.join(config.out, CONFIG), manifest["config"])
-    fsio.write_json(fsio.join(config.out, MANIFEST), manifest)  # last: the run is complete
+    fsio.write_json(fsio.join(config.out, MANIFEST), manifest)  # the run is complete
+    fsio.delete(fsio.join(config.out, RUNNING))
 
 
 def _classes(config: ExportConfig) -> dict[str, int]:

@@ -72,6 +72,17 @@ def test_a_rerun_that_dies_before_its_manifest_leaves_no_stale_one(small_scene, 
     assert not (out / "manifest.json").exists()
     assert not (out / "export_config.json").exists()
     assert (out / "train" / "train-00000-of-00001.tfrecord.gz").exists()  # shards stay
+    # and training refuses the half-rewritten folder instead of reading whatever is there
+    from model.data import EXPORT_RUNNING, find_shards
+    from model.errors import ConfigError
+
+    assert EXPORT_RUNNING == run.RUNNING and (out / EXPORT_RUNNING).exists()
+    with pytest.raises(ConfigError, match="started and did not finish"):
+        find_shards(str(out))
+    monkeypatch.undo()
+    assert cli.main(args) == 0  # a finished rerun: the marker goes, training reads it
+    assert not (out / EXPORT_RUNNING).exists()
+    assert find_shards(str(out)).manifest is not None
 
 
 def test_numeric_class_codes_must_be_declared_classes(small_scene, tmp_path):
