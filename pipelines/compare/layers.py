@@ -161,7 +161,8 @@ class RasterMask:
         1..254 are landslide, 0 not, 255 and ``nodata`` no data (as are non-finite values).
 
         Raises:
-            InputError: fractional values (a probability map passed as a mask).
+            InputError: fractional values (a probability map passed as a mask), or values
+                no mask holds (negative, above 255, non-integer: an undeclared nodata).
         """
         valid = np.isfinite(values) & (values != MASK_NODATA)
         if nodata is not None and np.isfinite(nodata):
@@ -172,6 +173,12 @@ class RasterMask:
                 f"Raster {path!r} holds fractional values (e.g. {values[frac][0]:.3f}): it looks "
                 f"like a probability map. Pass the sweep's mask COG (values 0/1) instead."
             )
+        odd = valid & ((values < 0) | (values > MASK_NODATA) | (values != np.floor(values)))
+        if odd.any():
+            raise InputError(
+                f"Raster {path!r} holds {values[odd][0]:g}, not a mask value (0 not landslide, "
+                f"1..254 landslide, 255 no data): if it marks no data, declare it "
+                f"(`gdal_edit.py -a_nodata {values[odd][0]:g} {path}`).")
         return valid & (values >= 1) & (values <= 254), valid
 
     def burn(self, grid: PixelGrid) -> tuple[np.ndarray, np.ndarray]:

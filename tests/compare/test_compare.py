@@ -417,12 +417,12 @@ def test_the_report_shows_grad_cam_overlays_when_given(tmp_path):
     assert "Grad-CAM" not in (plain / "report.html").read_text()
 
 
-@pytest.mark.parametrize("kind", ["probability", "nodata0"])
+@pytest.mark.parametrize("kind", ["probability", "nodata0", "undeclared"])
 def test_a_raster_that_only_looks_like_a_mask_is_refused(kind, tmp_path):
     """A quantised probability COG (stored 0..250, scale 0.004) once counted every pixel
-    above p = 0.004 as a landslide, and a mask with nodata 0 made every 'not landslide'
-    pixel unobserved (recall 1.0): both are refused, naming the fix; the 0/1 mask with
-    nodata 255 beside them scores as it should."""
+    above p = 0.004 as a landslide, a mask with nodata 0 made every 'not landslide' pixel
+    unobserved (recall 1.0), and an undeclared -9999 counted as 'not landslide': all are
+    refused, naming the fix; the 0/1 mask with nodata 255 beside them scores as it should."""
     x0, y0 = 330_000.0, 3_110_000.0
     grid = PixelGrid(UTM, (10.0, 0.0, x0, 0.0, -10.0, y0), 50, 50)
     ref = gpd.GeoDataFrame(geometry=[box(x0 + 100, y0 - 200, x0 + 200, y0 - 100),
@@ -437,10 +437,16 @@ def test_a_raster_that_only_looks_like_a_mask_is_refused(kind, tmp_path):
         write_cog(str(tmp_path / "bad.tif"), stored, grid, nodata=255, profile=CATEGORICAL,
                   overviews=False, scales=[0.004])
         fix = "mask COG"
-    else:
+    elif kind == "nodata0":
         write_cog(str(tmp_path / "bad.tif"), mask, grid, nodata=0, profile=CATEGORICAL,
                   overviews=False)
         fix = "-a_nodata 255"
+    else:  # -9999 marks no data but is not declared: it counted as "not landslide"
+        edged = mask.astype("int16")
+        edged[:, :5] = -9999
+        write_cog(str(tmp_path / "bad.tif"), edged, grid, nodata=None, profile=CATEGORICAL,
+                  overviews=False)
+        fix = "-a_nodata -9999"
     base = ["-q", "compare", "--reference", str(tmp_path / "ref.gpkg"), "--resolution", "10",
             "--no-figures"]
     assert main([*base, "--predicted", str(tmp_path / "mask.tif"),
