@@ -192,6 +192,10 @@ class ExportConfig:
                 f"--classes {self.classes}: class ids must be integers 1..254 (0 is the "
                 f"background, 255 the ignore value), got {bad}. Number the classes from 1, "
                 f"e.g. scarp=1,deposit=2.")
+        if "background" in (self.classes or {}):
+            raise ConfigError(
+                f"--classes {self.classes}: 'background' is the manifest's name of id 0 (no "
+                f"class); name the classes of --class-attribute otherwise.")
         ids = sorted((self.classes or {}).values())
         if ids and ids != list(range(1, len(ids) + 1)):
             raise ConfigError(

@@ -50,6 +50,8 @@ def test_several_years_refuse_images_without_a_year(small_scene, tmp_path):
     ({"class_attribute": "kind", "classes": {"scarp": 1, "deposit": 3}},
      r"1\.\.2 without gaps"),  # training would give id 3 an output of its own: none
     ({"class_attribute": "kind", "classes": {"scarp": 1, "slide": 1}}, "its own id"),
+    ({"class_attribute": "kind", "classes": {"background": 1, "scarp": 2}},
+     "'background' is the manifest's name of id 0"),
     ({"class_attribute": "kind", "inventory": None, "classes": {"scarp": 1}},
      "no --inventory is given"),
     ({"label_map": "0=ignore,1=landslide"}, "no --labels raster"),
