@@ -234,8 +234,11 @@ class RasterMask:
                     piece += 1
         parts = []
         for crs, frames in by_crs.items():
+            pixel = min(min(abs(f.grid.affine.a), abs(f.grid.affine.e)) for f in self.files
+                        if f.crs == crs)
             merged = merge_across_edges(pd.concat(frames, ignore_index=True), connectivity,
-                                        tolerance=0.0, piece="piece")[["geometry"]]
+                                        tolerance=0.0, piece="piece",
+                                        grid_size=pixel * 1e-6)[["geometry"]]
             parts.append(merged.to_crs(self.crs) if crs != self.crs else merged)
         if not parts:
             return gpd.GeoDataFrame(geometry=gpd.GeoSeries([], crs=self.crs), crs=self.crs)

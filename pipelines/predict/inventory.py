@@ -83,7 +83,8 @@ def merge_edges(plan: SweepPlan, epsg: int, parts: Iterable[PolygonPart]) -> lis
     gdf = parts_frame(rows, epsg).drop(columns="chunks")
     gdf["chunk"], gdf["edge"] = [p.key for p in rows], True
     gdf["key"], gdf["pos"] = [p.key for p in rows], [p.pos for p in rows]
-    merged = merge_across_edges(gdf, plan.config.connectivity, first=("key", "pos"))
+    merged = merge_across_edges(gdf, plan.config.connectivity, first=("key", "pos"),
+                                grid_size=plan.pixel_size * 1e-6)
     return [PolygonPart(str(k), int(i), g.wkb, float(a), int(n), float(pm), float(px), int(c))
             for k, i, g, a, n, pm, px, c in zip(
                 merged["key"], merged["pos"], merged.geometry.values, merged["area_m2"],

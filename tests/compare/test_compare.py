@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -12,12 +13,14 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from rasterio.windows import Window
 from shapely.geometry import box
 
 from pipelines import fsio
 from pipelines.cli import main
 from pipelines.compare import (
     CompareConfig,
+    RasterMask,
     parse_years,
     resolve_input,
     run_compare,
@@ -314,6 +317,33 @@ def test_merge_across_edges_keeps_the_first_part_of_each_landslide():
     # rows 0+2 are one piece (no join inside a piece); 1 (c1) and 3 (c3) join
     assert list(zip(out["piece"], out["pos"], out.area, out["chunks"])) == [
         ("c2", 0, 100.0, 1), ("c1", 5, 200.0, 2), ("c2", 1, 100.0, 1)]
+
+
+def test_edges_computed_from_two_origins_join_as_one_line(tmp_path):
+    """A mask in degrees (Earth Engine's 10 m scale in EPSG:4326 at 33 N): each window's
+    polygons come from its own origin, so the same window edge differed in its last bits
+    and a landslide across it stayed two polygons (or two meeting at a corner joined)."""
+    from rasterio.transform import Affine
+
+    a = 8.983152841195214e-05
+    x0, y0, n = 86.251, 33.4582, 192
+    m = np.zeros((n, n), np.uint8)
+    m[122:134, 20:26] = 1  # across the row-128 window edge
+    m[122:134, 80:86] = 1  # across it too
+    m[20:26, 122:134] = 1  # across the column-128 edge
+    m[126:128, 150:152] = 1  # two landslides meeting at one corner on the row-128 edge
+    m[128:130, 152:154] = 1
+    grid = PixelGrid("EPSG:4326", tuple(Affine(a, 0, x0, 0, -a, y0))[:6], n, n)
+    write_cog(str(tmp_path / "m.tif"), m, grid, nodata=255, profile=CATEGORICAL,
+              overviews=False)
+    above, below = grid.subgrid(Window(0, 64, 64, 64)), grid.subgrid(Window(0, 128, 64, 64))
+    assert above.affine.f + 64 * above.affine.e != below.affine.f  # the case itself
+    with contextlib.ExitStack() as stack:
+        rm = RasterMask(RasterMask.open((str(tmp_path / "m.tif"),), stack), "EPSG:4326")
+        for connectivity, whole in ((4, 5), (8, 4)):
+            assert len(vectorize(m, grid, 0.0, connectivity=connectivity)) == whole
+            got = rm.vectorize(None, block=64, connectivity=connectivity)
+            assert len(got) == whole, connectivity
 
 
 # --------------------------------------------------------------------------- bad input
