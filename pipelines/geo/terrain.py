@@ -45,7 +45,7 @@ from pipelines.errors import (
     InputError,
     NoDataError,
 )
-from pipelines.geo.cog import CONTINUOUS, gdal_error_text, write_cog
+from pipelines.geo.cog import CATEGORICAL, CONTINUOUS, gdal_error_text, write_cog
 from pipelines.geo.grid import PixelGrid
 
 log = logging.getLogger(__name__)
@@ -462,8 +462,9 @@ def _write_from(src: rasterio.io.DatasetReader, dem: str, out: str, names: tuple
         paths = {}
         for p in names:
             path = fsio.join(out, f"{p}.tif")
+            # an angle's average across north (350 and 10 degrees) is south: nearest
             write_cog(path, results[p], grid, nodata=OUT_NODATA, band_names=[p],
-                      profile=CONTINUOUS,
+                      profile=CATEGORICAL if p == "aspect" else CONTINUOUS,
                       tags={"product": p, "units": UNITS[p], "z_factor": repr(z_factor),
                             "source": str(dem)})
             paths[p] = path

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from rio_cogeo.cogeo import cog_validate
 from scipy import ndimage
 
@@ -382,3 +382,22 @@ def test_file_errors_name_the_value(rng, tmp_path, capsys):
     assert "roughness" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
+
+
+def test_aspect_overviews_stay_near_north_on_a_north_facing_slope(tmp_path):
+    """Aspect is an angle: averaged overviews made 359 and 1 degrees 180 (south)."""
+    n = 1024
+    y, x = np.mgrid[0:n, 0:n].astype("float64")
+    dem = y + np.where(x % 2 == 0, 0.02, -0.02) * x  # rises to the south, a slight wobble
+    path = tmp_path / "dem.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=1,
+                       dtype="float32", crs="EPSG:32645",
+                       transform=Affine(10, 0, 330000, 0, -10, 3110000)) as dst:
+        dst.write(dem.astype("float32"), 1)
+    out = write_terrain(str(path), str(tmp_path / "t"), products="aspect")
+    with rasterio.open(out["aspect"]) as src:
+        assert src.overviews(1)
+        full = src.read(1)[100:900, 100:900]
+        overview = src.read(1, out_shape=(n // 4, n // 4))[25:225, 25:225]
+    north = lambda a: np.mean((a > 350) | (a < 10))  # noqa: E731
+    assert north(full) > 0.99 and north(overview) > 0.99
