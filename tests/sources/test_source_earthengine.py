@@ -346,6 +346,64 @@ def test_greenest_and_barest_pick_scenes_by_plus_or_minus_ndvi(server):
         green.replace('{"constantValue": -1}', '{"constantValue": 1}')
 
 
+def calls_in(expression_json: str) -> dict[str, list[tuple[dict, tuple[str, ...]]]]:
+    """Every function call of a serialised expression: ``{name: [(arguments, callers)]}``.
+
+    ``arguments`` are the call's argument nodes with every value reference followed;
+    ``callers`` are the functions the call's result flows into, innermost last.
+    """
+    doc = json.loads(expression_json)
+
+    def expand(node):
+        if isinstance(node, list):
+            return [expand(item) for item in node]
+        if isinstance(node, dict):
+            if "valueReference" in node:
+                return expand(doc["values"][node["valueReference"]])
+            return {k: expand(v) for k, v in node.items()}
+        return node
+
+    found: dict[str, list[tuple[dict, tuple[str, ...]]]] = {}
+
+    def walk(node, callers: tuple[str, ...]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, callers)
+        elif isinstance(node, dict):
+            call = node.get("functionInvocationValue")
+            if call is None:
+                walk(list(node.values()), callers)
+                return
+            args = call.get("arguments", {})
+            found.setdefault(call["functionName"], []).append((args, callers))
+            walk(list(args.values()), (*callers, call["functionName"]))
+
+    walk(expand(doc["values"][doc["result"]]), ())
+    return found
+
+
+def test_terrain_angles_come_from_the_resampled_dem_and_are_never_interpolated(server):
+    """Aspect interpolated between 350 and 10 degrees (both north) would face south (180).
+
+    Slope, aspect and hillshade are derived from the DEM resampled bilinearly, as the
+    GeoTIFF TerrainSource derives them from the DEM read onto the target grid, and are not
+    resampled afterwards. (The loopback server does not evaluate expressions: this checks
+    the expression Earth Engine is sent.)
+    """
+    calls = calls_in(make_source(server, bands=("aspect", "slope", "hillshade", "DEM",
+                                                "curvature")).expression_json)
+    for name in ("Terrain.aspect", "Terrain.slope", "Terrain.hillshade"):
+        assert calls.get(name), name
+        for args, callers in calls[name]:
+            assert "Image.resample" not in callers, f"{name} is resampled: {callers}"
+            dem = args["input"]["functionInvocationValue"]
+            assert dem["functionName"] == "Image.resample", name
+            assert dem["arguments"]["mode"] == {"constantValue": "bilinear"}, name
+    # the DEM band itself (and curvature) are still resampled bilinearly
+    modes = {args["mode"]["constantValue"] for args, _ in calls["Image.resample"]}
+    assert modes == {"bilinear"}
+
+
 # --------------------------------------------------------------------------- masks
 def test_masked_pixels_become_nan_and_invalid(server):
     grid = chunk_read_grid(85.3, 28.1, chunk_size=32, halo=0)

@@ -134,15 +134,19 @@ def two_tiles(tmp_path, rng):
     return pa, pb, full[0].astype(np.float32), grid
 
 
-def test_mosaic_of_overlapping_tiles_first_sorted_file_wins(two_tiles, tmp_path):
+def test_mosaic_of_overlapping_tiles_first_file_given_wins(two_tiles, tmp_path):
     pa, pb, full, grid = two_tiles
-    for paths in ([pa, pb], [pb, pa], str(tmp_path / "*.tif")):
+    # the order given is the priority; a glob's matches are sorted where the glob stands
+    for paths, order in (([pa, pb], (pa, pb)), (str(tmp_path / "*.tif"), (pa, pb)),
+                         ([pb, pa], (pb, pa)), ([pb, str(tmp_path / "*.tif")], (pb, pa))):
         src = GeoTIFFSource(paths, resampling="nearest")
-        assert src.files == (pa, pb)
+        assert src.files == order
         r = src.read(grid, ["DEM"])
         assert r.valid.all()
-        np.testing.assert_array_equal(r.data[0, :, :30], full[:, :30])  # A, overlap included
+        np.testing.assert_array_equal(r.data[0, :, :20], full[:, :20])  # only A
         np.testing.assert_array_equal(r.data[0, :, 30:], full[:, 30:] + 1000)  # only B
+        overlap = full[:, 20:30] + (1000 if order[0] == pb else 0)
+        np.testing.assert_array_equal(r.data[0, :, 20:30], overlap)
 
 
 def test_mosaic_falls_through_to_the_next_file_where_the_first_has_nodata(tmp_path, rng):
@@ -152,7 +156,7 @@ def test_mosaic_falls_through_to_the_next_file_where_the_first_has_nodata(tmp_pa
     pa = write_tif(tmp_path / "a.tif", a, from_origin(X0, Y0, 10, 10), nodata=-1,
                    descriptions=["DEM"])
     pb = write_tif(tmp_path / "b.tif", b, from_origin(X0, Y0, 10, 10), descriptions=["DEM"])
-    r = GeoTIFFSource([pb, pa], resampling="nearest").read(grid_of(pa), ["DEM"])
+    r = GeoTIFFSource([pa, pb], resampling="nearest").read(grid_of(pa), ["DEM"])
     expected = np.where(a == -1, b, a).astype(np.float32)
     np.testing.assert_array_equal(r.data[0], expected)
     assert r.valid.all()

@@ -89,21 +89,25 @@ def _terrain(config: EEConfig, names: Sequence[str]) -> ee.Image:
         dem = ee.Image(asset).select(band)
     dem = dem.toFloat()
     proj = dem.projection()
-    layers = {"DEM": dem}
+    # Slope, aspect and hillshade come from the DEM resampled bilinearly (as TerrainSource
+    # reads a DEM file onto the target grid before deriving them) and are never resampled
+    # themselves: aspect is an angle, and interpolating angles fails where they wrap
+    # (halfway between 350 and 10 degrees, both facing north, bilinear gives 180).
+    surface = dem.resample("bilinear")
+    layers = {"DEM": surface}
     if "slope" in names:
-        layers["slope"] = ee.Terrain.slope(dem)
+        layers["slope"] = ee.Terrain.slope(surface)
     if "aspect" in names:
-        layers["aspect"] = ee.Terrain.aspect(dem)
+        layers["aspect"] = ee.Terrain.aspect(surface)
     if "hillshade" in names:
-        layers["hillshade"] = ee.Terrain.hillshade(dem, 315, 45)
+        layers["hillshade"] = ee.Terrain.hillshade(surface, 315, 45)
     if "curvature" in names:
         # Zevenbergen-Thorne total curvature, -(d2z/dx2 + d2z/dy2) * 100: the 4-neighbour
         # Laplacian over the cell area (dx * dy, in m2), on the DEM's own pixels.
         laplacian = dem.convolve(ee.Kernel.laplacian4(normalize=False))
         area = ee.Image.pixelArea().reproject(proj)
-        layers["curvature"] = laplacian.divide(area).multiply(-100)
-    images = [layers[n].rename(n).resample("bilinear") for n in names]
-    return ee.Image.cat(images)
+        layers["curvature"] = laplacian.divide(area).multiply(-100).resample("bilinear")
+    return ee.Image.cat([layers[n].rename(n) for n in names])
 
 
 def build_image(config: EEConfig, bands: Sequence[str]) -> ee.Image:

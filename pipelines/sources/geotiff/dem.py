@@ -30,7 +30,9 @@ class TerrainSource(Source):
     The DEM is read with :class:`GeoTIFFSource` (band 1 as ``DEM``, bilinear) on the target
     grid grown by one pixel; slope, aspect, curvature and hillshade come from
     :func:`pipelines.geo.terrain.terrain_products` at the grid's pixel size and the extra
-    pixel is cropped, so edge pixels are computed from their real neighbours.
+    pixel is cropped, so edge pixels are computed from their real neighbours. A DEM that
+    declares GDAL's scale/offset (e.g. decimetres stored with scale 0.1) is read in the
+    units they give.
 
     Args:
         dem: DEM path(s) or glob pattern(s), as for :class:`GeoTIFFSource`.
@@ -57,11 +59,13 @@ class TerrainSource(Source):
         self.dem.close()
 
     def describe(self) -> dict:
+        scaling = self.dem.declared_scaling()  # e.g. a DEM stored in decimetres
         return {"kind": self.kind, "bands": list(self.bands), "dem": list(self.dem.paths),
                 "files": list(self.dem.files),
                 "fingerprints": [fsio.fingerprint(f) for f in self.dem.files],
                 "nodata": self.dem.nodata,
-                "z_factor": self.z_factor, "scale": self.dem.scale}
+                "z_factor": self.z_factor, "scale": self.dem.scale,
+                **({"declared_scaling": scaling} if scaling else {})}
 
     def footprint(self) -> tuple[str, tuple[float, float, float, float]]:
         return self.dem.footprint()

@@ -1,9 +1,10 @@
 """The file catalogue of a GeoTIFF source: which files it reads and where they lie.
 
-:func:`expand_paths` turns the given paths and glob patterns into the sorted file list
-(the mosaic priority order), :class:`FileInfo` is what one header scan learns about a file
-(plain data, pickled with the source), and :func:`bounds_in_crs` / :func:`res_in_crs`
-express every file's footprint and pixel size in the CRS of the grid being read.
+:func:`expand_paths` turns the given paths and glob patterns into the file list in the
+mosaic priority order (the order given; each pattern's matches sorted), :class:`FileInfo`
+is what one header scan learns about a file (plain data, pickled with the source), and
+:func:`bounds_in_crs` / :func:`res_in_crs` express every file's footprint and pixel size in
+the CRS of the grid being read.
 """
 
 from __future__ import annotations
@@ -51,10 +52,29 @@ class FileInfo:
     #: What identifies the file's content (:func:`content_stamp`); None where it is not
     #: known without reading it (remote objects), so its reads are never cached.
     stamp: str | None = None
+    #: ``(scale, offset)`` of every band of the file, in band order, as GDAL declares
+    #: them (:func:`pipelines.geo.cog.band_scaling`); ``(1.0, 0.0)`` where none is set.
+    scaling: tuple[tuple[float, float], ...] = ()
 
     def index(self, band: str) -> int:
         """The 1-based index of ``band`` in the file."""
         return dict(self.band_index)[band]
+
+    def declared_scaling(self, band: str) -> tuple[float, float] | None:
+        """``(scale, offset)`` the file declares for ``band``; None where it declares none.
+
+        ``physical = stored * scale + offset`` (GDAL's convention), e.g. ``(1e-4, -0.1)``
+        for Sentinel-2 L2A of processing baseline 04.00 or later.
+        """
+        i = self.index(band) - 1
+        if i >= len(self.scaling) or self.scaling[i] == (1.0, 0.0):
+            return None
+        return self.scaling[i]
+
+    @property
+    def declares_scaling(self) -> bool:
+        """True when any band of the file declares a scale or offset."""
+        return any(s != (1.0, 0.0) for s in self.scaling)
 
     @property
     def is_integer(self) -> bool:
@@ -93,18 +113,27 @@ def _is_sidecar(path: str) -> bool:
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-    """Expand glob patterns, drop sidecar files they match, dedupe and sort."""
+    """The files of ``paths`` in mosaic priority order (the first valid pixel wins).
+
+    Explicit paths keep the order they are given in (a caller lists the most recent year
+    first to keep its pixels); a glob pattern's matches are sorted, where it stands in the
+    list, and the sidecar files it matches are dropped. A file listed twice keeps its first
+    place.
+
+    Raises:
+        DataNotFoundError: a glob pattern matches no raster.
+    """
     out: list[str] = []
     for p in paths:
         if _is_glob(p) and not fsio.is_http(p):
-            matches = [m for m in fsio.glob(p) if not _is_sidecar(m)]
+            matches = sorted(m for m in fsio.glob(p) if not _is_sidecar(m))
             if not matches:
                 raise DataNotFoundError(f"No raster matches the pattern {p!r}; check the folder "
                                         f"and the pattern (e.g. 'tiles/*.tif').")
             out.extend(matches)
         else:
             out.append(p)
-    return sorted(dict.fromkeys(out))
+    return list(dict.fromkeys(out))
 
 
 def bounds_in_crs(files: Sequence[FileInfo], crs: str) -> np.ndarray:

@@ -3,17 +3,20 @@
 :class:`GeoTIFFSource` reads one raster or a mosaic of many (local paths, ``gs://``
 objects, ``http(s)://`` URLs or glob patterns) onto any :class:`PixelGrid`. Every file whose
 footprint meets the grid is warped onto it with rasterio's :class:`~rasterio.vrt.WarpedVRT`
-(GDAL's warper: nodata is excluded from the resampling kernel, pixels outside the file stay
-empty), and the first file, in sorted path order, with a valid value wins per pixel.
+(GDAL's warper: nodata and the pixels a file's mask or alpha band masks are excluded from
+the resampling kernel, pixels outside the file stay empty), and the first file, in the
+order given (each glob pattern's matches sorted), with a valid value wins per pixel.
 
-Values come back as float32 in physical units (``physical = stored * scale``), NaN where
-invalid, with a ``valid`` mask that is True where every requested band is valid.
+Values come back as float32 in physical units (``physical = stored * scale + offset``),
+NaN where invalid, with a ``valid`` mask that is True where every requested band is valid.
 
-Scaling with ``scale="auto"``: integer files use the band registry's scale (``1e-4`` for
-Sentinel-2 reflectance, ``1`` for a DEM); float files use ``1.0``, because float digital
-numbers (e.g. Sentinel-2 DNs 0..10000 stored as float64) cannot be told apart safely from
-float reflectance. Pass ``scale=1e-4`` explicitly for such files; a warning is logged when
-"auto" meets float reflectance far above its plausible range.
+Scaling with ``scale="auto"``: a band whose file declares GDAL's scale/offset (e.g.
+``1e-4``/``-0.1`` for Sentinel-2 L2A of processing baseline 04.00, ``0.1`` for a DEM in
+decimetres) uses them; otherwise integer files use the band registry's scale (``1e-4``
+for Sentinel-2 reflectance, ``1`` for a DEM) and float files ``1.0``, because float
+digital numbers (e.g. Sentinel-2 DNs 0..10000 stored as float64) cannot be told apart
+safely from float reflectance. Pass ``scale=1e-4`` explicitly for such files; a warning is
+logged when "auto" meets float reflectance far above its plausible range.
 
 ``gs://`` objects are read by range through GDAL's ``/vsigs/`` (see
 :func:`pipelines.fsio.gdal_gs_options`): a read fetches the file's header and the tiles
@@ -58,7 +61,7 @@ from pipelines.errors import (
     SourceError,
 )
 from pipelines.geo import bands as bandreg
-from pipelines.geo.cog import gdal_error_text, is_gdal_error, open_dataset
+from pipelines.geo.cog import band_scaling, gdal_error_text, is_gdal_error, open_dataset
 from pipelines.geo.grid import WGS84, PixelGrid, Region
 from pipelines.sources.base import Raster, Source
 from pipelines.sources.geotiff.band_map import band_index, normalise_band_map
@@ -74,9 +77,11 @@ from pipelines.sources.geotiff.files import (
 from pipelines.sources.geotiff.warp import (
     TOLERANCE,
     aligned_offset,
+    mask_indexes,
     nans,
     read_aligned,
     resampling_method,
+    value_bands,
     warp_scales,
     window_of,
 )
@@ -95,21 +100,28 @@ class GeoTIFFSource(Source):
     Args:
         paths: A path or a list of paths: local files, ``gs://`` objects, ``http(s)://``
             URLs, or glob patterns (expanded with :func:`pipelines.fsio.glob`; sidecar
-            files such as ``.tfw`` or ``.aux.xml`` are skipped). The expanded list is
-            de-duplicated and sorted, which fixes the mosaic priority: the first file with
-            a valid value wins per pixel.
+            files such as ``.tfw`` or ``.aux.xml`` are skipped). The order given is the
+            mosaic priority: the first file with a valid value wins per pixel (list the
+            most recent image first to keep its pixels); a pattern's matches are sorted
+            where it stands, and a file listed twice keeps its first place.
         band_map: ``{band name: 1-based index or band description}``, or a string
             ``"B4=1,B3=2,B2=3,B8=4"``. Without it every band's description must name a
             known band (descriptions naming no known band are ignored).
-        scale: ``physical = stored * scale``. ``"auto"``: integer files use the band
-            registry's scale (and offset), float files 1.0 (float DNs are not guessed:
-            pass ``scale=1e-4`` for Sentinel-2 DNs stored as floats).
+        scale: ``physical = stored * scale``, whatever the files declare. ``"auto"``: the
+            scale and offset a file declares for a band (GDAL's band scale/offset, e.g.
+            ``1e-4``/``-0.1`` for Sentinel-2 L2A baseline 04.00), else for integer files
+            the band registry's scale (and offset), for float files 1.0 (float DNs are
+            not guessed: pass ``scale=1e-4`` for Sentinel-2 DNs stored as floats).
         nodata: Stored value marking missing data, overriding each file's nodata (per band:
             a pixel whose band equals it is invalid in that band). NaN is always invalid.
         resampling: Any GDAL resampling name; ``bilinear`` (default) for continuous bands,
             ``nearest`` for classes or exact sampling.
         mask_zero_pixels: Treat pixels where *all* bands of a file are 0 as invalid (files
-            whose empty areas are zeros without a nodata flag).
+            whose empty areas are zeros without a nodata flag), whichever bands are read
+            (an alpha band is not looked at).
+
+    Pixels that a file's internal or sidecar mask or its alpha band masks are invalid, on
+    any grid.
 
     The first use of :attr:`bands`, :meth:`footprint` or :meth:`read` scans every file's
     header once (for ``gs://`` objects a few range requests); the result is plain data that
@@ -303,7 +315,8 @@ class GeoTIFFSource(Source):
                          nodata=ds.nodata,
                          band_index=tuple(band_index(self.band_map, path, ds.count,
                                                      descriptions).items()),
-                         stamp=content_stamp(path))
+                         stamp=content_stamp(path),
+                         scaling=tuple(band_scaling(ds, i) for i in range(1, ds.count + 1)))
         if not self._opened:
             # Scanning outside open()/close() (e.g. on the launcher): keep neither handles
             # nor downloaded copies.
@@ -322,10 +335,20 @@ class GeoTIFFSource(Source):
 
     @property
     def files(self) -> tuple[str, ...]:
-        """The expanded, sorted file list (the mosaic priority order)."""
+        """The expanded file list, in mosaic priority order (the first valid pixel wins)."""
         return tuple(f.path for f in self._scan())
 
+    def declared_scaling(self) -> dict[str, list[list[float]]]:
+        """``{file: [[scale, offset] per band]}`` of the files that declare GDAL scaling.
+
+        Part of :meth:`describe`: with ``scale="auto"`` these decide the values read, so
+        a run's signature changes with them (files declaring none add nothing).
+        """
+        return {f.path: [list(s) for s in f.scaling] for f in self._scan()
+                if f.declares_scaling}
+
     def describe(self) -> dict:
+        scaling = self.declared_scaling()
         return {
             "kind": self.kind,
             "paths": list(self.paths),
@@ -338,6 +361,7 @@ class GeoTIFFSource(Source):
             "nodata": self.nodata,
             "resampling": self.resampling,
             "mask_zero_pixels": self.mask_zero_pixels,
+            **({"declared_scaling": scaling} if scaling else {}),
         }
 
     def footprint(self) -> tuple[str, tuple[float, float, float, float]]:
@@ -463,15 +487,15 @@ class GeoTIFFSource(Source):
                      scales: dict[str, str]) -> np.ndarray:
         """:meth:`_warp` through the process's read cache (:mod:`.cache`).
 
-        The key holds everything the result depends on: the file and its content stamp,
-        the grid, the bands, the warp options and this source's reading settings. Sources
-        reading the same file the same way (a stack's references over the same years, an
-        export's years of one chunk) share the decoded pixels.
+        The key holds everything the result depends on: the file, its content stamp and
+        declared scaling, the grid, the bands, the warp options and this source's reading
+        settings. Sources reading the same file the same way (a stack's references over the
+        same years, an export's years of one chunk) share the decoded pixels.
         """
         key = None if info.stamp is None else (
-            type(self).__name__, info.path, info.stamp, info.band_index, info.nodata, grid,
-            bands, tuple(sorted(scales.items())), self.scale, self.nodata, self.resampling,
-            self.mask_zero_pixels)
+            type(self).__name__, info.path, info.stamp, info.band_index, info.nodata,
+            info.scaling, grid, bands, tuple(sorted(scales.items())), self.scale, self.nodata,
+            self.resampling, self.mask_zero_pixels)
         return READS.get_or_read(key, lambda: self._warp(info, grid, bands, scales), grid)
 
     def _warp(self, info: FileInfo, grid: PixelGrid, bands: tuple[str, ...],
@@ -479,49 +503,71 @@ class GeoTIFFSource(Source):
         """``info``'s bands warped onto ``grid``: float32 physical units, NaN invalid."""
         ds = self._dataset(info.path)
         nodata = self.nodata if self.nodata is not None else info.nodata
-        extra: dict[str, Any] = dict(scales)
-        zero_check = False
-        if self.mask_zero_pixels and nodata is None:
-            # GDAL treats a pixel as nodata only when *all* bands equal it: exactly "all 0".
-            nodata, extra["UNIFIED_SRC_NODATA"] = 0.0, "YES"
-        else:
-            extra["UNIFIED_SRC_NODATA"] = "NO"  # per-band nodata
-            zero_check = self.mask_zero_pixels and nodata != 0
         indexes = [info.index(b) for b in bands]
+        # "all bands 0" looks at every band of the file, whichever are read
+        all_zero = self.mask_zero_pixels and nodata != 0
         offset = aligned_offset(ds, grid)
         if offset is not None:
-            data = read_aligned(info, ds, grid, indexes, offset, nodata,
-                                unified=extra["UNIFIED_SRC_NODATA"] == "YES")
-            return self._finish(info, bands, data, zero_check)
+            data = read_aligned(info, ds, grid, indexes, offset, nodata, all_zero=all_zero)
+            return self._finish(info, bands, data)
+        extra: dict[str, Any] = dict(scales)
+        extra["UNIFIED_SRC_NODATA"] = "NO"  # per-band nodata
+        zero_bands: list[int] = []
+        if all_zero and nodata is None and not mask_indexes(ds, range(1, ds.count + 1)):
+            # GDAL treats a pixel as nodata only when *all* bands equal it: exactly "all 0",
+            # left out of the resampling kernel. (A unified nodata makes the warper ignore
+            # a file's mask, so files with one are checked after the warp instead.)
+            nodata, extra["UNIFIED_SRC_NODATA"] = 0.0, "YES"
+        elif all_zero:
+            zero_bands = value_bands(ds)
+        order = indexes + [i for i in zero_bands if i not in indexes]
         try:
             with WarpedVRT(ds, crs=grid.crs, transform=grid.affine, width=grid.width,
                            height=grid.height, resampling=resampling_method(self.resampling),
                            src_nodata=nodata, nodata=float("nan"), dtype="float32",
                            tolerance=TOLERANCE, **extra) as vrt:
-                data = vrt.read(indexes, out_dtype="float32")
+                data = vrt.read(order, out_dtype="float32")
         except Exception as exc:
             if not is_gdal_error(exc):
                 raise
             raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
                               f"{grid.bounds}: {gdal_error_text(exc)}") from exc
-        return self._finish(info, bands, data, zero_check)
+        if zero_bands:
+            zero = (data[[order.index(i) for i in zero_bands]] == 0).all(axis=0)
+            if len(order) > len(indexes):
+                data = data[:len(indexes)].copy()
+            data[:, zero] = np.nan
+        return self._finish(info, bands, data)
 
-    def _finish(self, info: FileInfo, bands: tuple[str, ...], data: np.ndarray,
-                zero_check: bool) -> np.ndarray:
-        if zero_check:
-            data[:, (data == 0).all(axis=0)] = np.nan
+    def _scaling(self, info: FileInfo, band: str) -> tuple[float, float] | None:
+        """``(scale, offset)`` turning ``band``'s stored values into physical units.
+
+        An explicit ``scale`` wins; with ``"auto"`` the scale/offset the file declares,
+        else the band registry's for an integer file. None for a float file that declares
+        none: its values are kept as stored.
+        """
+        if self.scale != "auto":
+            return float(self.scale), 0.0
+        declared = info.declared_scaling(band)
+        if declared is not None:
+            return declared
+        if info.is_integer:
+            spec = bandreg.get(band)
+            return spec.scale, spec.offset
+        return None
+
+    def _finish(self, info: FileInfo, bands: tuple[str, ...], data: np.ndarray) -> np.ndarray:
+        """Scale ``data`` (the stored values of ``bands``, NaN invalid) in place."""
         for k, band in enumerate(bands):
-            if self.scale == "auto":
-                if info.is_integer:
-                    spec = bandreg.get(band)
-                    if spec.scale != 1.0:
-                        data[k] *= np.float32(spec.scale)
-                    if spec.offset != 0.0:
-                        data[k] += np.float32(spec.offset)
-                else:
-                    self._warn_float_scale(info, band, data[k])
-            elif self.scale != 1.0:
-                data[k] *= np.float32(self.scale)
+            scaling = self._scaling(info, band)
+            if scaling is None:
+                self._warn_float_scale(info, band, data[k])
+                continue
+            scale, offset = scaling
+            if scale != 1.0:
+                data[k] *= np.float32(scale)
+            if offset != 0.0:
+                data[k] += np.float32(offset)
         return data
 
     def _warn_float_scale(self, info: FileInfo, band: str, values: np.ndarray) -> None:

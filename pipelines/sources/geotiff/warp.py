@@ -2,19 +2,21 @@
 
 Which window of a grid a file can touch (:func:`window_of`), the warp options that make a
 pixel's value independent of the chunk it is read in (:data:`TOLERANCE`,
-:func:`warp_scales`), the resampling names (:func:`resampling_method`), and the fast path
-for files already on the grid's lattice (:func:`aligned_offset`, :func:`read_aligned`),
-which reads a window as is instead of warping.
+:func:`warp_scales`), the resampling names (:func:`resampling_method`), which bands hold a
+file's validity (:func:`mask_indexes`, :func:`value_bands`), and the fast path for files
+already on the grid's lattice (:func:`aligned_offset`, :func:`read_aligned`), which reads
+a window as is instead of warping and gives the warper's pixels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.windows import Window
 
 from pipelines.errors import ConfigError, SourceError
@@ -22,8 +24,8 @@ from pipelines.geo.cog import gdal_error_text, is_gdal_error
 from pipelines.geo.grid import PixelGrid
 from pipelines.sources.geotiff.files import FileInfo, crs_string
 
-__all__ = ["TOLERANCE", "aligned_offset", "nans", "read_aligned", "resampling_method",
-           "warp_scales", "window_of"]
+__all__ = ["TOLERANCE", "aligned_offset", "mask_indexes", "nans", "read_aligned",
+           "resampling_method", "value_bands", "warp_scales", "window_of"]
 
 #: Largest error, in source pixels, of GDAL's approximate coordinate transformer. GDAL's
 #: default (0.125) makes a pixel's value depend on the window it is warped in; this keeps
@@ -106,35 +108,68 @@ def warp_scales(file_res: np.ndarray, grid: PixelGrid) -> dict[str, str]:
     return {"XSCALE": repr(min(1.0, fx / gx)), "YSCALE": repr(min(1.0, fy / gy))}
 
 
+def mask_indexes(ds: Any, indexes: Iterable[int]) -> list[int]:
+    """The bands of ``indexes`` whose validity is a mask of the file, not its nodata value.
+
+    An internal or sidecar mask (``rio cogeo --add-mask``, ``GDAL_TIFF_INTERNAL_MASK``) or
+    an alpha band, as GDAL reports it (:attr:`~rasterio.io.DatasetReader.mask_flag_enums`):
+    the warper leaves out the pixels they mask, so the fast path must too. Bands that are
+    all valid or masked only by the nodata value are left out (a ``nodata`` override of
+    the source replaces the file's value).
+    """
+    plain = {MaskFlags.all_valid, MaskFlags.nodata}
+    flags = ds.mask_flag_enums
+    return [i for i in indexes if not plain.intersection(flags[i - 1])]
+
+
+def value_bands(ds: Any) -> list[int]:
+    """Every band of ``ds`` except an alpha band: the bands ``mask_zero_pixels`` looks at."""
+    return [i for i, ci in enumerate(ds.colorinterp, start=1) if ci != ColorInterp.alpha]
+
+
 def read_aligned(info: FileInfo, ds: Any, grid: PixelGrid, indexes: list[int],
-                 offset: tuple[int, int], nodata: float | None, unified: bool) -> np.ndarray:
+                 offset: tuple[int, int], nodata: float | None,
+                 all_zero: bool = False) -> np.ndarray:
     """Fast path: the file already lies on ``grid``'s lattice, so read a window as is.
 
     Same pixels as the warper gives on an aligned grid (every target pixel centre is a
-    source pixel centre), without resampling work.
+    source pixel centre), without resampling work: a band equal to ``nodata`` is invalid
+    in that band, and every band is invalid where the file's mask (:func:`mask_indexes`)
+    masks the pixel or, with ``all_zero``, where all of the file's :func:`value_bands`
+    are 0 (read too where they are not among ``indexes``).
     """
     row0, col0 = offset
     r0, c0 = max(row0, 0), max(col0, 0)
     r1, c1 = min(row0 + grid.height, ds.height), min(col0 + grid.width, ds.width)
     if r1 <= r0 or c1 <= c0:
         return nans(len(indexes), grid)
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    zero_bands = value_bands(ds) if all_zero else []
+    order = indexes + [i for i in zero_bands if i not in indexes]
+    masked = mask_indexes(ds, indexes)
     try:
-        raw = ds.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
+        raw = ds.read(order, window=window)
+        masks = ds.read_masks(masked, window=window) if masked else None
     except Exception as exc:
         if not is_gdal_error(exc):
             raise
         raise SourceError(f"Cannot read raster {info.path!r} onto grid {grid.crs} "
                           f"{grid.bounds}: {gdal_error_text(exc)}") from exc
-    data = raw.astype(np.float32, copy=False)  # raw is ours: no second copy
+    stored = raw[:len(indexes)] if len(order) > len(indexes) else raw
+    data = stored.astype(np.float32, copy=False)  # raw is ours: no second copy
     if nodata is not None:
-        bad = raw == nodata if not np.isnan(nodata) else np.isnan(raw)
-        if unified:
-            bad = bad.all(axis=0)
+        bad = stored == nodata if not np.isnan(nodata) else np.isnan(stored)
         if bad.any():
             np.copyto(data, np.nan, where=bad)
+    invalid = np.zeros(data.shape[1:], dtype=bool)
+    if zero_bands:
+        invalid |= (raw[[order.index(i) for i in zero_bands]] == 0).all(axis=0)
+    if masks is not None:
+        invalid |= (masks == 0).any(axis=0)
+    if invalid.any():
+        np.copyto(data, np.nan, where=invalid)
     if data.shape[1:] == grid.shape:  # the window lies inside the file: no padding
         return data
     out = nans(len(indexes), grid)
     out[:, r0 - row0:r1 - row0, c0 - col0:c1 - col0] = data
     return out
-
