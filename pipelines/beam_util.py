@@ -145,8 +145,14 @@ def release(p) -> None:
         client.close()
 
 
-def beam_option_strings() -> list[str]:
-    """Every registered Beam pipeline option as a flag (``--runner``, ``--project``...)."""
+def beam_parser():  # -> apache_beam.options.pipeline_options._BeamArgumentParser
+    """The parser Beam reads pipeline options with, holding every registered option.
+
+    It is the one :meth:`PipelineOptions.get_all_options` builds (every
+    ``PipelineOptions`` class's flags, no abbreviations), taken through its
+    ``add_extra_args_fn`` hook, so what it accepts is what Beam accepts. The options of
+    optional runners this project documents (Dask) are registered first.
+    """
     import contextlib
     import importlib
 
@@ -155,32 +161,47 @@ def beam_option_strings() -> list[str]:
     for module in ("apache_beam.runners.dask.dask_runner",):  # options of optional runners
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    built: list = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=built.append)
+    return built[0]
 
-    flags = {f"--{name}" for name in PipelineOptions([]).get_all_options()}
-    parser = _BeamArgumentParser(allow_abbrev=False)  # flags whose dest differs
-    for cls in PipelineOptions.__subclasses__():  # (--dask_client_address -> address)
-        with contextlib.suppress(Exception):
-            cls._add_argparse_args(parser)
-    flags.update(s for action in parser._actions for s in action.option_strings
-                 if s.startswith("--"))
-    return sorted(flags)
+
+def beam_option_strings() -> list[str]:
+    """Every registered Beam pipeline option as a flag (``--runner``, ``--project``...).
+
+    Flags whose destination differs from their name are included
+    (``--dask_client_address`` sets ``address``).
+    """
+    parser = beam_parser()
+    return sorted({s for action in parser._actions for s in action.option_strings
+                   if s.startswith("--")})
 
 
 def unknown_beam_args(args: Sequence[str]) -> list[str]:
-    """The options of ``args`` that are not registered Beam pipeline options.
+    """The words of ``args`` that Beam's own option parser does not use.
 
-    Beam itself only logs "Discarding unparseable args" and runs with defaults, so a typo
-    such as ``--treshold`` would silently change a run.
+    Those are options Beam does not know (``--treshold``), single-dash words
+    (``-periods``) and stray words that are no option's value (the second file of a
+    shell-expanded glob after ``--images``); the value of a Beam option given without
+    ``=`` (``--project p``) is used, so it is not among them. Beam itself only logs
+    "Discarding unparseable args" and runs with defaults, so each of them would silently
+    change a run.
+
+    Raises:
+        InputError: a Beam option's value that Beam cannot parse (``--num_workers x``).
     """
-    known = set(beam_option_strings())
-    out = []
-    for a in args:
-        if a.startswith("--"):
-            name = a.split("=", 1)[0]
-            if name not in known:
-                out.append(name)
-    return out
+    import argparse
+
+    from pipelines.errors import InputError
+
+    parser = beam_parser()
+    parser.exit_on_error = False  # a bad value raises, not exits with Beam's usage text
+    try:
+        _, unknown = parser.parse_known_args(list(args))
+    except argparse.ArgumentError as exc:
+        raise InputError(f"Beam pipeline option {exc}; fix its value (see Beam's pipeline "
+                         f"options reference).") from None
+    return list(unknown)
 
 
 def is_direct(opts) -> bool:

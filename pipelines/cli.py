@@ -93,25 +93,57 @@ def _no_beam_traceback(record: logging.LogRecord) -> bool:
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
-    """Stop on an argument that is neither the command's nor a Beam pipeline option."""
+    """Stop on a word that is neither the command's nor used by Beam's option parser.
+
+    Refused: options neither the command nor Beam knows (with the closest known flag as
+    a hint), single-dash words, and stray words that are no option's value, such as the
+    other files of a shell-expanded glob (Beam would discard them all and run without
+    them). The value of a Beam option given without ``=`` is used, so it passes.
+    """
     import difflib
 
     from pipelines.beam_util import beam_option_strings, unknown_beam_args
+    from pipelines.errors import InputError
 
-    unknown = unknown_beam_args(extra)
+    try:
+        unknown = unknown_beam_args(extra)
+    except InputError as exc:
+        parser.error(f"{command}: {exc}")
     if not unknown:
         return
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     ours = [o for o in sub.choices[command]._option_string_actions if o.startswith("--")]
     beam = beam_option_strings()
-    hints = []
-    for name in unknown:
+    hints, stray, single = [], [], False
+    for i, word in enumerate(unknown):
+        if not word.startswith("-"):
+            hints.append(word)
+            before = unknown[i - 1] if i else ""
+            if not (before.startswith("-") and "=" not in before):  # not an unknown's value
+                stray.append(word)
+            continue
+        name = word.split("=", 1)[0]
+        if name in parser._option_string_actions:  # -v after the command
+            hints.append(f"{word} (an option of `landslides` itself: put it before "
+                         f"{command})")
+            continue
+        single = single or not name.startswith("--")
+        wanted = name if name.startswith("--") else f"-{name}"  # -periods: --periods?
         close = list(dict.fromkeys(  # the command's own options first, then Beam's
-            difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
-            + difflib.get_close_matches(name, beam, n=1, cutoff=0.75)))
-        hints.append(f"{name}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
-    parser.error(f"{command}: unrecognized arguments: {', '.join(hints)}; they are neither "
-                 f"options of `landslides {command}` nor Beam pipeline options")
+            difflib.get_close_matches(wanted, ours, n=1, cutoff=0.75)
+            + difflib.get_close_matches(wanted, beam, n=1, cutoff=0.75)))
+        hints.append(word + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    fixes = ""
+    if single:
+        fixes += "; options take two dashes"
+    if stray:
+        fixes += (f"; {' '.join(stray)} {'is' if len(stray) == 1 else 'are'} no option's "
+                  f"value: give a repeatable option once "
+                  f"per value (--images a.tif --images b.tif) and quote globs "
+                  f"(--images '/data/s2_*.tif') so that the shell does not expand them")
+    parser.error(f"{command}: unrecognized arguments: {' '.join(hints)}; they are neither "
+                 f"options of `landslides {command}` nor Beam pipeline options or their "
+                 f"values{fixes}.")
 
 
 #: Exit code of an error that is none of ours (BSD's EX_SOFTWARE).
