@@ -14,11 +14,15 @@ periods (calendar years or explicit date windows). Every run of the scan::
     run record   -> out/scan.json
 
 The fingerprint of a period covers the model (its ``model_id``, not its path), the source,
-the region, the period and every predict/compare option, so a re-run skips what is done
-and redoes what changed. A period whose sweep fails (chunks in the dead-letter file, no
-imagery, a year the source lacks) is reported and left undone; the other periods go on
-and the scan exits 1. The summary is rebuilt after every run from the done-records of
-all configured periods.
+the region (its file's content too), the period and every predict/compare option, so a
+re-run skips what is done and redoes what changed. Its sweep's part (all but the reference
+and the compare options) is recorded in ``sweep_inputs.json`` when a sweep is launched: a
+finished sweep is only compared again when that part is unchanged (an edited region file
+is swept again), and a sweep in flight is not submitted again for a compare option. A
+period whose sweep fails (chunks in the dead-letter file, no imagery, a year the source
+lacks) or whose comparison is incomplete (e.g. its reference inventory is missing) is
+reported and left undone; the other periods go on and the scan exits 1. The summary is
+rebuilt after every run from the done-records of all configured periods.
 
 Beam options after the scan's own arguments go to every sweep (``--runner DataflowRunner
 --project ... --region ... --temp_location ...``); each Dataflow job is named after the

@@ -28,6 +28,8 @@ from pipelines.options.source import check_spec
 FORMAT = "landslides-scan/1"
 RECORD = "period.json"
 SUBMITTED = "submitted.json"
+#: The scan's record of the inputs a period's sweep was last launched with
+SWEEP_INPUTS = "sweep_inputs.json"
 SCAN_RECORD = "scan.json"
 CONFIG_COPY = "scan_config.json"
 
@@ -396,12 +398,29 @@ class ScanConfig:
                              out=self.period_path(period, "compare"), aoi=self.region,
                              **self.compare)
 
+    def sweep_fingerprint(self, period: Period, model_id: str, region_digest: str) -> str:
+        """Hash of what a period's sweep depends on.
+
+        The model, the source, the region (its path and its content's digest), the
+        period and the predict options; not the reference or the compare options, which
+        only the comparison reads.
+        """
+        return fsio.digest({"format": FORMAT, "part": "sweep", "model_id": model_id,
+                            "source": self.source, "region": self.region,
+                            "region_digest": region_digest, "period": period.to_dict(),
+                            "predict": self.predict})
+
     def fingerprint(self, period: Period, model_id: str, region_digest: str = "") -> str:
-        """Hash of everything a period's outputs depend on (not the output folder)."""
+        """Hash of everything a period's outputs depend on (not the output folder).
+
+        The sweep's part (:meth:`sweep_fingerprint`) and the comparison's (reference,
+        compare options). Hashed as one mapping, as before the sweep's part had a hash of
+        its own, so periods done by earlier versions stay done.
+        """
         return fsio.digest({"format": FORMAT, "model_id": model_id, "source": self.source,
-                        "region": self.region, "region_digest": region_digest,
-                        "period": period.to_dict(), "reference": self.reference,
-                        "predict": self.predict, "compare": self.compare})
+                            "region": self.region, "region_digest": region_digest,
+                            "period": period.to_dict(), "reference": self.reference,
+                            "predict": self.predict, "compare": self.compare})
 
 
 #: Keys of the scan YAML (the fields of ScanConfig), in the order they are documented.
@@ -427,6 +446,7 @@ __all__ = [
     "REQUIRED",
     "SCAN_RECORD",
     "SUBMITTED",
+    "SWEEP_INPUTS",
     "Period",
     "ScanConfig",
     "parse_periods",

@@ -19,7 +19,14 @@ from typing import Any
 from pipelines import fsio
 from pipelines.errors import ConfigError, LandslideError
 from pipelines.geo.stack import StackSpec
-from pipelines.scan.config import RECORD, SUBMITTED, Period, ScanConfig
+from pipelines.scan.config import (
+    FORMAT,
+    RECORD,
+    SUBMITTED,
+    SWEEP_INPUTS,
+    Period,
+    ScanConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +127,15 @@ def _with_defaults(config: dict | None) -> dict:
     return {**{k: v for k, v in defaults.items() if v is not MISSING}, **(config or {})}
 
 
-def finished_sweep(config: ScanConfig, period: Period, model_id: str) -> dict | None:
-    """The sweep's ``run.json`` if this model and predict configuration made it.
+def finished_sweep(config: ScanConfig, period: Period, inputs: ScanInputs) -> dict | None:
+    """The sweep's ``run.json`` if it was made from this scan's inputs.
 
-    ``None`` when there is none, it is another configuration's, or it is older than a
-    pending submission.
+    The scan's record of the sweep's last launch (:data:`SWEEP_INPUTS`) must hold the
+    sweep fingerprint of these inputs (the model, source, region content, period and
+    predict options), the run must have started after that launch, and ``run.json`` must
+    name this model and predict configuration. ``None`` when there is none, it is another
+    configuration's (e.g. of the region before its file was edited), or it is older than
+    a pending submission.
     """
     path = config.period_path(period, "sweep", "run.json")
     if not fsio.exists(path):
@@ -133,14 +144,63 @@ def finished_sweep(config: ScanConfig, period: Period, model_id: str) -> dict | 
         run = fsio.read_json(path)
     except (ValueError, OSError):
         return None
-    if (run.get("model") or {}).get("model_id") != model_id:
+    if (run.get("model") or {}).get("model_id") != inputs.model_id:
         return None
     if _norm(_with_defaults(run.get("config"))) != _norm(config.predict_config(period).to_dict()):
         return None
+    started = str((run.get("timings") or {}).get("started", ""))
+    launched = _launched(config, period, inputs)
+    if launched is None or not _not_before(started, launched):
+        return None  # another sweep's inputs, or a run from before the last launch
     sub = _submitted(config, period)
-    if sub and str((run.get("timings") or {}).get("started", "")) < str(sub.get("started")):
+    if sub and not _not_before(started, str(sub.get("started"))):
         return None  # an older run; the submitted sweep has not finished yet
     return run
+
+
+def _not_before(when: str, then: str) -> bool:
+    """True when the ISO 8601 time ``when`` is not earlier than ``then``."""
+    try:
+        return dt.datetime.fromisoformat(when) >= dt.datetime.fromisoformat(then)
+    except (TypeError, ValueError):
+        return False
+
+
+def _launched(config: ScanConfig, period: Period, inputs: ScanInputs) -> str | None:
+    """When the sweep of ``inputs`` was last launched for ``period``, or ``None``.
+
+    ``None`` when the scan's last launch there was of other inputs, or none is recorded.
+    A sweep submitted before launches were recorded counts through its submission record,
+    whose (whole period) fingerprint covers the sweep's inputs.
+    """
+    rec = fsio.read_record(config.period_path(period, SWEEP_INPUTS))
+    if rec is not None:
+        fp = config.sweep_fingerprint(period, inputs.model_id, inputs.region_digest)
+        return str(rec.get("launched")) if rec.get("sweep_fingerprint") == fp else None
+    sub = _submitted(config, period)
+    if sub and "sweep_fingerprint" not in sub and sub.get("fingerprint") == \
+            config.fingerprint(period, inputs.model_id, inputs.region_digest):
+        return str(sub.get("started"))
+    return None
+
+
+def record_launch(config: ScanConfig, period: Period, inputs: ScanInputs,
+                  launched: str) -> None:
+    """Record the inputs of the sweep about to be launched for ``period`` (before it runs).
+
+    Args:
+        config: The scan.
+        period: The period whose sweep is launched.
+        inputs: The model id and region digest it runs with.
+        launched: The launch time (ISO 8601, UTC); the sweep's ``run.json`` must start
+            no earlier to count as this launch's.
+    """
+    fsio.makedirs(config.period_path(period))
+    fsio.write_json(config.period_path(period, SWEEP_INPUTS), {
+        "format": FORMAT, "period": period.to_dict(), "launched": launched,
+        "sweep_fingerprint": config.sweep_fingerprint(period, inputs.model_id,
+                                                      inputs.region_digest),
+        "model_id": inputs.model_id, "region_digest": inputs.region_digest})
 
 
 def _submitted(config: ScanConfig, period: Period) -> dict | None:
@@ -153,9 +213,23 @@ def _submitted(config: ScanConfig, period: Period) -> dict | None:
         return None
 
 
-def _in_flight(config: ScanConfig, period: Period, fingerprint: str) -> dict | None:
+def _in_flight(config: ScanConfig, period: Period, inputs: ScanInputs) -> dict | None:
+    """The submission of this period's sweep still running, or ``None``.
+
+    Only the sweep's part of the fingerprint is compared: a changed compare option does
+    not make the sweep in flight another one (submissions recorded before the sweep's
+    part had a hash of its own hold the whole period's).
+    """
     sub = _submitted(config, period)
-    if not sub or sub.get("fingerprint") != fingerprint:
+    if not sub:
+        return None
+    if "sweep_fingerprint" in sub:
+        same = sub["sweep_fingerprint"] == config.sweep_fingerprint(
+            period, inputs.model_id, inputs.region_digest)
+    else:
+        same = sub.get("fingerprint") == config.fingerprint(period, inputs.model_id,
+                                                            inputs.region_digest)
+    if not same:
         return None
     try:
         when = dt.datetime.fromisoformat(str(sub["submitted"]))
@@ -189,11 +263,11 @@ def plan_scan(config: ScanConfig, inputs: ScanInputs, selected: Sequence[Period]
         if load_record(config, p, fp) is not None:
             plan.append(PlanEntry(p, fp, "skip", "done"))
             continue
-        run = finished_sweep(config, p, inputs.model_id)
+        run = finished_sweep(config, p, inputs)
         if run is not None and run.get("status") == "ok":
             plan.append(PlanEntry(p, fp, "compare", "sweep finished"))
             continue
-        sub = _in_flight(config, p, fp) if submit_only else None
+        sub = _in_flight(config, p, inputs) if submit_only else None
         if sub is not None:
             plan.append(PlanEntry(p, fp, "wait", f"sweep submitted at {sub.get('submitted')}"))
             continue
@@ -253,5 +327,6 @@ __all__ = [
     "load_record",
     "plan_lines",
     "plan_scan",
+    "record_launch",
     "select_periods",
 ]

@@ -36,6 +36,7 @@ from pipelines.scan.plan import (
     finished_sweep,
     plan_lines,
     plan_scan,
+    record_launch,
     select_periods,
 )
 from pipelines.scan.summary import update_summary
@@ -96,11 +97,14 @@ def period_beam_args(config: ScanConfig, period: Period,
     return args
 
 
-def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
+def submit_sweep(config: ScanConfig, period: Period, inputs: ScanInputs, fingerprint: str,
                  beam_args: Sequence[str] | None) -> dict:
     """Launch a period's sweep without waiting; records ``submitted.json``.
 
     The sweep itself writes ``run.json`` when it ends; a later scan run compares it.
+    The launch's inputs are recorded first (:func:`~pipelines.scan.plan.record_launch`),
+    and ``submitted.json`` holds the sweep's part of the fingerprint too, so a sweep in
+    flight is recognised when only a compare option changed.
     """
     import apache_beam as beam
 
@@ -116,6 +120,7 @@ def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
     for_workers(sweep.sources, opts)  # e.g. each worker process's part of a quota
     fsio.makedirs(pcfg.out)
     fsio.write_json(fsio.join(pcfg.out, CONFIG), pcfg.to_dict())
+    record_launch(config, period, inputs, sweep.started)
     p = beam.Pipeline(options=opts)
     build_pipeline(p, sweep, elements)
     result = p.run()
@@ -125,6 +130,8 @@ def submit_sweep(config: ScanConfig, period: Period, fingerprint: str,
         with contextlib.suppress(Exception):
             job_id = get_id()
     rec = {"format": FORMAT, "period": period.to_dict(), "fingerprint": fingerprint,
+           "sweep_fingerprint": config.sweep_fingerprint(period, inputs.model_id,
+                                                         inputs.region_digest),
            "started": sweep.started, "submitted": _now(), "chunks": len(elements),
            "job_id": job_id}
     fsio.write_json(config.period_path(period, SUBMITTED), rec)
@@ -137,18 +144,30 @@ def complete_period(config: ScanConfig, period: Period, inputs: ScanInputs,
                     fingerprint: str, run: dict) -> dict:
     """Compare a finished sweep and write the period's done-record (last).
 
+    Only a complete comparison (status ``ok``) makes the period done; a ``partial`` one
+    (e.g. the period's reference inventory is missing) is no record, so the next run
+    compares again.
+
     Raises:
-        PeriodError: the comparison could not compute anything.
+        PeriodError: the comparison could not compute anything, or only part of it.
     """
     from pipelines.compare import run_compare
 
     ccfg = config.compare_config(period)
     metrics = run_compare(ccfg)
-    if metrics.get("status") == "failed":
-        errs = "; ".join(p["message"] for p in metrics.get("problems", [])
-                         if p.get("level") == "error")
-        raise PeriodError(f"compare failed: {errs or 'nothing could be computed'} "
-                           f"(report in {ccfg.out}).")
+    status = metrics.get("status")
+    if status != "ok":
+        problems = metrics.get("problems") or []
+        why = [p["message"] for p in problems if p.get("level") == "error"] or [
+            p["message"] for p in problems]  # e.g. a missing reference is a warning there
+        why += [f"no {role} inventory" + (f" for {', '.join(map(str, years))}"
+                                          if years != ["all"] else "")
+                for role, years in (metrics.get("missing_years") or {}).items() if years]
+        what = "failed" if status == "failed" else f"is incomplete (status {status!r})"
+        why = [m.rstrip(". ") for m in why]
+        raise PeriodError(f"compare {what}: {'; '.join(why) or 'nothing could be computed'} "
+                          f"(report in {ccfg.out}). Provide what is missing and re-run the "
+                          f"scan: the period is compared again, its sweep is kept.")
     entry = (metrics.get("years") or {}).get("all") or {}
     stats = entry.get("stats") or {}
     if config.reference:
@@ -229,7 +248,7 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
         t0 = time.monotonic()
         res: dict[str, Any] = {"period": p.name, "action": "done"}
         try:
-            run = finished_sweep(config, p, inputs.model_id)
+            run = finished_sweep(config, p, inputs)
             if run is None or run.get("status") != "ok":
                 if submit_only:
                     if template and submitted >= 1:
@@ -237,10 +256,10 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
                         results.append(res)
                         continue
                     log.info("%s: submitting the sweep", head)
-                    sub = submit_sweep(config, p, e.fingerprint, beam_args)
+                    sub = submit_sweep(config, p, inputs, e.fingerprint, beam_args)
                     submitted += 1
                     res.update(action="submitted", job_id=sub.get("job_id"))
-                    run = finished_sweep(config, p, inputs.model_id)  # DirectRunner: done now
+                    run = finished_sweep(config, p, inputs)  # DirectRunner: done now
                     if run is None or run.get("status") != "ok":
                         results.append(res)
                         continue
@@ -248,6 +267,7 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
                     from pipelines.predict import run_predict
 
                     log.info("%s: predicting %s .. %s", head, p.start, p.end)
+                    record_launch(config, p, inputs, _now())
                     run = run_predict(config.predict_config(p),
                                       period_beam_args(config, p, beam_args))[0]
             problem = sweep_problem(run)

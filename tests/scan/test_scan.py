@@ -200,16 +200,15 @@ def test_a_sweep_recorded_before_an_option_existed_is_still_done(world, first):
     run_path = first["out"] / "periods" / "2015" / "sweep" / "run.json"
     original = run_path.read_text()
     run = json.loads(original)
-    model_id = run["model"]["model_id"]
     del run["config"]["precision"]
     run_path.write_text(json.dumps(run))
     try:
         cfg = ScanConfig.from_yaml(_yaml(world, "two"))
         period = next(p for p in cfg.periods if p.name == "2015")
-        assert finished_sweep(cfg, period, model_id) is not None
+        assert finished_sweep(cfg, period, check_inputs(cfg)) is not None
         int8 = ScanConfig.from_yaml(_yaml(world, "int8", predict={"chunk_size": 128,
                                                                   "precision": "int8"}))
-        assert finished_sweep(int8, period, model_id) is None  # another precision: redo
+        assert finished_sweep(int8, period, check_inputs(int8)) is None  # another precision
     finally:
         run_path.write_text(original)
 
@@ -300,14 +299,14 @@ def test_flex_template_launches_submit_one_sweep_each(world):
     p = cfg.periods[1]
     fp = cfg.fingerprint(p, inputs.model_id, inputs.region_digest)
     (out / "periods" / "2017" / "period.json").unlink()
-    assert finished_sweep(cfg, p, inputs.model_id) is not None
+    assert finished_sweep(cfg, p, inputs) is not None
     now = dt.datetime.now(dt.UTC)
     sub_path = out / "periods" / "2017" / SUBMITTED
     sub = json.loads(sub_path.read_text())
     sub.update(started=(now + dt.timedelta(seconds=5)).isoformat(timespec="seconds"),
                submitted=now.isoformat(timespec="seconds"))
     sub_path.write_text(json.dumps(sub))
-    assert finished_sweep(cfg, p, inputs.model_id) is None  # the older run does not count
+    assert finished_sweep(cfg, p, inputs) is None  # the older run does not count
     assert [e.action for e in plan_scan(cfg, inputs, [p], submit_only=True)] == \
         ["not_selected", "wait"]
     assert sub["fingerprint"] == fp
