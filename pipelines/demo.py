@@ -19,7 +19,10 @@ inventories, transfer learning) with nothing to download:
 
 Every stage records what it did in ``<out>/stages/<name>.json`` with a fingerprint of its
 configuration; a re-run skips stages whose record matches, so an interrupted demo resumes
-and a finished one returns at once.
+and a finished one returns at once. A stage about to run first deletes its record and the
+later stages' (their outputs are about to change), and a stage whose product is incomplete
+(a sweep with failed chunks, a partial comparison) raises :class:`StageIncompleteError` and
+writes no record, so ``landslides demo`` exits 1 and a re-run retries it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import fsio
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, LandslideError
 from pipelines.geo.stack import StackSpec, parse_references
 from pipelines.options.compare import METRICS_VERSION
 from pipelines.options.fields import option
@@ -147,6 +150,13 @@ class DemoConfig:
         return fsio.join(self.out, *parts)
 
 
+class StageIncompleteError(LandslideError):
+    """A demo stage whose product is incomplete (failed chunks, a partial comparison).
+
+    It writes no record, so a re-run of the demo runs the stage again.
+    """
+
+
 @dataclass
 class Stage:
     """One step of the demo: a name, what it depends on, and the function that runs it."""
@@ -194,6 +204,18 @@ class StageRunner:
         rec = fsio.read_record(self.record_path(stage))
         return rec is not None and rec.get("fingerprint") == self.fingerprint(stage)
 
+    def forget_from(self, index: int) -> None:
+        """Delete the records of the stage at ``index`` and of every stage after it.
+
+        Called before that stage runs: it rewrites its outputs, which the later stages
+        read, so a run interrupted inside it must leave no record that still matches the
+        configuration the outputs were made for.
+        """
+        for stage in self.stages[index:]:
+            path = self.record_path(stage)
+            if fsio.exists(path):
+                fsio.delete(path)
+
     def run(self) -> dict[str, dict]:
         results: dict[str, dict] = {}
         started = time.monotonic()
@@ -208,6 +230,7 @@ class StageRunner:
                 continue
             log.info("%s ...", head)
             upstream_ran = True
+            self.forget_from(i - 1)
             t0 = time.monotonic()
             result = stage.run(self.config)
             took = time.monotonic() - t0
@@ -405,19 +428,37 @@ def stage_evaluate(cfg: DemoConfig) -> dict:
 
 
 def stage_sweep(cfg: DemoConfig) -> dict:
+    """Sweep the investigation area for every year.
+
+    Raises:
+        StageIncompleteError: a year's sweep is not complete (status neither ``ok`` nor
+            ``no_data``, e.g. failed chunks); every year is swept first.
+    """
     from pipelines.predict import PredictConfig, run_predict
 
     out = {}
+    incomplete = []
     for y in cfg.years:
+        folder = cfg.path("sweeps", str(y))
         runs = run_predict(PredictConfig(
             model=cfg.path("models", "finetuned"),
             source={"kind": "synthetic", "world": cfg.path("world")},
-            out=cfg.path("sweeps", str(y)), aoi=cfg.path("world", "study_area.geojson"),
+            out=folder, aoi=cfg.path("world", "study_area.geojson"),
             start=f"{y}-01-01", end=f"{y}-12-31", chunk_size=256))
+        statuses = [r.get("status") for r in runs]
+        if not runs or any(st not in ("ok", "no_data") for st in statuses):
+            failed = sum((r.get("counts") or {}).get("chunks_failed") or 0 for r in runs)
+            incomplete.append(f"{y} (status {', '.join(map(str, statuses)) or 'none'}, "
+                              f"{failed} failed chunk(s); see {folder})")
         counts = runs[0].get("counts", {}) if runs else {}
         out[str(y)] = {"polygons": counts.get("polygons"),
                        "chunks": counts.get("chunks_total"),
                        "landslide_km2": round(counts.get("landslide_px", 0) * 1e-4, 4)}
+    if incomplete:
+        raise StageIncompleteError(
+            f"the sweeps of {len(incomplete)} year(s) are incomplete: "
+            f"{'; '.join(incomplete)}. Run the demo again to retry their failed chunks "
+            f"(the others are kept).")
     return out
 
 
@@ -427,6 +468,10 @@ def stage_compare(cfg: DemoConfig) -> dict:
     The predicted side is each sweep's mask mosaic, so pixels without clear imagery on
     every date of the input stack are not scored and reference landslides mostly under
     them are not counted (``observed_only``).
+
+    Raises:
+        StageIncompleteError: the comparison is not complete (status ``partial`` or
+            ``failed``: an inventory or a sweep's mosaic could not be read).
     """
     from pipelines.compare import CompareConfig, run_compare
 
@@ -436,6 +481,13 @@ def stage_compare(cfg: DemoConfig) -> dict:
         aoi=_areas(cfg)["eval_area"], years=cfg.years,
         out=cfg.path("report"), resolution=10.0, min_area=200.0,
         background=cfg.path("terrain", "hillshade.tif"), notes=training_notes(cfg)))
+    if metrics.get("status") != "ok":
+        problems = "; ".join(p["message"].rstrip(". ") for p in metrics.get("problems", [])
+                             if p.get("level") == "error") or "see the report"
+        raise StageIncompleteError(
+            f"the comparison is incomplete (status {metrics.get('status')!r}): {problems}. "
+            f"The report is in {cfg.path('report')}; fix what it names and run the demo "
+            f"again.")
     return {"report": cfg.path("report", "report.html"), "status": metrics.get("status"),
             "held_out": held_out_summary(metrics)}
 
@@ -547,7 +599,16 @@ def summary_lines(out: str, results: dict[str, dict]) -> list[str]:
 
 
 def demo_command(config: DemoConfig) -> int:
-    """``landslides demo``: run the study and say where the outputs are."""
-    results = run_demo(config)
+    """``landslides demo``: run the study and say where the outputs are.
+
+    Returns:
+        0 when every stage is complete; 1 when a stage's product is incomplete (it is
+        not recorded as done, so running the demo again retries it).
+    """
+    try:
+        results = run_demo(config)
+    except StageIncompleteError as exc:
+        log.error("Demo incomplete: %s", exc)
+        return 1
     log.info("\n".join(summary_lines(config.out, results)))
     return 0

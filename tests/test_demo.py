@@ -214,3 +214,100 @@ def test_the_same_seed_gives_the_same_study(demo_out, tmp_path):
     first, second = digest.digest(str(demo_out)), digest.digest(str(again))
     assert len(first["probability_cogs"]) > 10 and len(first["inventories"]) == 7
     assert first == second
+
+
+def _sweep_and_compare(monkeypatch, tmp_path, sweep_status: str = "ok",
+                       compare_status: str = "ok") -> tuple[DemoConfig, dict]:
+    """The demo reduced to its sweep and compare stages, on stubbed predict and compare."""
+    import pipelines.compare
+    import pipelines.demo as demo
+    import pipelines.predict
+
+    calls: dict = {"sweep": [], "compare": 0, "status": {"sweep": sweep_status,
+                                                         "compare": compare_status}}
+
+    def run_predict(config, beam_args=None):
+        calls["sweep"].append(config.out)
+        failed = 0 if calls["status"]["sweep"] == "ok" else 4
+        return [{"status": calls["status"]["sweep"], "failures": {"count": failed},
+                 "counts": {"polygons": 3, "chunks_total": 9, "chunks_failed": failed,
+                            "landslide_px": 100}}]
+
+    def run_compare(config):
+        calls["compare"] += 1
+        return {"status": calls["status"]["compare"], "years": {}, "problems": [
+            {"level": "error", "message": "Reference inventory_2016.gpkg is truncated."}]}
+
+    monkeypatch.setattr(pipelines.predict, "run_predict", run_predict)
+    monkeypatch.setattr(pipelines.compare, "run_compare", run_compare)
+    every = demo.stages
+    monkeypatch.setattr(demo, "stages", lambda cfg: [
+        s for s in every(cfg) if s.name in ("sweep", "compare")])
+    (tmp_path / "stages").mkdir()
+    areas = {"eval_area": "eval.geojson", "eval_area_km2": 1.0,
+             "finetune_area": "tune.geojson", "finetune_area_km2": 2.0}
+    (tmp_path / "stages" / "areas.json").write_text(json.dumps({"result": areas}))
+    return DemoConfig(out=str(tmp_path), years=(2013, 2014), train_years=(2014,)), calls
+
+
+def test_a_partial_sweep_is_not_a_finished_stage(tmp_path, monkeypatch, caplog):
+    """Failed chunks: the demo exits 1, records no sweep and runs no comparison; the next
+    run sweeps again."""
+    from pipelines.demo import demo_command
+
+    cfg, calls = _sweep_and_compare(monkeypatch, tmp_path, sweep_status="partial")
+    assert demo_command(cfg) == 1
+    assert not (tmp_path / "stages" / "sweep.json").exists()
+    assert calls["compare"] == 0
+    assert "sweeps of 2 year(s) are incomplete" in caplog.text and "4 failed" in caplog.text
+    calls["status"]["sweep"] = "ok"
+    assert demo_command(cfg) == 0
+    assert len(calls["sweep"]) == 4  # both years swept again
+    assert (tmp_path / "stages" / "sweep.json").exists()
+    assert (tmp_path / "stages" / "compare.json").exists()
+
+
+def test_an_incomplete_comparison_is_not_a_finished_stage(tmp_path, monkeypatch, capsys):
+    """`landslides demo` exits 1 and records no comparison until one is complete."""
+    _, calls = _sweep_and_compare(monkeypatch, tmp_path, compare_status="partial")
+    for status in ("partial", "failed"):
+        calls["status"]["compare"] = status
+        assert cli.main(["demo", "--out", str(tmp_path)]) == 1
+        assert not (tmp_path / "stages" / "compare.json").exists()
+        assert (tmp_path / "stages" / "sweep.json").exists()
+    calls["status"]["compare"] = "ok"
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "stages" / "compare.json").exists()
+    assert len(calls["sweep"]) == 7 and calls["compare"] == 3  # swept once, compared 3x
+
+
+def test_a_stage_interrupted_while_it_reruns_leaves_no_matching_record(tmp_path):
+    """A stage about to re-run deletes its record and the later stages' first: a run
+    interrupted inside it must not leave a record of the old configuration over the new
+    outputs."""
+    from pipelines.demo import WORLD_FIELDS
+
+    world = tmp_path / "world.txt"
+
+    def stage_world(cfg):  # writes its output, then is interrupted for seed 7
+        world.write_text(f"seed {cfg.seed}")
+        if cfg.seed == 7:
+            raise KeyboardInterrupt
+        return {"world": str(world)}
+
+    def stage_export(cfg):
+        return {"exported_from": world.read_text()}
+
+    def runner(cfg):
+        return StageRunner(cfg, [Stage("world", stage_world, uses=WORLD_FIELDS),
+                                 Stage("export_train", stage_export)])
+
+    assert runner(DemoConfig(out=str(tmp_path))).run()["export_train"] == {
+        "exported_from": "seed 42"}
+    with pytest.raises(KeyboardInterrupt):
+        runner(DemoConfig(out=str(tmp_path), seed=7)).run()
+    assert not (tmp_path / "stages" / "world.json").exists()
+    assert not (tmp_path / "stages" / "export_train.json").exists()
+    # back to seed 42 (another model setting): the world is made again, not reused
+    again = runner(DemoConfig(out=str(tmp_path), ema=0.5)).run()
+    assert again["export_train"] == {"exported_from": "seed 42"}
