@@ -178,9 +178,25 @@ def landslide_probability(out: tf.Tensor) -> tf.Tensor:
     return out[..., 0] if out.shape[-1] == 1 else 1.0 - out[..., 0]
 
 
+def _pixel_mask(mask: np.ndarray, images: np.ndarray, what: str) -> np.ndarray:
+    """A ``(h, w)`` or ``(n, h, w)`` boolean mask as ``(n, h, w)`` of ``images``.
+
+    Raises:
+        ConfigError: a mask of another shape.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim == 2 and mask.shape == images.shape[1:3]:
+        mask = np.broadcast_to(mask, images.shape[:3])
+    if mask.shape != images.shape[:3]:
+        raise ConfigError(f"{what} of shape {mask.shape} does not fit images of "
+                          f"{images.shape[1:3]} px: give an (h, w) or (n, h, w) mask of them")
+    return mask
+
+
 def explain_segmentation(model: keras.Model, images: np.ndarray, layer: str | None = None,
                          region: np.ndarray | None = None, threshold: float = 0.5,
-                         batch_size: int = 8) -> Explanation:
+                         batch_size: int = 8, valid: np.ndarray | None = None
+                         ) -> Explanation:
     """Grad-CAM of a U-Net: landslide probability summed over a region or the prediction.
 
     Args:
@@ -191,27 +207,31 @@ def explain_segmentation(model: keras.Model, images: np.ndarray, layer: str | No
             summed; default: each image's predicted landslide pixels (``>= threshold``).
         threshold: Decision threshold of the predicted mask.
         batch_size: Images per gradient pass.
+        valid: ``(h, w)`` or ``(n, h, w)`` boolean mask of the pixels that belong to the
+            image (``False``: padding); only they count in the score, with a region or
+            without. Default: every pixel.
 
     Raises:
-        ConfigError: a region of the wrong shape, an unknown layer.
+        ConfigError: a region or valid mask of the wrong shape, an unknown layer.
     """
     name = find_layer(model, layer)
-    if region is not None:
-        region = np.asarray(region, bool)
-        if region.ndim == 2 and region.shape == images.shape[1:3]:
-            region = np.broadcast_to(region, images.shape[:3])
-        if region.shape != images.shape[:3]:
-            raise ConfigError(f"region of shape {region.shape} does not fit images of "
-                              f"{images.shape[1:3]} px")
+    by_prediction = region is None
+    # the pixels that may count: the region, or every pixel (the prediction picks); of
+    # them only the valid ones
+    counted = None if region is None else _pixel_mask(region, images, "region")
+    if valid is not None:
+        valid = _pixel_mask(valid, images, "valid mask")
+        counted = valid if counted is None else counted & valid
     grad_model = _grad_model(model, name, None)
     cams, scores, probs = [], [], []
     for part in _batches(images, batch_size):
-        mask = None if region is None else tf.constant(region[part], tf.float32)
+        mask = None if counted is None else tf.constant(counted[part], tf.float32)
 
         def score(out: tf.Tensor, mask: tf.Tensor | None = mask) -> tf.Tensor:
             prob = landslide_probability(out)
-            chosen = mask if mask is not None else tf.stop_gradient(
-                tf.cast(prob >= threshold, tf.float32))
+            chosen = tf.ones_like(prob) if mask is None else mask
+            if by_prediction:
+                chosen *= tf.stop_gradient(tf.cast(prob >= threshold, tf.float32))
             return tf.reduce_sum(prob * chosen, axis=(1, 2))
 
         c, s, out = _cams(grad_model, images[part], score)
@@ -244,7 +264,9 @@ def explain(model: keras.Model, images: np.ndarray, *, layer: str | None = None,
             batch_size: int = 8) -> Explanation:
     """Grad-CAM of a classifier or a U-Net, whichever ``model`` is.
 
-    U-Net inputs are padded to ``size_multiple`` and the maps cropped back.
+    U-Net inputs are padded to ``size_multiple`` and the maps cropped back; the padding
+    never counts in the score (:func:`explain_segmentation`'s ``valid``), so the default
+    score is the probability summed over the image's own predicted pixels.
     """
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
@@ -256,11 +278,14 @@ def explain(model: keras.Model, images: np.ndarray, *, layer: str | None = None,
     if is_classifier(model):
         return explain_classifier(model, images, layer, target, batch_size)
     padded, (h, w) = pad_to_multiple(images, max(1, int(size_multiple)))
-    if region is not None and padded.shape[1:3] != (h, w):
-        region = np.asarray(region, bool)
+    valid = None
+    if padded.shape[1:3] != (h, w):  # the padding is no part of the image: it never counts
         pads = ((0, padded.shape[1] - h), (0, padded.shape[2] - w))
-        region = np.pad(region, pads if region.ndim == 2 else ((0, 0), *pads))
-    exp = explain_segmentation(model, padded, layer, region, threshold, batch_size)
+        valid = np.pad(np.ones((h, w), bool), pads)
+        if region is not None:
+            region = np.asarray(region, bool)
+            region = np.pad(region, pads if region.ndim == 2 else ((0, 0), *pads))
+    exp = explain_segmentation(model, padded, layer, region, threshold, batch_size, valid)
     return Explanation(exp.cams[:, :h, :w], exp.layer, exp.scores,
                        exp.probability[:, :h, :w])
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from model.classify.bands import select_bands
+from model.errors import ConfigError as ModelConfigError
 from pipelines import fsio
 from pipelines.errors import BandError, ConfigError, DataNotFoundError
 from pipelines.options.classify import ExplainOptions
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 INDEX = "explanations.json"
 #: Heat-map colours (perceptually uniform, readable in grey).
 CMAP = "inferno"
+#: What to do about an input without the model's bands.
+MODEL_BANDS_FIX = ("give inputs holding the model's bands: named so (GeoTIFF band "
+                   "descriptions), or unnamed and exactly that many, in that order")
 
 
 @dataclass
@@ -65,20 +70,17 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "input"
 
 
-def select_bands(pixels: np.ndarray, have: Sequence[str], want: Sequence[str],
+def _model_bands(pixels: np.ndarray, have: Sequence[str], want: Sequence[str],
                  where: str) -> np.ndarray:
-    """The model's bands of an image: by name when the image names them, else by count.
+    """The model's bands of an image (:func:`model.classify.bands.select_bands`).
 
     Raises:
         BandError: naming the image, its bands and the model's.
     """
-    generic = all(re.fullmatch(r"b\d+", b) for b in have)
-    if not generic and all(b in have for b in want):
-        return pixels[..., [list(have).index(b) for b in want]]
-    if pixels.shape[-1] == len(want) and (generic or list(have) == list(want)):
-        return pixels
-    raise BandError(f"{where} has bands {list(have)}; the model takes {list(want)}: give "
-                    f"images holding those bands (named so, or exactly that many)")
+    try:
+        return select_bands(pixels, have, want, where, fix=MODEL_BANDS_FIX)
+    except ModelConfigError as exc:
+        raise BandError(str(exc)) from exc
 
 
 def _image_files(path: str) -> list[str]:
@@ -135,7 +137,7 @@ def read_inputs(paths: Sequence[str], bands: Sequence[str], split: str, limit: i
             raise DataNotFoundError(f"--input {path!r} does not exist")
         for f in files:
             img = read_image(f)
-            pixels = select_bands(img.pixels, img.bands, bands, f)
+            pixels = _model_bands(img.pixels, img.bands, bands, f)
             items.append(Item(_safe(os.path.splitext(os.path.basename(f))[0]), f, pixels,
                               img.crs, img.transform, _truth_of(f)))
     names = [it.name for it in items]
@@ -151,7 +153,6 @@ def _export_items(path: str, bands: Sequence[str], split: str, limit: int,
     import tensorflow as tf
 
     from model import data as data_mod
-    from model.errors import ConfigError as ModelConfigError
     from model.schema import IGNORE_VALUE, decode_patch
 
     shards = data_mod.find_shards(path)
@@ -174,7 +175,7 @@ def _export_items(path: str, bands: Sequence[str], split: str, limit: int,
     if len(chosen) < limit:
         chosen += positive[n_pos:n_pos + limit - len(chosen)]
     for share, patch in chosen:
-        pixels = select_bands(patch.image, patch.bands, bands, f"patch {patch.key}")
+        pixels = _model_bands(patch.image, patch.bands, bands, f"patch {patch.key}")
         yield Item(_safe(patch.key), f"{path} {split} {patch.key}", pixels.astype(np.float32),
                    patch.crs, tuple(patch.transform) if patch.crs else None,
                    "landslide" if share >= min_share else "non_landslide",
@@ -333,4 +334,4 @@ def explain_command(options: ExplainOptions) -> int:
 
 
 __all__ = ["INDEX", "Item", "explain_command", "heat_cog", "overlay_png", "read_inputs",
-           "run_explain", "select_bands"]
+           "run_explain"]

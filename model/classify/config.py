@@ -55,8 +55,10 @@ class ClassifyConfig:
         image_size: Side of the square model input; images are resized to it (default:
             the first training image's height, or the patch size of export shards).
         bands: Bands to use from export shards, in order (default: all of the manifest);
-            for image folders, names given to the images' bands (default: red, green,
-            blue for jpg/png, a GeoTIFF's band descriptions).
+            for image folders, the bands to use, in order: picked by name from images
+            that name theirs (red, green, blue for jpg/png, a GeoTIFF's band
+            descriptions), the names of unnamed bands otherwise (default: the bands of
+            the first image that names them, see :mod:`model.classify.data`).
         rgb: The three bands, in red, green, blue order, that take the pretrained RGB
             filters (default: found by name: ``red``/``B4``, ``green``/``B3``,
             ``blue``/``B2``); every other band starts from their mean.
@@ -93,7 +95,7 @@ class ClassifyConfig:
     image_size: int | None = _opt(None, "Model input side; images are resized (default: the "
                                   "data's).")
     bands: tuple[str, ...] | None = _opt(None, "Bands of export shards to use (default: all); "
-                                         "for images, names of their bands.")
+                                         "for images, picked by name (names of unnamed bands).")
     rgb: tuple[str, ...] | None = _opt(None, "The bands taking the pretrained red, green, "
                                        "blue filters, e.g. B4,B3,B2 (default: by name).")
     min_landslide_share: float = _opt(MIN_SHARE, "Shard patches: landslide when at least this "

@@ -5,10 +5,14 @@ Image folders (jpg, png or GeoTIFF; read with rasterio, so any raster GDAL reads
     DIR/landslide/*.png   DIR/non_landslide/*.png          (a seeded share is validation)
     DIR/{train,val,test}/{landslide,non_landslide}/*.tif    (the splits as given)
 
-``non-landslide/`` is accepted for ``non_landslide/``. Every image must have the same
-bands; jpg/png bands are ``red, green, blue`` (alpha dropped), a GeoTIFF's are its band
-descriptions (else ``b1, b2, ...``). Images are resized to the model's square input side
-and held in memory (classification sets of this kind are small).
+``non-landslide/`` is accepted for ``non_landslide/``. jpg/png bands are ``red, green,
+blue`` (alpha dropped), a GeoTIFF's are its band descriptions (else ``b1, b2, ...``,
+unnamed). Every image must hold the same bands: those asked for (a model's, or
+``bands``), else those of the first image that names its bands. They are picked by name
+(:mod:`model.classify.bands`), so GeoTIFFs storing them in another order are reordered;
+an image with unnamed bands is taken as it is when it has as many. Images are resized to
+the model's square input side and held in memory (classification sets of this kind are
+small).
 
 Export shards (``landslides export``; see :mod:`model.data`): every patch with at least
 one labelled pixel is an example, ``landslide`` when at least ``min_landslide_share`` of
@@ -26,11 +30,13 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from model import data as data_mod
+from model.classify.bands import DEFAULT_FIX, is_generic, select_bands
 from model.classify.config import MIN_SHARE
 from model.errors import ConfigError
 from model.schema import IGNORE_VALUE
@@ -64,41 +70,70 @@ class Image:
     transform: tuple[float, ...] | None = None
 
 
+def _open(path: str) -> Any:
+    """``rasterio.open(path)``, quiet about missing georeferencing.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ConfigError(f"cannot read image {path!r}: {exc}. Give jpg, png or GeoTIFF "
+                          "files") from exc
+
+
+def _kept_bands(src: Any, path: str) -> tuple[list[int], tuple[str, ...]]:
+    """The 0-based bands of an open file that are kept (alpha dropped), and their names.
+
+    Raises:
+        ConfigError: a paletted image.
+    """
+    from rasterio.enums import ColorInterp
+
+    interp = list(src.colorinterp)
+    if ColorInterp.palette in interp:
+        raise ConfigError(f"{path!r} is a paletted image: convert it to RGB (e.g. "
+                          "gdal_translate -expand rgb)")
+    keep = [i for i, c in enumerate(interp) if c != ColorInterp.alpha] or [0]
+    described = [src.descriptions[i] for i in keep]
+    colours = [interp[i].name for i in keep]
+    if all(described) and len(set(described)) == len(described):
+        names = tuple(str(d) for d in described)
+    elif set(colours) <= {"red", "green", "blue", "gray"} and len(set(colours)) == \
+            len(colours):
+        names = tuple(colours)
+    else:
+        names = tuple(f"b{i + 1}" for i in keep)
+    return keep, names
+
+
 def read_image(path: str) -> Image:
     """Read a jpg, png or GeoTIFF (any raster GDAL reads) with rasterio.
 
     Raises:
         ConfigError: the file cannot be read, or is a paletted image.
     """
-    import rasterio
-    from rasterio.enums import ColorInterp
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise ConfigError(f"cannot read image {path!r}: {exc}. Give jpg, png or GeoTIFF "
-                          "files") from exc
-    with src:
-        interp = list(src.colorinterp)
-        if ColorInterp.palette in interp:
-            raise ConfigError(f"{path!r} is a paletted image: convert it to RGB (e.g. "
-                              "gdal_translate -expand rgb)")
-        keep = [i for i, c in enumerate(interp) if c != ColorInterp.alpha] or [0]
+    with _open(path) as src:
+        keep, names = _kept_bands(src, path)
         pixels = src.read([i + 1 for i in keep]).astype(np.float32)
-        described = [src.descriptions[i] for i in keep]
-        colours = [interp[i].name for i in keep]
-        if all(described) and len(set(described)) == len(described):
-            names = tuple(str(d) for d in described)
-        elif set(colours) <= {"red", "green", "blue", "gray"} and len(set(colours)) == \
-                len(colours):
-            names = tuple(colours)
-        else:
-            names = tuple(f"b{i + 1}" for i in keep)
         crs = src.crs.to_string() if src.crs else ""
         transform = tuple(src.transform)[:6] if src.crs else None
     return Image(np.moveaxis(pixels, 0, -1), names, crs, transform)
+
+
+def read_bands(path: str) -> tuple[str, ...]:
+    """The band names :func:`read_image` gives a file, without reading its pixels.
+
+    Raises:
+        ConfigError: the file cannot be read, or is a paletted image.
+    """
+    with _open(path) as src:
+        return _kept_bands(src, path)[1]
 
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -231,25 +266,42 @@ def _listing(folder: str) -> list[tuple[str, int]]:
     return out
 
 
-def _read_all(files: Sequence[str], size: int | None, bands: Sequence[str] | None
-              ) -> tuple[np.ndarray, tuple[str, ...], int]:
-    """Read and resize images; every one must have the bands of the first (or ``bands``)."""
+def _reference_bands(files: Sequence[str]) -> tuple[str, ...]:
+    """The bands of a folder: those of its first image that names them, else its first's.
+
+    Taking the first *named* image, not merely the first, keeps an unnamed image that
+    sorts first from making every named one a refusal: named images are picked by name
+    and unnamed ones by count wherever they sort.
+    """
+    named = (bands for bands in map(read_bands, files) if not is_generic(bands))
+    return next(named, None) or read_bands(files[0])
+
+
+def _read_all(files: Sequence[str], size: int | None, bands: Sequence[str], fix: str
+              ) -> tuple[np.ndarray, int]:
+    """Read images, pick ``bands`` of each (:func:`~model.classify.bands.select_bands`), resize.
+
+    Args:
+        files: The images.
+        size: Side to resize to (default: the first image's height).
+        bands: The bands to feed, in order.
+        fix: What to do about an image without them, for the message.
+
+    Returns:
+        ``(n, size, size, len(bands))`` float32 pixels, and ``size``.
+
+    Raises:
+        ConfigError: an image without ``bands``: naming it, its bands and ``bands``.
+    """
     arrays = []
-    names: tuple[str, ...] | None = tuple(bands) if bands is not None else None
     for path in files:
         img = read_image(path)
-        if names is None:
-            names = img.bands
-        if img.pixels.shape[-1] != len(names):
-            raise ConfigError(
-                f"image {path!r} has {img.pixels.shape[-1]} band(s) {list(img.bands)}, the "
-                f"others {len(names)} ({list(names)}): give every image the same bands "
-                f"(convert it, or move it out of the folder)")
+        pixels = select_bands(img.pixels, img.bands, bands, f"image {path!r}", fix)
         if size is None:
-            size = int(img.pixels.shape[0])
-        arrays.append(resize(img.pixels, size))
-    assert names is not None and size is not None
-    return np.stack(arrays), names, size
+            size = int(pixels.shape[0])
+        arrays.append(resize(pixels, size))
+    assert size is not None
+    return np.stack(arrays), size
 
 
 def _numpy_split(name: str, x: np.ndarray, y: np.ndarray, ids: Sequence[str],
@@ -272,13 +324,15 @@ def load_images(path: str, image_size: int | None = None, val_fraction: float = 
         val_fraction: Share of each class held out when there is no ``val/`` folder.
         seed: Seed of that split.
         augment: Flip and rotate training images.
-        bands: Band names the images must have (a model's), default: the first image's.
+        bands: The bands to feed, in order (a model's), picked by name from images that
+            name their bands; default: those of the first image that names them (else the
+            first image's).
         scoring: Scoring data: class folders directly in ``path`` are the split ``all``;
             no statistics are computed.
 
     Raises:
-        ConfigError: missing class folders, unreadable images, mixed band counts, no
-            validation images.
+        ConfigError: missing class folders, unreadable images, an image without the
+            bands (named: lacking one; unnamed: another count), no validation images.
     """
     if not is_image_folder(path):
         raise ConfigError(
@@ -300,15 +354,21 @@ def load_images(path: str, image_size: int | None = None, val_fraction: float = 
         raise ConfigError(f"{path!r} has no validation images: add {path}/val/landslide/ and "
                           f"{path}/val/non_landslide/, or put the class folders directly in "
                           f"{path} (a --val-fraction is held out)")
-    first = next(iter(listed.values()))
-    _, names, size = _read_all([first[0][0]], image_size, bands)
+    if bands is None:
+        names = _reference_bands([f for items in listed.values() for f, _ in items])
+        fix = (f"give every image the same bands {list(names)}: name them so (GeoTIFF band "
+               f"descriptions), convert it, or move it out of the folder")
+    else:
+        names, fix = tuple(bands), DEFAULT_FIX
+    size = image_size
     splits, arrays = {}, {}
     for split, items in listed.items():
         files = [f for f, _ in items]
-        x, _, _ = _read_all(files, size, names)
+        x, size = _read_all(files, size, names, fix)
         y = np.array([label for _, label in items], np.int64)
         arrays[split] = x
         splits[split] = _numpy_split(split, x, y, files, augment and split == "train")
+    assert size is not None  # is_image_folder: at least one split was read
     mean = std = None
     if "train" in arrays:
         px = arrays["train"].reshape(-1, len(names)).astype(np.float64)
@@ -477,6 +537,7 @@ __all__ = [
     "load_images",
     "load_shards",
     "patch_label",
+    "read_bands",
     "read_image",
     "resize",
 ]

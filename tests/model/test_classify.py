@@ -270,6 +270,87 @@ def test_bad_image_folders_say_what_is_wrong_and_what_to_do(tmp_path):
         load_data(str(tmp_path / "empty"))
 
 
+def constant_image(values: tuple[float, ...], side: int = 8) -> np.ndarray:
+    """``(bands, side, side)`` float32, band ``i`` holding ``values[i]`` everywhere."""
+    return np.stack([np.full((side, side), v, np.float32) for v in values])
+
+
+def test_geotiff_bands_are_picked_by_name_in_the_order_asked_for(tmp_path):
+    """A GeoTIFF storing B2, B3, B4 scored by a model of B4, B3, B2 gives B4 first; one
+    without B4 is refused by name; an undescribed one is taken by its band count."""
+    root = tmp_path / "scoring"
+    for cls in ("landslide", "non_landslide"):
+        (root / cls).mkdir(parents=True)
+        write_image(root / cls / "a.tif", constant_image((2.0, 3.0, 4.0)), ("B2", "B3", "B4"))
+    write_image(root / "landslide" / "b.tif", constant_image((4.5, 3.5, 2.5)))  # unnamed
+    data = load_data(str(root), image_size=8, bands=("B4", "B3", "B2"), augment=False,
+                     scoring=True)
+    x, _ = next(iter(data.split("all").dataset(8, False, 0)))
+    assert data.bands == ("B4", "B3", "B2")
+    assert sorted(np.asarray(x)[:, 0, 0].tolist()) == [[4.0, 3.0, 2.0], [4.0, 3.0, 2.0],
+                                                       [4.5, 3.5, 2.5]]
+    odd = root / "non_landslide" / "odd.tif"
+    write_image(odd, constant_image((2.0, 3.0, 8.0)), ("B2", "B3", "B8"))
+    with pytest.raises(ConfigError) as exc:
+        load_data(str(root), image_size=8, bands=("B4", "B3", "B2"), scoring=True)
+    message = str(exc.value)
+    assert str(odd) in message and "['B2', 'B3', 'B8']" in message
+    assert "without ['B4']" in message and "['B4', 'B3', 'B2']" in message
+
+
+def test_a_training_folder_of_png_and_geotiff_in_other_band_orders_is_aligned(tmp_path):
+    """png (red, green, blue) and GeoTIFFs described blue, green, red train on the same
+    channels, wherever an unnamed image sorts; an image naming other bands is refused."""
+    root = tmp_path / "mixed"
+    rgb = (10.0, 20.0, 30.0)
+    for split in ("train", "val"):
+        for cls in ("landslide", "non_landslide"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            write_image(folder / "1.png", constant_image(rgb).astype(np.uint8))
+            write_image(folder / "2.tif", constant_image(rgb[::-1]), ("blue", "green", "red"))
+    write_image(root / "train" / "landslide" / "0.tif", constant_image(rgb))  # unnamed
+    data = load_data(str(root), image_size=8, augment=False)
+    assert data.bands == ("red", "green", "blue")
+    pixels = [np.asarray(x)[:, 0, 0] for split in ("train", "val")
+              for x, _ in data.split(split).dataset(16, False, 0)]
+    np.testing.assert_array_equal(np.concatenate(pixels), np.tile(rgb, (9, 1)))
+    assert data.mean == pytest.approx(list(rgb))
+    odd = root / "val" / "non_landslide" / "4.tif"
+    write_image(odd, constant_image((1.0, 2.0, 3.0)), ("B2", "B3", "B4"))
+    with pytest.raises(ConfigError) as exc:
+        load_data(str(root), image_size=8)
+    message = str(exc.value)
+    assert str(odd) in message and "['B2', 'B3', 'B4']" in message
+    assert "['red', 'green', 'blue']" in message and "same bands" in message
+
+
+def test_classify_eval_feeds_a_model_its_bands_by_name(tmp_path):
+    """A model of B4, B3, B2 that reads B4 minus B2 scores GeoTIFFs stored B2, B3, B4:
+    every image right (fed in the stored order, every image would be wrong)."""
+    from model.classify.evaluation import evaluate_classifiers
+
+    inp = keras.Input((8, 8, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(inp)
+    logit = keras.layers.Dense(1, name="logit")(pooled)
+    model = keras.Model(inp, keras.layers.Activation("sigmoid", name="probability")(logit))
+    model.get_layer("logit").set_weights([np.array([[1.0], [0.0], [-1.0]], np.float32),
+                                          np.zeros(1, np.float32)])
+    art = tmp_path / "classifier"
+    save_artifact(model, str(art), ("B4", "B3", "B2"), 8, mean=[0.0] * 3, std=[1.0] * 3,
+                  classes={"non_landslide": 0, "landslide": 1}, saved_model=False,
+                  extra={"task": "classification", "backbone": "hand"})
+    root = tmp_path / "scenes"
+    for cls, (b2, b4) in {"landslide": (1.0, 9.0), "non_landslide": (9.0, 1.0)}.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            write_image(root / cls / f"{i}.tif", constant_image((b2, 5.0, b4)),
+                        ("B2", "B3", "B4"))
+    [result] = evaluate_classifiers(str(art), str(root), out=str(tmp_path / "eval"))
+    assert result["examples"] == 4 and result["accuracy"] == 1.0
+    assert result["roc_auc"] == 1.0
+
+
 def test_shard_patches_are_labelled_by_their_landslide_share(tmp_path):
     written = write_shards(tmp_path / "shards", {"train": 12, "val": 6})
     share = 0.25

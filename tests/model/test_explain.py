@@ -149,6 +149,32 @@ def test_gradcam_of_the_unet_pads_to_its_size_multiple_and_crops_back():
                                model.predict(padded, verbose=0)[0, :30, :26, 0], atol=1e-5)
 
 
+def test_unet_gradcam_without_a_region_leaves_the_padding_out_of_the_score():
+    """Padded to its size multiple, the image's predicted pixels are explained, not the
+    mirrored rows and columns: the default is the region of the whole image."""
+    keras.utils.set_random_seed(0)
+    model = build_unet(["B4", "B8"], base_filters=4, depth=3, mean=[0.0, 0.0], std=[1.0, 1.0])
+    x = np.random.default_rng(1).normal(size=(2, 30, 26, 2)).astype(np.float32)
+    auto = explain(model, x, threshold=0.0, size_multiple=4)  # every pixel "predicted"
+    whole = explain(model, x, region=np.ones((30, 26), bool), size_multiple=4)
+    np.testing.assert_allclose(auto.scores, auto.probability.sum(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(auto.scores, whole.scores, rtol=1e-5)
+    np.testing.assert_allclose(auto.cams, whole.cams, rtol=1e-4, atol=1e-7)
+    # with a threshold, only the image's own pixels above it count
+    thr = float(np.median(auto.probability))
+    some = explain(model, x, threshold=thr, size_multiple=4)
+    expected = np.where(some.probability >= thr, some.probability, 0.0).sum(axis=(1, 2))
+    np.testing.assert_allclose(some.scores, expected, rtol=1e-5)
+    # explain_segmentation's valid mask applies to a region as well
+    padded = np.pad(x, ((0, 0), (0, 2), (0, 2), (0, 0)), mode="reflect")
+    valid = np.zeros((32, 28), bool)
+    valid[:30, :26] = True
+    boxed = explain_segmentation(model, padded, region=np.ones((32, 28), bool), valid=valid)
+    np.testing.assert_allclose(boxed.scores, whole.scores, rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"valid mask of shape \(30, 26\)"):
+        explain_segmentation(model, padded, valid=np.ones((30, 26), bool))
+
+
 # ----------------------------------------------------------------------------- CLI
 def _geotiff(path: Path, pixels: np.ndarray, names: tuple[str, ...]) -> Path:
     with rasterio.open(path, "w", driver="GTiff", width=pixels.shape[1],
