@@ -8,6 +8,7 @@ are its building blocks, also used to join polygons across UTM zones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,8 @@ def merge_across_edges(gdf, connectivity: int = 4, tolerance: float = 1e-6,
             pieces compute their shared edge each from its own origin, which in degrees or
             at pixel sizes such as 0.3 m differs in the last bits: the edge then neither
             touches (one landslide stays two) nor stops at a point (a sliver joins two that
-            meet at a corner). A millionth of a pixel makes both sides one line.
+            meet at a corner). A millionth of a pixel (rounded down to a power of two)
+            makes both sides one line.
 
     Returns:
         A GeoDataFrame with one row per landslide: ``area_m2`` and ``n_pixels`` summed,
@@ -52,13 +54,14 @@ def merge_across_edges(gdf, connectivity: int = 4, tolerance: float = 1e-6,
         out = out.copy()
         out["chunks"] = np.zeros(0, dtype="int64")
         return out
-    geoms = np.asarray(gdf.geometry.values, dtype=object)
+    original = np.asarray(gdf.geometry.values, dtype=object)
+    geoms = original
     if grid_size > 0:
-        import geopandas as gpd
-
-        geoms = shapely.set_precision(geoms, grid_size)
-        gdf = gdf.assign(**{gdf.geometry.name: gpd.GeoSeries(geoms, index=gdf.index,
-                                                               crs=gdf.crs)})
+        # a power of two: GEOS scales by its inverse, exact in binary, so vertices already
+        # on it (a UTM pixel edge) stay put; pointwise: vertices move by under the grid,
+        # nothing else is rebuilt (a pixel polygon has no two vertices that close)
+        grid = 2.0 ** math.floor(math.log2(grid_size))
+        geoms = shapely.set_precision(original, grid, mode="pointwise")
     chunk = np.asarray(gdf[piece].astype(str))
     edge_idx = (np.flatnonzero(np.asarray(gdf["edge"], dtype=bool)) if "edge" in gdf.columns
                 else np.arange(n))
@@ -77,6 +80,15 @@ def merge_across_edges(gdf, connectivity: int = 4, tolerance: float = 1e-6,
         cols_.append(b)
     r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     c = np.concatenate(cols_) if cols_ else np.zeros(0, dtype=np.int64)
+    if grid_size > 0 and len(r):
+        # only the polygons that join are snapped (set_precision also re-orders a ring's
+        # vertices); every other polygon keeps its geometry as it came
+        import geopandas as gpd
+
+        joined = np.zeros(n, dtype=bool)
+        joined[r] = joined[c] = True
+        gdf = gdf.assign(**{gdf.geometry.name: gpd.GeoSeries(
+            np.where(joined, geoms, original), index=gdf.index, crs=gdf.crs)})
     return combine(gdf, groups(n, r, c), shapely.union_all, piece, first)
 
 
