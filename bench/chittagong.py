@@ -13,10 +13,13 @@ each fold k (spatial cross-validation):
    64-px patches),
 2. ``landslides train`` (a small single-date U-Net on B2, B3, B4, B8: depth 3, 16 base
    filters, BCE + Dice, up to 40 epochs following the validation loss),
-3. the test split's labelled pixels are scored: F1 (precision/recall) at the artifact's
-   calibrated threshold and ROC-AUC of the U-Net, against two baselines that need no
-   training: every pixel a landslide (its F1 is what the class balance gives for free) and
-   NDVI (low = landslide; its threshold chosen for the best F1 on the training pixels).
+3. the test split's labelled pixels are scored, each once (the 64-px patches overlap by
+   half, stride 32: a pixel is keyed by its place on the map and the U-Net's probability
+   averaged over the patches that hold it, as a sweep blends them): F1 (precision/recall)
+   at the artifact's calibrated threshold and ROC-AUC of the U-Net, against two baselines
+   that need no training: every pixel a landslide (its F1 is what the class balance gives
+   for free) and NDVI (low = landslide; its threshold chosen for the best F1 on the
+   training pixels, each also once).
 
 It prints one row per fold and the pooled figures (every fold's test pixels together: each
 labelled pixel scored once, by the model that never saw its strip). Skips (exit 0) when
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -102,23 +106,103 @@ def cli(*words: str) -> None:
         raise SystemExit(f"`landslides {' '.join(words[:1])}` exited {code}")
 
 
-def labelled_pixels(shards: str, split: str, model=None
+def _grid_offset(transform: tuple[float, ...], origin: tuple[float, float]) -> tuple[int, int]:
+    """``(row, col)`` of a patch's top-left pixel on the grid of a patch at ``origin``.
+
+    Args:
+        transform: The patch's affine coefficients ``(a, b, c, d, e, f)``.
+        origin: ``(c, f)`` of a patch on the same grid (same ``a, b, d, e`` and CRS).
+
+    Raises:
+        ValueError: the patch is not a whole number of pixels away from ``origin``.
+    """
+    a, b, c, d, e, f = transform[:6]
+    col, row = np.linalg.solve(np.array([[a, b], [d, e]]),
+                               np.array([c - origin[0], f - origin[1]]))
+    whole = np.round([row, col])
+    if np.abs(whole - [row, col]).max() > 1e-3:
+        raise ValueError(f"patch transform {transform} is {row:.4f}, {col:.4f} pixels from "
+                         f"another patch's: the patches are not on one pixel grid")
+    return int(whole[0]), int(whole[1])
+
+
+def labelled_pixels(shards: str, split: str, model: Any = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(x, y, p)`` of a split's labelled pixels, read once: ``x`` (n, bands), ``y`` 0/1,
-    ``p`` the landslide probability of ``model`` (a Keras model) or None without one."""
-    from model.data import find_shards, shard_dataset
+    """A split's labelled pixels (label 0 or 1), each pixel of the map once.
+
+    Patches cut with a stride below their size overlap, so one pixel is in up to four of
+    them. Each labelled pixel is keyed by its place on the map (the record's CRS and
+    ``transform``, :func:`model.schema.decode_patch`) and kept once: its bands and label
+    from the first patch that holds it, its landslide probability the mean over the
+    patches that hold it labelled (as a sweep blends overlapping patches).
+
+    Args:
+        shards: An ``lsm/v1`` export folder (``landslides export --out``).
+        split: The split to read (``train``, ``val``, ``test``).
+        model: A Keras model whose first output channel is the landslide probability; None
+            to skip the probabilities.
+
+    Returns:
+        ``(x, y, p)``: ``x`` (n, bands) float32 in :data:`BANDS` order, ``y`` (n,) int64
+        0/1, ``p`` (n,) the mean probability of ``model``, or None without one; pixels in
+        the order of their map keys.
+
+    Raises:
+        ValueError: the records are not ``lsm/v1``, lack a band of :data:`BANDS`, are not on
+            one pixel grid, or label one pixel differently.
+    """
+    import tensorflow as tf
+
+    from model.data import find_shards
+    from model.schema import decode_patch
 
     found = find_shards(shards)
-    xs, ys, ps = [], [], []
-    for x, y in shard_dataset(found, found.files[split], BANDS, 64):
-        xs.append(x.numpy())
-        ys.append(y.numpy().reshape(x.shape[:3]))
+    if found.fmt != "lsm":
+        raise ValueError(f"{shards}: {found.fmt} records carry no transform; need lsm/v1")
+    grids: dict[tuple[Any, ...], tuple[int, tuple[float, float]]] = {}
+    keys: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    where: list[tuple[int, np.ndarray, np.ndarray]] = []
+    records = tf.data.TFRecordDataset(list(found.files[split]),
+                                      compression_type=found.compression)
+    for record in records:
+        patch = decode_patch(record.numpy())
+        rows, cols = np.nonzero((patch.mask == 0) | (patch.mask == 1))
+        if not len(rows):
+            continue
+        missing = [b for b in BANDS if b not in patch.bands]
+        if missing:
+            raise ValueError(f"patch {patch.key} lacks the band(s) {missing}")
+        image = patch.image[..., [patch.bands.index(b) for b in BANDS]]
+        a, b, _, d, e, _ = patch.transform[:6]
+        grid, origin = grids.setdefault((patch.crs, a, b, d, e),
+                                        (len(grids), (patch.transform[2], patch.transform[5])))
+        row0, col0 = _grid_offset(patch.transform, origin)
+        keys.append(np.stack([np.full(len(rows), grid), rows + row0, cols + col0], axis=1))
+        xs.append(image[rows, cols])
+        ys.append(patch.mask[rows, cols].astype(np.int64))
         if model is not None:
-            ps.append(np.asarray(model.predict(x, verbose=0))[..., 0])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    keep = (y == 0) | (y == 1)
-    p = np.concatenate(ps)[keep] if model is not None else None
-    return x[keep], y[keep].astype(np.int64), p
+            where.append((len(images), rows, cols))
+            images.append(image)
+    if not keys:
+        empty = np.zeros(0, np.float64) if model is not None else None
+        return np.zeros((0, len(BANDS)), np.float32), np.zeros(0, np.int64), empty
+    _, first, inverse = np.unique(np.concatenate(keys), axis=0, return_index=True,
+                                  return_inverse=True)
+    inverse = inverse.reshape(-1)
+    y_all = np.concatenate(ys)
+    n = np.bincount(inverse)
+    positives = np.bincount(inverse, weights=y_all)
+    if np.any((positives != 0) & (positives != n)):
+        raise ValueError(f"{shards} {split}: overlapping patches label a pixel differently")
+    x, y = np.concatenate(xs)[first], y_all[first]
+    if model is None:
+        return x, y, None
+    probs = np.asarray(model.predict(np.stack(images), batch_size=64, verbose=0))[..., 0]
+    p_all = np.concatenate([probs[i][rows, cols] for i, rows, cols in where])
+    return x, y, np.bincount(inverse, weights=p_all) / n
 
 
 def scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -61,3 +61,55 @@ def test_skips_cleanly_without_the_dataset(tmp_path: Path, capsys) -> None:
                           "--json", str(tmp_path / "out.json")])
     assert code == 0 and "skipped" in capsys.readouterr().out
     assert not (tmp_path / "out.json").exists()
+
+
+class _ColumnModel:
+    """A stand-in for the U-Net: the probability of a pixel is 0.1 + 0.1 x its column in
+    the patch (so the same map pixel gets another value in each patch that holds it)."""
+
+    def predict(self, x, **kwargs):
+        h, w = np.asarray(x).shape[1:3]
+        p = 0.1 + 0.1 * np.arange(w, dtype=np.float32)
+        return np.broadcast_to(p[None, None, :, None], (len(x), h, w, 1)).copy()
+
+
+def _write_overlapping_patches(root: Path, bands: tuple[str, ...]) -> None:
+    """Two 4 x 4 patches of one 10 m grid, the second 2 px east of the first (they share
+    map columns 2 and 3); map row 3 unlabelled (255), label 1 from map column 3 on."""
+    import tensorflow as tf
+
+    from model.schema import encode_patch
+
+    (root / "test").mkdir(parents=True)
+    path = str(root / "test" / "test-00000-of-00001.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as out:
+        for name, col0 in (("a", 0), ("b", 2)):
+            rows, cols = np.mgrid[0:4, 0:4]
+            cols = cols + col0  # map columns
+            image = np.zeros((4, 4, len(bands)), np.float32)
+            image[..., bands.index("B4")] = 0.01 * cols  # the map column, read back below
+            image[..., bands.index("B8")] = 0.5 + 0.01 * rows
+            mask = np.where(cols >= 3, 1, 0).astype(np.uint8)
+            mask[3] = 255
+            out.write(encode_patch(image, mask, bands, f"chunk/{name}", "EPSG:32646",
+                                   (10.0, 0.0, 500_000.0 + 10 * col0, 0.0, -10.0, 2_500_000.0),
+                                   "2020-01-01"))
+
+
+def test_overlapping_patches_score_each_map_pixel_once_with_the_mean_probability(
+        tmp_path: Path) -> None:
+    b = _bench()
+    _write_overlapping_patches(tmp_path, b.BANDS)
+    x, y, p = b.labelled_pixels(str(tmp_path), "test", _ColumnModel())
+    assert p is not None
+    assert len(y) == len(p) == len(x) == 3 * 6  # 3 labelled rows x 6 map columns, not 3 x 8
+    cols = np.rint(x[:, b.BANDS.index("B4")] * 100).astype(int)
+    rows = np.rint((x[:, b.BANDS.index("B8")] - 0.5) * 100).astype(int)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(r, c) for r in range(3)
+                                                         for c in range(6)]
+    assert np.array_equal(y, (cols >= 3).astype(np.int64))
+    # column c is column c of patch a (c < 4) and column c - 2 of patch b (c >= 2)
+    expected = {0: 0.1, 1: 0.2, 2: (0.3 + 0.1) / 2, 3: (0.4 + 0.2) / 2, 4: 0.3, 5: 0.4}
+    assert np.allclose(p, [expected[c] for c in cols.tolist()])
+    x2, y2, none = b.labelled_pixels(str(tmp_path), "test")  # the baselines' pixels: the same
+    assert none is None and np.array_equal(x2, x) and np.array_equal(y2, y)
