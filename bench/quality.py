@@ -21,7 +21,8 @@ stack (the target image alone), and prints one table side by side:
   (:func:`decided_right`).
 
 It writes every figure to ``--json`` (default ``bench-quality.json``; the breakdowns under
-each temporal row's ``recovery`` and ``near_line``). Run it with ``make bench-quality`` or
+each temporal row's ``recovery`` and ``near_line``; every row's landslide-by-landslide
+counts under ``objects``). Run it with ``make bench-quality`` or
 ``.venv/bin/python bench/quality.py --seeds 42,7,123``. Each study takes minutes (about as
 long as ``make demo``); ``--quick`` uses the quick demo; ``--stack NAME=REF;REF`` also runs
 the first seed with other reference images, ``--stem NAME=WIDTHS`` with another stem,
@@ -181,7 +182,8 @@ def _row(cfg: DemoConfig, seed: int, variant: str, seconds: float,
             log.warning("seed %s: no recovery table: %s", seed, exc)
             row["recovery"] = row["near_line"] = None
             row["recovery_error"] = str(exc)
-        row["objects"] = object_breakdown(cfg.out)
+    # every study, single-date too: the count gaps list each study (report/metrics.json only)
+    row["objects"] = object_breakdown(cfg.out)
     return row
 
 

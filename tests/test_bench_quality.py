@@ -3,6 +3,8 @@ other training seeds."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.demo import DemoConfig
@@ -145,19 +147,39 @@ def test_seed_lists_parse_to_the_studies_they_name():
 def test_breakdowns_are_read_for_every_temporal_study_not_the_single_date_one(
         tmp_path, monkeypatch):
     """The recovery and near-line tables cover the first seed's variants of the demo's
-    stack too (they are what a variant is compared on); the single-date study has none."""
+    stack too (they are what a variant is compared on); the single-date study has none.
+    The object counts (what the count gaps list) are read for every study."""
     q = _quality()
     read = []
     for name in ("recovery_breakdown", "scar_decisions", "object_breakdown"):
         monkeypatch.setattr(q, name, lambda d, name=name: read.append((name, d)) or {})
     results = {"evaluate": {}, "compare": {"held_out": {}}}
-    for variant in ("temporal", "base3", "train1", "single-date"):
+    variants = ("temporal", "base3", "train1", "single-date")
+    for variant in variants:
         cfg = DemoConfig(out=str(tmp_path / variant))
         row = q._row(cfg, 42, variant, 1.0, results)
         assert ("recovery" in row and "near_line" in row) == (variant != "single-date")
-    assert sorted({d for _, d in read}) == sorted(str(tmp_path / v)
-                                                  for v in ("temporal", "base3", "train1"))
-    assert len(read) == 9
+        assert "objects" in row
+    temporal = sorted(str(tmp_path / v) for v in ("temporal", "base3", "train1"))
+    assert sorted(d for n, d in read if n == "recovery_breakdown") == temporal
+    assert sorted(d for n, d in read if n == "scar_decisions") == temporal
+    assert sorted(d for n, d in read if n == "object_breakdown") == sorted(
+        str(tmp_path / v) for v in variants)
+
+
+def test_count_gaps_list_a_single_date_study_too(tmp_path):
+    """A single-date study's count off by more than 30% is listed like any other study's."""
+    q = _quality()
+    out = tmp_path / "single-date"
+    (out / "report").mkdir(parents=True)
+    obj = {"n_reference": 20, "n_predicted": 8, "n_found": 8, "n_missed": 12,
+           "n_false_alarms": 0, "n_fragmented": 0, "merges": 0, "n_reference_in_merges": 0}
+    (out / "report" / "metrics.json").write_text(json.dumps({"years": {"2019": {"object": obj}}}))
+    results = {"evaluate": {}, "compare": {"held_out": {}}}
+    row = q._row(DemoConfig(out=str(out)), 42, "single-date", 1.0, results)
+    assert q.count_gaps([row]) == [
+        "seed 42 single-date 2019: 8 predicted / 20 reference: 12 missed, 0 false alarms, "
+        "0 predicted over 2+ landslides (0 landslides), 0 landslides in 2+ pieces"]
 
 
 def test_a_base_filters_variant_changes_only_the_width(tmp_path):
