@@ -8,8 +8,9 @@ DirectRunner.
 
 The export has ~1 s of fixed cost per run (Beam's graph and stages, planning), so the
 ratio grows with the scene (README's table keeps the figures). The export reads the next
-chunk on a thread; ``export_*_cpu_s`` shows the CPU of all its threads, the plain read is
-one loop on one thread.
+chunk on a thread; ``export_*_cpu_s`` shows the CPU of all its threads and, with
+``--workers`` above 1, of its worker processes (``export_*_worker_cpu_s`` their part); the
+plain read is one loop on one thread.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -75,6 +77,18 @@ def plain_read(s2: str, dem: str, aoi: str, chunk: int, patch: int,
     return n, time.perf_counter() - t
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its child processes.
+
+    Returns:
+        ``(own, children)``: user + system time of all threads of this process
+        (``time.process_time``), and of the children that ended and were waited for
+        (``RUSAGE_CHILDREN``: the DirectRunner's worker processes once the pipeline is done).
+    """
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time(), children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=4096, help="scene side in pixels")
@@ -105,26 +119,29 @@ def main() -> None:
                 out=os.path.join(d, f"out-{compression}"), inventory=inv, bands=bands,
                 chunk_size=args.chunk, compression=compression, split=SplitPlan(),
                 patch=PatchRules(args.patch, negative_fraction=1.0, max_nodata_fraction=1.0))
-            t, cpu = time.perf_counter(), time.process_time()
+            t, (own0, kids0) = time.perf_counter(), cpu_seconds()
             manifest = run_export(cfg, beam_args)
-            t_export, cpu = time.perf_counter() - t, time.process_time() - cpu
+            t_export, (own1, kids1) = time.perf_counter() - t, cpu_seconds()
             size = sum(os.path.getsize(f) for fs in manifest["files"].values() for f in fs)
-            results[compression] = (sum(manifest["patches"].values()), t_export, cpu, size)
+            results[compression] = (sum(manifest["patches"].values()), t_export,
+                                    own1 - own0 + kids1 - kids0, kids1 - kids0, size)
     plain_rate = n_plain / t_plain
     report = {"scene_px": args.size, "chunk": args.chunk, "patch": args.patch,
               "workers": args.workers,
               "bands": len(bands), "plain_rasterio_patches": n_plain,
               "plain_rasterio_s": round(t_plain, 2),
               "plain_rasterio_patches_per_s": round(plain_rate, 1)}
-    for compression, (n, t, cpu, size) in results.items():
+    for compression, (n, t, cpu, worker_cpu, size) in results.items():
         report[f"export_{compression}_patches"] = n
         report[f"export_{compression}_s"] = round(t, 2)
         # CPU of all threads of this process (gzip runs on its own thread beside the read)
+        # and of the worker processes (--workers > 1: they do the work)
         report[f"export_{compression}_cpu_s"] = round(cpu, 2)
+        report[f"export_{compression}_worker_cpu_s"] = round(worker_cpu, 2)
         report[f"export_{compression}_patches_per_s"] = round(n / t, 1)
         report[f"export_{compression}_shard_mb"] = round(size / 1e6, 1)
     print(json.dumps(report, indent=1))
-    for compression, (n, t, _, _) in results.items():
+    for compression, (n, t, *_) in results.items():
         print(f"ratio export({compression})/plain-read = {n / t / plain_rate:.3f} (goal >= 0.5)")
 
 
