@@ -203,3 +203,14 @@ def test_near_line_scars_decided_right_split_by_their_distance_to_the_line():
     assert q.decided_right(near) == ((3, 4), (1, 3))
     assert q.decided_right({}) == ((0, 0), (0, 0))
 
+
+
+def test_the_target_line_does_not_round_a_shortfall_up_to_its_target(capsys):
+    """At three decimals seed 42's 2018 F1 of 0.7496 printed as 0.750, the 0.75 asked."""
+    q = _quality()
+    cell = {"f1": 0.74959, "precision": 0.72, "recall": 0.79, "predicted_count": 31,
+            "reference_count": 24}
+    q.print_table([{"seed": 42, "variant": "temporal", "held_out": {"2018": cell},
+                    "evaluate": {"base": {"f1": 0.86}, "finetuned": {"f1": 0.87}},
+                    "seconds": 1.0}])
+    assert "seed 42: min F1 0.7496 (2018)" in capsys.readouterr().out
