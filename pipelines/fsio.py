@@ -4,12 +4,27 @@ Local writes go to a temporary file in the destination folder, then ``os.replace
 reader never sees a half-written file. ``gs://`` writes are single-object uploads through
 Beam's ``FileSystems`` (which honours ``STORAGE_EMULATOR_HOST``), so an object is either
 complete or absent. Beam is imported only when a ``gs://`` path is used.
+
+Bytes in are bytes out on both: nothing is compressed or decompressed on the way, whatever
+the extension (``.gz`` objects are read and written as they are, as local files are).
+
+``file://`` URLs are local paths (``file:///data/x.tif`` is ``/data/x.tif``).
+
+Glob patterns (:func:`glob`) mean the same locally and on ``gs://``: ``*`` matches any
+characters but ``/`` (names that start with a dot included), ``?`` one such character,
+``[seq]`` one character of ``seq`` (``[!seq]``: one not in it), and ``**`` as a whole path
+component any number of folders, none included (``tiles/**/*.tif`` matches
+``tiles/a.tif`` and ``tiles/2020/east/b.tif``; ``tiles/**`` every file under ``tiles``).
+Only files (objects) are matched, never folders. A path that is to be matched literally is
+passed through :func:`glob_escape` first, so that ``[``, ``*`` and ``?`` in its name are
+not taken for wildcards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import io
 import json
 import logging
@@ -17,6 +32,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +40,7 @@ from typing import Any
 from pipelines.errors import (
     TRANSIENT,
     DataNotFoundError,
+    InputError,
     OutputError,
     SourceError,
     TransientSourceError,
@@ -32,10 +49,32 @@ from pipelines.errors import (
 
 log = logging.getLogger(__name__)
 
+_GLOB_CHARS = "*?["
+
 
 def is_remote(path: str | Path) -> bool:
     """True for URLs handled by Beam's FileSystems (gs://, s3://...)."""
     return "://" in str(path) and not str(path).startswith("file://")
+
+
+def norm(path: str | Path) -> str:
+    """``path`` as fsio handles it: a ``file://`` URL becomes the local path it names.
+
+    Every function of this module that takes a path goes through here first.
+
+    Raises:
+        InputError: a ``file://`` URL naming another host than this machine.
+    """
+    text = str(path)
+    if not text.startswith("file://"):
+        return text
+    from urllib.parse import unquote, urlsplit
+
+    url = urlsplit(text)
+    if url.netloc not in ("", "localhost"):
+        raise InputError(f"{text!r} names the host {url.netloc!r}: file:// URLs must name a "
+                         f"path on this machine. Write 'file:///path' or the plain path.")
+    return unquote(url.path) or "/"
 
 
 def _fs():  # lazy: Beam is heavy to import
@@ -44,8 +83,16 @@ def _fs():  # lazy: Beam is heavy to import
     return FileSystems
 
 
+def _raw():
+    """Beam's compression type that leaves bytes as they are (not AUTO, by extension)."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return CompressionTypes.UNCOMPRESSED
+
+
 def join(base: str | Path, *parts: str) -> str:
     """Join path parts for local paths and URLs alike."""
+    base = norm(base)
     if is_remote(base):
         return "/".join([str(base).rstrip("/"), *[p.strip("/") for p in parts]])
     return str(Path(base, *parts))
@@ -53,19 +100,22 @@ def join(base: str | Path, *parts: str) -> str:
 
 def relative_href(target: str, start_dir: str) -> str:
     """``target`` relative to the folder ``start_dir`` (local paths and URLs alike)."""
+    target, start_dir = norm(target), norm(start_dir)
     if is_remote(target) or is_remote(start_dir):
         return posixpath.relpath(target.split("://", 1)[1], start_dir.split("://", 1)[1])
     return os.path.relpath(target, start_dir).replace(os.sep, "/")
 
 
 def exists(path: str | Path) -> bool:
+    path = norm(path)
     if is_remote(path):
-        return bool(_fs().exists(str(path)))
+        return bool(_fs().exists(path))
     return Path(path).exists()
 
 
 def makedirs(path: str | Path) -> None:
     """Create a local folder (a no-op for object stores, which have no folders)."""
+    path = norm(path)
     if not is_remote(path):
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
@@ -74,19 +124,21 @@ def makedirs(path: str | Path) -> None:
 
 
 def read_bytes(path: str | Path) -> bytes:
+    path = norm(path)
     if not exists(path):
-        raise DataNotFoundError(f"{str(path)!r} does not exist.")
+        raise DataNotFoundError(f"{path!r} does not exist.")
     if is_remote(path):
-        with _fs().open(str(path)) as f:
+        with _fs().open(path, compression_type=_raw()) as f:
             return f.read()
     return Path(path).read_bytes()
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` atomically (temp + rename locally, one upload on object stores)."""
+    path = norm(path)
     try:
         if is_remote(path):
-            with _fs().create(str(path)) as f:
+            with _fs().create(path, compression_type=_raw()) as f:
                 f.write(data)
             return
         with _local_atomic(path) as f:
@@ -140,6 +192,7 @@ def read_record(path: str | Path) -> dict | None:
     A record left corrupt by an interrupted writer is logged and treated as absent, so the
     work it describes is redone rather than trusted.
     """
+    path = norm(path)
     if not exists(path):
         return None
     try:
@@ -169,9 +222,10 @@ def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> byte
 
 def put_file(local: str | Path, dest: str | Path) -> None:
     """Move/copy a finished local file to ``dest`` atomically."""
+    local, dest = norm(local), norm(dest)
     try:
         if is_remote(dest):
-            with open(local, "rb") as src, _fs().create(str(dest)) as dst:
+            with open(local, "rb") as src, _fs().create(dest, compression_type=_raw()) as dst:
                 shutil.copyfileobj(src, dst, length=8 << 20)
             return
         with open(local, "rb") as src, _local_atomic(dest) as dst:
@@ -183,6 +237,7 @@ def put_file(local: str | Path, dest: str | Path) -> None:
 @contextlib.contextmanager
 def local_copy(path: str | Path) -> Iterator[str]:
     """Yield a local path holding ``path``'s content (downloaded if remote)."""
+    path = norm(path)
     if not is_remote(path):
         if not Path(path).exists():
             raise DataNotFoundError(f"{str(path)!r} does not exist.")
@@ -202,28 +257,91 @@ def staged_output(dest: str | Path, suffix: str = "") -> Iterator[str]:
 
     On error nothing is published and any previous ``dest`` is left untouched.
     """
+    dest = norm(dest)
     with tempfile.TemporaryDirectory(prefix="landslides-") as d:
         local = os.path.join(d, "out" + (suffix or "".join(Path(str(dest)).suffixes)))
         yield local
         put_file(local, dest)
 
 
-def glob(pattern: str) -> list[str]:
-    """Expand a glob for local paths and URLs; sorted."""
-    if is_remote(pattern):
-        res = _fs().match([pattern])[0]
-        return sorted(m.path for m in res.metadata_list)
+def glob_escape(path: str | Path) -> str:
+    """``path`` as a glob pattern that matches only itself (see the module on patterns).
+
+    For a path (a folder a caller appends wildcards to, say) whose name may hold ``[``,
+    ``*`` or ``?``: ``gs://b/run[1]`` becomes ``gs://b/run[[]1]``, which :func:`glob` does
+    not take for ``gs://b/run1``.
+    """
+    path = norm(path)
+    if is_remote(path):
+        return "".join(f"[{c}]" if c in _GLOB_CHARS else c for c in path)
     import glob as _glob
 
-    return sorted(_glob.glob(pattern))
+    return _glob.escape(path)
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The start of ``pattern`` before its first ``*``, ``?`` or ``[``: plain text."""
+    end = min((i for i in (pattern.find(c) for c in _GLOB_CHARS) if i >= 0),
+              default=len(pattern))
+    return pattern[:end]
+
+
+def _match_parts(pattern: Sequence[str], parts: Sequence[str]) -> bool:
+    """Whether the path components ``parts`` match the pattern components ``pattern``."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":  # any number of folders, none included
+        return any(_match_parts(rest, parts[i:]) for i in range(len(parts) + 1))
+    return (bool(parts) and fnmatch.fnmatchcase(parts[0], head)
+            and _match_parts(rest, parts[1:]))
+
+
+def glob(pattern: str) -> list[str]:
+    """The files (objects) a glob pattern matches, local or remote; sorted.
+
+    The pattern means the same locally and on object stores (see the module): ``**`` as a
+    path component is any number of folders, ``*`` also matches names that start with a
+    dot, and folders are never returned. Pass literal parts through :func:`glob_escape`.
+    """
+    pattern = norm(pattern)
+    if is_remote(pattern):
+        prefix = _literal_prefix(pattern)
+        if prefix == pattern:  # nothing to expand: the object itself, if it exists
+            return [pattern] if exists(pattern) and not pattern.endswith("/") else []
+        # list once under the literal prefix (Beam gets no set to translate), then match
+        # each path component as the local glob does
+        listed = _fs().match([prefix + "**"])[0].metadata_list
+        want = pattern.split("/")
+        return sorted(m.path for m in listed
+                      if not m.path.endswith("/") and _match_parts(want, m.path.split("/")))
+    import glob as _glob
+
+    found = _glob.glob(pattern, recursive=True, include_hidden=True)
+    return sorted(p for p in found if os.path.isfile(p))
 
 
 def delete(path: str | Path) -> None:
     """Delete one file or object."""
+    path = norm(path)
     if is_remote(path):
-        _fs().delete([str(path)])
+        _delete_objects([path])
     else:
         os.unlink(path)
+
+
+def _delete_objects(paths: Sequence[str]) -> None:
+    """Delete these objects, each by its exact name.
+
+    Beam's ``delete`` takes each path for a pattern: names are escaped, so that deleting
+    ``gs://b/run[1]/a.tif`` does not delete ``gs://b/run1/a.tif``.
+    """
+    # Beam compiles the escape of a literal "[" (``[[]``) into the regex "[[]", which
+    # Python flags as a possible nested set: it is none (set here, as test runners reset
+    # the filters)
+    warnings.filterwarnings("ignore", message="Possible nested set", category=FutureWarning,
+                            module=r"apache_beam\.io\.filesystem")
+    _fs().delete([glob_escape(p) for p in paths])
 
 
 def check_creatable(out: str | Path) -> None:
@@ -235,6 +353,7 @@ def check_creatable(out: str | Path) -> None:
     Raises:
         OutputError: naming the path in the way (a file) or the folder not writable.
     """
+    out = norm(out)
     if is_remote(out):
         return
     path = Path(out).absolute()
@@ -253,6 +372,7 @@ def check_writable(out: str | Path) -> None:
     Raises:
         OutputError: naming the folder or bucket and why it cannot be written.
     """
+    out = norm(out)
     probe = join(out, ".write-probe")
     try:
         makedirs(out)
@@ -265,17 +385,22 @@ def check_writable(out: str | Path) -> None:
 
 
 def remove_tree(path: str | Path) -> None:
-    """Delete a local folder and its contents, or every object under a URL prefix."""
+    """Delete a local folder and its contents, or every object under a URL prefix.
+
+    Only that folder: glob characters in its name are matched literally.
+    """
+    path = norm(path)
     if is_remote(path):
-        found = _fs().match([str(path).rstrip("/") + "/**"])[0].metadata_list
+        found = glob(glob_escape(path.rstrip("/")) + "/**")
         if found:
-            _fs().delete([m.path for m in found])
+            _delete_objects(found)
         return
     shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_empty_dir(path: str | Path) -> None:
     """Remove a local folder if it is empty (a no-op for object stores and other folders)."""
+    path = norm(path)
     if is_remote(path):
         return
     with contextlib.suppress(OSError):  # not empty, or already gone
@@ -284,8 +409,9 @@ def remove_empty_dir(path: str | Path) -> None:
 
 def open_binary(path: str | Path) -> io.BufferedIOBase:
     """Open for reading (a stream), local or remote."""
+    path = norm(path)
     if is_remote(path):
-        return _fs().open(str(path))
+        return _fs().open(path, compression_type=_raw())
     return open(path, "rb")
 
 
@@ -341,6 +467,7 @@ def gdal_readable(path: str, tmpdir: str, what: str = "Raster",
         DataNotFoundError: the file or object does not exist.
         SourceError: the object cannot be downloaded.
     """
+    path = norm(path)
     if is_http(path):
         return f"/vsicurl/{path}"
     if not is_remote(path):
@@ -382,17 +509,14 @@ def fingerprint(path: str | Path) -> str | None:
     time from the object's metadata; URLs: ``None`` (not known). A file replaced at the
     same path gets another fingerprint, so resume signatures that hold it redo its work.
     """
-    p = str(path)
+    p = norm(path)
     if is_http(p):
         return None
     if is_remote(p):
-        try:
-            found = _fs().match([p])[0].metadata_list
+        try:  # the object itself: its name is not a pattern
+            meta = _fs().get_filesystem(p).metadata(p)
         except Exception:  # Beam raises BeamIOError for a missing object
             return None
-        if not found:
-            return None
-        meta = found[0]
         return f"{meta.size_in_bytes}:{getattr(meta, 'last_updated_in_seconds', '')}"
     try:
         st = os.stat(p)

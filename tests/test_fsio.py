@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from rio_cogeo.cogeo import cog_validate
 
 from pipelines import fsio
-from pipelines.errors import DataNotFoundError, OutputError
+from pipelines.errors import DataNotFoundError, InputError, OutputError
 from pipelines.geo.cog import read_raster, write_cog
 from pipelines.geo.grid import PixelGrid
 
@@ -141,3 +142,112 @@ def test_outputs_get_the_umask_permissions(tmp_path, umask, mode):
     assert (tmp_path / "a" / "out.json").stat().st_mode & 0o777 == mode
     assert (tmp_path / "b.tif").stat().st_mode & 0o777 == mode
     assert plain.stat().st_mode & 0o777 == mode
+
+
+# --------------------------------------------------------------------------- globs
+TREE = ["tiles/2020/a.tif", "tiles/2020/east/b.tif", "tiles/2020/east/deep/c.tif",
+        "tiles/top.tif", "tiles/.hidden.tif", "tiles/notes.txt"]
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("tiles/**/*.tif", [".hidden.tif", "2020/a.tif", "2020/east/b.tif",
+                        "2020/east/deep/c.tif", "top.tif"]),
+    ("tiles/**", [".hidden.tif", "2020/a.tif", "2020/east/b.tif", "2020/east/deep/c.tif",
+                  "notes.txt", "top.tif"]),
+    ("tiles/*", [".hidden.tif", "notes.txt", "top.tif"]),  # files only, no folder
+    ("tiles/*/east/*.tif", ["2020/east/b.tif"]),
+    ("tiles/20[12]?/*.tif", ["2020/a.tif"]),
+])
+def test_a_glob_matches_the_same_files_locally_and_in_a_bucket(pattern, expected, tmp_path,
+                                                              gcs_bucket):
+    for base in (str(tmp_path), gcs_bucket):
+        for name in TREE:
+            fsio.write_bytes(fsio.join(base, *name.split("/")), b"x")
+        got = [p.replace("\\", "/").split("/tiles/", 1)[1]
+               for p in fsio.glob(fsio.join(base, *pattern.split("/")))]
+        assert got == expected, base
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_glob_escape_matches_only_the_named_folder(where, tmp_path, request):
+    base = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket")
+    for name in ("run[1]/a.tif", "run1/b.tif", "run*/c.tif", "runX/d.tif"):
+        fsio.write_bytes(fsio.join(base, *name.split("/")), b"x")
+    for folder, name in (("run[1]", "a.tif"), ("run*", "c.tif")):
+        pattern = fsio.join(fsio.glob_escape(fsio.join(base, folder)), "*")
+        assert fsio.glob(pattern) == [fsio.join(base, folder, name)]
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_remove_tree_removes_only_a_folder_whose_name_holds_glob_characters(where, tmp_path,
+                                                                           request):
+    base = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket")
+    for name in ("run[1]/mask/a.tif", "run1/mask/keep.tif", "run[1]x/keep.tif"):
+        fsio.write_bytes(fsio.join(base, *name.split("/")), b"x")
+    fsio.remove_tree(fsio.join(base, "run[1]"))
+    assert fsio.glob(fsio.join(base, "**")) == [fsio.join(base, "run1", "mask", "keep.tif"),
+                                                fsio.join(base, "run[1]x", "keep.tif")]
+
+
+def test_delete_in_a_bucket_deletes_only_the_named_object(gcs_bucket):
+    odd, other = fsio.join(gcs_bucket, "dem[1].tif"), fsio.join(gcs_bucket, "dem1.tif")
+    fsio.write_bytes(odd, b"x")
+    fsio.write_bytes(other, b"y")
+    fsio.delete(odd)
+    assert fsio.glob(fsio.join(gcs_bucket, "*")) == [other]
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_fingerprint_of_a_name_with_glob_characters_follows_its_content(where, tmp_path,
+                                                                        request):
+    base = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket")
+    path = fsio.join(base, "dem [v2]*?.tif")
+    assert fsio.fingerprint(path) is None
+    fsio.write_bytes(path, b"old")
+    before = fsio.fingerprint(path)
+    fsio.write_bytes(path, b"new content")
+    after = fsio.fingerprint(path)
+    assert before and after and before != after
+    assert after.startswith("11:")
+
+
+# --------------------------------------------------------------------------- bytes as they are
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_compressed_names_are_read_and_written_byte_for_byte(where, tmp_path, request):
+    import gzip
+
+    base = str(tmp_path / "out") if where == "local" else request.getfixturevalue("gcs_bucket")
+    payload = gzip.compress(b'{"type": "FeatureCollection", "features": []}')
+    src = tmp_path / "inv.geojson.gz"
+    src.write_bytes(payload)
+    for name in ("put.geojson.gz", "x.bz2", "y.zst", "z.deflate"):
+        fsio.put_file(src, fsio.join(base, name))
+        assert fsio.read_bytes(fsio.join(base, name)) == payload
+        with fsio.open_binary(fsio.join(base, name)) as f:
+            assert f.read() == payload
+    fsio.write_bytes(fsio.join(base, "w.gz"), payload)
+    with fsio.local_copy(fsio.join(base, "w.gz")) as local:
+        assert Path(local).read_bytes() == payload
+    if where == "gcs":  # the object itself holds the bytes given, not a second gzip layer
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project="test", credentials=AnonymousCredentials())
+        blob = client.bucket(base[len("gs://"):]).blob("put.geojson.gz")
+        assert blob.download_as_bytes() == payload
+
+
+# --------------------------------------------------------------------------- file:// URLs
+def test_file_urls_are_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "dir with space" / "x.json"
+    url = "file://" + str(target).replace(" ", "%20")
+    fsio.write_json(url, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not (tmp_path / "file:").exists()
+    assert fsio.exists(url) and fsio.read_json(url) == {"a": 1}
+    assert fsio.glob(fsio.join("file://" + str(tmp_path), "*", "*.json")) == [str(target)]
+    assert fsio.fingerprint(url) == fsio.fingerprint(target)
+    assert fsio.norm("file://localhost/tmp/a") == "/tmp/a"
+    with pytest.raises(InputError, match="other-host"):
+        fsio.norm("file://other-host/tmp/a")

@@ -107,11 +107,10 @@ def _size(path: str) -> int | None:
     if fsio.is_remote(path):
         from apache_beam.io.filesystems import FileSystems
 
-        try:
-            found = FileSystems.match([path])[0].metadata_list
+        try:  # the object itself: its name is not a pattern
+            return int(FileSystems.get_filesystem(path).metadata(path).size_in_bytes)
         except Exception:  # Beam raises BeamIOError for a missing object
             return None
-        return int(found[0].size_in_bytes) if found else None
     import os
 
     try:

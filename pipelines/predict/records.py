@@ -118,7 +118,7 @@ def remove_leftovers(folder: str, stale: Callable[[str], bool]) -> list[str]:
         The deleted paths.
     """
     removed = []
-    for path in fsio.glob(fsio.join(folder, "*")):
+    for path in fsio.glob(fsio.join(fsio.glob_escape(folder), "*")):
         if stale(_name(path)):
             fsio.delete(path)
             removed.append(path)
@@ -142,7 +142,7 @@ def remove_stac(folder: str) -> list[str]:
     from pipelines.geo.stac import CATALOG
 
     removed = []
-    for path in fsio.glob(fsio.join(folder, "*", "*.json")):
+    for path in fsio.glob(fsio.join(fsio.glob_escape(folder), "*", "*.json")):
         name = _name(path)
         parent = path[:-len(name)].rstrip("/\\")
         item_id = name.removesuffix(".json")

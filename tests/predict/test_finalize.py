@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from pipelines import fsio
 from pipelines.predict import PredictConfig, run_predict
 
@@ -66,3 +68,23 @@ def test_a_rerun_leaves_no_stac_merged_cog_or_gradcam_of_the_earlier_run(tiny_sc
 
 def test_a_rerun_into_a_bucket_removes_the_leftovers_there_too(tiny_scene, gcs_bucket):
     _check(*_rerun_with_less(tiny_scene, f"{gcs_bucket}/sweep"))
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_leftovers_of_a_folder_named_with_glob_characters_leave_other_sweeps_alone(
+        where, tmp_path, request):
+    from pipelines.predict.records import MOSAIC_FILE, remove_leftovers, remove_stac
+
+    base = str(tmp_path) if where == "local" else request.getfixturevalue("gcs_bucket")
+    others = ["nepal1/mosaic/prob.tif", "nepal2/mosaic/mask.tif",
+              "nepal1/stac/mosaic/mosaic.json"]
+    for name in ["nepal[12]/mosaic/prob.tif", "nepal[12]/stac/mosaic/mosaic.json", *others]:
+        fsio.write_bytes(fsio.join(base, *name.split("/")), b"x")
+    sweep = fsio.join(base, "nepal[12]")
+    removed = remove_leftovers(fsio.join(sweep, "mosaic"),
+                               lambda n: bool(MOSAIC_FILE.fullmatch(n)))
+    assert removed == [fsio.join(sweep, "mosaic", "prob.tif")]
+    assert remove_stac(fsio.join(sweep, "stac")) == [
+        fsio.join(sweep, "stac", "mosaic", "mosaic.json")]
+    assert fsio.glob(fsio.join(base, "**")) == sorted(
+        fsio.join(base, *n.split("/")) for n in others)
