@@ -18,9 +18,9 @@ layout from the pipeline options, runner by runner:
     threads per process = ``--number_of_worker_harness_threads`` (Dataflow's choice when
     unset).
 ``--runner dask``
-    one process per Dask worker of the cluster at ``--dask_client_address`` (asked from
-    its scheduler); without an address Beam starts a local cluster of at most one process
-    per CPU.
+    one process per Dask worker of the cluster at ``--dask_client_address`` or named by
+    ``--dask_scheduler_file`` (asked from its scheduler); with neither, Beam starts a
+    local cluster of at most one process per CPU.
 ``PrismRunner``
     one process (its Python workers run in this one by default).
 Other runners
@@ -35,6 +35,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from pipelines.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,9 @@ def machine_vcpus(machine_type: str) -> int | None:
 
 
 #: GB of memory per vCPU of the predefined classes: n1, and the later families.
-_GB_PER_VCPU = {("n1", "standard"): 3.75, ("n1", "highmem"): 6.5, ("n1", "highcpu"): 0.9}
+_GB_PER_VCPU = {("n1", "standard"): 3.75, ("n1", "highmem"): 6.5, ("n1", "highcpu"): 0.9,
+                # the highcpu types of these series have 2 GB per vCPU, not 1
+                **{(family, "highcpu"): 2.0 for family in ("c2d", "c3", "c3d", "c4", "n4")}}
 _GB_PER_VCPU_LATER = {"standard": 4.0, "highmem": 8.0, "highcpu": 1.0}
 _SHARED_CORE_GB = {"e2-micro": 1.0, "e2-small": 2.0, "e2-medium": 4.0, "f1-micro": 0.6,
                    "g1-small": 1.7}
@@ -138,6 +142,9 @@ def worker_layout(opts: Any) -> WorkerLayout:
     Args:
         opts: Beam ``PipelineOptions`` (as :func:`pipelines.beam_util.pipeline_options`
             returns them: the runner is always set).
+
+    Raises:
+        DataNotFoundError: a ``--dask_scheduler_file`` that does not exist.
     """
     from apache_beam.options.pipeline_options import StandardOptions
 
@@ -170,6 +177,7 @@ def for_workers(sources: Iterable[AdaptsToWorkers], opts: Any) -> WorkerLayout:
 
     Raises:
         ConfigError: a source cannot be read by those workers as configured.
+        DataNotFoundError: a ``--dask_scheduler_file`` that does not exist.
     """
     layout = worker_layout(opts)
     log.debug("Workers: %s", layout)
@@ -228,14 +236,25 @@ def _dask(opts: Any, name: str) -> WorkerLayout:
 
     dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
     address = dask.get("address")
-    if not address:
+    scheduler_file = dask.get("scheduler_file")
+    if not address and not scheduler_file:
         count = os.cpu_count() or 1
         return WorkerLayout(name, 1, count, None, False,
                             f"a local Dask cluster of at most {count} processes")
+    if not address and not os.path.isfile(scheduler_file):
+        # distributed.Client would wait for it forever
+        raise DataNotFoundError(
+            f"--dask_scheduler_file {scheduler_file!r} does not exist: give the file the "
+            f"Dask scheduler wrote (dask scheduler --scheduler-file PATH), or "
+            f"--dask_client_address.")
     from distributed import Client
 
-    with Client(address, timeout=dask.get("timeout") or 30, set_as_default=False) as client:
+    # the cluster Beam's DaskRunner connects to: --dask_client_address or, as Beam passes
+    # it to distributed.Client, --dask_scheduler_file
+    with Client(address, scheduler_file=scheduler_file, timeout=dask.get("timeout") or 30,
+                set_as_default=False) as client:
         nthreads = client.nthreads()
     threads = max(nthreads.values()) if nthreads else None
+    where = address or f"the scheduler of {scheduler_file}"
     return WorkerLayout(name, len(nthreads), 1, threads, True,
-                        f"{len(nthreads)} Dask worker process(es) at {address}")
+                        f"{len(nthreads)} Dask worker process(es) at {where}")

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.beam_util import pipeline_options
-from pipelines.errors import ConfigError, SourceError
+from pipelines.errors import ConfigError, DataNotFoundError, SourceError
 from pipelines.sources import earthengine as eem
 from pipelines.sources.earthengine.budget import ProcessBudget, split_budget
 from pipelines.sources.earthengine.credentials import ApplicationDefault, TokenFromEnv
-from pipelines.workers import WorkerLayout, machine_vcpus, worker_layout
+from pipelines.workers import WorkerLayout, machine_memory_gb, machine_vcpus, worker_layout
 from tests.ee_server import EEServer
 from tests.sources.test_source_earthengine import chunk_read_grid, loopback_credentials
 
@@ -71,6 +71,30 @@ def test_threads_of_a_process_share_its_part():
     ("quantum-computer", None)])
 def test_machine_vcpus(machine, vcpus):
     assert machine_vcpus(machine) == vcpus
+
+
+@pytest.mark.parametrize("machine, gb", [
+    ("n1-standard-4", 15.0), ("n1-highcpu-4", 3.6), ("n2-highcpu-8", 8.0),
+    ("n2d-highcpu-4", 4.0), ("c3-highcpu-4", 8.0), ("c3d-highcpu-4", 8.0),
+    ("n4-highcpu-8", 16.0), ("c2d-highcpu-2", 4.0), ("c4-highcpu-4", 8.0),
+    ("n2-highmem-4", 32.0), ("custom-8-32768", 32.0)])
+def test_machine_memory_gb(machine, gb):
+    assert machine_memory_gb(machine) == pytest.approx(gb)
+
+
+def test_a_dask_scheduler_file_is_the_remote_cluster_it_names(tmp_path):
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=3, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        scheduler_file = str(tmp_path / "scheduler.json")
+        client.write_scheduler_file(scheduler_file)
+        got = layout("--runner", "dask", "--dask_scheduler_file", scheduler_file)
+    assert (got.processes, got.threads_per_process, got.remote) == (2, 3, True)
+    assert scheduler_file in got.basis
+    with pytest.raises(DataNotFoundError, match="missing.json.*--scheduler-file"):
+        layout("--runner", "dask", "--dask_scheduler_file", str(tmp_path / "missing.json"))
 
 
 # --------------------------------------------------------------------------- the split
