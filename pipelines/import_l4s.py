@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from pipelines import fsio
 from pipelines.errors import ConfigError
 from pipelines.geo.patches import IGNORE, SPLITS
@@ -60,10 +58,11 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
         from model.schema import encode_patch
         from pipelines.geo.patches import BandStats
 
-        img, mask = read_pair(pair, bands)
+        img, mask, finite = read_pair(pair, bands)
         split = assign_split(pair.index, fractions, seed)
         rec = encode_patch(img, mask, bands, f"l4s/image_{pair.index}", "", IDENTITY, "")
-        valid = mask != IGNORE if pair.mask else np.ones(mask.shape, bool)
+        # NaN pixels (zero-filled by read_pair) are not values: left out of the statistics
+        valid = mask != IGNORE if pair.mask else finite
         stats = BandStats(bands).add(img, valid) if split == "train" else None
         positive = bool((mask[mask != IGNORE] > 0).any())
         counts = {f"{split}_patches": 1, f"{split}_positive": int(positive),

@@ -59,10 +59,16 @@ def find_pairs(data_dir: str) -> list[L4SPair]:
     return sorted(pairs, key=lambda q: q.index)
 
 
-def read_pair(pair: L4SPair, bands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read one patch: ``(h, w, len(bands))`` float32 and ``(h, w)`` uint8 labels.
+def read_pair(pair: L4SPair, bands: Sequence[str]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one patch: its pixels, labels and which pixels hold values.
 
     Unlabelled patches get an all-IGNORE mask. NaNs become 0 with IGNORE labels.
+
+    Returns:
+        ``(h, w, len(bands))`` float32 pixels, ``(h, w)`` uint8 labels and an ``(h, w)``
+        bool array, True where every band of the pixel is finite (before NaNs became 0):
+        the pixels band statistics may count, labelled or not.
     """
     import h5py
 
@@ -89,10 +95,10 @@ def read_pair(pair: L4SPair, bands: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     except OSError as exc:
         raise InputError(f"Cannot read Landslide4Sense file {pair.image!r}: {exc}") from exc
     img = img[..., idx]
-    bad = ~np.isfinite(img).all(-1)
+    finite = np.asarray(np.isfinite(img).all(axis=-1))
     img[~np.isfinite(img)] = 0.0
-    mask[bad] = IGNORE
-    return img, mask
+    mask[~finite] = IGNORE
+    return img, mask, finite
 
 
 def assign_split(index: int, fractions: Sequence[float], seed: int) -> str:

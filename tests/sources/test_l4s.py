@@ -60,7 +60,8 @@ def test_import_roundtrip_bands_masks_and_manifest(l4s_dir, tmp_path):
             assert ((p.mask == 1).sum() > 0) == (n % 3 == 0)
         if n == 5:
             assert p.mask[0, 0] == 255 and p.image[0, 0, 3] == 0
-    # statistics cover labelled pixels that are not ignored, and all pixels of unlabelled patches
+    # statistics cover labelled pixels that are not ignored, and the finite pixels of unlabelled
+    # patches (all of them here)
     px = np.concatenate([p.image[(p.mask != 255) | (int(p.key.split("_")[-1]) > 10)]
                          for p in recs["train"]])
     assert manifest["stats"]["B4"]["mean"] == pytest.approx(px[:, 2].mean(), rel=1e-5)
@@ -79,3 +80,19 @@ def test_bad_l4s_inputs(l4s_dir, tmp_path):
         f["img"] = np.zeros((128, 128, 3), np.float32)
     with pytest.raises(InputError, match=r"\(h, w, 14\)"):
         import_l4s(str(bad), str(tmp_path / "o2"))
+
+
+def test_nan_pixels_of_an_unlabelled_patch_stay_out_of_the_statistics(tmp_path):
+    from pipelines.import_l4s import import_l4s
+
+    src = tmp_path / "l4s"
+    (src / "img").mkdir(parents=True)
+    img = np.full((128, 128, 14), 5.0, np.float32)
+    img[:64, :, 3] = np.nan  # half of B4 missing; no mask file: an unlabelled patch
+    with h5py.File(src / "img" / "image_1.h5", "w") as f:
+        f["img"] = img
+    manifest = import_l4s(str(src), str(tmp_path / "out"), bands=("B4", "B8"),
+                          fractions=(1.0, 0.0, 0.0))
+    for band in ("B4", "B8"):  # the whole pixel goes, as for a labelled patch
+        assert manifest["stats"][band]["mean"] == pytest.approx(5.0)
+        assert manifest["stats"][band]["std"] == pytest.approx(0.0, abs=1e-6)
