@@ -276,8 +276,24 @@ class StackSpec:
         return target, {r.name: per_ref for r in self.references}
 
     def windows(self, start: str | None, end: str | None) -> dict[str, tuple[str, str]]:
-        """Each reference's date window for the target window ``start``..``end``."""
-        return {r.name: r.window(start, end) for r in self.references}
+        """Each reference's date window for the target window ``start``..``end``.
+
+        Raises:
+            ConfigError: an offset reference without a target window, or a reference
+                window that overlaps the target's (its image could be the target's own,
+                and every change band 0).
+        """
+        out = {r.name: r.window(start, end) for r in self.references}
+        if start and end:
+            t0, t1 = _date(start, "start"), _date(end, "end")
+            for name, (r0, r1) in out.items():
+                if _date(r0, "start") < t1 and t0 < _date(r1, "end"):
+                    raise ConfigError(
+                        f"Reference {name!r} of the target window {start}..{end} is "
+                        f"{r0}..{r1}, which overlaps it: the reference could be the target's "
+                        f"own image and its change bands 0. Give a reference before the "
+                        f"target (e.g. {name}=-1y, or a fixed window ending by {start}).")
+        return out
 
     # ---- serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -121,11 +121,16 @@ def test_duplicate_change_bands_are_refused():
 def test_windows_and_date_shifts():
     spec = StackSpec(BANDS3, parse_references("prev=-1y,pre=2014-03-01/2014-10-31,h=-6m,"
                                               "m=-30d"))
-    assert spec.windows(*T16) == {"prev": ("2015-01-01", "2015-12-31"),
-                                  "pre": ("2014-03-01", "2014-10-31"),
-                                  "h": ("2015-07-01", "2016-06-30"),
-                                  "m": ("2015-12-02", "2016-12-01")}
-    leap = spec.windows("2016-02-29", "2016-08-31")
+    def windows(start: str, end: str) -> dict:  # each one's arithmetic, overlap or not
+        return {r.name: r.window(start, end) for r in spec.references}
+
+    assert windows(*T16) == {"prev": ("2015-01-01", "2015-12-31"),
+                             "pre": ("2014-03-01", "2014-10-31"),
+                             "h": ("2015-07-01", "2016-06-30"),
+                             "m": ("2015-12-02", "2016-12-01")}
+    with pytest.raises(ConfigError, match="'h' .* overlaps"):  # h and m overlap the target
+        spec.windows(*T16)
+    leap = windows("2016-02-29", "2016-08-31")
     assert leap["prev"] == ("2015-02-28", "2015-08-31")
     assert leap["h"] == ("2015-08-29", "2016-02-29")
     import datetime as dt
@@ -623,3 +628,18 @@ def test_single_date_export_train_predict_without_stack_flags(world, tmp_path):
     assert run["status"] == "ok" and run["counts"]["chunks_failed"] == 0
     assert run["source"]["kind"] == "synthetic" and "references" not in run["source"]
     assert run["counts"]["valid_px"] > 0
+
+
+def test_a_reference_window_overlapping_the_target_is_refused():
+    """A reference that overlaps the target's window may read the target's own image (the
+    synthetic and per-year GeoTIFF sources take the most recent year on top): every change
+    band then came out 0 and nothing said so."""
+    spec = StackSpec(("B4", "B8"), parse_references(("prev=-1m",)), None, ("NDVI",))
+    with pytest.raises(ConfigError, match=r"'prev' .* 2020-05-01\.\.2020-08-01, which overlaps"):
+        spec.windows("2020-06-01", "2020-09-01")
+    assert spec.windows("2020-06-01", "2020-07-01") == {"prev": ("2020-05-01", "2020-06-01")}
+    fixed = StackSpec(("B4",), parse_references(("pre=2019-01-01/2020-03-01",)), None, ())
+    with pytest.raises(ConfigError, match="overlaps"):
+        fixed.windows("2020-01-01", "2021-01-01")
+    # ends are exclusive: a reference ending on the target's first day does not overlap
+    assert fixed.windows("2020-03-01", "2021-01-01") == {"pre": ("2019-01-01", "2020-03-01")}
