@@ -473,7 +473,7 @@ def stage_compare(cfg: DemoConfig) -> dict:
         StageIncompleteError: the comparison is not complete (status ``partial`` or
             ``failed``: an inventory or a sweep's mosaic could not be read).
     """
-    from pipelines.compare import CompareConfig, run_compare
+    from pipelines.compare import CompareConfig, incomplete_reasons, run_compare
 
     metrics = run_compare(CompareConfig(
         reference=cfg.path("world", "inventory_{year}.gpkg"),
@@ -482,8 +482,7 @@ def stage_compare(cfg: DemoConfig) -> dict:
         out=cfg.path("report"), resolution=10.0, min_area=200.0,
         background=cfg.path("terrain", "hillshade.tif"), notes=training_notes(cfg)))
     if metrics.get("status") != "ok":
-        problems = "; ".join(p["message"].rstrip(". ") for p in metrics.get("problems", [])
-                             if p.get("level") == "error") or "see the report"
+        problems = "; ".join(incomplete_reasons(metrics)) or "see the report"
         raise StageIncompleteError(
             f"the comparison is incomplete (status {metrics.get('status')!r}): {problems}. "
             f"The report is in {cfg.path('report')}; fix what it names and run the demo "

@@ -52,7 +52,7 @@ from pipelines.compare.pixel_metrics import (
     common_grid,
     streaming_pixel_counts,
 )
-from pipelines.compare.run import compare_command, run_compare
+from pipelines.compare.run import compare_command, incomplete_reasons, run_compare
 
 __all__ = [
     "CompareConfig",
@@ -62,6 +62,7 @@ __all__ = [
     "VectorMask",
     "common_grid",
     "compare_command",
+    "incomplete_reasons",
     "parse_years",
     "resolve_input",
     "run_compare",

@@ -227,6 +227,22 @@ def run_compare(config: CompareConfig) -> dict:
     return metrics
 
 
+def incomplete_reasons(metrics: dict) -> list[str]:
+    """Why a comparison is not complete, as short sentences (none when it is).
+
+    The errors of its problems (or, without any, all of them: a missing inventory is a
+    warning there) and the inventories missing per side; for the callers that stop on an
+    incomplete comparison (the demo's stage, a scan's period).
+    """
+    problems = metrics.get("problems") or []
+    why = [p["message"] for p in problems if p.get("level") == "error"] or [
+        p["message"] for p in problems]
+    why += [f"no {role} inventory" + (f" for {', '.join(map(str, years))}"
+                                      if years != ["all"] else "")
+            for role, years in (metrics.get("missing_years") or {}).items() if years]
+    return [m.rstrip(". ") for m in why]
+
+
 def compare_command(config: CompareConfig) -> int:
     """``landslides compare``: run :func:`run_compare` and say whether it is complete.
 

@@ -151,20 +151,14 @@ def complete_period(config: ScanConfig, period: Period, inputs: ScanInputs,
     Raises:
         PeriodError: the comparison could not compute anything, or only part of it.
     """
-    from pipelines.compare import run_compare
+    from pipelines.compare import incomplete_reasons, run_compare
 
     ccfg = config.compare_config(period)
     metrics = run_compare(ccfg)
     status = metrics.get("status")
     if status != "ok":
-        problems = metrics.get("problems") or []
-        why = [p["message"] for p in problems if p.get("level") == "error"] or [
-            p["message"] for p in problems]  # e.g. a missing reference is a warning there
-        why += [f"no {role} inventory" + (f" for {', '.join(map(str, years))}"
-                                          if years != ["all"] else "")
-                for role, years in (metrics.get("missing_years") or {}).items() if years]
+        why = incomplete_reasons(metrics)
         what = "failed" if status == "failed" else f"is incomplete (status {status!r})"
-        why = [m.rstrip(". ") for m in why]
         raise PeriodError(f"compare {what}: {'; '.join(why) or 'nothing could be computed'} "
                           f"(report in {ccfg.out}). Provide what is missing and re-run the "
                           f"scan: the period is compared again, its sweep is kept.")
