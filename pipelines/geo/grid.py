@@ -109,6 +109,11 @@ class ChunkKey:
     def __str__(self) -> str:
         return f"{self.epsg}_r{self.row}_c{self.col}"
 
+    @staticmethod
+    def is_key(text: str) -> bool:
+        """Whether ``text`` is a chunk key (``32645_r812_c33``)."""
+        return _KEY_RE.match(text) is not None
+
     @classmethod
     def parse(cls, text: str) -> ChunkKey:
         m = _KEY_RE.match(text.strip())

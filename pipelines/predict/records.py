@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pipelines import fsio
-from pipelines.geo.grid import PixelGrid
+from pipelines.geo.grid import ChunkKey, PixelGrid
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,6 @@ def drop_other(path: str, partial: bool) -> None:
 
 #: The mosaic files predict writes in ``mosaic/``: ``<kind>[_<epsg>][.partial].vrt|tif``.
 MOSAIC_FILE = re.compile(r"(prob|mask|explain)(_\d+)?(\.partial)?\.(vrt|tif)")
-#: The ids of predict's STAC items (``stac/<id>/<id>.json``): the mosaic's and the chunks'.
-STAC_ITEM_ID = re.compile(r"mosaic|\d+_r-?\d+_c-?\d+")
 
 
 def _name(path: str) -> str:
@@ -146,7 +144,8 @@ def remove_stac(folder: str) -> list[str]:
         name = _name(path)
         parent = path[:-len(name)].rstrip("/\\")
         item_id = name.removesuffix(".json")
-        if _name(parent) == item_id and STAC_ITEM_ID.fullmatch(item_id):
+        # predict's STAC items: the mosaic's and the chunks' (stac/<id>/<id>.json)
+        if _name(parent) == item_id and (item_id == "mosaic" or ChunkKey.is_key(item_id)):
             fsio.delete(path)
             fsio.remove_empty_dir(parent)
             removed.append(path)
@@ -159,5 +158,5 @@ def remove_stac(folder: str) -> list[str]:
     return removed
 
 
-__all__ = ["MOSAIC_FILE", "PARTIAL", "STAC_ITEM_ID", "ChunkSummary", "PolygonPart",
+__all__ = ["MOSAIC_FILE", "PARTIAL", "ChunkSummary", "PolygonPart",
            "drop_other", "polygon_parts", "remove_leftovers", "remove_stac", "tagged"]
