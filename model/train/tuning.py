@@ -11,7 +11,7 @@ import dataclasses
 import io
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -79,11 +79,21 @@ def tune(
     for _, trial_config in trials:
         resolved_lr(trial_config)
     logger.info("grid search of %d trials over %s", len(trials), grid)
+    # what the trials read: found and fingerprinted once per label and init artifact (the
+    # settings it depends on), not once per finished trial
+    records: dict[tuple, dict] = {}
+
+    def inputs_of(c: TrainConfig) -> dict:
+        key = (c.label, c.init_from)
+        if key not in records:
+            records[key] = read_inputs_record(data, val_data, c)
+        return records[key]
+
     rows = []
     for i, (setting, trial_config) in enumerate(trials, 1):
         tid = _trial_id(setting)
         trial_out = join(out, "trials", tid)
-        meta = _finished_trial(trial_out, trial_config, data, val_data)
+        meta = _finished_trial(trial_out, trial_config, data, val_data, inputs_of)
         if meta is None:
             logger.info("trial %d/%d %s", i, len(trials), tid)
             meta = train(data, trial_out, trial_config, val_data=val_data)
@@ -116,8 +126,8 @@ def tune(
     return rows
 
 
-def _finished_trial(path: str, config: TrainConfig, data: str,
-                    val_data: str | None) -> dict | None:
+def _finished_trial(path: str, config: TrainConfig, data: str, val_data: str | None,
+                    inputs_of: Callable[[TrainConfig], dict]) -> dict | None:
     """The artifact of a trial trained before with ``config`` on the same inputs, or None.
 
     An artifact written before the inputs were recorded is kept when it names the same
@@ -133,7 +143,7 @@ def _finished_trial(path: str, config: TrainConfig, data: str,
     same = all(saved.get(k) == v for k, v in wanted.items() if v is not None)
     if not (same and "val" in meta.get("metrics", {})):
         return None
-    current = read_inputs_record(data, val_data, config)
+    current = inputs_of(config)
     recorded = training.get("inputs")
     if not isinstance(recorded, dict):
         recorded = {"data": training.get("data"), "val_data": training.get("val_data")}
