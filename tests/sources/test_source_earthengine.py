@@ -308,7 +308,7 @@ def test_expression_built_once_and_carried_as_json(server, monkeypatch):
     text = src.expression_json
     for needle in ("COPERNICUS/S2_SR_HARMONIZED", START, END, "COPERNICUS/DEM/GLO30",
                    "Image.remap", "Terrain.slope", "Terrain.aspect", "Terrain.hillshade",
-                   "Kernel.laplacian4", "reduce.median", "Image.unmask"):
+                   "Kernel.fixed", "Image.pixelLonLat", "reduce.median", "Image.unmask"):
         assert needle in text, needle
     assert "S2_CLOUD_PROBABILITY" not in text
 

@@ -39,7 +39,10 @@ from pipelines.sources.earthengine.config import (
     EE_MAX_DIMENSION,
     EE_REQUEST_LIMIT,
     HIGH_VOLUME_ENDPOINT,
+    L1C_COLLECTION,
+    L2A_COLLECTION,
     NODATA,
+    NON_HARMONIZED_COLLECTIONS,
     EEConfig,
 )
 from pipelines.sources.earthengine.expression import (
@@ -61,7 +64,10 @@ __all__ = [
     "EE_MAX_DIMENSION",
     "EE_REQUEST_LIMIT",
     "HIGH_VOLUME_ENDPOINT",
+    "L1C_COLLECTION",
+    "L2A_COLLECTION",
     "NODATA",
+    "NON_HARMONIZED_COLLECTIONS",
     "SCL_MASKED_CLASSES",
     "Block",
     "EEConfig",

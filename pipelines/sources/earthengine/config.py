@@ -28,7 +28,10 @@ __all__ = [
     "EE_MAX_DIMENSION",
     "EE_REQUEST_LIMIT",
     "HIGH_VOLUME_ENDPOINT",
+    "L1C_COLLECTION",
+    "L2A_COLLECTION",
     "NODATA",
+    "NON_HARMONIZED_COLLECTIONS",
     "TRANSPORT_FIELDS",
     "EEConfig",
 ]
@@ -66,10 +69,56 @@ DEMS: dict[str, tuple[str, str, bool]] = {
 }
 COMPOSITES = ("median", "mean", "mosaic", "greenest", "barest")
 
+#: Sentinel-2 collections, harmonized: Earth Engine removes the +1000 DN offset that
+#: processing baseline 04.00 (from 25 January 2022) added, so that DN / 10000 is
+#: reflectance in every year. L2A (surface reflectance, with the SCL band) and L1C (top
+#: of atmosphere, no SCL).
+L2A_COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
+L1C_COLLECTION = "COPERNICUS/S2_HARMONIZED"
+#: The non-harmonized collections (refused) -> their harmonized replacement. Their DN of
+#: 2022+ scenes carry the +1000 offset, so DN / 10000 would be 0.1 too bright there (and
+#: a composite over a window across 25 January 2022 would mix both scales).
+NON_HARMONIZED_COLLECTIONS: dict[str, str] = {
+    "COPERNICUS/S2_SR": L2A_COLLECTION,
+    "COPERNICUS/S2": L1C_COLLECTION,
+}
+#: How Earth Engine's public catalogue may also spell an asset id.
+_PUBLIC_ASSET_PREFIX = "projects/earthengine-public/assets/"
+
 #: Every band this source can compute, and the default selection.
 AVAILABLE_BANDS: tuple[str, ...] = bandreg.SENTINEL2_BANDS + bandreg.TERRAIN_BANDS
 DEFAULT_BANDS: tuple[str, ...] = (*bandreg.SENTINEL2_BANDS, "DEM", "slope", "aspect",
                                   "curvature")
+
+
+def _catalogue_id(collection: str) -> str:
+    """``collection`` without the public catalogue's ``projects/.../assets/`` prefix."""
+    cid = str(collection).strip().strip("/")
+    if cid.startswith(_PUBLIC_ASSET_PREFIX):
+        cid = cid[len(_PUBLIC_ASSET_PREFIX):]
+    return cid
+
+
+def _check_collection(collection: str, cloud_mask: str) -> None:
+    """Refuse a non-harmonized Sentinel-2 collection, and SCL masking of an L1C one.
+
+    Raises:
+        ConfigError: naming the collection and the one to use instead.
+    """
+    cid = _catalogue_id(collection)
+    replacement = NON_HARMONIZED_COLLECTIONS.get(cid.upper())
+    if replacement is not None:
+        raise ConfigError(
+            f"EEConfig.collection {collection!r} is not harmonized: from processing "
+            f"baseline 04.00 (25 January 2022) its digital numbers carry a +1000 offset "
+            f"that this source does not remove, so reflectances of 2022 and later would be "
+            f"0.1 too high. Use collection={replacement!r} (the same scenes with the "
+            f"offset removed).")
+    if cid.upper() == L1C_COLLECTION and cloud_mask == "scl":
+        raise ConfigError(
+            f"EEConfig.collection {collection!r} is Level-1C, which has no SCL band for "
+            f"cloud_mask='scl'. Use collection={L2A_COLLECTION!r} (surface reflectance, "
+            f"with SCL), or cloud_mask='cloud_prob'.")
 
 
 def _parse_date(value: str, what: str) -> dt.datetime:
@@ -88,8 +137,14 @@ class EEConfig:
     Attributes:
         start: First day of the compositing window (ISO date, inclusive).
         end: End of the window (ISO date, exclusive, as in ``filterDate``).
-        collection: Sentinel-2 surface-reflectance collection.
-        cloud_mask: ``"scl"`` (mask scene-classification classes 3, 8, 9, 10, 11),
+        collection: Sentinel-2 collection, harmonized: :data:`L2A_COLLECTION` (surface
+            reflectance, the default) or :data:`L1C_COLLECTION` (top of atmosphere; with
+            ``cloud_mask`` ``"cloud_prob"`` or ``"none"``, it has no SCL band). The
+            non-harmonized ``COPERNICUS/S2_SR`` and ``COPERNICUS/S2`` are refused (see
+            :data:`NON_HARMONIZED_COLLECTIONS`).
+        cloud_mask: ``"scl"`` (mask scene-classification classes 0, 1, 3, 8, 9, 10, 11:
+            no data, saturated or defective, cloud shadow, clouds, cirrus, snow; see
+            :data:`~pipelines.sources.earthengine.expression.SCL_MASKED_CLASSES`),
             ``"cloud_prob"`` (join ``COPERNICUS/S2_CLOUD_PROBABILITY`` by ``system:index``
             and mask probabilities >= ``max_cloud_prob``) or ``"none"``.
         max_cloud_prob: Cloud probability (0-100) from which a pixel is masked.
@@ -99,8 +154,11 @@ class EEConfig:
             (most recent valid pixel on top), ``greenest`` (each pixel's highest-NDVI
             scene, a vegetation baseline for a reference image) or ``barest`` (each
             pixel's lowest-NDVI scene: a scar at its freshest).
-        bbox: Optional ``(minlon, minlat, maxlon, maxlat)`` that limits the scenes
-            considered (speeds up large windows; pixels are computed only where asked).
+        bbox: Optional ``(minlon, minlat, maxlon, maxlat)``, in degrees (WGS 84), that
+            limits the scenes considered (speeds up large windows; pixels are computed only
+            where asked). A region that does not overlap it is refused before any work
+            (:meth:`~pipelines.sources.earthengine.EarthEngineSource.check_covers`): it would
+            read no scene.
         project: Cloud project billed for the requests (None: the credentials' project).
         high_volume: Use the high-volume endpoint (for many concurrent small requests).
         endpoint: Explicit API base URL; overrides ``high_volume``.
@@ -153,6 +211,7 @@ class EEConfig:
         if self.cloud_mask not in ("scl", "cloud_prob", "none"):
             raise ConfigError(f"Unknown cloud_mask {self.cloud_mask!r}; use 'scl', "
                               f"'cloud_prob' or 'none'.")
+        _check_collection(self.collection, self.cloud_mask)
         if not 0 <= self.max_cloud_prob <= 100:
             raise ConfigError(f"max_cloud_prob must be within 0-100, got {self.max_cloud_prob}.")
         if self.dem not in DEMS:
@@ -166,6 +225,12 @@ class EEConfig:
                 raise ConfigError(f"bbox {self.bbox!r} must be (minlon, minlat, maxlon, maxlat) "
                                   f"with min < max.")
             object.__setattr__(self, "bbox", tuple(float(v) for v in self.bbox))
+            minlon, minlat, maxlon, maxlat = self.bbox
+            if not (minlon >= -180 and maxlon <= 180 and minlat >= -90 and maxlat <= 90):
+                raise ConfigError(
+                    f"bbox {self.bbox!r} is outside longitude/latitude ranges: give "
+                    f"(minlon, minlat, maxlon, maxlat) in degrees (WGS 84), not projected "
+                    f"coordinates, with longitude first.")
         if isinstance(self.max_concurrent_requests, bool) or not (
                 isinstance(self.max_concurrent_requests, int)
                 and self.max_concurrent_requests >= 1):

@@ -6,10 +6,12 @@ the pickled source carries a string, never an ``ee`` object.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines.geo import bands as bandreg
+from pipelines.geo.terrain import M_PER_DEG_LAT, M_PER_DEG_LON
 from pipelines.sources.earthengine.config import AVAILABLE_BANDS, DEMS, NODATA, EEConfig
 
 if TYPE_CHECKING:
@@ -17,9 +19,20 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOUD_PROBABILITY_COLLECTION", "SCL_MASKED_CLASSES", "build_image", "to_json"]
 
-#: Sentinel-2 Scene Classification classes masked by ``cloud_mask="scl"``: cloud shadow,
-#: cloud medium / high probability, thin cirrus, snow or ice.
-SCL_MASKED_CLASSES = (3, 8, 9, 10, 11)
+#: Sentinel-2 Scene Classification classes masked by ``cloud_mask="scl"``: no data (0),
+#: saturated or defective (1), cloud shadow (3), cloud medium / high probability (8, 9),
+#: thin cirrus (10), snow or ice (11).
+#:
+#: Class 2 (dark area pixels: mostly topographic cast shadow, also dark rock and burnt
+#: ground) is deliberately kept. In the Himalaya steep slopes facing away from the sun
+#: fall in it in many scenes (the sun is low in the dry season, when most clear scenes
+#: are taken), and the sun-synchronous orbit shadows the same slopes scene after scene:
+#: masking it could leave those slopes -- where landslides are -- without any valid
+#: pixel in the window, i.e. nodata in exports and predictions. The price: a
+#: shadowed pixel is real but dark imagery (the model also gets DEM, slope, aspect and,
+#: if asked, hillshade to tell shade from scars), and a ``barest`` (lowest-NDVI)
+#: composite may pick a shadowed scene for a pixel. Class 7 (unclassified) is kept too.
+SCL_MASKED_CLASSES = (0, 1, 3, 8, 9, 10, 11)
 CLOUD_PROBABILITY_COLLECTION = "COPERNICUS/S2_CLOUD_PROBABILITY"
 
 
@@ -102,20 +115,57 @@ def _terrain(config: EEConfig, names: Sequence[str]) -> ee.Image:
     if "hillshade" in names:
         layers["hillshade"] = ee.Terrain.hillshade(surface, 315, 45)
     if "curvature" in names:
-        # Zevenbergen-Thorne total curvature, -(d2z/dx2 + d2z/dy2) * 100: the 4-neighbour
-        # Laplacian over the cell area (dx * dy, in m2), on the DEM's own pixels.
-        laplacian = dem.convolve(ee.Kernel.laplacian4(normalize=False))
-        area = ee.Image.pixelArea().reproject(proj)
-        layers["curvature"] = laplacian.divide(area).multiply(-100).resample("bilinear")
+        layers["curvature"] = _curvature(dem, proj)
     return ee.Image.cat([layers[n].rename(n) for n in names])
+
+
+def _pixel_step_m(lonlat: ee.Image, kernel: ee.Kernel) -> ee.Image:
+    """Metres from a pixel's neighbour on one side to the other's, halved (one pixel step).
+
+    ``kernel`` is the full central difference along one axis of the grid; the step's
+    east and north components come from the differences of longitude (wrapped across the
+    antimeridian, scaled by cos(latitude)) and of latitude, as
+    :func:`pipelines.geo.terrain.write_terrain` converts degrees to metres.
+    """
+    lon, lat = lonlat.select("longitude"), lonlat.select("latitude")
+    dlon = lon.convolve(kernel).add(540).mod(360).subtract(180)
+    dlat = lat.convolve(kernel)
+    east = dlon.multiply(lat.multiply(math.pi / 180).cos()).multiply(M_PER_DEG_LON / 2)
+    north = dlat.multiply(M_PER_DEG_LAT / 2)
+    return east.hypot(north)
+
+
+def _curvature(dem: ee.Image, proj: ee.Projection) -> ee.Image:
+    """Zevenbergen-Thorne general curvature on the DEM's own pixels, in 1/100 per metre.
+
+    ``-100 * (d2z/dx2 + d2z/dy2)``, each second difference over its own squared pixel
+    spacing, as :func:`pipelines.geo.terrain.curvature` computes it. Every DEM offered is
+    geographic (1 arc-second or finer in latitude, the same or coarser in longitude), so
+    its pixels are not square in metres (at 28 N a 1" pixel is 27.3 m by 30.9 m); the
+    4-neighbour Laplacian over the cell area, ``(z_e + z_w + z_n + z_s - 4 z) / (dx dy)``,
+    is right only for square pixels. The kernels run on the DEM's own grid (``reproject``:
+    unprojected, Earth Engine would run them on the requested grid, on nearest-neighbour
+    copies of the DEM's pixels); the result is then resampled bilinearly onto the request.
+    """
+    import ee
+
+    native = dem.reproject(proj)
+    lonlat = ee.Image.pixelLonLat().reproject(proj)
+    along_x = ee.Kernel.fixed(3, 1, [[1, -2, 1]])
+    along_y = ee.Kernel.fixed(1, 3, [[1], [-2], [1]])
+    dx = _pixel_step_m(lonlat, ee.Kernel.fixed(3, 1, [[-1, 0, 1]]))
+    dy = _pixel_step_m(lonlat, ee.Kernel.fixed(1, 3, [[-1], [0], [1]]))
+    d2x = native.convolve(along_x).divide(dx.multiply(dx))
+    d2y = native.convolve(along_y).divide(dy.multiply(dy))
+    return d2x.add(d2y).multiply(-100).resample("bilinear")
 
 
 def build_image(config: EEConfig, bands: Sequence[str]) -> ee.Image:
     """Build the Earth Engine image of ``bands`` (run on the launcher, once).
 
     Sentinel-2 bands are a cloud-masked composite over ``[start, end)`` in reflectance
-    0-1; terrain bands come from the chosen DEM (metres, degrees, 1/100 m). Masked pixels
-    hold :data:`NODATA`; every band is float32, in the order of ``bands``.
+    0-1; terrain bands come from the chosen DEM (metres, degrees, 1/100 per metre).
+    Masked pixels hold :data:`NODATA`; every band is float32, in the order of ``bands``.
 
     Raises:
         BandError: a band is unknown or not computable by this source.

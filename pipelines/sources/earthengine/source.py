@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from apache_beam.utils.retry import FuzzedExponentialIntervals
 
-from pipelines.errors import ConfigError, SourceError, TransientSourceError
+from pipelines.errors import ConfigError, RegionError, SourceError, TransientSourceError
 from pipelines.geo import bands as bandreg
-from pipelines.geo.grid import PixelGrid
+from pipelines.geo.grid import WGS84, PixelGrid, Region
 from pipelines.sources.base import Raster, Source
 from pipelines.sources.earthengine.budget import BudgetShare, process_budget, split_budget
 from pipelines.sources.earthengine.client import (
@@ -160,6 +160,50 @@ class EarthEngineSource(Source):
         return {"kind": self.kind, "bands": list(self.bands), "config": self.config.describe(),
                 "endpoint": self.config.url}
 
+    def footprint(self) -> tuple[str, tuple[float, float, float, float]] | None:
+        """``(WGS84, bbox)`` when the configuration limits the scenes to a bbox, else None."""
+        bbox = self.config.bbox
+        return (WGS84, bbox) if bbox is not None else None
+
+    def check_covers(self, region: Region) -> None:
+        """Refuse a region that the configured ``bbox`` does not overlap, before any read.
+
+        Only scenes that intersect ``bbox`` are composited, so a region outside it would
+        read no scene: every chunk empty (nodata), silently. As for the GeoTIFF source, a
+        region that overlaps it is accepted; when part of it lies outside, a warning says
+        how much (chunks there may find no scene and be nodata). Without a bbox the
+        source covers the world and nothing is checked. Both are in lon/lat: a
+        :class:`~pipelines.geo.grid.Region` is in WGS 84 whatever CRS it was given in.
+
+        Args:
+            region: The area of interest (an export region, a predict AOI).
+
+        Raises:
+            RegionError: ``region`` does not overlap ``bbox`` (naming both, and the fix).
+        """
+        bbox = self.config.bbox
+        if bbox is None:
+            return
+        import shapely
+
+        geom = region.geometry
+        inside = geom.intersection(shapely.box(*bbox)).area
+        if inside > 0:
+            outside = 1.0 - inside / geom.area if geom.area else 0.0
+            if outside > 1e-9:
+                logger.warning(
+                    "%.0f%% of the area of interest %r (lon/lat bounds %s) lies outside the "
+                    "Earth Engine bbox %s: only scenes that intersect the bbox are used, so "
+                    "chunks there may be nodata. Widen the bbox to cover the region.",
+                    100 * outside, region.name, _fmt_bounds(geom.bounds), _fmt_bounds(bbox))
+            return
+        raise RegionError(
+            f"The area of interest {region.name!r} (lon/lat bounds "
+            f"{_fmt_bounds(geom.bounds)}) lies outside the Earth Engine source's bbox "
+            f"{_fmt_bounds(bbox)} (minlon, minlat, maxlon, maxlat), which limits the scenes "
+            f"read: every chunk would be empty. Widen or drop the bbox (source spec key "
+            f"'bbox') to cover the region, or choose a region inside it.")
+
     def _read(self, grid: PixelGrid, bands: tuple[str, ...]) -> Raster:
         if (self._image is None
                 or not client_is_for(self.config, self.credentials_factory)):
@@ -240,3 +284,8 @@ class EarthEngineSource(Source):
                 logger.warning("Earth Engine %s on %s (attempt %d of %d); retrying in %.2f s",
                                reason, where, attempt, cfg.max_retries + 1, delay)
                 budget.wait(delay)
+
+
+def _fmt_bounds(bounds: Sequence[float]) -> str:
+    """``(minx, miny, maxx, maxy)`` rounded for messages."""
+    return "(" + ", ".join(f"{v:.4f}" for v in bounds) + ")"
