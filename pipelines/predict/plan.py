@@ -58,6 +58,8 @@ class SweepPlan:
         sources: One source per date window, unopened; a job names its index.
         source_info: Each source's description (for signatures and run.json).
         started: When the sweep was planned (ISO 8601, UTC).
+        skipped: The events of the catalogue that lie outside the source's data and are
+            not swept (see :func:`skipped_event`); ``events.json`` lists them.
     """
 
     config: PredictConfig
@@ -70,6 +72,7 @@ class SweepPlan:
     sources: tuple[Source, ...]
     source_info: tuple[dict, ...]
     started: str
+    skipped: tuple[dict, ...] = ()
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -247,7 +250,7 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
     by_window: dict[tuple, int] = {}
     jobs: list[SweepJob] = []
     elements: list[ChunkElement] = []
-    skipped_outside: list[str] = []
+    skipped_outside: list[dict] = []
     for aoi, out in zip(aois, folders):
         win = (aoi.start, aoi.end)
         if win not in by_window:
@@ -264,10 +267,10 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
         if covers is not None:
             try:
                 covers(aoi.region)
-            except RegionError:
+            except RegionError as exc:
                 if not aoi.name:
                     raise
-                skipped_outside.append(aoi.name)
+                skipped_outside.append(skipped_event(aoi, str(exc)))
                 continue
         chunks = plan_chunks(aoi.region, pixel_size, config.chunk_size, halo=halo,
                              epsg=config.epsg)
@@ -290,14 +293,36 @@ def plan_predict(config: PredictConfig) -> tuple[SweepPlan, list[ChunkElement]]:
         elements += [(job_i, str(c.key), c.region_wkb, c.spec.to_dict()) for c in chunks]
     if skipped_outside:
         log.warning("%d event(s) lie outside the source and are skipped: %s",
-                    len(skipped_outside), ", ".join(skipped_outside[:20]))
+                    len(skipped_outside), ", ".join(e["name"] for e in skipped_outside[:20]))
     if not jobs:
         raise RegionError(f"None of the {len(aois)} events of {config.events!r} lies inside "
                           f"the source's data; choose a source that covers them.")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     plan = SweepPlan(config, meta, lattice, halo, pixel_size, threshold, tuple(jobs),
-                     tuple(sources), tuple(source_info), started)
+                     tuple(sources), tuple(source_info), started, tuple(skipped_outside))
     return plan, elements
+
+
+#: Why an event of a catalogue is not swept (``events.json``'s ``skipped[].reason``).
+OUTSIDE_SOURCE = "outside_source"
+
+
+def skipped_event(aoi: AOI, error: str) -> dict:
+    """The record of a catalogue event that is not swept (an entry of ``events.json``).
+
+    Args:
+        aoi: The event's AOI.
+        error: Why: the source's message (e.g. the extent of its data).
+
+    Returns:
+        ``name``, ``date`` (the event's), ``start``/``end`` (its window), ``latitude``/
+        ``longitude`` (its AOI's centre, WGS 84), ``reason`` (:data:`OUTSIDE_SOURCE`) and
+        ``error``.
+    """
+    centre = aoi.region.geometry.centroid
+    return {"name": aoi.name, "date": aoi.event_date, "start": aoi.start, "end": aoi.end,
+            "latitude": round(float(centre.y), 6), "longitude": round(float(centre.x), 6),
+            "reason": OUTSIDE_SOURCE, "error": error}
 
 
 #: What makes two sweeps into one folder the same run (their products may be merged).
@@ -345,6 +370,7 @@ def one_run_per_folder(config: PredictConfig) -> None:
 
 
 __all__ = [
+    "OUTSIDE_SOURCE",
     "ChunkElement",
     "SweepPlan",
     "chunk_signature",
@@ -352,6 +378,7 @@ __all__ = [
     "load_meta",
     "one_run_per_folder",
     "plan_predict",
+    "skipped_event",
     "sweep_geometry",
     "sweep_meta",
 ]

@@ -19,6 +19,9 @@ from pipelines.predict.plan import one_run_per_folder, plan_predict
 
 log = logging.getLogger(__name__)
 
+#: The summary of an event sweep in ``out``: every event swept, and those skipped.
+EVENTS = "events.json"
+
 
 def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -> list[dict]:
     """Run the sweep; returns the run record (``run.json``) of every AOI.
@@ -56,9 +59,11 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
         return []
     runs = [fsio.read_json(job.path(RUN)) for job in plan.jobs]
     if len(plan.jobs) > 1 or plan.jobs[0].name:
-        fsio.write_json(fsio.join(config.out, "events.json"), {
+        fsio.write_json(fsio.join(config.out, EVENTS), {
             "events": [{"name": j.name, "out": j.out, "status": r["status"],
-                        "counts": r["counts"]} for j, r in zip(plan.jobs, runs)]})
+                        "counts": r["counts"]} for j, r in zip(plan.jobs, runs)],
+            # events of the catalogue not swept (outside the source): never silently left out
+            "skipped": list(plan.skipped)})
     n_failed = sum(r["counts"]["chunks_failed"] for r in runs)
     if n_failed == 0 and all(r["status"] == "no_data" for r in runs):
         windows = sorted({f"{j.start}..{j.end}" for j in plan.jobs})
@@ -68,7 +73,24 @@ def run_predict(config: PredictConfig, beam_args: Sequence[str] | None = None) -
             f"source.")
     log.info("Predict finished in %.1f s: %s", time.monotonic() - t0,
              "; ".join(f"{r['aoi']['name']}: {r['counts']}" for r in runs[:5]))
+    if plan.skipped:
+        warn_skipped(config, plan.skipped)
     return runs
+
+
+def warn_skipped(config: PredictConfig, skipped: Sequence[dict]) -> None:
+    """Say, at the end of a sweep, which events of the catalogue were not swept and why.
+
+    An event outside the source's data (a catalogue wider than the imagery) is skipped by
+    design and does not fail the sweep; this warning after the run and ``events.json``'s
+    ``skipped`` list make it visible in the outputs.
+    """
+    names = [e["name"] for e in skipped]
+    more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+    log.warning("%d of the events of %s were not swept: they lie outside the source's data "
+                "(%s%s); %s lists them under 'skipped'. Give a source that covers them to "
+                "map them.", len(names), config.events, ", ".join(names[:20]), more,
+                fsio.join(config.out, EVENTS))
 
 
 def predict_command(config: PredictConfig, beam_args: Sequence[str] | None = None) -> int:
@@ -76,7 +98,10 @@ def predict_command(config: PredictConfig, beam_args: Sequence[str] | None = Non
 
     Returns:
         0 when every chunk was written, 1 when some failed (they are listed in
-        ``failed_chunks.jsonl`` of their AOI).
+        ``failed_chunks.jsonl`` of their AOI). Events of a catalogue that lie outside the
+        source's data are not swept and do not make it 1: no rerun could sweep them (a
+        catalogue is often wider than the imagery, by design); ``events.json`` lists them
+        under ``skipped`` and a warning at the end of the run names them.
     """
     runs = run_predict(config, beam_args)
     failed = [(r, r["failures"]) for r in runs if r["failures"]["count"]]
@@ -93,4 +118,4 @@ def predict_command(config: PredictConfig, beam_args: Sequence[str] | None = Non
     return 0
 
 
-__all__ = ["predict_command", "run_predict"]
+__all__ = ["EVENTS", "predict_command", "run_predict", "warn_skipped"]

@@ -81,3 +81,111 @@ def test_two_sweeps_into_one_folder_are_refused_before_any_work(tiny_scene, tmp_
     assert job_folders(config, twins[:2]) == [str(out / "a"), str(out / "b")]
     with pytest.raises(ConfigError, match=match):
         job_folders(config, twins)
+
+
+# ----------------------------------------------------------------- events outside the source
+def test_events_outside_the_source_are_listed_in_events_json_and_the_last_log_line(
+        tiny_scene, tmp_path, caplog):
+    """A catalogue wider than the imagery: the event inside is swept, the one outside is
+    skipped by design (exit 0: no rerun could sweep it), but the outputs say so, not
+    only a log line of the planning."""
+    from pipelines.predict.run import predict_command
+
+    lat, lon = _centre()
+    csv = tmp_path / "events.csv"
+    csv.write_text("event_id,event_date,latitude,longitude\n"
+                   f"inside,2020-06-01,{lat},{lon}\n"
+                   "far-away,2020-06-20,45.0,10.0\n")
+    out = tmp_path / "out"
+    config = _config(tiny_scene, out, str(csv))
+    plan, _ = plan_predict(config)
+    assert [j.name for j in plan.jobs] == ["inside"]
+    assert [e["name"] for e in plan.skipped] == ["far-away"]
+    caplog.clear()
+    assert predict_command(config) == 0
+    summary = json.loads((out / "events.json").read_text())
+    assert [e["name"] for e in summary["events"]] == ["inside"]
+    (skipped,) = summary["skipped"]
+    assert {k: skipped[k] for k in ("name", "date", "start", "end", "reason")} == {
+        "name": "far-away", "date": "2020-06-20", "start": "2020-06-20",
+        "end": "2020-08-19", "reason": "outside_source"}
+    assert (skipped["latitude"], skipped["longitude"]) == pytest.approx((45.0, 10.0),
+                                                                        abs=1e-4)
+    assert "lies outside the data of geotiff source" in skipped["error"]
+    assert not (out / "far-away").exists()
+    last = caplog.records[-1]
+    assert last.levelname == "WARNING" and last.name == "pipelines.predict.run"
+    assert "far-away" in last.getMessage() and str(out / "events.json") in last.getMessage()
+
+
+def test_a_catalogue_all_inside_the_source_lists_no_skipped_event(tiny_scene, tmp_path):
+    lat, lon = _centre()
+    csv = tmp_path / "events.csv"
+    csv.write_text(f"event_id,event_date,latitude,longitude\ninside,2020-06-01,{lat},{lon}\n")
+    out = tmp_path / "out"
+    run_predict(_config(tiny_scene, out, str(csv)))
+    assert json.loads((out / "events.json").read_text())["skipped"] == []
+
+
+# ----------------------------------------------------------------- resume across runs
+def _sweep(scene: dict, out, **changes) -> dict:
+    """Sweep the tiny scene's AOI into ``out``; returns run.json and the masks' pixels."""
+    import numpy as np
+    import rasterio
+
+    from pipelines.predict.run import run_predict
+
+    config = PredictConfig(**{"model": scene["thr"], "out": str(out), "aoi": scene["aoi"],
+                              "start": "2020-01-01", "end": "2020-12-31",
+                              "source": {"kind": "geotiff", "images": [scene["tif"]]},
+                              "chunk_size": 32, "retries": 0, **changes})
+    (run,) = run_predict(config)
+    masks = {}
+    for path in sorted((out / "mask").glob("*.tif")):
+        with rasterio.open(path) as src:
+            masks[path.name] = np.asarray(src.read(1))
+    return {"run": run, "masks": masks}
+
+
+def _same_products(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert a["run"]["counts"]["landslide_px"] == b["run"]["counts"]["landslide_px"]
+    assert a["run"]["counts"]["polygons"] == b["run"]["counts"]["polygons"]
+    assert a["masks"].keys() == b["masks"].keys()
+    for name in a["masks"]:
+        np.testing.assert_array_equal(a["masks"][name], b["masks"][name])
+
+
+def test_a_rerun_with_another_threshold_or_model_reuses_no_chunk(tiny_scene, tmp_path):
+    """The done-records of an earlier run into the same --out are reused only for the same
+    threshold and model: each chunk's signature holds both (``check_precision`` never
+    sees them), so a rerun with another of either recomputes every chunk and writes what
+    a sweep into an empty folder writes."""
+    import geopandas as gpd
+
+    out = tmp_path / "out"
+    first = _sweep(tiny_scene, out)
+    assert first["run"]["counts"]["chunks_computed"] == 4
+    again = _sweep(tiny_scene, out)  # the control: the same inputs reuse every chunk
+    assert (again["run"]["counts"]["chunks_computed"],
+            again["run"]["counts"]["chunks_skipped"]) == (0, 4)
+
+    # another threshold: at 0.05 bright background pixels join the landslide
+    lower = _sweep(tiny_scene, out, threshold=0.05)
+    assert (lower["run"]["counts"]["chunks_computed"],
+            lower["run"]["counts"]["chunks_skipped"]) == (4, 0)
+    assert lower["run"]["model"]["threshold"] == 0.05
+    fresh = _sweep(tiny_scene, tmp_path / "fresh_low", threshold=0.05)
+    _same_products(lower, fresh)
+    assert lower["run"]["counts"]["landslide_px"] > first["run"]["counts"]["landslide_px"]
+
+    # another model (another model id), at the same threshold
+    other = _sweep(tiny_scene, out, threshold=0.05, model=tiny_scene["explainable"])
+    assert (other["run"]["counts"]["chunks_computed"],
+            other["run"]["counts"]["chunks_skipped"]) == (4, 0)
+    model_id = other["run"]["model"]["model_id"]
+    assert model_id != lower["run"]["model"]["model_id"]
+    assert set(gpd.read_file(out / "inventory.gpkg")["model_id"]) == {model_id}
+    _same_products(other, _sweep(tiny_scene, tmp_path / "fresh_other", threshold=0.05,
+                                 model=tiny_scene["explainable"]))
