@@ -398,9 +398,11 @@ def render_html(metrics: Mapping, stats_rows: Sequence[Mapping], config: Mapping
                        if r.get("r") is not None else e(r.get("note", "")))
                 parts.append(f"<p>Pearson correlation of {e(name[8:].replace('_', ' '))}s "
                              f"across years: {val}</p>")
-        peak = multi.get("peak_year") or {}
-        parts.append("<p>Peak year: " + ", ".join(f"{e(k)} {e(str(v))}" for k, v in peak.items())
-                     + "</p>")
+        # a side that is the same inventory every year has no peak year (None)
+        peak = {k: v for k, v in (multi.get("peak_year") or {}).items() if v is not None}
+        if peak:
+            parts.append("<p>Peak year: " + ", ".join(f"{e(k)} {e(str(v))}"
+                                                       for k, v in peak.items()) + "</p>")
     figs = metrics.get("figures") or {}
     for key, heading in (("overlay", "Overlay maps"), ("density", "Landslide density"),
                          ("other", "Distributions and trends")):

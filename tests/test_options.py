@@ -146,7 +146,7 @@ def test_flags_become_the_options_objects_the_commands_run():
     assert ee.source == {"kind": "earthengine", "project": "p", "high_volume": False,
                          "endpoint": None, "dem": "srtm", "max_concurrent_requests": 4,
                          "requests_per_second": 2.5, "worker_processes": 2}
-    c = parse("compare", "--reference", "r", "--out", "o", "--years", "2013-2014",
+    c = parse("compare", "--reference", "r/{year}", "--out", "o", "--years", "2013-2014",
               "--kde-bandwidth", "300", "--no-figures")
     assert isinstance(c, CompareConfig)
     assert (c.years, c.kde_bandwidth_m, c.figures) == ((2013, 2014), 300.0, False)

@@ -23,7 +23,7 @@ import shapely
 from rasterio.enums import Resampling
 
 from pipelines import errors, fsio
-from pipelines.compare.config import CompareConfig, _year_key
+from pipelines.compare.config import CompareConfig, _year_key, static_note
 from pipelines.compare.inputs import SIDES, _union_bounds
 from pipelines.compare.problems import Problems
 from pipelines.errors import DataNotFoundError
@@ -163,7 +163,8 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
                                      *[f["path"] for v in figures.values() for f in v]])
         outputs["metrics.json"] = json.dumps(_jsonable(metrics), indent=2,
                                              sort_keys=False).encode("utf-8")
-        outputs["report.html"] = rpt.render_html(metrics, rows, config.to_dict()).encode("utf-8")
+        outputs["report.html"] = rpt.render_html(metrics, rows,
+                                                 _report_config(config)).encode("utf-8")
         for name, data in outputs.items():
             Path(stage, name).write_bytes(data)
 
@@ -174,6 +175,19 @@ def _write_outputs(config: CompareConfig, metrics: dict, stats: dict, sides: dic
         for rel in order:
             fsio.put_file(os.path.join(stage, rel), fsio.join(config.out, *rel.split("/")))
     logger.info("comparison written to %s (status %s)", config.out, metrics["status"])
+
+
+def _report_config(config: CompareConfig) -> dict:
+    """The configuration the report shows: ``config``'s, with a note on a static side.
+
+    A side that is the same inventory every year gets the sentence of
+    :func:`~pipelines.compare.config.static_note` among the notes.
+    """
+    d = config.to_dict()
+    note = static_note(config)
+    if note:
+        d["notes"] = [*(d.get("notes") or ()), note]
+    return d
 
 
 def _explanations(config: CompareConfig, figdir: Path, problems: Problems) -> list[dict]:

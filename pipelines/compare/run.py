@@ -14,7 +14,7 @@ import geopandas as gpd
 import pandas as pd
 
 from pipelines import errors
-from pipelines.compare.config import METRICS_VERSION, CompareConfig, _year_key
+from pipelines.compare.config import METRICS_VERSION, CompareConfig, _year_key, static_note
 from pipelines.compare.inputs import (
     SIDES,
     ResolvedInput,
@@ -173,6 +173,9 @@ def run_compare(config: CompareConfig) -> dict:
                 if s is not None:
                     st = cm.inventory_stats(s.gdf["area_m2"].to_numpy(), area_km2,
                                             config.bins_per_decade, config.a_min)
+                    if role in config.static_sides:
+                        st = {**st, "notes": [*st.get("notes", []),
+                                              SAME_EVERY_YEAR.format(role=role)]}
                     stats[role][year] = st
                     entry["stats"][role] = st
             ref, pred = sides.get(("reference", year)), sides.get(("predicted", year))
@@ -200,6 +203,8 @@ def run_compare(config: CompareConfig) -> dict:
                 {y: s for y, s in stats["reference"].items() if y is not None},
                 {y: s for y, s in stats["predicted"].items() if y is not None}
                 if "predicted" in stats else None)
+            if multi is not None and config.static_sides:
+                multi = same_every_year(multi, config)
         # a year missing one side is incomplete too: the command exits 1 for it
         incomplete = problems.errors() or any(missing.values())
         status = ("failed" if not per_year else "partial" if incomplete else "ok")
@@ -218,6 +223,8 @@ def run_compare(config: CompareConfig) -> dict:
             "density_area": density,
             "years": per_year,
             "multitemporal": multi if config.years else None,
+            # sides without {year}: the same inventory in every year's row
+            "same_every_year": list(config.static_sides),
             "inputs": inputs_report,
             "missing_years": {r: [_year_key(y) for y in v] for r, v in missing.items()},
             "problems": problems.items,
@@ -225,6 +232,30 @@ def run_compare(config: CompareConfig) -> dict:
         _write_outputs(config, metrics, stats, sides, overviews, matches_all, aoi, crs,
                        problems, rpt)
     return metrics
+
+
+#: The note a side without ``{year}`` gets in its statistics of every year.
+SAME_EVERY_YEAR = "the same {role} inventory every year (its path holds no {{year}})"
+
+
+def same_every_year(multi: dict, config: CompareConfig) -> dict:
+    """The multi-temporal table of ``multi`` with its static sides marked, not trended.
+
+    A side that is the same inventory every year (:attr:`CompareConfig.static_sides`)
+    gets no peak year and no change from year to year (its numbers repeat one
+    inventory's), and the table says so in ``same_every_year`` and ``note``.
+    """
+    out = {**multi, "same_every_year": list(config.static_sides), "note": static_note(config)}
+    out["peak_year"] = {k: None if k in config.static_sides else v
+                        for k, v in (multi.get("peak_year") or {}).items()}
+    for name in ("pearson_count", "pearson_total_area"):
+        if multi.get(name) is not None:
+            out[name] = {"r": None, "p_value": None, "n": multi[name].get("n"),
+                         "note": f"undefined: the {' and '.join(config.static_sides)} is the "
+                                 f"same inventory every year"}
+    if "reference" in config.static_sides:
+        out["rows"] = [{**r, "reference_count_change": None} for r in multi.get("rows", [])]
+    return out
 
 
 def incomplete_reasons(metrics: dict) -> list[str]:

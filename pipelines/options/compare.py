@@ -133,7 +133,7 @@ class CompareConfig:
     explanations: tuple[str, ...] = option(
         (), "Grad-CAM overlay PNGs (from landslides explain), files or globs, shown in a "
         "report section; repeatable.", action="append", parse=tuple,
-        metavar="PNG_OR_GLOB")
+        metavar="PNG_OR_GLOB", path=True)
 
     def __post_init__(self) -> None:
         if not self.reference or not str(self.reference).strip():
@@ -156,6 +156,17 @@ class CompareConfig:
                     f"The {name} path {path!r} holds {{year}} but no years were given: pass "
                     f"--years (e.g. 2013-2019 or 2013,2015)."
                 )
+        given = [n for n in ("reference", "predicted") if getattr(self, n) is not None]
+        if self.static_sides and len(self.static_sides) == len(given):
+            paths = " and ".join(f"the {n} path {getattr(self, n)!r}" for n in
+                                 self.static_sides)
+            several = len(self.static_sides) > 1
+            raise ConfigError(
+                f"--years {_show_years(self.years or ())} was given but {paths} "
+                f"{'hold' if several else 'holds'} no {{year}}: every year would read the "
+                f"same {'files' if several else 'file'}, and one result would be reported as "
+                f"a multi-temporal one. Put {{year}} in the paths (e.g. "
+                f"'inventories/{{year}}.gpkg'), or drop --years for a single comparison.")
         _positive("resolution", self.resolution, "metres, e.g. 5")
         if not 0.0 < float(self.min_overlap) <= 1.0:
             raise ConfigError(f"min_overlap must be in (0, 1], got {self.min_overlap!r} "
@@ -180,6 +191,19 @@ class CompareConfig:
             metric_crs(self.epsg)  # the grid's pixel areas and every m2 are in its unit
 
     @property
+    def static_sides(self) -> tuple[str, ...]:
+        """The sides given whose path holds no ``{year}`` while ``years`` are given.
+
+        Such a side is the same inventory every year (e.g. one reference inventory against
+        yearly predictions): its statistics repeat, year after year. Empty without
+        ``years``.
+        """
+        if not self.years:
+            return ()
+        return tuple(n for n in ("reference", "predicted")
+                     if getattr(self, n) is not None and "{year}" not in getattr(self, n))
+
+    @property
     def mode(self) -> str:
         return "comparison" if self.predicted else "stats-only"
 
@@ -187,6 +211,13 @@ class CompareConfig:
         d = asdict(self)
         d["years"] = list(self.years) if self.years else None
         return d
+
+
+def _show_years(years: tuple[int, ...]) -> str:
+    """``(2015, 2016, 2017)`` -> ``2015-2017``; ``(2013, 2015)`` -> ``2013,2015``."""
+    if len(years) > 1 and list(years) == list(range(years[0], years[-1] + 1)):
+        return f"{years[0]}-{years[-1]}"
+    return ",".join(str(y) for y in years)
 
 
 def _positive(name: str, value: float, unit: str) -> None:

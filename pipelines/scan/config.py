@@ -228,6 +228,40 @@ def _resolve_source(src: Mapping[str, Any], base: str | None) -> dict[str, Any]:
     return out
 
 
+def _resolve_block(block: str, values: Mapping[str, Any], cls: type,
+                   base: str | None) -> dict[str, Any]:
+    """An option block with its path options (``path`` in their metadata) resolved.
+
+    Each such key of ``cls`` (a file, or a list of files or globs such as
+    ``compare.explanations``) is taken relative to the folder ``base``, like the scan
+    file's other paths; the other keys and the types are left for :func:`_check_block`.
+
+    Args:
+        block: The block's name in the scan file (``predict``, ``compare``), for messages.
+        values: The block as written.
+        cls: The stage configuration whose YAML options the block holds.
+        base: The scan file's folder (local or URL); ``None`` leaves the paths as they are.
+
+    Returns:
+        A copy of the block.
+
+    Raises:
+        ConfigError: a path option that is not a path (or a list of paths).
+    """
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if not f.metadata.get("path") or not f.metadata.get("yaml", True) or value is None:
+            continue
+        key = f"{block}.{f.name}"
+        if isinstance(value, list | tuple):  # of the type given (a default's tuple stays one)
+            out[f.name] = type(value)(_resolve(v, base, f"{key}[{i}]")
+                                      for i, v in enumerate(value))
+        else:
+            out[f.name] = _resolve(value, base, key)
+    return out
+
+
 def _resolve(path: Any, base: str | None, key: str) -> Any:
     """``path`` relative to the folder ``base`` (local or URL); absolute ones unchanged."""
     if path is None:
@@ -344,9 +378,9 @@ class ScanConfig:
             d["reference"] = _resolve(d["reference"], base, "reference")
         if isinstance(d["source"], Mapping):
             d["source"] = _resolve_source(d["source"], base)
-        if isinstance(d.get("compare"), Mapping) and d["compare"].get("background"):
-            d["compare"] = {**d["compare"], "background": _resolve(
-                d["compare"]["background"], base, "compare.background")}
+        for block, options in (("predict", PredictConfig), ("compare", CompareConfig)):
+            if isinstance(d.get(block), Mapping):
+                d[block] = _resolve_block(block, d[block], options, base)
         d["periods"] = parse_periods(d["periods"], today)
         return cls(**d)
 
@@ -383,6 +417,18 @@ class ScanConfig:
         return PredictConfig(model=self.model, source=dict(self.source),
                              out=self.period_path(period, "sweep"), aoi=self.region,
                              start=period.start, end=period.end, **self.predict)
+
+    @property
+    def static_reference(self) -> bool:
+        """Whether the reference is the same inventory in every period of several.
+
+        A reference path without ``{year}`` or ``{period}`` compares each period's sweep
+        against one inventory (a legitimate use: an event or multi-year inventory); the
+        summary then says so and gives that reference no trend.
+        """
+        return (self.reference is not None and len(self.periods) > 1
+                and not any(m in ("year", "period")
+                            for m in _PLACEHOLDER.findall(self.reference)))
 
     def reference_for(self, period: Period) -> str | None:
         if self.reference is None:

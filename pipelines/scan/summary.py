@@ -44,7 +44,7 @@ def update_summary(config: ScanConfig, inputs: ScanInputs) -> dict:
             records.append(rec)
         else:
             pending.append(p)
-    table = trend_table(records, bool(config.reference))
+    table = trend_table(records, bool(config.reference), config.static_reference)
     folder = fsio.join(config.out, "summary")
     figures: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="landslides-scan-") as stage:
@@ -70,6 +70,8 @@ def update_summary(config: ScanConfig, inputs: ScanInputs) -> dict:
             "format": FORMAT, "scan": config.name, "updated": _now(),
             "model_id": inputs.model_id, "region": config.region,
             "mode": "comparison" if config.reference else "stats-only",
+            # a reference without {year}/{period}: one inventory in every period's row
+            "reference_same_every_period": config.static_reference,
             "periods_done": [r["period"]["name"] for r in records],
             "periods_not_done": [p.name for p in pending],
             "rows": table["rows"], "correlations": table["correlations"],
@@ -142,6 +144,10 @@ def render_summary_html(config: ScanConfig, summary: Mapping) -> str:
         f'alt="{html.escape(f["title"])}"></a><figcaption>{html.escape(f["title"])}'
         f"</figcaption></figure>" for f in summary["figures"])
     pending = summary["periods_not_done"]
+    same = (f"<p>The reference <code>{html.escape(str(config.reference))}</code> holds no "
+            f"{{year}} or {{period}}: it is the same inventory in every period, so its "
+            f"columns repeat one inventory and it has no trend or correlation.</p>"
+            if summary.get("reference_same_every_period") else "")
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Landslide scan {html.escape(config.name)}</title><style>{CSS}</style>"
@@ -153,7 +159,7 @@ def render_summary_html(config: ScanConfig, summary: Mapping) -> str:
         f"Updated {html.escape(summary['updated'])}. Mode: {html.escape(summary['mode'])}"
         f"{' (statistics of the predicted inventories)' if summary['mode'] == 'stats-only' else ''}"
         ".</p>"
-        f"<h2>Trends</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+        f"<h2>Trends</h2>{same}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
         f"</table><h2>Correlations</h2><ul>{corr}</ul><h2>Figures</h2>{figs or '<p>-</p>'}"
         "<p>Data: <a href=\"trends.csv\">trends.csv</a>, <a href=\"trends.json\">trends.json"
         "</a>; STAC catalog: <a href=\"../stac/catalog.json\">stac/catalog.json</a>.</p>"

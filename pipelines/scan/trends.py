@@ -33,12 +33,21 @@ def _years_axis(records: Sequence[dict]) -> tuple[list[int], dict[int, str] | No
     return xs, dict(zip(xs, names))
 
 
-def trend_table(records: Sequence[dict], with_reference: bool) -> dict:
+#: Why the reference's trend and correlations are not given for a reference without
+#: ``{year}`` or ``{period}`` (the same inventory in every period).
+STATIC_REFERENCE = "undefined: the reference is the same inventory every period"
+
+
+def trend_table(records: Sequence[dict], with_reference: bool,
+                static_reference: bool = False) -> dict:
     """The multi-temporal table of done periods, with differences and correlations.
 
     Args:
         records: Done-records (``period.json``), sorted by start date.
         with_reference: Whether a reference inventory is configured.
+        static_reference: The reference is the same inventory in every period (its path
+            holds no ``{year}`` or ``{period}``): its numbers repeat one inventory's, so it
+            gets no peak period and no correlation (:data:`STATIC_REFERENCE`).
 
     Returns:
         ``rows`` (one per period, :data:`TREND_COLUMNS`), ``multitemporal`` (the structure
@@ -95,6 +104,13 @@ def trend_table(records: Sequence[dict], with_reference: bool) -> dict:
         corr["predicted_vs_reference_count"] = cm.pearson(rc, counts)
         corr["predicted_vs_reference_total_area"] = cm.pearson(ra, areas)
         corr["reference_count_vs_time"] = cm.pearson(t, rc)
+        if static_reference:
+            for k in ("predicted_vs_reference_count", "predicted_vs_reference_total_area",
+                      "reference_count_vs_time"):
+                corr[k] = {"r": None, "p_value": None, "n": corr[k]["n"],
+                           "note": STATIC_REFERENCE}
+            multi["peak_year"] = {**multi.get("peak_year", {}), "reference": None}
+            multi["note"] = STATIC_REFERENCE
     return {"rows": rows, "multitemporal": multi, "correlations": corr}
 
 
@@ -122,6 +138,7 @@ def _decimal_year(date: str) -> float:
 
 
 __all__ = [
+    "STATIC_REFERENCE",
     "TREND_COLUMNS",
     "trend_table",
 ]
