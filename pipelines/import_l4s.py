@@ -16,6 +16,7 @@ from pipelines.options.import_l4s import ImportL4SOptions
 from pipelines.sources.landslide4sense import (
     IDENTITY,
     L4S_BANDS,
+    L4S_UNITS,
     L4SPair,
     assign_split,
     find_pairs,
@@ -85,6 +86,7 @@ def import_l4s(data_dir: str, out: str, bands: Sequence[str] = L4S_BANDS,
             counts = summary["counts"]
             fsio.write_json(fsio.join(out, MANIFEST), {
                 "format": "lsm/v1", "compression": "gzip", "bands": list(bands),
+                "band_units": {b: L4S_UNITS for b in bands},
                 "patch_size": 128,
                 "source": {"kind": "landslide4sense", "data_dir": data_dir,
                            "units": "Landslide4Sense normalised values (not physical units)"},

@@ -163,6 +163,7 @@ def sweep_meta(meta: dict, path: str) -> dict:
         raise InputError(f"Model artifact {path!r} takes stack channels {meta['bands']} but "
                          f"records no input stack (artifact.json 'stack'): retrain it from "
                          f"an export that records its stack.")
+    _require_physical_units(meta, path)
     stack = StackSpec.of({"stack": record, "bands": meta["bands"]})
     if list(stack.channels) != list(meta["bands"]):
         raise InputError(f"Model artifact {path!r} records the input stack "
@@ -170,6 +171,37 @@ def sweep_meta(meta: dict, path: str) -> dict:
                          f"artifact is inconsistent; retrain or re-export it.")
     out["stack"] = stack.to_dict()
     return out
+
+
+def _require_physical_units(meta: dict, path: str) -> None:
+    """Refuse a model trained on numbers other than the physical units a sweep reads.
+
+    Every source gives float32 in physical units (:mod:`pipelines.geo.bands`): reflectance
+    0-1, metres, degrees. The manifest a model was trained on records its bands' units
+    (``band_units``); a model trained on, e.g., Landslide4Sense's normalised values
+    carries Sentinel-2 band names, and would take reflectance for those numbers without a
+    word.
+
+    Raises:
+        InputError: naming the bands whose training units differ, and the fix.
+    """
+    units = (meta.get("manifest") or {}).get("band_units") or {}
+    other = {}
+    for b, u in units.items():
+        try:
+            if b in meta["bands"] and u != bandreg.get(b).unit:
+                other[b] = u
+        except KeyError:  # a band unknown to the registry: the sweep's band check names it
+            continue
+    if other:
+        shown = ", ".join(f"{b} in {u!r} (a sweep reads {bandreg.get(b).unit!r})"
+                          for b, u in list(other.items())[:4])
+        raise InputError(
+            f"Model artifact {path!r} was trained on {shown}"
+            f"{f' and {len(other) - 4} more band(s)' if len(other) > 4 else ''}: the "
+            f"sources of a sweep give physical units, so its inputs would not be what it "
+            f"learnt. Fine-tune it on shards exported from imagery first (`landslides train "
+            f"--init-from {path} --data <export>`), then sweep with that model.")
 
 
 def sweep_geometry(meta: dict, window: int | None, overlap: float, chunk_size: int,

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 L4S_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12",
              "slope", "DEM")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+#: The unit of every band in an L4S manifest's ``band_units``: not the band registry's
+#: physical unit, so a model trained on these numbers is refused where physical units come
+#: in (predict reads reflectance, metres and degrees from every source).
+L4S_UNITS = "landslide4sense-normalised"
 _NUM = re.compile(r"(\d+)")
 
 

@@ -96,3 +96,29 @@ def test_nan_pixels_of_an_unlabelled_patch_stay_out_of_the_statistics(tmp_path):
     for band in ("B4", "B8"):  # the whole pixel goes, as for a labelled patch
         assert manifest["stats"][band]["mean"] == pytest.approx(5.0)
         assert manifest["stats"][band]["std"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_model_trained_on_l4s_values_is_refused_by_predict(l4s_dir, tmp_path):
+    """L4S numbers are the dataset's own normalisation under Sentinel-2 band names: a model
+    trained on them took a sweep's reflectance for them without a word."""
+    from pipelines.errors import InputError
+    from pipelines.predict.plan import load_meta
+    from pipelines.sources.landslide4sense import L4S_UNITS
+
+    out = tmp_path / "shards"
+    assert cli.main(["import-l4s", "--data-dir", str(l4s_dir), "--out", str(out),
+                     "--bands", "B2,B3,B4,B8", "--split", "0.5,0.5,0"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["band_units"] == {b: L4S_UNITS for b in ("B2", "B3", "B4", "B8")}
+    model = tmp_path / "model"
+    assert cli.main(["train", "--data", str(out), "--out", str(model), "--base-filters", "4",
+                     "--depth", "2", "--epochs", "1", "--batch-size", "4",
+                     "--no-saved-model"]) == 0
+    with pytest.raises(InputError, match=r"trained on B2 in 'landslide4sense-normalised' "
+                                         r"\(a sweep reads 'reflectance'\).*--init-from"):
+        load_meta(str(model))
+    # the same model with physical units recorded passes the check
+    meta = json.loads((model / "artifact.json").read_text())
+    meta["manifest"]["band_units"] = {b: "reflectance" for b in meta["bands"]}
+    (model / "artifact.json").write_text(json.dumps(meta))
+    assert load_meta(str(model))["bands"] == ["B2", "B3", "B4", "B8"]
