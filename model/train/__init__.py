@@ -25,9 +25,14 @@
   The backup is deleted once the artifact is written.
 * The decision threshold is calibrated on the whole validation split (best F1) and the
   validation metrics at that threshold are stored in the artifact's ``metrics``.
-* Transfer learning: ``init_from`` starts from an artifact: same bands by name (else an
-  error naming the difference), its architecture and normalisation, its weights;
+* Transfer learning: ``init_from`` starts from an artifact: same bands by name, made the
+  same way (the same references under those names) and labelled with its classes (else an
+  error naming the difference; a binary model takes multi-class shards only with
+  ``n_classes: 1``), its architecture and normalisation, its weights; another pixel size is
+  warned about, not refused (fine-tuning across resolutions can be meant);
   ``freeze_encoder`` keeps the encoder fixed; the default learning rate drops to 1e-4.
+* Validation shards of their own (``val_data``) must be made like the training shards:
+  the same bands, references, pixel size and classes (else an error naming both).
 
 Modules, one job each:
 

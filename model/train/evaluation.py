@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,47 +14,12 @@ from model.errors import ConfigError
 from model.metrics import confusion_counts, scores
 from model.schema import IGNORE_VALUE
 from model.train.files import join, write_json
-from model.train.inputs import check_complete
+from model.train.inputs import check_complete, check_inputs_match
 
 logger = logging.getLogger(__name__)
 
 #: The file :func:`evaluate` writes into a folder given as ``out``.
 EVALUATION = "evaluation.json"
-
-
-def check_inputs_match(meta: Mapping[str, Any], manifest: Mapping[str, Any] | None,
-                       model: str, data: str) -> None:
-    """Refuse shards made otherwise than the model's inputs, though their names match.
-
-    A channel name (``B4@prev``) does not say how its reference was made (``prev=-1y`` or
-    ``prev=-30d``, which composite), and a band name does not give the pixel size: the
-    artifact's stack record and pixel size are compared with the manifest's. The stack
-    record's channels must also be the artifact's bands (an edited ``artifact.json`` is
-    refused, as predict refuses it).
-
-    Raises:
-        ConfigError: naming what differs and the fix.
-    """
-    stack = meta.get("stack") or {}
-    if stack.get("channels") and list(stack["channels"]) != list(meta.get("bands") or ()):
-        raise ConfigError(
-            f"the artifact {model!r} is inconsistent: its stack's channels "
-            f"{list(stack['channels'])} are not its bands {list(meta.get('bands') or ())} "
-            f"(artifact.json edited?): use the artifact as training wrote it")
-    theirs = {r.get("name"): r for r in ((manifest or {}).get("stack") or {}).get("references")
-              or ()}
-    for ref in stack.get("references") or ():
-        other = theirs.get(ref.get("name"))
-        if other is not None and dict(other) != dict(ref):
-            raise ConfigError(
-                f"the model {model!r} takes the reference {dict(ref)}, the shards of {data!r} "
-                f"hold {dict(other)} under the same name: same channel names, other inputs. "
-                f"Export with the model's stack (its artifact.json 'stack') to evaluate it")
-    ours, other = meta.get("pixel_size"), (manifest or {}).get("pixel_size")
-    if ours and other and abs(float(ours) - float(other)) > 1e-6 * float(ours):
-        raise ConfigError(
-            f"the model {model!r} was trained on {ours} m pixels, the shards of {data!r} "
-            f"hold {other} m pixels: export them at --pixel-size {ours}")
 
 
 def evaluate(

@@ -30,9 +30,9 @@ from model.train.config import TrainConfig
 from model.train.files import join, remove_tree
 from model.train.inputs import (
     cache_for,
-    check_class_ids,
     check_complete,
-    classes_of,
+    check_inputs_match,
+    check_val_matches,
     inputs_record,
     resolve_classes,
     run_files,
@@ -40,7 +40,14 @@ from model.train.inputs import (
 )
 from model.train.resume import Checkpointer, epochs_in_history, read_state, trim_history
 from model.train.selection import MONITORS, BestThresholdF1, calibrate
-from model.train.transfer import architecture_of, copy_weights, init_bands, load_init, set_frozen
+from model.train.transfer import (
+    architecture_of,
+    copy_weights,
+    init_bands,
+    init_classes,
+    load_init,
+    set_frozen,
+)
 from model.unet import build_unet, size_multiple
 
 logger = logging.getLogger(__name__)
@@ -107,8 +114,10 @@ def train(
 
     Raises:
         ConfigError: bad settings, bands the shards lack, missing splits, class ids a
-            softmax cannot learn, or an interrupted run in ``out`` with other settings or
-            other inputs.
+            softmax cannot learn, shards made otherwise than the ``init_from`` artifact's
+            inputs (references, classes), validation shards made otherwise than the
+            training shards (references, pixel size, classes), or an interrupted run in
+            ``out`` with other settings or other inputs.
         ArtifactError: a corrupt or incompatible ``init_from`` artifact.
     """
     config = config or TrainConfig()
@@ -131,6 +140,12 @@ def train(
     # the input stack the artifact will record; a selection of bands that is not a stack
     # fails here, before any epoch runs or any file is written
     stack = stack_of(shards.manifest or {}, bands)
+    if init is not None:  # the same names may be other inputs
+        check_inputs_match(init.meta, shards.manifest, init.path, data,
+                           use="fine-tune it (--init-from)", other_pixel_size="warn",
+                           other_units="warn")
+    if val_shards is not shards:
+        check_val_matches(shards, val_shards, stack)
     train_files, val_files = run_files(shards, val_shards, val_data is not None)
     if val_shards.patches("val") == 0:
         raise ConfigError(f"the manifest of {val_shards.source!r} counts 0 validation patches: "
@@ -142,10 +157,8 @@ def train(
         mean, std, norm_origin = norm.get("mean"), norm.get("std"), f"artifact {init.path}"
         if mean is None or std is None:
             raise ArtifactError(f"--init-from {init.path!r}: artifact.json has no normalization")
-        n_classes, classes = arch["n_classes"], init.classes
-        if n_classes == 1:
-            classes = {"background": 0, "landslide": 1}
-        check_class_ids(classes_of(shards), n_classes, shards.source)
+        n_classes = arch["n_classes"]
+        classes = init_classes(init, n_classes, shards, config.n_classes)
         changed = {k: (getattr(config, k), v) for k, v in arch.items()
                    if getattr(config, k) != v and k != "n_classes"}
         if changed:

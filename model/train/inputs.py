@@ -1,9 +1,10 @@
 """What a run takes from its shards besides the patches.
 
 Whether the export is complete enough to use, the classes to predict, the input stack the
-artifact records, whether the parsed data are cached in memory, and the fingerprint of
-what a run read (:func:`inputs_record`), by which a resumed run or a kept tuning trial is
-told from one on other shards.
+artifact records, whether shards were made as a model's inputs or as the training shards
+(same references under the same channel names, pixel size, classes), whether the parsed
+data are cached in memory, and the fingerprint of what a run read (:func:`inputs_record`),
+by which a resumed run or a kept tuning trial is told from one on other shards.
 """
 
 from __future__ import annotations
@@ -69,9 +70,167 @@ def stack_of(manifest: Mapping[str, Any], bands: Sequence[str]) -> dict[str, Any
     return {"bands": list(bands), "references": [], "change": [], "channels": list(bands)}
 
 
+def reference_mismatch(ours: Mapping[str, Any] | None, theirs: Mapping[str, Any] | None
+                       ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first reference of ``ours`` that ``theirs`` records otherwise under its name.
+
+    A channel name (``B4@prev``) does not say how its reference was made (``prev=-1y`` or
+    ``prev=-30d``, which composite): two stacks with the same channel names may be other
+    inputs.
+
+    Args:
+        ours: A record with a ``stack`` (``artifact.json``, ``manifest.json``).
+        theirs: Another such record (references it lacks are not compared).
+
+    Returns:
+        ``(our reference, theirs)`` of the first name whose records differ, else None.
+    """
+    theirs_by_name = {r.get("name"): r for r in ((theirs or {}).get("stack") or {})
+                      .get("references") or ()}
+    for ref in ((ours or {}).get("stack") or {}).get("references") or ():
+        other = theirs_by_name.get(ref.get("name"))
+        if other is not None and dict(other) != dict(ref):
+            return dict(ref), dict(other)
+    return None
+
+
+def pixel_size_mismatch(ours: Mapping[str, Any] | None, theirs: Mapping[str, Any] | None
+                        ) -> tuple[float, float] | None:
+    """``(ours, theirs)`` when both records give a ``pixel_size`` and they differ."""
+    a, b = (ours or {}).get("pixel_size"), (theirs or {}).get("pixel_size")
+    if a and b and abs(float(a) - float(b)) > 1e-6 * float(a):
+        return float(a), float(b)
+    return None
+
+
+def check_inputs_match(meta: Mapping[str, Any], manifest: Mapping[str, Any] | None,
+                       model: str, data: str, use: str = "evaluate it",
+                       other_pixel_size: str = "refuse", other_units: str = "refuse") -> None:
+    """Refuse shards made otherwise than a model's inputs, though their names match.
+
+    A band name does not say how a reference was made, the pixel size nor the units: the
+    artifact's stack record, pixel size and band units are compared with the manifest's.
+    The stack record's channels must also be the artifact's bands (an edited
+    ``artifact.json`` is refused, as predict refuses it).
+
+    Args:
+        meta: The artifact's ``artifact.json``.
+        manifest: The shards' ``manifest.json`` (None: nothing to compare).
+        model: How messages name the artifact.
+        data: How messages name the shards.
+        use: What the shards are for, as the fix ends (``"evaluate it"``).
+        other_pixel_size: ``"refuse"`` another pixel size, or ``"warn"`` (fine-tuning on
+            other pixels can be transfer learning on purpose).
+        other_units: ``"refuse"`` bands in other units (``band_units`` of the manifests),
+            or ``"warn"`` (fine-tuning a model pretrained on, e.g., Landslide4Sense's
+            normalised numbers on reflectance is transfer learning).
+
+    Raises:
+        ConfigError: naming what differs and the fix.
+    """
+    stack = meta.get("stack") or {}
+    if stack.get("channels") and list(stack["channels"]) != list(meta.get("bands") or ()):
+        raise ConfigError(
+            f"the artifact {model!r} is inconsistent: its stack's channels "
+            f"{list(stack['channels'])} are not its bands {list(meta.get('bands') or ())} "
+            f"(artifact.json edited?): use the artifact as training wrote it")
+    refs = reference_mismatch(meta, manifest)
+    if refs is not None:
+        raise ConfigError(
+            f"the model {model!r} takes the reference {refs[0]}, the shards of {data!r} "
+            f"hold {refs[1]} under the same name: same channel names, other inputs. "
+            f"Export with the model's stack (its artifact.json 'stack') to {use}")
+    units = units_mismatch(meta, manifest)
+    if units is not None:
+        text = (f"the model {model!r} was trained on {units[0]} in {units[1]!r}, the shards "
+                f"of {data!r} hold it in {units[2]!r}")
+        if other_units == "refuse":
+            raise ConfigError(f"{text}: other numbers under the same band name. Use shards "
+                              f"made like the model's training shards to {use}")
+        logger.warning("%s: going on (fine-tuning adapts a model to other inputs); use shards "
+                       "in the model's units if that was not meant", text)
+    sizes = pixel_size_mismatch(meta, manifest)
+    if sizes is None:
+        return
+    text = (f"the model {model!r} was trained on {sizes[0]} m pixels, the shards of {data!r} "
+            f"hold {sizes[1]} m pixels")
+    if other_pixel_size == "refuse":
+        raise ConfigError(f"{text}: export them at --pixel-size {sizes[0]}")
+    logger.warning("%s: going on (a model trained at one resolution can be fine-tuned at "
+                   "another); export them at --pixel-size %s if that was not meant",
+                   text, sizes[0])
+
+
+def units_mismatch(meta: Mapping[str, Any], manifest: Mapping[str, Any] | None
+                   ) -> tuple[str, str, str] | None:
+    """``(band, the model's unit, the shards' unit)`` of the first band whose units differ.
+
+    The units are those of the manifests (``band_units``): the one the artifact was trained
+    on (its ``manifest``) and ``manifest``; a band either does not record is not compared.
+    Landslide4Sense shards, for example, hold the dataset's normalised numbers under
+    Sentinel-2 band names.
+    """
+    ours = (meta.get("manifest") or {}).get("band_units") or {}
+    theirs = (manifest or {}).get("band_units") or {}
+    for band in meta.get("bands") or ():
+        if band in ours and band in theirs and ours[band] != theirs[band]:
+            return str(band), str(ours[band]), str(theirs[band])
+    return None
+
+
+def check_val_matches(shards: data_mod.ShardSet, val_shards: data_mod.ShardSet,
+                      stack: Mapping[str, Any]) -> None:
+    """Refuse validation shards (``--val-data``) made otherwise than the training shards.
+
+    Their bands are checked by name elsewhere; here the references of the stack trained
+    on, the pixel size and the classes of the two manifests are compared. Validation on
+    other inputs picks the epoch and the decision threshold of another task.
+
+    Args:
+        shards: The training shards.
+        val_shards: The validation shards.
+        stack: The stack the model takes (:func:`stack_of` of the training manifest).
+
+    Raises:
+        ConfigError: naming what differs, both shard sets and the fix.
+    """
+    train, val = shards.manifest or {}, val_shards.manifest or {}
+    names = (f"the training shards of {shards.source!r}",
+             f"the validation shards of {val_shards.source!r}")
+    refs = reference_mismatch({"stack": stack}, val)
+    if refs is not None:
+        raise ConfigError(
+            f"{names[0]} hold the reference {refs[0]}, {names[1]} hold {refs[1]} under the "
+            f"same name: same channel names, other inputs. Export the validation shards "
+            f"with the training shards' stack (their manifest.json 'stack')")
+    sizes = pixel_size_mismatch(train, val)
+    if sizes is not None:
+        raise ConfigError(f"{names[0]} hold {sizes[0]} m pixels, {names[1]} hold {sizes[1]} m "
+                          f"pixels: export the validation shards at --pixel-size {sizes[0]}")
+    if train.get("classes") and val.get("classes") and (
+            dict(train["classes"]) != dict(val["classes"])):
+        raise ConfigError(
+            f"{names[0]} have the classes {by_id(train['classes'])}, {names[1]} "
+            f"{by_id(val['classes'])}: the same ids would be scored as other classes. Export "
+            f"the validation shards with the training shards' classes")
+
+
+#: The classes of a binary (sigmoid) model.
+BINARY = {"background": 0, "landslide": 1}
+
+
+def by_id(classes: Mapping[str, Any]) -> dict[str, Any]:
+    """``classes`` (name -> id) in the order of their ids, as messages show them."""
+    def key(item: tuple[str, Any]) -> tuple[bool, int, str]:
+        number = isinstance(item[1], int)
+        return not number, item[1] if number else 0, item[0]
+
+    return dict(sorted(classes.items(), key=key))
+
+
 def classes_of(shards: data_mod.ShardSet) -> dict[str, Any]:
     """The manifest's class names -> ids (binary when it names none)."""
-    return dict((shards.manifest or {}).get("classes") or {"background": 0, "landslide": 1})
+    return dict((shards.manifest or {}).get("classes") or BINARY)
 
 
 def resolve_classes(shards: data_mod.ShardSet, n_classes: int | None
@@ -89,7 +248,7 @@ def resolve_classes(shards: data_mod.ShardSet, n_classes: int | None
     if n_classes is None:
         n_classes = 1 if len(manifest_classes) <= 2 else len(manifest_classes)
     if n_classes == 1:
-        return 1, {"background": 0, "landslide": 1}
+        return 1, dict(BINARY)
     if n_classes == 2:
         raise ConfigError("n_classes 2 is a binary task: use n_classes 1 (sigmoid)")
     if len(manifest_classes) > n_classes:

@@ -1,8 +1,10 @@
 """Transfer learning: a run that starts from a trained artifact (``init_from``).
 
 The artifact's architecture is read back from its layers, the requested bands must be the
-artifact's (by name), weights are copied layer by layer with an error naming any mismatch,
-and the encoder can be frozen.
+artifact's (by name) and the shards' classes its classes, weights are copied layer by layer
+with an error naming any mismatch, and the encoder can be frozen. (The shards' references
+and pixel size are compared with the artifact's by
+:func:`model.train.inputs.check_inputs_match`.)
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any
 
 import keras
 
+from model import data as data_mod
 from model.artifact import Artifact, load_artifact, require_segmentation
 from model.errors import ArtifactError, ConfigError
+from model.train.inputs import BINARY, by_id, classes_of, resolve_classes
 from model.unet import STEM_PREFIX, encoder_layers
 
 logger = logging.getLogger(__name__)
@@ -92,6 +96,56 @@ def init_bands(init: Artifact, requested: tuple[str, ...] | None) -> tuple[str, 
         )
     logger.info("bands reordered to the artifact's order %s", list(init.bands))
     return init.bands
+
+
+def init_classes(init: Artifact, n_outputs: int, shards: data_mod.ShardSet,
+                 requested: int | None) -> dict[str, int]:
+    """The classes of a model fine-tuned from ``init`` on ``shards``: the artifact's.
+
+    The model keeps the artifact's outputs, so the shards must label what they predict: a
+    multi-class model needs the classes (names and ids) a run from scratch with its
+    outputs would give these shards, and a binary model binary shards, unless
+    ``requested`` is 1 (every landslide class trains as landslide, as ``n_classes: 1``
+    does from scratch).
+
+    Args:
+        init: The ``init_from`` artifact.
+        n_outputs: Its model's outputs (1: sigmoid).
+        shards: The training shards.
+        requested: ``TrainConfig.n_classes``.
+
+    Raises:
+        ConfigError: another number of classes asked for, or shards whose classes are not
+            the artifact's; names both and the ways out.
+    """
+    labelled, theirs = classes_of(shards), by_id(init.classes)
+    if requested is not None and requested != n_outputs:
+        raise ConfigError(
+            f"--init-from {init.path!r} has {n_outputs} output(s) (classes {theirs}) and "
+            f"n_classes {requested} was asked for: fine-tuning keeps the artifact's outputs; "
+            "drop n_classes, or train from scratch")
+    if n_outputs == 1:
+        if len(labelled) > 2 and requested != 1:
+            raise ConfigError(
+                f"--init-from {init.path!r} is a binary model (landslide or not), the shards "
+                f"of {shards.source!r} have the classes {by_id(labelled)}: fine-tuning it "
+                "would train every landslide class as one. Pass --n-classes 1 if that is "
+                "meant, export the shards with binary labels, or train a multi-class model "
+                "from scratch")
+        return dict(BINARY)
+    try:
+        expected = resolve_classes(shards, n_outputs)[1]
+    except ConfigError as exc:
+        raise ConfigError(f"--init-from {init.path!r} predicts the classes {theirs}: {exc}"
+                          ) from exc
+    if expected != init.classes:
+        ids = ",".join(f"{name}={i}" for name, i in theirs.items() if i)
+        raise ConfigError(
+            f"--init-from {init.path!r} predicts the classes {theirs}, the shards of "
+            f"{shards.source!r} have {by_id(labelled)}: fine-tuning would teach the "
+            f"artifact's outputs other classes under its names. Export the shards with the "
+            f"artifact's classes (--classes {ids}), or train from scratch")
+    return dict(init.classes)
 
 
 def set_frozen(model: keras.Model) -> int:

@@ -60,3 +60,22 @@ def test_an_artifact_whose_bands_were_edited_is_refused(tmp_path):
     Path(art, "artifact.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="inconsistent"):
         evaluate(art, shards, split="test", out=str(tmp_path / "e.json"))
+
+
+def test_shards_in_other_units_are_refused(tmp_path):
+    """Landslide4Sense shards hold the dataset's normalised numbers under Sentinel-2 band
+    names: a model trained on reflectance was scored on them without a word."""
+    art, shards = _case(tmp_path, "-1y", 10.0, 10.0)
+    meta = json.loads(Path(art, "artifact.json").read_text())
+    meta["manifest"] = {"band_units": {b: "reflectance" for b in BANDS}}
+    Path(art, "artifact.json").write_text(json.dumps(meta))
+    manifest = json.loads(Path(shards, "manifest.json").read_text())
+    manifest["band_units"] = {b: "landslide4sense-normalised" for b in BANDS}
+    Path(shards, "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="trained on B4 in 'reflectance', the shards .* hold "
+                                          "it in 'landslide4sense-normalised'"):
+        evaluate(art, shards, split="test", out=str(tmp_path / "e.json"))
+    assert not (tmp_path / "e.json").exists()
+    manifest["band_units"] = {b: "reflectance" for b in BANDS}
+    Path(shards, "manifest.json").write_text(json.dumps(manifest))
+    assert evaluate(art, shards, split="test", out=str(tmp_path / "e.json"))["patches"] == 2
