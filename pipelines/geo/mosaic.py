@@ -189,7 +189,7 @@ def merge_to_cog(dest: str, files: Sequence[str], nodata: float | None,
 
 
 # ----------------------------------------------------------------------------- polygons
-def _zone_edges(epsg: int, bounds: tuple[float, float, float, float]):
+def zone_edges(epsg: int, bounds: tuple[float, float, float, float]):
     """The limits of UTM zone ``epsg`` near ``bounds`` (lon/lat), in that zone's CRS.
 
     The limits are the zone's meridians and the equator (or the UTM latitude limits).
@@ -216,7 +216,7 @@ def near_zone_limit(part, pixel_size: float) -> np.ndarray:
     if not len(part):
         return np.zeros(0, dtype=bool)
     ll_bounds = tuple(part.to_crs(WGS84).total_bounds)
-    edge = _zone_edges(int(part.crs.to_epsg()), ll_bounds)
+    edge = zone_edges(int(part.crs.to_epsg()), ll_bounds)
     return shapely.dwithin(np.asarray(part.geometry.values), edge, 2.0 * pixel_size)
 
 
@@ -275,4 +275,5 @@ __all__ = [
     "near_zone_limit",
     "vrt_xml",
     "write_vrt",
+    "zone_edges",
 ]

@@ -12,7 +12,9 @@ without Beam:
 * :func:`failure_record`: the dead-letter record of a chunk that failed at some stage.
 
 Output encoding: probabilities are ``uint8`` by default (``p * 250`` rounded, 255 nodata,
-with GDAL band scale 0.004 and offset 0, so GDAL and QGIS read probabilities): 4x smaller
+with GDAL band scale 0.004 and offset 0, so GDAL and QGIS read probabilities; a pixel next
+to the threshold is moved by one code where rounding would put it on the other side of
+the threshold than the mask, see :func:`quantize_prob`): 4x smaller
 than ``float32`` at continental scale, and a step of 0.004 is far below any model's
 calibration error; ``prob_dtype="float32"`` keeps full precision (NaN nodata).
 Masks are ``uint8`` 0/1 with 255 nodata.
@@ -25,7 +27,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +39,9 @@ from pipelines.geo.patches import channels_last
 from pipelines.predict.config import FORMAT, MASK_BAND, NODATA_U8, PROB_BAND, PROB_SCALE, SweepJob
 from pipelines.predict.plan import SweepPlan, chunk_signature
 from pipelines.sources.base import Raster, Source
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +238,51 @@ def blend_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray,
     return prob, valid, mask
 
 
+def threshold_codes(threshold: float) -> tuple[int, int]:
+    """The ``uint8`` codes on either side of ``threshold``, as a reader of the COG sees them.
+
+    A reader applies the band scale (``code * 1 / PROB_SCALE`` in float64, as GDAL does)
+    and compares with the published threshold; these are the codes it reads below and at
+    or above it.
+
+    Returns:
+        ``(below, above)``: the largest code whose scaled value is ``< threshold`` (-1
+        when none is) and the smallest whose scaled value is ``>= threshold``
+        (``PROB_SCALE + 1`` when none is).
+    """
+    scale = 1.0 / PROB_SCALE
+    codes = np.arange(int(PROB_SCALE) + 1, dtype=np.float64)
+    at_or_above = codes * scale >= float(threshold)
+    above = int(np.argmax(at_or_above)) if at_or_above.any() else int(PROB_SCALE) + 1
+    return above - 1, above
+
+
+def quantize_prob(prob: np.ndarray, valid: np.ndarray, mask: np.ndarray,
+                  threshold: float) -> np.ndarray:
+    """The ``uint8`` probability codes of a chunk, consistent with its mask at ``threshold``.
+
+    Codes are ``p * PROB_SCALE`` rounded, 255 (nodata) off ``valid``; a pixel of ``mask``
+    (thresholded on the float probability) is stored at least at the smallest code that
+    reads ``>= threshold`` with the COG's scale, any other valid pixel at most at the
+    largest code that reads below it. So a reader thresholding the COG at the published
+    threshold gets the mask, and no code moves by more than one step.
+
+    Args:
+        prob: Float probabilities (NaN where not valid).
+        valid: Pixels with a probability.
+        mask: ``prob >= threshold`` on ``valid`` (the mask as written).
+        threshold: The mask threshold.
+
+    Returns:
+        ``uint8`` codes, ``prob``'s shape.
+    """
+    below, above = threshold_codes(threshold)
+    q = np.rint(np.clip(np.where(valid, prob, 0.0), 0.0, 1.0) * PROB_SCALE)
+    top = int(PROB_SCALE)
+    q = np.where(mask, np.maximum(q, min(above, top)), np.minimum(q, max(below, 0)))
+    return np.where(valid, q, NODATA_U8).astype(np.uint8)
+
+
 def chunk_tags(plan: SweepPlan, job: SweepJob, key: str, sig: str) -> dict[str, str]:
     """The metadata tags of a chunk's COGs."""
     return {"model_id": str(plan.meta["model_id"]), "threshold": repr(plan.threshold),
@@ -270,8 +320,7 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
     scales: list[float] | None = None
     prob_tags = {**tags, "units": "probability"}
     if plan.config.prob_dtype == "uint8":
-        q = np.where(valid, np.rint(np.clip(prob, 0.0, 1.0) * PROB_SCALE), NODATA_U8)
-        prob_px, prob_nodata = q.astype(np.uint8), float(NODATA_U8)
+        prob_px, prob_nodata = quantize_prob(prob, valid, mask, plan.threshold), float(NODATA_U8)
         prob_profile = CogProfile(predictor=2)
         # GDAL's band scale/offset: GDAL and QGIS read probabilities, not raw bytes; the
         # tag stays for readers of COGs written before the band scale was set
@@ -308,18 +357,55 @@ def _finish_chunk(plan: SweepPlan, tiles: ChunkTiles, probs: np.ndarray) -> dict
     return {**rec, "action": "computed"}
 
 
+#: Pieces within this many pixels of their UTM zone's limit may continue in the next zone
+#: (as :func:`pipelines.geo.mosaic.near_zone_limit` holds them back for the zone merge).
+ZONE_LIMIT_PX = 2.0
+
+
+def zone_limit(grid: PixelGrid) -> BaseGeometry | None:
+    """The limits of the chunk's UTM zone within reach of its pixels, in its CRS.
+
+    The zone's meridians (and the equator or the UTM latitude limits), as
+    :func:`pipelines.geo.mosaic.merge_across_zones` sees them.
+
+    Returns:
+        A lineal geometry, or ``None`` when the chunk's CRS is not a UTM zone or no limit
+        lies within :data:`ZONE_LIMIT_PX` pixels of the chunk.
+    """
+    import shapely
+    from pyproj import CRS
+    from shapely.geometry import box
+
+    from pipelines.geo.grid import WGS84, to_crs
+    from pipelines.geo.mosaic import zone_edges
+
+    epsg = CRS.from_user_input(grid.crs).to_epsg()
+    if epsg is None or not (32601 <= epsg <= 32660 or 32701 <= epsg <= 32760):
+        return None
+    footprint = box(*grid.bounds)
+    edges = zone_edges(epsg, to_crs(footprint, grid.crs, WGS84).bounds)
+    if not shapely.dwithin(footprint, edges, ZONE_LIMIT_PX * grid.res):
+        return None
+    return edges
+
+
 def chunk_polygons(grid: PixelGrid, mask: np.ndarray, prob: np.ndarray, valid: np.ndarray,
                    connectivity: int, min_area_m2: float) -> list[dict]:
     """The chunk's landslide polygons, as done-record entries.
 
-    Polygons below ``min_area_m2`` are dropped unless they touch the chunk's edge (their
-    other parts may lie in the next chunk; the inventory merges and filters them).
+    Polygons below ``min_area_m2`` are dropped unless they touch the chunk's edge or lie
+    within :data:`ZONE_LIMIT_PX` pixels of its UTM zone's limit: their other parts may lie
+    in the next chunk or the next zone, and the inventory merges them (across chunk
+    edges, then across zone limits) and filters the whole landslide.
     """
+    import shapely
+
     from pipelines.geo.inventory.vector import polygonize
 
     if not mask.any():
         return []
-    mask = drop_small(mask, grid, connectivity, min_area_m2)
+    limit = zone_limit(grid) if min_area_m2 > 0 else None
+    mask = drop_small(mask, grid, connectivity, min_area_m2, limit)
     if not mask.any():
         return []
     cols = polygonize(mask, grid, min_area_m2=0.0, probability=prob,
@@ -333,18 +419,28 @@ def chunk_polygons(grid: PixelGrid, mask: np.ndarray, prob: np.ndarray, valid: n
         x0, y0, x1, y1 = geom.bounds
         edge = bool(x0 <= left + tol or y0 <= bottom + tol or x1 >= right - tol
                     or y1 >= top - tol)
-        if area < min_area_m2 and not edge:
-            continue  # small ones on chunk edges wait for their other parts
+        if area < min_area_m2 and not edge and not (
+                limit is not None and shapely.dwithin(geom, limit, ZONE_LIMIT_PX * grid.res)):
+            continue  # small ones on chunk edges or zone limits wait for their other parts
         out.append({"wkb": _b64(geom.wkb), "area_m2": float(area), "n_pixels": int(npx),
                     "prob_mean": float(pmean), "prob_max": float(pmax), "edge": edge})
     return out
 
 
 def drop_small(mask: np.ndarray, grid: PixelGrid, connectivity: int,
-               min_area_m2: float) -> np.ndarray:
-    """Clear regions below the minimum area that do not touch the chunk's border.
+               min_area_m2: float, limit: BaseGeometry | None = None) -> np.ndarray:
+    """Clear regions below the minimum area that touch neither the chunk's border nor ``limit``.
 
     Their area is final, so noisy masks are not polygonised pixel by pixel.
+
+    Args:
+        mask: The chunk's mask.
+        grid: The chunk's grid.
+        connectivity: 4 or 8.
+        min_area_m2: The minimum area.
+        limit: The chunk's UTM zone limit (:func:`zone_limit`), or ``None``: regions with
+            a pixel within :data:`ZONE_LIMIT_PX` pixels of it are kept (their other part
+            may lie in the next zone).
     """
     from scipy import ndimage
 
@@ -354,8 +450,30 @@ def drop_small(mask: np.ndarray, grid: PixelGrid, connectivity: int,
         return mask
     keep = np.bincount(lab.ravel(), minlength=n + 1) * grid.res ** 2 >= min_area_m2
     keep[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    if limit is not None:
+        keep[_near_limit(lab, keep, grid, limit)] = True
     keep[0] = False
     return keep[lab]
+
+
+def _near_limit(lab: np.ndarray, keep: np.ndarray, grid: PixelGrid,
+                limit: BaseGeometry) -> np.ndarray:
+    """The labels not yet kept with a pixel within :data:`ZONE_LIMIT_PX` pixels of ``limit``.
+
+    A pixel square lies that near when its centre lies within that distance plus half its
+    diagonal (a few more pixels than the polygons' test in :func:`chunk_polygons`).
+    """
+    import shapely
+
+    rows, cols = np.nonzero((lab > 0) & ~keep[lab])
+    if not len(rows):
+        return np.zeros(0, dtype=lab.dtype)
+    a, b, c, d, e, f = grid.transform
+    x = c + a * (cols + 0.5) + b * (rows + 0.5)
+    y = f + d * (cols + 0.5) + e * (rows + 0.5)
+    reach = (ZONE_LIMIT_PX + np.sqrt(0.5)) * grid.res
+    near = shapely.dwithin(shapely.points(x, y), limit, reach)
+    return np.unique(lab[rows[near], cols[near]])
 
 
 def failure_record(plan: SweepPlan, job_i: int, key: str, stage: str,
@@ -382,6 +500,7 @@ def failure_record(plan: SweepPlan, job_i: int, key: str, stage: str,
 
 
 __all__ = [
+    "ZONE_LIMIT_PX",
     "ChunkTiles",
     "blend_chunk",
     "chunk_polygons",
@@ -392,5 +511,8 @@ __all__ = [
     "finish_chunk",
     "load_done",
     "prepare_chunk",
+    "quantize_prob",
     "read_chunk",
+    "threshold_codes",
+    "zone_limit",
 ]

@@ -15,7 +15,8 @@ functions of the frozen :class:`SweepPlan` (no Beam):
   polygons: ``inventory.gpkg`` and ``inventory.parquet`` streamed chunk by chunk
   (:mod:`pipelines.predict.inventory`), ``mosaic/*.vrt`` (plus merged COGs when small),
   ``stac/catalog.json`` with the mosaic item, ``failed_chunks.jsonl`` and, last,
-  ``run.json``.
+  ``run.json``; the chunk products in the folder that are not this run's (an earlier
+  run's, into the same folder) are deleted (:func:`remove_stale_chunks`).
 
 :func:`finalize_job` chains the three for a list of chunk records.
 """
@@ -43,12 +44,15 @@ from pipelines.predict.config import (
     SweepJob,
 )
 from pipelines.predict.inventory import merge_edges, write_job_inventory
-from pipelines.predict.plan import SweepPlan
+from pipelines.predict.plan import SweepPlan, job_keys
 from pipelines.predict.records import (
+    CHUNK_FILES,
     MOSAIC_FILE,
     ChunkSummary,
     PolygonPart,
     polygon_parts,
+    remove_chunk_files,
+    remove_chunk_items,
     remove_leftovers,
     remove_stac,
     tagged,
@@ -166,7 +170,7 @@ def finish_job(plan: SweepPlan, job_i: int, summaries: Iterable[ChunkSummary],
         outputs["failed_chunks"] = failed_path
     elif fsio.exists(failed_path):  # a clean rerun supersedes the old dead letters
         fsio.delete(failed_path)
-    _drop_chunk_explains(job, chunks)
+    remove_stale_chunks(plan, job, chunks, failures, lost)
     if plan.config.stac:
         outputs["stac"] = write_stac(plan, job, chunks, outputs, partial)
     elif removed := remove_stac(job.path("stac")):  # no catalog of another run's products
@@ -178,12 +182,50 @@ def finish_job(plan: SweepPlan, job_i: int, summaries: Iterable[ChunkSummary],
     return run
 
 
-def _drop_chunk_explains(job: SweepJob, chunks: Sequence[ChunkSummary]) -> None:
-    """Delete the Grad-CAM COGs an earlier run left for chunks that now have none."""
-    stale = {f"{s.key}.tif" for s in chunks if "explain" not in dict(s.files)}
-    if stale and (removed := remove_leftovers(job.path("explain"), stale.__contains__)):
-        log.info("Removed %d Grad-CAM COG(s) of an earlier run in %s: this run wrote none "
-                 "for those chunks.", len(removed), job.path("explain"))
+def remove_stale_chunks(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary],
+                        failures: Sequence[dict], lost: int) -> list[str]:
+    """Delete the chunk products in the job's folder that are not this run's.
+
+    An earlier run into the same folder (another AOI, another model) leaves
+    ``prob|mask|explain/<key>.tif``, ``done/<key>.json`` and ``stac/<key>/<key>.json``;
+    left, they would pass for this run's. What stays is, per chunk of this run: its
+    done-record, and the COGs (and STAC item) it has; everything else named after a chunk
+    key goes: chunks outside this run's plan, this run's failed chunks (their products
+    and done-record are an earlier run's, or half-written), this run's empty chunks (no
+    COG), chunks without ``--explain`` (no Grad-CAM). Chunks the runner lost (planned,
+    never returned) are left as they are: what they hold may be this run's.
+
+    Args:
+        plan: The sweep's plan.
+        job: The AOI.
+        chunks: The summaries of its chunks (done, empty or skipped).
+        failures: The dead-letter records of its failed chunks.
+        lost: Planned chunks that came back neither written nor failed.
+
+    Returns:
+        The deleted paths.
+    """
+    unknown: set[str] = set()
+    if lost > 0:
+        known = {s.key for s in chunks} | {str(f["chunk"]) for f in failures}
+        unknown = job_keys(plan, job) - known
+    keep = {
+        "done": {s.key for s in chunks},
+        "prob": {s.key for s in chunks if "prob" in dict(s.files)},
+        "mask": {s.key for s in chunks if "mask" in dict(s.files)},
+        "explain": {s.key for s in chunks if "explain" in dict(s.files)},
+    }
+    removed: list[str] = []
+    for folder, suffix in CHUNK_FILES.items():
+        removed += remove_chunk_files(job.path(folder), suffix, keep[folder] | unknown)
+    if plan.config.stac:  # else remove_stac takes the whole catalog
+        removed += remove_chunk_items(job.path("stac"),
+                                      {s.key for s in chunks if s.item} | unknown)
+    if removed:
+        log.info("Removed %d chunk product(s) in %s that this run did not write (an "
+                 "earlier run's, or of chunks that failed or came out empty now), e.g. %s",
+                 len(removed), job.out, ", ".join(removed[:5]))
+    return removed
 
 
 def run_record(plan: SweepPlan, job: SweepJob, chunks: Sequence[ChunkSummary],
@@ -404,6 +446,7 @@ __all__ = [
     "chunk_outputs",
     "finalize_job",
     "finish_job",
+    "remove_stale_chunks",
     "run_record",
     "write_chunk_item",
     "write_mosaics",

@@ -91,6 +91,21 @@ def chunk_signature(job: SweepJob, key: str, region_wkb: bytes) -> str:
                    "region": hashlib.sha256(region_wkb).hexdigest()})
 
 
+def job_keys(plan: SweepPlan, job: SweepJob) -> set[str]:
+    """The keys of the chunks :func:`plan_predict` cut ``job``'s AOI into.
+
+    The same cover as :func:`~pipelines.geo.grid.plan_chunks` (the keys, without cutting
+    the region into them): for a finalize that must know chunks the runner never returned.
+    """
+    from pipelines.geo.grid import GridSpec, zone_parts
+
+    keys: set[str] = set()
+    for code, part in zone_parts(job.region, plan.config.epsg).items():
+        spec = GridSpec(code, plan.pixel_size, plan.config.chunk_size, 0)
+        keys.update(str(k) for k in spec.keys_covering(part))
+    return keys
+
+
 def _precision_key(meta: dict) -> dict:
     """What a chunk's outputs owe to the precision (nothing at fp32: older sweeps resume)."""
     p = meta["precision"]
@@ -407,6 +422,7 @@ __all__ = [
     "SweepPlan",
     "chunk_signature",
     "job_folders",
+    "job_keys",
     "load_meta",
     "one_run_per_folder",
     "plan_predict",

@@ -3,15 +3,16 @@
 :class:`ChunkSummary` is what finalize keeps of a chunk (a few hundred bytes, never its
 pixels or polygons); :class:`PolygonPart` is one landslide polygon on its way into the
 inventory. :func:`tagged` names the products of a sweep with failed chunks
-``*.partial.*``; :func:`drop_other`, :func:`remove_leftovers` and :func:`remove_stac`
-delete what an earlier run into the same folder wrote and this run does not.
+``*.partial.*``; :func:`drop_other`, :func:`remove_leftovers`, :func:`remove_stac`,
+:func:`remove_chunk_files` and :func:`remove_chunk_items` delete what an earlier run into
+the same folder wrote and this run does not.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -158,5 +159,59 @@ def remove_stac(folder: str) -> list[str]:
     return removed
 
 
-__all__ = ["MOSAIC_FILE", "PARTIAL", "ChunkSummary", "PolygonPart",
-           "drop_other", "polygon_parts", "remove_leftovers", "remove_stac", "tagged"]
+#: The per-chunk products predict writes in an AOI's folder: ``<folder>/<key><suffix>``.
+CHUNK_FILES = {"prob": ".tif", "mask": ".tif", "explain": ".tif", "done": ".json"}
+
+
+def chunk_key_of(name: str, suffix: str) -> str | None:
+    """The chunk key that file name ``name`` is the ``<key><suffix>`` of, else ``None``."""
+    if not name.endswith(suffix):
+        return None
+    key = name[:-len(suffix)]
+    return key if ChunkKey.is_key(key) else None
+
+
+def remove_chunk_files(folder: str, suffix: str, keep: Container[str]) -> list[str]:
+    """Delete the chunk products ``<key><suffix>`` directly in ``folder`` of keys not in ``keep``.
+
+    Only names made of a chunk key and ``suffix`` (predict's own) are touched; local or
+    gs://. An emptied local folder goes too.
+
+    Returns:
+        The deleted paths.
+    """
+    def stale(name: str) -> bool:
+        key = chunk_key_of(name, suffix)
+        return key is not None and key not in keep
+
+    return remove_leftovers(folder, stale)
+
+
+def remove_chunk_items(folder: str, keep: Container[str]) -> list[str]:
+    """Delete the chunk STAC items ``<key>/<key>.json`` in ``folder`` of keys not in ``keep``.
+
+    Only predict's chunk items are touched (the folder and the file named after the same
+    chunk key); emptied local folders go too.
+
+    Args:
+        folder: The job's ``stac`` folder.
+        keep: The chunk keys whose items stay.
+
+    Returns:
+        The deleted paths.
+    """
+    removed = []
+    for path in fsio.glob(fsio.join(fsio.glob_escape(folder), "*", "*.json")):
+        name = _name(path)
+        parent = path[:-len(name)].rstrip("/\\")
+        key = chunk_key_of(name, ".json")
+        if key is not None and _name(parent) == key and key not in keep:
+            fsio.delete(path)
+            fsio.remove_empty_dir(parent)
+            removed.append(path)
+    return removed
+
+
+__all__ = ["CHUNK_FILES", "MOSAIC_FILE", "PARTIAL", "ChunkSummary", "PolygonPart",
+           "chunk_key_of", "drop_other", "polygon_parts", "remove_chunk_files",
+           "remove_chunk_items", "remove_leftovers", "remove_stac", "tagged"]

@@ -530,3 +530,55 @@ def test_inventory_writer_streams_batches_into_the_files_write_inventory_makes(t
     assert not (tmp_path / "f.gpkg").exists()
     with pytest.raises(InputError, match="shp"):
         InventoryWriter([str(tmp_path / "x.shp")], whole.iloc[:0])
+
+
+def test_inventory_writer_declares_one_geometry_type_that_every_batch_conforms_to(tmp_path):
+    """A first batch of polygons, then batches holding multipolygons (8-connected or
+    zone-merged landslides): the GeoPackage layer is not the first batch's type."""
+    import json
+
+    import pyarrow.parquet as pq
+    import pyogrio
+    from shapely.geometry import MultiPolygon
+
+    from pipelines.geo.inventory.write import layer_geometry_type
+
+    def batch(geoms: list, start: int) -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame({"id": np.arange(start, start + len(geoms), dtype="int64"),
+                                 "area_m2": [g.area for g in geoms]}, geometry=geoms, crs=UTM)
+
+    corner = MultiPolygon([pixel_box(10, 10, 2, 2), pixel_box(12, 12, 2, 2)])
+    batches = [batch([pixel_box(0, 0, 1, 1)], 1), batch([corner, pixel_box(20, 20, 1, 1)], 2),
+               batch([pixel_box(30, 30, 3, 1)], 4)]
+    whole = pd.concat(batches, ignore_index=True)
+    paths = [str(tmp_path / "s.gpkg"), str(tmp_path / "s.parquet")]
+    with InventoryWriter(paths, batches[0].iloc[:0]) as w:
+        for b in batches:
+            w.write(b)
+    info = pyogrio.read_info(paths[0])
+    assert info["geometry_type"] == "MultiPolygon" and info["features"] == 4
+    got = gpd.read_file(paths[0])
+    assert set(got.geom_type) == {"MultiPolygon"}  # every feature is of the declared type
+    assert shapely.equals(got.geometry.values, whole.geometry.values).all()
+    assert list(got["id"]) == [1, 2, 3, 4]
+    write_inventory(gpd.GeoDataFrame(whole, crs=UTM), str(tmp_path / "whole.gpkg"))
+    assert pyogrio.read_info(tmp_path / "whole.gpkg")["geometry_type"] == "MultiPolygon"
+    # the GeoParquet keeps each geometry as it is, and says which types it holds
+    geo = json.loads(pq.read_schema(paths[1]).metadata[b"geo"])
+    assert geo["columns"]["geometry"]["geometry_types"] == ["MultiPolygon", "Polygon"]
+    assert list(gpd.read_parquet(paths[1]).geom_type) == list(whole.geom_type)
+    # the readers take it: every polygon, areas from the geometry
+    for path in paths:
+        gdf = read_inventory(path)
+        assert len(gdf) == 4 and gdf["area_m2"].sum() == pytest.approx(whole.area.sum())
+
+    # polygons only: declared Polygon, as one write of the whole
+    with InventoryWriter([str(tmp_path / "p.gpkg")], batches[0].iloc[:0]) as w:
+        w.write(batches[0])
+        w.write(batches[2])
+    assert pyogrio.read_info(tmp_path / "p.gpkg")["geometry_type"] == "Polygon"
+    # the rule, per set of types
+    assert layer_geometry_type(["Polygon"]) == ("Polygon", False)
+    assert layer_geometry_type(["MultiPolygon", "Polygon"]) == ("MultiPolygon", True)
+    assert layer_geometry_type(["Polygon", "LineString"]) == ("Unknown", False)
+    assert layer_geometry_type([]) == ("Unknown", False)

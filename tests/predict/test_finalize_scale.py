@@ -90,35 +90,40 @@ def _sweep(world: Path, side: int, tmp: Path):
     plan, elements = plan_predict(cfg)
     job = plan.jobs[0]
     assert job.n_chunks == len(elements) == side * side
-    prob = np.full((CHUNK, CHUNK), 200, np.uint8)
-    mask = np.ones((CHUNK, CHUNK), np.uint8)
     cols = {}
     for _, key, _, spec in elements:
         grid = Chunk(ChunkKey.parse(key), GridSpec(**spec)).grid
         cols[key] = round((grid.bounds[0] - LEFT) / (CHUNK * 10))
-    for _, key, _, spec in elements:
-        grid = Chunk(ChunkKey.parse(key), GridSpec(**spec)).grid
-        x0, _, x1, y1 = grid.bounds
-        col = cols[key]
-        files = {"prob": f"prob/{key}.tif", "mask": f"mask/{key}.tif"}
-        write_cog(job.path(files["prob"]), prob, grid, nodata=255, overviews=False,
-                  profile=CogProfile(predictor=2), scales=[1 / 250], offsets=[0.0])
-        write_cog(job.path(files["mask"]), mask, grid, nodata=255, overviews=False,
-                  profile=CATEGORICAL)
-        polys = [_polygon(Point(x0 + 25 + 12 * (i % 10), y1 - 25 - 36 * (i // 10)).buffer(
-            11.3, quad_segs=8), False) for i in range(INTERIOR)]
-        here = y1 - 10 * (2 + col % 12)  # this chunk's pair row, with its right neighbour
-        left = y1 - 10 * (2 + (col - 1) % 12)  # the row of the pair with its left one
-        if col < side - 1:
-            polys.append(_polygon(box(x1 - 10, here - 10, x1, here), True))
-        if col > 0:
-            polys.append(_polygon(box(x0, left - 10, x0 + 10, left), True))
-        fsio.write_json(job.path("done", f"{key}.json"), {
-            "format": "landslides-predict/1", "key": key, "signature": "synthetic",
-            "state": "done", "epsg": 32645, "grid": grid.to_dict(),
-            "valid_px": CHUNK * CHUNK, "positive_px": CHUNK * CHUNK, "files": files,
-            "polygons": polys})
+    for _, key, _, _ in elements:
+        _write_chunk(plan, key, cols[key], side)
     return plan, cols
+
+
+def _write_chunk(plan, key: str, col: int, side: int) -> None:
+    """Write chunk ``key``'s COGs and done-record (see :func:`_sweep`)."""
+    job = plan.jobs[0]
+    k = ChunkKey.parse(key)
+    grid = Chunk(k, GridSpec(k.epsg, plan.pixel_size, CHUNK, plan.halo)).grid
+    x0, _, x1, y1 = grid.bounds
+    files = {"prob": f"prob/{key}.tif", "mask": f"mask/{key}.tif"}
+    write_cog(job.path(files["prob"]), np.full((CHUNK, CHUNK), 200, np.uint8), grid,
+              nodata=255, overviews=False, profile=CogProfile(predictor=2), scales=[1 / 250],
+              offsets=[0.0])
+    write_cog(job.path(files["mask"]), np.ones((CHUNK, CHUNK), np.uint8), grid, nodata=255,
+              overviews=False, profile=CATEGORICAL)
+    polys = [_polygon(Point(x0 + 25 + 12 * (i % 10), y1 - 25 - 36 * (i // 10)).buffer(
+        11.3, quad_segs=8), False) for i in range(INTERIOR)]
+    here = y1 - 10 * (2 + col % 12)  # this chunk's pair row, with its right neighbour
+    left = y1 - 10 * (2 + (col - 1) % 12)  # the row of the pair with its left one
+    if col < side - 1:
+        polys.append(_polygon(box(x1 - 10, here - 10, x1, here), True))
+    if col > 0:
+        polys.append(_polygon(box(x0, left - 10, x0 + 10, left), True))
+    fsio.write_json(job.path("done", f"{key}.json"), {
+        "format": "landslides-predict/1", "key": key, "signature": "synthetic",
+        "state": "done", "epsg": 32645, "grid": grid.to_dict(),
+        "valid_px": CHUNK * CHUNK, "positive_px": CHUNK * CHUNK, "files": files,
+        "polygons": polys})
 
 
 def _load(key: str, folder: str) -> tuple[int, dict]:
@@ -231,5 +236,11 @@ def test_finalize_of_144_chunks_is_exact_also_when_partial(warm, tmp_path):
     failed = [keys[len(keys) // 2 + 6]]  # a chunk inside a row
     _finalize(plan, keys, failed)
     _check(plan, cols, 12, failed)
+    # the failed chunk's done-record and COGs are not this run's: gone; the rerun that
+    # completes the sweep writes them anew
+    job = plan.jobs[0]
+    assert not any(Path(job.path(name)).exists() for name in (
+        f"done/{failed[0]}.json", f"prob/{failed[0]}.tif", f"mask/{failed[0]}.tif"))
+    _write_chunk(plan, failed[0], cols[failed[0]], 12)
     _finalize(plan, keys, [])
     _check(plan, cols, 12, [])

@@ -226,15 +226,26 @@ def test_finish_writes_the_mask_of_probability_at_threshold_within_the_region(sc
         mask_px, tags = _read(job.path(rec["files"]["mask"]))
         np.testing.assert_array_equal(mask_px, np.where(valid, mask, 255))
         prob_px, ptags = _read(job.path(rec["files"]["prob"]))
-        np.testing.assert_array_equal(
-            prob_px, np.where(valid, np.rint(np.clip(prob, 0, 1) * 250), 255))
+        # p * 250 rounded, but never on the other side of the threshold than the mask
+        # (p = 0.499 just below it is stored 124, not 125, which reads 0.5)
+        rounded = np.where(valid, np.rint(np.clip(prob, 0, 1) * 250), 255)
+        np.testing.assert_array_equal(prob_px == 255, ~valid)
+        assert np.abs(prob_px[valid] - rounded[valid]).max(initial=0) <= 1
+        np.testing.assert_array_equal(prob_px[valid] * (1 / 250) >= plan.threshold,
+                                      mask[valid])
+        np.testing.assert_array_equal(prob_px[~mask & valid],
+                                      np.minimum(rounded[~mask & valid], 124))
         assert (tags["chunk"], tags["signature"]) == (key, tiles.signature)
         # GDAL's band scale turns the stored bytes into the probability
         with rasterio.open(job.path(rec["files"]["prob"])) as src:
             assert src.scales == (pytest.approx(1 / 250),) and src.offsets == (0.0,)
             assert band_scaling(src) == (pytest.approx(1 / 250), 0.0)
             unscaled = src.read(1).astype(np.float64) * src.scales[0] + src.offsets[0]
-        assert np.abs(unscaled[valid] - prob[valid]).max() <= 0.5 / 250 + 1e-6
+        # within half a code, or (moved to its side of the threshold) within one
+        err = np.abs(unscaled[valid] - prob[valid])
+        assert err.max() <= 1 / 250 + 1e-6
+        assert err[(prob_px[valid] == rounded[valid])].max() <= 0.5 / 250 + 1e-6
+        np.testing.assert_array_equal(unscaled[valid] >= plan.threshold, mask[valid])
         assert float(ptags["scale"]) == pytest.approx(1 / 250)  # kept for older readers
         assert "scale" not in tags  # the mask is not scaled
         with open(job.path("done", f"{key}.json")) as f:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -22,7 +22,7 @@ from pipelines import fsio
 from pipelines.errors import CRSError, InputError, OutputError
 
 __all__ = ["SHAPEFILE_SIDECARS", "STREAMED", "WRITE_DRIVERS", "InventoryWriter",
-           "write_inventory"]
+           "layer_geometry_type", "write_inventory"]
 
 #: Output format by extension (``None``: GeoParquet through pyarrow).
 WRITE_DRIVERS: dict[str, str | None] = {
@@ -103,11 +103,15 @@ STREAMED = (".gpkg", ".parquet", ".geoparquet")
 class InventoryWriter:
     """One layer written batch by batch to GeoPackage and/or GeoParquet files.
 
-    Each batch is appended to a local GeoPackage and saved as a GeoParquet part; on
-    :meth:`close` the parts are streamed into one GeoParquet file whose ``geo`` metadata
-    covers every batch (bbox, geometry types), and every file is published atomically
-    (see :mod:`pipelines.fsio`). Memory holds one batch at a time. A writer closed without
-    batches writes ``template`` (an empty layer with the columns and types).
+    Each batch is saved as a local GeoParquet part; on :meth:`close` the parts are
+    streamed into one GeoParquet file whose ``geo`` metadata covers every batch (bbox,
+    geometry types) and, part after part, into the GeoPackage, whose layer declares the
+    one geometry type every feature has (:func:`layer_geometry_type`: ``Polygon`` when
+    every batch holds only polygons, ``MultiPolygon`` with every polygon promoted when
+    some batch holds multipolygons), as one :func:`write_inventory` of the whole would;
+    then every file is published atomically (see :mod:`pipelines.fsio`). Memory holds
+    one batch at a time. A writer closed without batches writes ``template`` (an empty
+    layer with the columns and types).
 
     Args:
         paths: The files to write (``.gpkg``, ``.parquet`` or ``.geoparquet``; local or
@@ -132,6 +136,7 @@ class InventoryWriter:
         self.rows = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="landslides-inventory-")
         self._parts: list[str] = []
+        self._types: set[str] = set()
 
     def _local(self, path: str) -> str:
         return os.path.join(self._tmp.name, f"{self.paths.index(path)}{Path(path).suffix}")
@@ -146,16 +151,12 @@ class InventoryWriter:
             return
         out = gdf[list(self.template.columns)].set_geometry(self.template.geometry.name)
         try:
-            for path in self.paths:
-                if path.lower().endswith(".gpkg"):
-                    out.to_file(self._local(path), driver="GPKG", layer=_layer(path),
-                                engine="pyogrio", mode="a" if self.rows else "w")
-            if any(not p.lower().endswith(".gpkg") for p in self.paths):
-                part = os.path.join(self._tmp.name, f"part-{len(self._parts):06d}.parquet")
-                out.to_parquet(part, index=False)
-                self._parts.append(part)
-        except Exception as exc:  # pyogrio/pyarrow raise several types
+            part = os.path.join(self._tmp.name, f"part-{len(self._parts):06d}.parquet")
+            out.to_parquet(part, index=False)
+        except Exception as exc:  # pyarrow raises several types
             raise OutputError(f"Cannot write the inventory {self.paths}: {exc}") from exc
+        self._parts.append(part)
+        self._types.update(out.geometry.geom_type.dropna().unique())
         self.rows += len(out)
 
     def close(self) -> None:
@@ -171,7 +172,9 @@ class InventoryWriter:
                 return
             for path in self.paths:
                 local = self._local(path)
-                if not path.lower().endswith(".gpkg"):
+                if path.lower().endswith(".gpkg"):
+                    self._join_gpkg(local, _layer(path))
+                else:
                     _join_parquet(self._parts, local)
                 fsio.put_file(local, path)
         except OutputError:
@@ -180,6 +183,14 @@ class InventoryWriter:
             raise OutputError(f"Cannot write the inventory {self.paths}: {exc}") from exc
         finally:
             self._tmp.cleanup()
+
+    def _join_gpkg(self, dest: str, layer: str) -> None:
+        """Stream the parts into one GeoPackage layer of one declared geometry type."""
+        geometry_type, promote = layer_geometry_type(self._types)
+        for i, part in enumerate(self._parts):
+            gpd.read_parquet(part).to_file(
+                dest, driver="GPKG", layer=layer, engine="pyogrio", mode="a" if i else "w",
+                geometry_type=geometry_type, promote_to_multi=promote)
 
     def __enter__(self) -> InventoryWriter:
         return self
@@ -191,6 +202,35 @@ class InventoryWriter:
         else:  # nothing published: the previous files stay as they were
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()
+
+
+#: Single geometry types and the multi type that holds both.
+_MULTI = {"Point": "MultiPoint", "LineString": "MultiLineString", "Polygon": "MultiPolygon"}
+
+
+def layer_geometry_type(types: Iterable[str]) -> tuple[str, bool]:
+    """The geometry type a layer holding ``types`` declares, and whether to promote.
+
+    The rule of one GeoPackage write of the whole layer: one type is declared as it is;
+    a single type and its multi type (``Polygon`` and ``MultiPolygon``) are declared as
+    the multi type, every single geometry promoted to it (GeoPackage layers do not mix
+    them); any other mix is declared ``Unknown`` (any geometry).
+
+    Args:
+        types: The geometry types of the features (shapely's names).
+
+    Returns:
+        ``(geometry_type, promote_to_multi)`` for pyogrio's writer.
+    """
+    kinds = set(types)
+    if not kinds:
+        return "Unknown", False
+    if len(kinds) == 1:
+        return next(iter(kinds)), False
+    multis = {_MULTI.get(k, k) for k in kinds}
+    if len(multis) == 1 and next(iter(multis)) in _MULTI.values():
+        return next(iter(multis)), True
+    return "Unknown", False
 
 
 def _layer(path: str) -> str:
