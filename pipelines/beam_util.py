@@ -18,19 +18,32 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str,
     """Pipeline options from the Beam arguments that follow a stage's own.
 
     Defaults to the DirectRunner. On Dataflow, ships this project to the workers with
-    ``--setup_file`` (unless given) and names the job; workers install the package's
-    ``install_requires``, which do not hold TensorFlow (export needs none). A stage whose
-    workers run the model (``runs_model``: predict, scan) also gets TensorFlow to them:
-    see :func:`ship_tensorflow`. ``--runner dask`` is Beam's Dask
-    runner on the dask.distributed scheduler ``--dask_client_address`` names; unless
-    ``--dask_npartitions`` or ``--dask_partition_size`` is given, the work is cut into
-    two partitions per worker thread of that cluster (Beam's default puts up to 128
-    chunks in one partition, which one worker runs alone).
+    ``--setup_file`` unless one is given (see :func:`project_setup_file`; a
+    ``--requirements_file`` of the user's does not change that, it only adds packages),
+    and names the job ``job_name-<UTC time>-<random>`` unless ``--job_name`` is given, so
+    that two jobs launched in one project and region do not collide. Workers install the
+    package's ``install_requires``, which do not hold TensorFlow (export needs none). A
+    stage whose workers run the model (``runs_model``: predict, scan) also gets
+    TensorFlow to them: see :func:`ship_tensorflow`. ``--runner dask`` is Beam's Dask
+    runner on the dask.distributed scheduler ``--dask_client_address`` or
+    ``--dask_scheduler_file`` names; unless ``--dask_npartitions`` or
+    ``--dask_partition_size`` is given, the work is cut into two partitions per worker
+    thread of that cluster (Beam's default puts up to 128 chunks in one partition, which
+    one worker runs alone).
+
+    Args:
+        beam_args: The Beam pipeline options, as on the command line.
+        job_name: The stem of the default Dataflow job name (``landslides-predict``).
+        runs_model: The stage's workers run the model (they need TensorFlow).
+
+    Raises:
+        ConfigError: on Dataflow, this copy of the project has no ``setup.py`` to ship
+            (a pip-installed copy) and no ``--sdk_container_image`` holds it either.
+        DataNotFoundError: a ``--dask_scheduler_file`` that does not exist.
     """
     from apache_beam.options.pipeline_options import (
         GoogleCloudOptions,
         PipelineOptions,
-        SetupOptions,
         StandardOptions,
     )
 
@@ -42,18 +55,89 @@ def pipeline_options(beam_args: Sequence[str] | None, job_name: str,
     if is_dask(opts):
         _default_dask_partitions(opts)
     if "Dataflow" in str(std.runner):
-        setup = opts.view_as(SetupOptions)
-        if not setup.setup_file and not setup.requirements_file:
-            candidate = Path(__file__).resolve().parents[1] / "setup.py"
-            if candidate.exists():
-                setup.setup_file = str(candidate)
-                log.info("Shipping the project to Dataflow workers with %s", candidate)
+        _ship_project(opts)
         if runs_model:
             ship_tensorflow(opts)
         gco = opts.view_as(GoogleCloudOptions)
         if not gco.job_name:
-            gco.job_name = job_name.replace("_", "-").lower()
+            gco.job_name = unique_job_name(job_name)
+            log.info("Dataflow job name: %s (pass --job_name to choose one)", gco.job_name)
     return opts
+
+
+def project_setup_file() -> str | None:
+    """The project's ``setup.py`` when this copy is a source checkout, else None.
+
+    A checkout (or an editable install of one) has ``setup.py`` beside ``pipelines/``;
+    a copy installed by ``pip install .`` (as in ``infra/Dockerfile``) has not.
+    """
+    candidate = Path(__file__).resolve().parents[1] / "setup.py"
+    return str(candidate) if candidate.is_file() else None
+
+
+def _ship_project(opts) -> None:
+    """Give Dataflow workers this project: ``--setup_file`` unless given, or refuse.
+
+    ``--setup_file`` is defaulted whether or not a ``--requirements_file`` is given (that
+    file lists third-party packages; it cannot install this project). With
+    ``--sdk_container_image`` it is defaulted too when a ``setup.py`` is found (the
+    workers reinstall the same code over the image's copy); without one, the image's
+    copy is used. ``--template_location`` (a Flex Template launcher) is let through
+    without either: the launch request's environment names the workers' image, which
+    the launcher's own options need not repeat.
+
+    Raises:
+        ConfigError: no ``setup.py`` to ship and no worker image named.
+    """
+    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+
+    from pipelines.errors import ConfigError
+
+    setup = opts.view_as(SetupOptions)
+    if setup.setup_file:
+        return
+    found = project_setup_file()
+    if found:
+        setup.setup_file = found
+        log.info("Shipping the project to Dataflow workers with --setup_file %s", found)
+        return
+    if opts.view_as(WorkerOptions).sdk_container_image:
+        log.info("No setup.py beside this installed copy of the project: Dataflow workers "
+                 "use the project installed in --sdk_container_image")
+        return
+    if submitted_only(opts):
+        log.warning("No setup.py beside this installed copy of the project and no "
+                    "--sdk_container_image: the Flex Template launch's sdkContainerImage "
+                    "must hold the project")
+        return
+    import pipelines
+
+    raise ConfigError(
+        f"Dataflow workers cannot get this project: it is an installed copy "
+        f"({Path(pipelines.__file__).parent}) with no setup.py beside it to ship, and no "
+        f"--sdk_container_image is given. Either pass --setup_file PATH/setup.py of a "
+        f"checkout of landslide-mapper (the same version), or --sdk_container_image IMAGE "
+        f"--sdk_location container with an image that has the project installed "
+        f"(infra/Dockerfile).")
+
+
+def unique_job_name(stem: str) -> str:
+    """A Dataflow job name from ``stem``, unique per launch: ``stem-YYYYmmdd-HHMMSS-xxxx``.
+
+    Dataflow refuses a job whose name is that of a job still running in the same
+    project and region, so a fixed default name would make concurrent launches collide.
+    The result is a valid Dataflow job name (lower-case letters, digits and hyphens,
+    starting with a letter).
+    """
+    import datetime as dt
+    import re
+    import secrets
+
+    base = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-") or "landslides"
+    if not base[0].isalpha():
+        base = f"landslides-{base}"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{base[:40].rstrip('-')}-{stamp}-{secrets.token_hex(2)}"
 
 
 #: Distributions that provide ``import tensorflow``, the CPU wheel first
@@ -122,20 +206,26 @@ def keeps_finish_bundle_outputs(opts) -> bool:
 
 
 def _default_dask_partitions(opts) -> None:
-    """Two Dask bag partitions per worker thread, unless the user chose a size."""
+    """Two Dask bag partitions per worker thread, unless the user chose a size.
+
+    The cluster is asked for its threads at ``--dask_client_address`` or through
+    ``--dask_scheduler_file`` (:func:`pipelines.workers.dask_client`); with neither, Beam
+    starts a cluster in this process and its own default stays.
+    """
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
-    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
-    if dask.get("npartitions") or dask.get("partition_size") or not dask.get("address"):
-        return  # chosen by the user, or a cluster Beam starts in this process
-    from distributed import Client
+    from pipelines.workers import dask_client, dask_where
 
-    with Client(dask["address"], timeout=dask.get("timeout") or 30,
-                set_as_default=False) as client:
+    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    if dask.get("npartitions") or dask.get("partition_size"):
+        return  # chosen by the user
+    with dask_client(opts) as client:
+        if client is None:
+            return  # a cluster Beam starts in this process
         threads = sum(client.nthreads().values())
     opts.view_as(DaskOptions).npartitions = max(2, 2 * threads)
-    log.info("Dask cluster at %s has %d worker threads: %d partitions", dask["address"],
-             threads, 2 * threads)
+    log.info("Dask cluster at %s has %d worker threads: %d partitions", dask_where(opts),
+             threads, max(2, 2 * threads))
 
 
 def release(p) -> None:
@@ -143,6 +233,46 @@ def release(p) -> None:
     client = getattr(getattr(p, "result", None), "client", None)
     if client is not None:
         client.close()
+
+
+def submit(p, opts):  # -> apache_beam.runners.runner.PipelineResult
+    """Start pipeline ``p`` (built with ``opts``) so that it completes without this process.
+
+    For a launcher that does not wait (``landslides scan --submit-only``), runner by
+    runner:
+
+    * Dataflow: the service runs the job; ``p.run()`` returns once it is submitted.
+    * ``--runner dask``: ``p.run()`` only holds futures in this process's client, and
+      the cluster drops their tasks when the client goes. The result's futures are
+      handed to the scheduler with ``distributed.fire_and_forget`` and the client is
+      closed, so the cluster's workers finish the work after this process exits. Its
+      result is not gathered: what the pipeline writes (``run.json``) says how it ended.
+      A cluster that Beam would start in this process (no ``--dask_client_address`` or
+      ``--dask_scheduler_file``) ends with it, so then the work is waited for.
+    * Local runners (DirectRunner, Prism) run in this process: waited for.
+    * Other runners: returned as ``p.run()`` returns.
+
+    Returns:
+        The pipeline result (its state RUNNING where the work goes on elsewhere).
+    """
+    result = p.run()
+    if is_dask(opts):
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        dask = opts.view_as(DaskOptions).get_all_options(drop_default=True,
+                                                         current_only=True)
+        if not dask.get("address") and not dask.get("scheduler_file"):
+            result.wait_until_finish()
+            result.client.close()
+            return result
+        from distributed import fire_and_forget
+
+        fire_and_forget(result.futures)
+        result.client.close()  # sends what is queued (the graph, the keys) first
+        log.info("Work handed to the Dask scheduler: it goes on after this process exits")
+    elif is_direct(opts):
+        result.wait_until_finish()
+    return result
 
 
 def beam_parser():  # -> apache_beam.options.pipeline_options._BeamArgumentParser

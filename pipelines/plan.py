@@ -14,16 +14,24 @@ from it:
   ``requests / requests_per_second`` and ``requests x seconds per request / requests in
   flight``, where the requests in flight are ``P x floor(C / P)`` for P worker processes
   (:mod:`pipelines.sources.earthengine.budget`);
-* **model compute**: the lattice windows of a chunk times the window's pixels, at the
-  model's rate in megapixels per second per vCPU: recorded in the artifact
-  (``artifact.json`` ``throughput.mpx_per_vcpu_s``), else measured here on a few random
-  tiles with the real model (:func:`calibrate`, one thread: one vCPU), else
-  :data:`DEFAULT_MPX_PER_VCPU_S`;
-* **workers**: the fewest whose wall time is within 10% of the shortest (each worker runs
-  one SDK process per vCPU; never more processes than the budget's concurrent requests,
-  or the job is refused); **wall time** = start-up + the larger of the Earth Engine
-  and compute times (reads and inference overlap); **cost** = workers x hours x the
-  worker's vCPUs, memory, disk and GPUs at :class:`~pipelines.options.plan.Prices`;
+* **model compute**: the lattice windows the sweep infers (per chunk, those touching
+  its interior, :func:`~pipelines.geo.blend.chunk_windows`; counted exactly over the
+  planned chunks by :func:`sweep_windows`, as their number depends on where a chunk
+  falls on the lattice when the chunk size is not a multiple of the stride) times the
+  window's pixels, at the model's rate: on CPU workers in megapixels per second per
+  vCPU, recorded in the artifact (``artifact.json`` ``throughput.mpx_per_vcpu_s``),
+  else measured here on a few random tiles with the real model (:func:`calibrate`, one
+  thread: one vCPU), else :data:`DEFAULT_MPX_PER_VCPU_S`; on GPU workers
+  (``--worker-gpus``) in megapixels per second per GPU, given (``--model-rate``) or
+  recorded (``throughput.mpx_per_gpu_s``), never a CPU rate; the compute is spread
+  over workers x vCPUs, or workers x GPUs;
+* **workers**: the fewest whose wall time is within 10% of the shortest (a CPU worker
+  runs one SDK process per vCPU, a GPU worker one, as infra/README's GPU setup with
+  ``--experiments no_use_multiple_sdk_containers``; never more processes than the
+  budget's concurrent requests, or the job is refused); **wall time** = start-up + the
+  larger of the Earth Engine and compute times (reads and inference overlap);
+  **cost** = workers x hours x the worker's vCPUs, memory, disk and GPUs at
+  :class:`~pipelines.options.plan.Prices`;
 * **outputs**: probability and mask COGs per chunk, measured by writing one chunk of
   each with the sweep's COG writer (no landslide: the smallest; incompressible
   probabilities: the largest), times chunks and periods.
@@ -136,20 +144,70 @@ def calibrate(path: str, window: int) -> float:
 
 
 def model_rate(opts: PlanOptions, meta: dict, window: int) -> tuple[float, str]:
-    """The model's megapixels per second per vCPU, and where the figure comes from."""
+    """The model's rate and where the figure comes from.
+
+    The rate is in megapixels per second per vCPU, or per GPU with ``--worker-gpus``.
+
+    Raises:
+        ConfigError: ``--worker-gpus`` without a GPU rate (``--model-rate``, or
+            ``throughput.mpx_per_gpu_s`` in the artifact): a CPU rate, recorded or
+            calibrated here, says nothing of a GPU.
+    """
+    throughput = meta.get("throughput") or {}
+    if opts.worker_gpus:
+        if opts.model_rate:
+            return opts.model_rate, "given (--model-rate), per GPU"
+        if throughput.get("mpx_per_gpu_s"):
+            return float(throughput["mpx_per_gpu_s"]), "recorded in the artifact, per GPU"
+        raise ConfigError(
+            "--worker-gpus needs the model's rate on that GPU: give --model-rate MPX_PER_S "
+            "measured on one such GPU, or an artifact whose artifact.json records "
+            "throughput.mpx_per_gpu_s (a CPU rate, recorded as mpx_per_vcpu_s or "
+            "calibrated here, does not apply to GPU workers).")
     if opts.model_rate:
         return opts.model_rate, "given (--model-rate)"
-    recorded = (meta.get("throughput") or {}).get("mpx_per_vcpu_s")
+    recorded = throughput.get("mpx_per_vcpu_s")
     if recorded:
         return float(recorded), "recorded in the artifact"
     if opts.model:
         rate = calibrate(opts.model, window)
         return rate, (f"calibrated here: {CALIBRATION_TILES} random {window}-px tiles per "
                       f"batch, one thread")
-    if opts.worker_gpus:
-        raise ConfigError("--worker-gpus needs the model's rate on that GPU: give "
-                          "--model-rate MPX_PER_S, or an artifact that records it.")
     return DEFAULT_MPX_PER_VCPU_S, "default U-Net (bench/model_rate.py), no --model"
+
+
+def windows_per_index(lattice: Any, chunk_size: int, index: np.ndarray) -> np.ndarray:
+    """Lattice windows along one axis of chunks at row (or column) ``index``.
+
+    As :func:`pipelines.geo.blend.chunk_windows` finds them: the windows whose origins
+    are multiples of the stride and that touch the chunk's interior, pixels
+    ``[index x chunk_size, (index + 1) x chunk_size)`` from the grid origin.
+    """
+    start = np.asarray(index, dtype=np.int64) * chunk_size
+    first = -((lattice.window - 1 - start) // lattice.stride)  # ceil((start - w + 1) / s)
+    last = (start + chunk_size - 1) // lattice.stride
+    return last - first + 1
+
+
+def sweep_windows(lattice: Any, region: Any, pixel_size: float, chunk_size: int,
+                  epsg: int | None) -> int:
+    """Every lattice window the sweep infers over ``region``'s chunks (one period).
+
+    The chunks are :func:`pipelines.geo.grid.count_chunks`'s (those of
+    :func:`~pipelines.geo.grid.plan_chunks`); a chunk infers the windows of its rows
+    times those of its columns (:func:`windows_per_index`).
+    """
+    from pipelines.geo.grid import GridSpec, zone_parts
+
+    total = 0
+    for code, part in sorted(zone_parts(region, epsg).items()):
+        keys = GridSpec(code, pixel_size, chunk_size, 0).keys_covering(part)
+        if not keys:
+            continue
+        rows = windows_per_index(lattice, chunk_size, np.array([k.row for k in keys]))
+        cols = windows_per_index(lattice, chunk_size, np.array([k.col for k in keys]))
+        total += int(np.sum(rows * cols))
+    return total
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -231,21 +289,27 @@ def make_plan(opts: PlanOptions) -> dict[str, Any]:
     rate_bound = requests / rps
     quota_bound = max(rate_bound, requests * opts.ee_seconds_per_request / budget)
 
-    # model compute
+    # model compute, on vCPUs or on GPUs
     rate, rate_source = model_rate(opts, meta, lattice.window)
-    windows = len(lattice.origins(0, opts.chunk_size)) ** 2
-    megapixels = reads * windows * lattice.window ** 2 / 1e6
-    vcpu_s = megapixels / rate
+    gpus = opts.worker_gpus
+    unit = "gpu" if gpus else "vcpu"
+    units = gpus or vcpus  # what the rate is per, on one worker
+    # SDK processes per worker: one per vCPU, or one on a GPU worker
+    # (--experiments no_use_multiple_sdk_containers: infra/README's GPU setup)
+    per_worker = 1 if gpus else vcpus
+    windows = sweep_windows(lattice, region, pixel_size, opts.chunk_size, opts.epsg)
+    megapixels = periods * windows * lattice.window ** 2 / 1e6
+    unit_s = megapixels / rate  # vCPU- or GPU-seconds
 
     # workers: the fewest with the shortest wall time, within the budget's processes
-    most = budget // vcpus
+    most = budget // per_worker
 
     def timing(n: int) -> tuple[int, float, float, float]:
         """Requests in flight, Earth Engine, compute and wall seconds with ``n`` workers."""
-        processes = n * vcpus
+        processes = n * per_worker
         flight = min(budget, processes * max(1, budget // processes))
         ee = max(rate_bound, requests * opts.ee_seconds_per_request / flight)
-        compute = vcpu_s / processes
+        compute = unit_s / (n * units)
         return flight, ee, compute, opts.startup_s + max(ee, compute)
 
     walls = {n: timing(n)[3] for n in range(1, most + 1)}
@@ -258,10 +322,15 @@ def make_plan(opts: PlanOptions) -> dict[str, Any]:
                      f"budget's {budget} concurrent requests: the job would be refused; "
                      f"choose a smaller machine type.")
     elif workers > most:
-        notes.append(f"{workers} workers x {vcpus} processes exceed the budget of {budget} "
-                     f"concurrent requests: the job would be refused (at most {most} "
-                     f"workers, or one SDK process per worker).")
-    processes = workers * vcpus
+        fix = "" if gpus else ", or one SDK process per worker"
+        notes.append(f"{workers} workers x {per_worker} processes exceed the budget of "
+                     f"{budget} concurrent requests: the job would be refused (at most "
+                     f"{most} workers{fix}).")
+    if gpus:
+        notes.append(f"GPU workers run one SDK process each (--experiments "
+                     f"no_use_multiple_sdk_containers, as infra/README's GPU setup): "
+                     f"{gpus} GPU(s) per worker at {_num(rate)} Mpx/s per GPU.")
+    processes = workers * per_worker
     in_flight, ee_s, compute_s, wall_s = timing(workers)
     hours = wall_s / 3600 * max(1, workers)
     p = opts.prices
@@ -284,13 +353,15 @@ def make_plan(opts: PlanOptions) -> dict[str, Any]:
             "quota_bound_s": round(quota_bound, 1), "rate_bound_s": round(rate_bound, 1),
             "requests_in_flight": in_flight, "time_s": round(ee_s, 1)},
         "model": {"id": meta.get("model_id"), "channels": len(meta["bands"]),
-                  "windows_per_chunk": windows, "megapixels": round(megapixels, 1),
-                  "mpx_per_vcpu_s": round(rate, 4), "rate_source": rate_source,
-                  "vcpu_hours": round(vcpu_s / 3600, 4)},
+                  "windows": windows, "windows_per_chunk": round(windows / chunks, 2),
+                  "megapixels": round(megapixels, 1),
+                  "rate_unit": "GPU" if gpus else "vCPU",
+                  f"mpx_per_{unit}_s": round(rate, 4), "rate_source": rate_source,
+                  f"{unit}_hours": round(unit_s / 3600, 4)},
         "workers": {"machine_type": opts.machine_type, "vcpus": vcpus, "memory_gb": memory,
-                    "gpus": opts.worker_gpus, "disk_gb": opts.disk_gb,
+                    "gpus": gpus, "disk_gb": opts.disk_gb,
                     "suggested": suggested, "used": workers, "most_within_budget": most,
-                    "processes": processes},
+                    "processes_per_worker": per_worker, "processes": processes},
         "time": {"earth_engine_s": round(ee_s, 1), "compute_s": round(compute_s, 1),
                  "startup_s": opts.startup_s, "wall_s": round(wall_s, 1),
                  "bound_by": "Earth Engine" if ee_s >= compute_s else "model compute"},
@@ -334,6 +405,7 @@ def render(plan: dict[str, Any]) -> str:
     ee, m, w, t, c = (plan[k] for k in ("earth_engine", "model", "workers", "time", "cost"))
     gpus = f", {w['gpus']} GPU" if w["gpus"] else ""
     aoi, g, o = plan["aoi"], plan["grid"], plan["outputs"]
+    unit = "gpu" if m["rate_unit"] == "GPU" else "vcpu"
     dates = "; ".join(f"{k}: {len(d['bands'])} bands, {d['requests']} request(s)"
                       for k, d in ee["dates"].items())
     rows = [
@@ -348,9 +420,10 @@ def render(plan: dict[str, Any]) -> str:
         ("Quota bound", f"{_duration(ee['quota_bound_s'])} at {ee['max_concurrent_requests']} "
                         f"in flight and {ee['requests_per_second']:g}/s "
                         f"({ee['seconds_per_request']:g} s per request assumed)"),
-        ("Model", f"{m['windows_per_chunk']} windows of {g['window_px']} px per chunk, "
-                  f"{_num(m['megapixels'])} Mpx at {_num(m['mpx_per_vcpu_s'])} Mpx/s/vCPU "
-                  f"({m['rate_source']}) = {_num(m['vcpu_hours'])} vCPU-h"),
+        ("Model", f"{m['windows_per_chunk']:g} windows of {g['window_px']} px per chunk, "
+                  f"{_num(m['megapixels'])} Mpx at {_num(m[f'mpx_per_{unit}_s'])} Mpx/s/"
+                  f"{m['rate_unit']} ({m['rate_source']}) = {_num(m[f'{unit}_hours'])} "
+                  f"{m['rate_unit']}-h"),
         ("Workers", f"{w['used']} x {w['machine_type']} ({w['vcpus']} vCPU, "
                     f"{w['memory_gb']:g} GB{gpus}); "
                     f"suggested {w['suggested']}, at most {w['most_within_budget']} within "
@@ -379,4 +452,4 @@ def plan_command(opts: PlanOptions) -> int:
 
 
 __all__ = ["DEFAULT_MPX_PER_VCPU_S", "calibrate", "cog_bytes_per_chunk", "make_plan",
-           "model_meta", "plan_command", "render"]
+           "model_meta", "plan_command", "render", "sweep_windows", "windows_per_index"]

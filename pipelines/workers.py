@@ -29,10 +29,11 @@ Other runners
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,8 +41,8 @@ from pipelines.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATAFLOW_DEFAULT_MACHINE", "WorkerLayout", "for_workers", "machine_memory_gb",
-           "machine_vcpus", "worker_layout"]
+__all__ = ["DATAFLOW_DEFAULT_MACHINE", "WorkerLayout", "dask_client", "dask_where",
+           "for_workers", "machine_memory_gb", "machine_vcpus", "worker_layout"]
 
 #: The machine type Dataflow gives batch workers when none is asked for.
 DATAFLOW_DEFAULT_MACHINE = "n1-standard-1"
@@ -231,30 +232,58 @@ def _dataflow(opts: Any, name: str) -> WorkerLayout:
                         "; ".join(notes))
 
 
-def _dask(opts: Any, name: str) -> WorkerLayout:
+@contextlib.contextmanager
+def dask_client(opts: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` of the cluster Beam's DaskRunner will run ``opts`` on.
+
+    That cluster is the one at ``--dask_client_address`` or, as Beam passes it to
+    ``distributed.Client``, the one ``--dask_scheduler_file`` names. Yields None when
+    neither is given (Beam then starts a local cluster in the launcher). The client is
+    closed on exit and is not made the default one.
+
+    Raises:
+        DataNotFoundError: a ``--dask_scheduler_file`` that does not exist (the client
+            would wait for it forever).
+    """
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
     dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
     address = dask.get("address")
     scheduler_file = dask.get("scheduler_file")
     if not address and not scheduler_file:
-        count = os.cpu_count() or 1
-        return WorkerLayout(name, 1, count, None, False,
-                            f"a local Dask cluster of at most {count} processes")
+        yield None
+        return
     if not address and not os.path.isfile(scheduler_file):
-        # distributed.Client would wait for it forever
         raise DataNotFoundError(
             f"--dask_scheduler_file {scheduler_file!r} does not exist: give the file the "
             f"Dask scheduler wrote (dask scheduler --scheduler-file PATH), or "
             f"--dask_client_address.")
     from distributed import Client
 
-    # the cluster Beam's DaskRunner connects to: --dask_client_address or, as Beam passes
-    # it to distributed.Client, --dask_scheduler_file
     with Client(address, scheduler_file=scheduler_file, timeout=dask.get("timeout") or 30,
                 set_as_default=False) as client:
+        yield client
+
+
+def dask_where(opts: Any) -> str:
+    """The cluster of ``opts`` in words, for messages (its address or scheduler file)."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    if dask.get("address"):
+        return str(dask["address"])
+    if dask.get("scheduler_file"):
+        return f"the scheduler of {dask['scheduler_file']}"
+    return "a local Dask cluster"
+
+
+def _dask(opts: Any, name: str) -> WorkerLayout:
+    with dask_client(opts) as client:
+        if client is None:
+            count = os.cpu_count() or 1
+            return WorkerLayout(name, 1, count, None, False,
+                                f"a local Dask cluster of at most {count} processes")
         nthreads = client.nthreads()
     threads = max(nthreads.values()) if nthreads else None
-    where = address or f"the scheduler of {scheduler_file}"
     return WorkerLayout(name, len(nthreads), 1, threads, True,
-                        f"{len(nthreads)} Dask worker process(es) at {where}")
+                        f"{len(nthreads)} Dask worker process(es) at {dask_where(opts)}")

@@ -358,3 +358,116 @@ def test_deploy_script_commands_are_accepted_by_the_cli_and_the_apis(tmp_path):
     assert pool["containerSpec"]["imageUri"] == image.replace("landslides:", "landslides-trainer:")
     assert spec["serviceAccount"] == "landslides-runner@proj-x.iam.gserviceaccount.com"
     assert "gs://bkt/shards/himalaya" in pool["containerSpec"]["args"]
+
+
+# --------------------------------------------------------------------------- staging
+DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "us-central1",
+            "--temp_location", "gs://b/tmp", "--requirements_cache", "skip"]
+
+
+def _staged(opts, tmp_path: Path) -> list[str]:
+    """The names of what Beam's own Stager stages for a Dataflow job with ``opts``."""
+    from apache_beam.portability.api import beam_runner_api_pb2 as pb
+    from apache_beam.runners.portability.stager import Stager
+
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    resources = Stager.create_job_resources(opts, str(staging))
+    return sorted(pb.ArtifactStagingToRolePayload.FromString(r.role_payload).staged_name
+                  for r in resources)
+
+
+def test_a_users_requirements_file_still_ships_the_project(tmp_path):
+    """--requirements_file adds packages; the project itself still goes as --setup_file,
+    or workers on Beam's stock image could not import it."""
+    from apache_beam.options.pipeline_options import SetupOptions
+
+    from pipelines.beam_util import pipeline_options
+
+    req = tmp_path / "my-requirements.txt"
+    req.write_text("tensorflow-cpu==2.21.0\n")
+    opts = pipeline_options([*DATAFLOW, "--requirements_file", str(req)],
+                            "landslides-predict", runs_model=True)
+    setup = opts.view_as(SetupOptions)
+    assert setup.setup_file == str(ROOT / "setup.py")
+    assert setup.requirements_file == str(req)  # the user's, not replaced
+    staged = _staged(opts, tmp_path)
+    assert "workflow.tar.gz" in staged  # the project's sdist, built from setup.py
+    assert "requirements.txt" in staged
+    # with a worker image too, a checkout ships its setup.py (it reinstalls the same code)
+    image = pipeline_options([*DATAFLOW, "--requirements_file", str(req),
+                              "--sdk_container_image", "r/landslides:1"], "landslides-export")
+    assert image.view_as(SetupOptions).setup_file == str(ROOT / "setup.py")
+
+
+INSTALLED_CHECK = """
+import json, sys
+import pipelines
+from apache_beam.options.pipeline_options import SetupOptions
+from pipelines.beam_util import pipeline_options
+from pipelines.errors import ConfigError
+base = json.loads(sys.argv[1])
+out = {"pipelines": pipelines.__file__}
+for name, extra in json.loads(sys.argv[2]).items():
+    try:
+        opts = pipeline_options(base + extra, "landslides-export")
+        out[name] = {"setup_file": opts.view_as(SetupOptions).setup_file}
+    except ConfigError as exc:
+        out[name] = {"error": str(exc)}
+print(json.dumps(out))
+"""
+
+
+def test_an_installed_copy_without_setup_py_is_refused_on_dataflow(tmp_path):
+    """As infra/Dockerfile installs it (``pip install .``, not editable): there is no
+    setup.py beside the installed package, so without a worker image nothing would reach
+    the workers. The launch is refused with both fixes named."""
+    import shutil
+
+    src, site = tmp_path / "src", tmp_path / "site"
+    src.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("pipelines", "model"):
+        shutil.copytree(ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                          "--no-index", "--no-build-isolation", "--target", str(site),
+                          str(src)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    assert not (site / "setup.py").exists() and (site / "pipelines" / "beam_util.py").exists()
+
+    cases = {"plain": [], "image": ["--sdk_container_image", "r/landslides:1"],
+             "setup": ["--setup_file", str(ROOT / "setup.py")],
+             "template": ["--template_location", "gs://b/staging/job"]}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = str(site)
+    res = subprocess.run([sys.executable, "-c", INSTALLED_CHECK, json.dumps(DATAFLOW),
+                          json.dumps(cases)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["pipelines"].startswith(str(site))  # the installed copy, not this checkout
+    error = got["plain"]["error"]
+    assert "--setup_file" in error and "--sdk_container_image" in error
+    assert str(site / "pipelines") in error
+    assert got["image"] == {"setup_file": None}  # the image holds the project
+    assert got["setup"] == {"setup_file": str(ROOT / "setup.py")}
+    # a Flex Template launch: the launch request's sdkContainerImage names the image
+    assert got["template"] == {"setup_file": None}
+
+
+def test_default_dataflow_job_names_are_unique_per_launch():
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from pipelines.beam_util import pipeline_options
+
+    names = [pipeline_options(DATAFLOW, "landslides-predict", runs_model=True)
+             .view_as(GoogleCloudOptions).job_name for _ in range(2)]
+    assert names[0] != names[1]
+    for name in names:
+        assert name.startswith("landslides-predict-")
+        assert re.fullmatch(r"[a-z]([-a-z0-9]{0,1022}[a-z0-9])?", name), name
+    given = pipeline_options([*DATAFLOW, "--job_name", "mine"], "landslides-predict",
+                             runs_model=True)
+    assert given.view_as(GoogleCloudOptions).job_name == "mine"

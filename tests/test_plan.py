@@ -187,3 +187,77 @@ def test_defaults_are_the_sweeps_and_beams_prices():
         if f.name in plan_fields and f.name not in ("model", "aoi"):
             assert default_of(plan_fields[f.name]) == default_of(f), f.name
     assert np.isclose(default_of(plan_fields["overlap"]), 0.5)
+
+
+@pytest.mark.parametrize("chunk_size", [512, 500, 600])
+def test_windows_are_the_ones_the_sweep_infers_over_the_planned_chunks(chunk_size, capsys):
+    """With a chunk size that is not a multiple of the stride (64), chunks at different
+    places on the lattice infer different numbers of windows; the plan counts them all."""
+    from pipelines.geo.blend import chunk_windows
+    from pipelines.plan import model_meta
+    from pipelines.predict.plan import sweep_geometry
+
+    aoi = "85.0,27.5,85.3,27.8"
+    plan = _plan(capsys, "--aoi", aoi, "--chunk-size", str(chunk_size), "--years",
+                 "2016-2017")
+    lattice, halo, pixel_size = sweep_geometry(model_meta(None), None, 0.5, chunk_size, None)
+    chunks = plan_chunks(load_region(aoi), pixel_size, chunk_size, halo=halo)
+    swept = sum(len(chunk_windows(lattice, c.read_grid, halo)) for c in chunks)
+    m = plan["model"]
+    assert plan["chunks"] == len(chunks)
+    assert m["megapixels"] == pytest.approx(2 * swept * 128 * 128 / 1e6, abs=0.1)
+    assert m["windows_per_chunk"] * len(chunks) == pytest.approx(swept, abs=0.5)
+    assert m["windows"] == swept
+
+
+def _gpu_plan(capsys, machine: str, *args: str) -> dict:
+    return _plan(capsys, "--aoi", "85.0,27.5,85.5,28.0", "--machine-type", machine,
+                 "--workers", "1", "--ee-seconds-per-request", "0.01", *args)
+
+
+def test_gpu_workers_need_a_gpu_rate_not_the_artifacts_cpu_rate(tmp_path, capsys):
+    model = _threshold_model(tmp_path / "cpu", ("B4", "B8"),
+                             throughput={"mpx_per_vcpu_s": 0.43})
+    args = ["plan", "--aoi", "85.3,28.1,85.32,28.12", "--model", model, "--worker-gpus", "1"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--worker-gpus needs the model's rate on that GPU" in err
+    assert "--model-rate" in err and "mpx_per_gpu_s" in err
+    # a calibration here (no recorded rate) is a CPU rate too: refused, not measured
+    bare = _threshold_model(tmp_path / "bare", ("B4", "B8"))
+    assert cli.main(["plan", "--aoi", "85.3,28.1,85.32,28.12", "--model", bare,
+                     "--worker-gpus", "1"]) == 2
+    assert "--worker-gpus needs the model's rate on that GPU" in capsys.readouterr().err
+
+    gpu = _threshold_model(tmp_path / "gpu", ("B4", "B8"),
+                           throughput={"mpx_per_vcpu_s": 0.43, "mpx_per_gpu_s": 25.0})
+    plan = _plan(capsys, "--aoi", "85.3,28.1,85.32,28.12", "--model", gpu, "--worker-gpus",
+                 "1")
+    m = plan["model"]
+    assert m["rate_source"] == "recorded in the artifact, per GPU"
+    assert m["rate_unit"] == "GPU" and m["mpx_per_gpu_s"] == 25.0
+    assert "mpx_per_vcpu_s" not in m
+    assert m["gpu_hours"] == pytest.approx(m["megapixels"] / 25.0 / 3600, abs=1e-4)
+
+
+def test_gpu_compute_is_spread_over_gpus_not_vcpus(capsys):
+    """One GPU is as fast on a VM with 4 vCPUs as on one with 16; a GPU worker runs one
+    SDK process (no_use_multiple_sdk_containers), which the Earth Engine split uses."""
+    plans = {mt: _gpu_plan(capsys, mt, "--worker-gpus", "1", "--model-rate", "20")
+             for mt in ("n1-standard-4", "n1-standard-8", "n1-standard-16")}
+    for mt, plan in plans.items():
+        t, w, m = plan["time"], plan["workers"], plan["model"]
+        assert t["compute_s"] == pytest.approx(m["megapixels"] / 20, abs=0.1), mt
+        assert w["processes"] == 1 and w["processes_per_worker"] == 1, mt
+        assert m["rate_source"] == "given (--model-rate), per GPU"
+        assert w["most_within_budget"] == 40, mt  # one process per worker: 40 workers
+        assert plan["earth_engine"]["requests_in_flight"] == 40, mt
+        assert any("no_use_multiple_sdk_containers" in n for n in plan["notes"]), mt
+    two = _gpu_plan(capsys, "n1-standard-8", "--worker-gpus", "2", "--model-rate", "20")
+    assert two["time"]["compute_s"] == pytest.approx(
+        plans["n1-standard-8"]["time"]["compute_s"] / 2, abs=0.1)
+    # CPU workers are unchanged: one SDK process per vCPU, the rate per vCPU
+    cpu = _gpu_plan(capsys, "n1-standard-8", "--model-rate", "0.5")
+    assert cpu["workers"]["processes"] == 8 and cpu["model"]["rate_unit"] == "vCPU"
+    assert cpu["time"]["compute_s"] == pytest.approx(cpu["model"]["megapixels"] / 0.5 / 8,
+                                                     abs=0.1)

@@ -93,9 +93,12 @@ class PlanOptions:
                                group=WORKERS)
     worker_memory_gb: float | None = option(None, "Memory of a worker in GB (default: the "
                                             "machine type's).", group=WORKERS)
-    worker_gpus: int = option(0, "GPUs per worker, priced per GPU-hour (%(default)s); the "
-                              "model rate must then be one measured on that GPU "
-                              "(--model-rate).", group=WORKERS)
+    worker_gpus: int = option(0, "GPUs per worker, priced per GPU-hour (%(default)s). The "
+                              "model rate is then per GPU: --model-rate measured on that "
+                              "GPU, or the artifact's throughput.mpx_per_gpu_s; the compute "
+                              "is spread over workers x GPUs, and a worker runs one SDK "
+                              "process (--experiments no_use_multiple_sdk_containers, as "
+                              "infra/README's GPU setup).", group=WORKERS)
     disk_gb: int = option(50, "Persistent disk of a worker in GB (%(default)s, as "
                           "infra/schedule.yaml).", group=WORKERS)
     chunk_size: int = option(512, "Chunk side in pixels (%(default)s).", units="px",
@@ -119,8 +122,10 @@ class PlanOptions:
         "assumption for a cloud-masked median composite of one chunk; measure yours).",
         units="s", group=ASSUMED)
     model_rate: float | None = option(
-        None, "Model throughput in megapixels per second per vCPU (default: the "
-        "artifact's recorded or calibrated rate, else the default U-Net's).", group=ASSUMED)
+        None, "Model throughput in megapixels per second per vCPU, or per GPU with "
+        "--worker-gpus (default: the artifact's recorded or calibrated rate, else the "
+        "default U-Net's; with --worker-gpus, the artifact's recorded GPU rate, else "
+        "required).", group=ASSUMED)
     startup_s: float = option(300.0, "Fixed time of a job: worker start-up and the final "
                               "mosaics and STAC, in seconds (%(default)s).", units="s",
                               group=ASSUMED)

@@ -1,9 +1,11 @@
 """Running a scan: predict and compare each period to do, record it, rebuild the summary.
 
 Sweeps run in this process (``run_predict``, waiting for each Dataflow job) or are
-submitted without waiting (``--submit-only``, forced inside a Flex Template launcher);
-finished sweeps are compared and their periods recorded as done. One failed period does
-not stop the others. :func:`scan_command` is the ``landslides scan`` command.
+submitted without waiting (``--submit-only``, forced inside a Flex Template launcher: a
+Dataflow job, or work handed to a Dask cluster's scheduler that its workers finish after
+the launcher exits; local runners still run the sweep here); finished sweeps are
+compared and their periods recorded as done. One failed period does not stop the others.
+:func:`scan_command` is the ``landslides scan`` command.
 """
 
 from __future__ import annotations
@@ -102,13 +104,16 @@ def submit_sweep(config: ScanConfig, period: Period, inputs: ScanInputs, fingerp
     """Launch a period's sweep without waiting; records ``submitted.json``.
 
     The sweep itself writes ``run.json`` when it ends; a later scan run compares it.
+    :func:`pipelines.beam_util.submit` makes the sweep outlive this process: a Dataflow
+    job, or work handed to a Dask cluster's scheduler (``--runner dask``); local runners
+    run it here before this returns.
     The launch's inputs are recorded first (:func:`~pipelines.scan.plan.record_launch`),
     and ``submitted.json`` holds the sweep's part of the fingerprint too, so a sweep in
     flight is recognised when only a compare option changed.
     """
     import apache_beam as beam
 
-    from pipelines.beam_util import pipeline_options
+    from pipelines.beam_util import pipeline_options, submit
     from pipelines.predict import CONFIG, plan_predict
     from pipelines.predict.pipeline import build_pipeline
     from pipelines.workers import for_workers
@@ -123,7 +128,7 @@ def submit_sweep(config: ScanConfig, period: Period, inputs: ScanInputs, fingerp
     record_launch(config, period, inputs, sweep.started)
     p = beam.Pipeline(options=opts)
     build_pipeline(p, sweep, elements)
-    result = p.run()
+    result = submit(p, opts)  # outlives this process (Dataflow, a Dask cluster) or waited
     job_id = None
     get_id = getattr(result, "job_id", None)  # only Dataflow results have a job id
     if callable(get_id):
@@ -253,7 +258,7 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
                     sub = submit_sweep(config, p, inputs, e.fingerprint, beam_args)
                     submitted += 1
                     res.update(action="submitted", job_id=sub.get("job_id"))
-                    run = finished_sweep(config, p, inputs)  # DirectRunner: done now
+                    run = finished_sweep(config, p, inputs)  # local runners: done now
                     if run is None or run.get("status") != "ok":
                         results.append(res)
                         continue
