@@ -271,8 +271,16 @@ BANDS = ("B2", "B3", "B4", "B8", "B11", "B12", "DEM", "slope")
 HOLDOUT_BLOCK_M = 1280.0
 #: Share of the investigation area's blocks held out for evaluation.
 HOLDOUT_SHARE = 0.45
-#: Gap (m) between held-out blocks and any training pixel (windows and halos never span it).
+#: Gap (m) between held-out blocks and the fine-tuning area (the quick demo's is half:
+#: :func:`holdout_gap_m`). Patches cut at the fine-tuning area's edge extend beyond it (a
+#: 64-px patch is 640 m), but export reads only inside the area it is given (pixels
+#: outside are nodata and unlabelled), so no training pixel lies within the gap.
 HOLDOUT_GAP_M = 320.0
+
+
+def holdout_gap_m(cfg: DemoConfig) -> float:
+    """The gap (m) between the held-out blocks and the fine-tuning area in this demo."""
+    return HOLDOUT_GAP_M / (2.0 if cfg.quick else 1.0)
 
 
 def _train_settings(cfg: DemoConfig) -> dict[str, Any]:
@@ -317,7 +325,9 @@ def stage_areas(cfg: DemoConfig) -> dict:
 
     The investigation area is cut into square blocks; a seeded share of them is held out
     (never trained on, in any year), the rest is where the model is fine-tuned. A gap
-    separates the two, so no training window or its halo reaches a held-out pixel. Held-out
+    (:func:`holdout_gap_m`) separates the two: patches cut at the fine-tuning area's edge
+    reach into it (and beyond), but export reads only inside the area it is given, so no
+    training pixel with data or a label lies in or near a held-out block. Held-out
     blocks spread over the whole area, so they hold its look-alikes (river, gravel, roads).
     """
     import geopandas as gpd
@@ -339,7 +349,7 @@ def stage_areas(cfg: DemoConfig) -> dict:
     held = {cells[k] for k in order[:max(1, round(HOLDOUT_SHARE * len(cells)))]}
     blocks = {c: box(minx + c[0] * side, miny + c[1] * side, minx + (c[0] + 1) * side,
                      miny + (c[1] + 1) * side) for c in cells}
-    gap = HOLDOUT_GAP_M / (2.0 if cfg.quick else 1.0)
+    gap = holdout_gap_m(cfg)
     held_geom = shapely.union_all([blocks[c] for c in held]).intersection(geom)
     eval_area = held_geom.buffer(-gap / 2.0, join_style="mitre")
     tune = shapely.union_all([blocks[c] for c in cells if c not in held]).intersection(geom)
@@ -498,7 +508,7 @@ def training_notes(cfg: DemoConfig) -> tuple[str, ...]:
     return (
         f"Scored on held-out blocks of the investigation area only ({areas['eval_area']}, "
         f"{areas['eval_area_km2']} km2): no model was trained on them in any year, and a "
-        f"{HOLDOUT_GAP_M:.0f} m gap separates them from every training pixel.",
+        f"{holdout_gap_m(cfg):.0f} m gap separates them from every training pixel.",
         f"Training areas: the training area ({cfg.path('world', 'train_area.geojson')}) for "
         f"the base model; fine-tuning adds the investigation area's other blocks "
         f"({areas['finetune_area']}, {areas['finetune_area_km2']} km2).",

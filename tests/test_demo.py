@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+import shapely
+from affine import Affine
 
 from pipelines import cli
-from pipelines.demo import DemoConfig, Stage, StageRunner
+from pipelines.demo import DemoConfig, Stage, StageRunner, holdout_gap_m
 from pipelines.errors import ConfigError
+from tests.conftest import read_shards
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +78,22 @@ def test_quick_demo_is_scored_on_held_out_blocks_with_temporal_context(demo_out)
     held = gpd.read_file(areas["eval_area"]).to_crs(32645).union_all()
     tune = gpd.read_file(areas["finetune_area"]).to_crs(32645).union_all()
     assert held.distance(tune) > 100.0
+    # the report states the gap this demo used (the quick demo's is half the full one's)
+    assert f"a {holdout_gap_m(DemoConfig(quick=True)):.0f} m gap separates" in html
+    # patches cut at the fine-tuning area's edge reach into the held-out blocks: none of
+    # their pixels there holds data or a label (export reads only inside its area)
+    reached = 0
+    for shards in ("train", "finetune"):
+        for split, patches in read_shards(demo_out / "shards" / shards).items():
+            for p in patches:
+                a = Affine(*p.transform)
+                rows, cols = np.indices(p.mask.shape)
+                xs, ys = a * (cols.ravel() + 0.5, rows.ravel() + 0.5)
+                inside = shapely.contains_xy(held, xs, ys).reshape(p.mask.shape)
+                reached += bool(inside.any())
+                seen = (np.abs(p.image).sum(-1) > 0) | (p.mask != 255)
+                assert not (seen & inside).any(), (shards, split, p.key)
+    assert reached > 0  # the check above looked at patches that do reach into them
 
 
 def test_rerun_reuses_every_stage(demo_out, caplog):
