@@ -50,6 +50,12 @@ INT8_FILE = "model.int8.tflite"
 RECORD = "precisions"
 #: Held-out F1 an artifact may lose at a lower precision unless validated otherwise.
 DEFAULT_MAX_DRIFT = 0.01
+#: Share of the labelled held-out pixels whose decision (landslide or not, at the
+#: artifact's threshold) a lower precision may change against fp32 unless validated
+#: otherwise. Rounding flips only pixels near the threshold (a trained model's int8 and
+#: bf16 change well under 1%); a precision that marks every pixel a landslide changes
+#: every background pixel, most of a held-out set, whatever its F1.
+DEFAULT_MAX_CHANGED = 0.02
 
 
 def precision_record(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,9 +75,11 @@ def check_precision(meta: Mapping[str, Any], precision: str, path: str = "") -> 
         The precision's entry of the record (``{}`` for fp32, which needs none).
 
     Raises:
-        ArtifactError: an unknown precision, one never validated on this artifact, or one
-            whose held-out F1 moved more than the artifact allows; the message names the
-            value and the fix.
+        ArtifactError: an unknown precision, one never validated on this artifact, one
+            whose held-out F1 moved more than the artifact allows, or one that decided more
+            of the held-out pixels otherwise than fp32 than the record allows (records
+            written before that share was recorded are checked on the F1 only); the
+            message names the value and the fix.
     """
     where = f"Model artifact {path!r}" if path else f"Model {meta.get('model_id')}"
     if precision not in PRECISIONS:
@@ -99,6 +107,13 @@ def check_precision(meta: Mapping[str, Any], precision: str, path: str = "") -> 
             f"{REFERENCE} (or another validated precision), or accept the loss by running "
             f"`landslides validate-precision --model {path or '<artifact>'} --max-drift "
             f"{drift + 0.0005:.3f}`.")
+    share, most = entry.get("changed_share"), record.get("max_changed")
+    if share is not None and most is not None and float(share) > float(most) + 1e-12:
+        raise ArtifactError(
+            f"{where} at precision {precision!r} decided {float(share):.2%} of the labelled "
+            f"held-out pixels otherwise than {REFERENCE} at its threshold, more than the "
+            f"{float(most):.2%} the artifact allows: it is not the same model. Predict with "
+            f"--precision {REFERENCE} (or another validated precision).")
     return dict(entry)
 
 
@@ -318,6 +333,7 @@ def load_for_inference(path: str, precision: str = REFERENCE,
 
 
 __all__ = [
+    "DEFAULT_MAX_CHANGED",
     "DEFAULT_MAX_DRIFT",
     "INT8_FILE",
     "PRECISIONS",

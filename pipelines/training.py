@@ -116,16 +116,25 @@ def validate_precision_command(options: ValidatePrecisionOptions) -> int:
     record = validate_precisions(
         options.model, options.precisions, data=options.data, split=options.split,
         max_drift=options.max_drift, calibration_data=options.calibration_data,
-        calibration_patches=options.calibration_patches, batch_size=options.batch_size)
+        calibration_patches=options.calibration_patches, batch_size=options.batch_size,
+        max_changed=options.max_changed, allow_partial=options.allow_partial)
     held = record["held_out"]
     lines = [f"held-out F1 at threshold {record['threshold']:.3f} on {held['patches']} patches "
              f"of {held['data']} (allowed drift {record['max_drift']}):",
-             f"{'precision':>9}  {'F1':>6}  {'drift':>6}  predict may use it"]
+             f"{'precision':>9}  {'F1':>6}  {'drift':>6}  {'changed':>7}  predict may use it"]
     for name in ("fp32", *options.precisions):
         v = record["validated"][name]
-        drift = v.get("drift", 0.0)
-        ok = "yes (reference)" if name == "fp32" else ("yes" if v["ok"] else "no: drifted")
-        lines.append(f"{name:>9}  {v['f1']:.4f}  {drift:.4f}  {ok}")
+        drift, changed = v.get("drift", 0.0), v.get("changed_share", 0.0)
+        if name == "fp32":
+            ok = "yes (reference)"
+        elif v["ok"]:
+            ok = "yes"
+        else:
+            why = [w for w, bad in (("F1 drifted", drift > record["max_drift"]),
+                                    ("decisions changed", changed > record.get(
+                                        "max_changed", float("inf")))) if bad]
+            ok = "no: " + (" and ".join(why) or "refused")
+        lines.append(f"{name:>9}  {v['f1']:.4f}  {drift:.4f}  {changed:>7.2%}  {ok}")
     print("\n".join(lines) + f"\nrecorded in {options.model}")
     return 0
 

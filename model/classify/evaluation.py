@@ -20,6 +20,7 @@ from model.classify.config import MIN_SHARE
 from model.classify.data import ClassifyData, arrays, load_data
 from model.errors import ArtifactError, ConfigError
 from model.train.files import join, write_json, write_text
+from model.train.inputs import check_inputs_match
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,38 @@ def check_bands(art: Artifact, data: ClassifyData) -> None:
             f"hold {list(data.bands)}: score it on data with those bands, in that order")
 
 
+def inputs_record(art: Artifact) -> dict[str, Any]:
+    """What a classifier took as inputs, as :func:`check_inputs_match` compares them.
+
+    Its bands, pixel size and the manifest it was trained on (band units); the references
+    are those of the recorded stack (the artifact's, else its manifest's) that its bands
+    take (``B4@prev`` takes ``prev``).
+    """
+    meta = art.meta
+    manifest = meta.get("manifest") or {}
+    stack = meta.get("stack") or manifest.get("stack") or {}
+    used = {band.partition("@")[2] for band in art.bands if "@" in band}
+    references = [r for r in stack.get("references") or () if r.get("name") in used]
+    return {"bands": list(art.bands), "pixel_size": meta.get("pixel_size"),
+            "manifest": manifest, "stack": {"references": references}}
+
+
+def check_inputs(art: Artifact, data: ClassifyData) -> None:
+    """Refuse data whose bands are not the model's, or export shards made otherwise.
+
+    Band names are compared for any data (:func:`check_bands`); export shards are also
+    compared with the export the model was trained on (references under the same channel
+    names, band units, pixel size: :func:`~model.train.inputs.check_inputs_match`), as
+    ``landslides evaluate`` compares them for a U-Net.
+
+    Raises:
+        ConfigError: naming what differs and the fix.
+    """
+    check_bands(art, data)
+    if data.kind == "shards":
+        check_inputs_match(inputs_record(art), data.manifest, art.path, data.source)
+
+
 def evaluate_classifiers(model: str, data: str, split: str | None = None,
                          out: str | None = None, threshold: float | None = None,
                          batch_size: int = 32, allow_partial: bool = False) -> list[dict]:
@@ -161,6 +194,11 @@ def evaluate_classifiers(model: str, data: str, split: str | None = None,
 
     Returns:
         One evaluation per artifact, in table order (best F1 first).
+
+    Raises:
+        ConfigError: a bad argument, or data an artifact cannot be scored on (other bands;
+            export shards made otherwise than its training shards: see
+            :func:`check_inputs`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
@@ -178,7 +216,7 @@ def evaluate_classifiers(model: str, data: str, split: str | None = None,
                                    bands=art.bands, augment=False,
                                    allow_partial=allow_partial, scoring=True)
         examples = cache[key]
-        check_bands(art, examples)
+        check_inputs(art, examples)
         name = split or ("all" if "all" in examples.splits else "test")
         t0 = time.perf_counter()
         labels, probs = predict_split(art.model, examples, name, batch_size)
@@ -250,8 +288,10 @@ __all__ = [
     "TABLE",
     "artifacts_in",
     "check_bands",
+    "check_inputs",
     "classification_scores",
     "evaluate_classifiers",
+    "inputs_record",
     "is_classifier",
     "predict_split",
     "roc_auc",

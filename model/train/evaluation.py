@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import data as data_mod
-from model.artifact import load_artifact, require_segmentation
+from model.artifact import Artifact, load_artifact, require_segmentation
 from model.errors import ConfigError
 from model.metrics import confusion_counts, scores
 from model.schema import IGNORE_VALUE
@@ -20,6 +20,39 @@ logger = logging.getLogger(__name__)
 
 #: The file :func:`evaluate` writes into a folder given as ``out``.
 EVALUATION = "evaluation.json"
+
+
+def check_scoring_data(art: Artifact, shards: data_mod.ShardSet, model: str, data: str,
+                       allow_partial: bool = False, use: str = "evaluate it",
+                       partial_use: str = "evaluate on") -> None:
+    """Refuse shards a model cannot be scored (or calibrated) on, before any is read.
+
+    The export must be complete (:func:`~model.train.inputs.check_complete`), hold the
+    model's bands, be made as the model's inputs (references, band units, pixel size:
+    :func:`~model.train.inputs.check_inputs_match`), and its patch sides must be multiples
+    of the model's size multiple.
+
+    Args:
+        art: The artifact.
+        shards: The shards.
+        model: How messages name the artifact.
+        data: How messages name the shards.
+        allow_partial: Accept an export some of whose chunks failed.
+        use: What the shards are for, as the fix of other inputs ends (``"evaluate it"``).
+        partial_use: What an incomplete export would be used for (``"evaluate on"``).
+
+    Raises:
+        ConfigError: naming what is wrong and the fix.
+    """
+    check_complete(shards, allow_partial, partial_use)
+    try:
+        shards.resolve_bands(art.bands)
+    except ConfigError as exc:
+        raise ConfigError(f"the model {model!r} needs bands {list(art.bands)}: {exc}") from exc
+    check_inputs_match(art.meta, shards.manifest, model, data, use=use)
+    if shards.patch_size % art.size_multiple:
+        raise ConfigError(f"patches of {shards.patch_size} px do not fit the model (sides must "
+                          f"be multiples of {art.size_multiple})")
 
 
 def evaluate(
@@ -59,15 +92,7 @@ def evaluate(
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold must be in [0, 1], got {threshold}")
     shards = data_mod.find_shards(data, label=label)
-    check_complete(shards, allow_partial, "evaluate on")
-    try:
-        shards.resolve_bands(art.bands)
-    except ConfigError as exc:
-        raise ConfigError(f"the model {model!r} needs bands {list(art.bands)}: {exc}") from exc
-    check_inputs_match(art.meta, shards.manifest, model, data)
-    if shards.patch_size % art.size_multiple:
-        raise ConfigError(f"patches of {shards.patch_size} px do not fit the model (sides must "
-                          f"be multiples of {art.size_multiple})")
+    check_scoring_data(art, shards, model, data, allow_partial)
     files = shards.all_files() if data_mod._is_glob(data) else shards.split_files(split)
     ds = data_mod.shard_dataset(shards, files, art.bands, batch_size)
     counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}

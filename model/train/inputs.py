@@ -311,7 +311,19 @@ def run_files(shards: data_mod.ShardSet, val_shards: data_mod.ShardSet,
         ConfigError: a split without shards (see :meth:`~model.data.ShardSet.split_files`).
     """
     return (shards.split_files("train", include_other=True),
-            val_shards.split_files("val", include_other=separate_val))
+            validation_files(val_shards, separate_val))
+
+
+def validation_files(val_shards: data_mod.ShardSet, separate_val: bool) -> tuple[str, ...]:
+    """The files a run validates on: the val split of ``val_shards`` (see :func:`run_files`).
+
+    With ``separate_val`` (``--val-data`` names shards of their own) their split-less files
+    too.
+
+    Raises:
+        ConfigError: no such files (see :meth:`~model.data.ShardSet.split_files`).
+    """
+    return val_shards.split_files("val", include_other=separate_val)
 
 
 def _size(path: str) -> int:

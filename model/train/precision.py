@@ -9,7 +9,14 @@ quantization with TFLite, calibrated on patches of the training data the artifac
 (its ``training.data``), written into the artifact as :data:`model.precision.INT8_FILE`.
 
 Held-out patches, unless ``data`` names others: the test split of the training data, else
-the validation shards the training was given, else the training data's val split.
+the files the training validated on (the val split of its ``--val-data`` with their
+split-less files, or of its training data). They, and the calibration shards, must be made
+as the model's inputs (as ``landslides evaluate`` checks), and must hold labelled landslide
+pixels that fp32 finds: a held-out F1 of 0 at fp32 would let any precision pass.
+
+A precision passes when its held-out F1 moves at most ``max_drift`` from fp32's and at most
+``max_changed`` of the labelled held-out pixels get another decision than at fp32 (one that
+marks every pixel a landslide changes nearly all background pixels, whatever its F1).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from model.artifact import Artifact, load_artifact, update_artifact
 from model.errors import ConfigError
 from model.metrics import confusion_counts, scores
 from model.precision import (
+    DEFAULT_MAX_CHANGED,
     DEFAULT_MAX_DRIFT,
     INT8_FILE,
     PRECISIONS,
@@ -40,13 +48,16 @@ from model.precision import (
     precision_record,
     without_normalization,
 )
+from model.schema import IGNORE_VALUE
+from model.train.evaluation import check_scoring_data
+from model.train.inputs import validation_files
 
 logger = logging.getLogger(__name__)
 
 
-def _shards(data: str, what: str) -> data_mod.ShardSet:
+def _shards(data: str, what: str, label: str | None = None) -> data_mod.ShardSet:
     try:
-        return data_mod.find_shards(data)
+        return data_mod.find_shards(data, label=label)
     except ConfigError as exc:
         raise ConfigError(f"the {what} {data!r} cannot be read ({exc}); name other shards "
                           f"(--data for held-out patches, --calibration-data for training "
@@ -59,7 +70,9 @@ def held_out(meta: dict, data: str | None = None, split: str | None = None
 
     Args:
         meta: The artifact's ``artifact.json``.
-        data: An export folder or glob (default: from the artifact's training record).
+        data: An export folder or glob (default: from the artifact's training record: the
+            test split of its training data, else the files it validated on, as
+            :func:`~model.train.inputs.run_files` chose them).
         split: The split of ``data`` (default: test if it has one, else val).
 
     Raises:
@@ -74,15 +87,24 @@ def held_out(meta: dict, data: str | None = None, split: str | None = None
             if name and shards.files.get(name):
                 return shards, shards.split_files(name), f"{data} ({name})"
         return shards, shards.split_files(split or "test"), data  # raises, naming the splits
-    candidates = [(training.get("data"), "test"), (training.get("val_data"), None),
-                  (training.get("data"), "val")]
-    for source, which in candidates:
-        if not source:
-            continue
-        shards = _shards(source, "training record's data")
-        files = shards.all_files() if which is None else shards.files.get(which, ())
+    source, val_source = training.get("data"), training.get("val_data")
+    label = training.get("label")
+    if source:
+        shards = _shards(source, "training record's data", label)
+        if shards.files.get("test"):
+            return shards, tuple(shards.files["test"]), f"{source} (test)"
+    validated_on = val_source or source
+    if validated_on:
+        # the files the training validated on, as it chose them (run_files)
+        val_shards = _shards(validated_on, "training record's data", label)
+        try:
+            files = validation_files(val_shards, separate_val=bool(val_source))
+        except ConfigError:
+            files = ()
         if files:
-            return shards, tuple(files), f"{source} ({which or 'validation shards'})"
+            parts = [name for name, part in (("val", "val"), ("split-less files", "other"))
+                     if set(val_shards.files.get(part, ())) & set(files)]
+            return val_shards, files, f"{validated_on} ({' and '.join(parts)})"
     raise ConfigError(f"model {meta.get('model_id')} records no held-out patches (no test or "
                       f"val split in its training data {training.get('data')!r}): name some "
                       f"with --data")
@@ -221,6 +243,8 @@ def validate_precisions(
     calibration_data: str | None = None,
     calibration_patches: int = 256,
     batch_size: int = 16,
+    max_changed: float = DEFAULT_MAX_CHANGED,
+    allow_partial: bool = False,
 ) -> dict:
     """Score the artifact at fp32 and each of ``precisions``; record it in the artifact.
 
@@ -234,12 +258,26 @@ def validate_precisions(
             artifact's training data).
         calibration_patches: Patches that calibrate int8.
         batch_size: Patches per prediction batch.
+        max_changed: Share of the labelled held-out pixels whose decision (landslide or
+            not, at the artifact's threshold) a precision may change against fp32 and
+            still be used (:data:`~model.precision.DEFAULT_MAX_CHANGED`).
+        allow_partial: Use held-out or calibration exports some of whose chunks failed
+            (the training data, taken from the artifact's record, is used as the training
+            took it: incomplete when it recorded ``allow_partial``).
 
     Returns:
-        The record written (``artifact.json``'s :data:`~model.precision.RECORD`).
+        The record written (``artifact.json``'s :data:`~model.precision.RECORD`): per
+        precision its scores and counts, ``drift`` (from fp32's F1), ``changed`` (labelled
+        pixels decided otherwise than at fp32), ``changed_share`` (of the labelled pixels)
+        and ``ok``.
 
     Raises:
-        ConfigError: a bad argument, or no held-out or calibration patches.
+        ConfigError: a bad argument; no held-out or calibration patches; held-out or
+            calibration shards made otherwise than the model's inputs (as
+            :func:`~model.train.evaluation.evaluate` refuses them), incomplete, or with
+            patches that do not fit the model; or held-out patches without a labelled
+            landslide pixel, or none that fp32 finds (every F1 would be 0, and any
+            precision would pass).
         ArtifactError: the artifact cannot be loaded.
     """
     asked = [p for p in dict.fromkeys(precisions) if p != REFERENCE]
@@ -248,14 +286,17 @@ def validate_precisions(
         raise ConfigError(f"unknown precision(s) {unknown}: choose from {', '.join(PRECISIONS)}")
     if not 0.0 <= max_drift < 1.0:
         raise ConfigError(f"max_drift must be in [0, 1), got {max_drift}")
+    if not 0.0 <= max_changed < 1.0:
+        raise ConfigError(f"max_changed must be in [0, 1), got {max_changed}")
     if calibration_patches < 1 or batch_size < 1:
         raise ConfigError("calibration_patches and batch_size must be >= 1")
     art = load_artifact(model)
+    # the training data as the training took it: an incomplete export it was allowed
+    trained_partial = bool((art.meta.get("training") or {}).get("allow_partial"))
     shards, files, described = held_out(art.meta, data, split)
-    try:
-        shards.resolve_bands(art.bands)
-    except ConfigError as exc:
-        raise ConfigError(f"the model {model!r} needs bands {list(art.bands)}: {exc}") from exc
+    check_scoring_data(art, shards, model, described,
+                       allow_partial or (data is None and trained_partial),
+                       use="validate it", partial_use="validate on")
     runners: dict[str, Artifact] = {REFERENCE: art}
     extra: dict[str, dict] = {p: {} for p in asked}
     files_out: dict[str, bytes] = {}
@@ -268,6 +309,9 @@ def validate_precisions(
             raise ConfigError(f"model {art.model_id} records no training data to calibrate "
                               f"int8 on: name shards with --calibration-data")
         cal = _shards(cal_source, "calibration data")
+        check_scoring_data(art, cal, model, cal_source,
+                           allow_partial or (calibration_data is None and trained_partial),
+                           use="calibrate int8 on it", partial_use="calibrate int8 on")
         cal_files = cal.split_files("train", include_other=True)
         batches = [x for x, _ in _batches(cal, cal_files, art.bands, batch_size,
                                           calibration_patches)]
@@ -284,15 +328,25 @@ def validate_precisions(
                     art.model_id, extra["int8"]["calibration"]["patches"],
                     time.perf_counter() - t0, len(blob) // 1024)
     counts = {p: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for p in runners}
+    changed = dict.fromkeys(asked, 0)  # labelled pixels decided otherwise than at fp32
     n_patches = 0
     for image, labels in _batches(shards, files, art.bands, batch_size):
-        for name, runner in runners.items():
+        labelled = labels != IGNORE_VALUE
+        decided: np.ndarray | None = None
+        for name, runner in runners.items():  # fp32 first
             prob = runner.predict(image, batch_size=batch_size)
             for key, value in confusion_counts(labels, prob, art.threshold).items():
                 counts[name][key] += value
+            decision = np.asarray(prob) >= art.threshold
+            if decided is None:
+                decided = decision
+            else:
+                changed[name] += int(np.count_nonzero((decision != decided) & labelled))
         n_patches += len(image)
     if n_patches == 0:
         raise ConfigError(f"no patch in the held-out data {described}: nothing to score")
+    _check_scorable(counts[REFERENCE], described, n_patches, art.threshold)
+    pixels = sum(counts[REFERENCE].values())
     ref = scores(counts[REFERENCE])
     before = precision_record(art.meta)
     same_data = (before.get("held_out") or {}).get("data") == described
@@ -302,9 +356,13 @@ def validate_precisions(
     for name in asked:
         s = scores(counts[name])
         drift = abs(s["f1"] - ref["f1"])
+        share = changed[name] / pixels
         validated[name] = {**s, **counts[name], "drift": round(drift, 6),
-                           "ok": bool(drift <= max_drift), **extra[name]}
+                           "changed": changed[name], "changed_share": round(share, 6),
+                           "ok": bool(drift <= max_drift and share <= max_changed),
+                           **extra[name]}
     record = {"reference": REFERENCE, "max_drift": float(max_drift),
+              "max_changed": float(max_changed),
               "threshold": art.threshold, "held_out": {"data": described,
                                                        "files": len(files),
                                                        "patches": n_patches},
@@ -314,9 +372,43 @@ def validate_precisions(
     for name in (REFERENCE, *asked):
         v = validated[name]
         logger.info("%s at %s: held-out F1 %.4f%s", art.model_id, name, v["f1"],
-                    "" if name == REFERENCE else f" (drift {v['drift']:.4f}, "
-                    f"{'within' if v['ok'] else 'over'} the allowed {max_drift})")
+                    "" if name == REFERENCE else f" (drift {v['drift']:.4f}, allowed "
+                    f"{max_drift}; decisions changed on {v['changed_share']:.2%} of the "
+                    f"labelled pixels, allowed {max_changed:.2%}: "
+                    f"{'passed' if v['ok'] else 'refused'})")
     return record
+
+
+def _check_scorable(reference: dict[str, int], described: str, n_patches: int,
+                    threshold: float) -> None:
+    """Refuse held-out data on which fp32's F1 is 0: no drift could show there.
+
+    Args:
+        reference: fp32's confusion counts on the held-out pixels.
+        described: How messages name the held-out data.
+        n_patches: Its patches.
+        threshold: The artifact's decision threshold.
+
+    Raises:
+        ConfigError: no labelled landslide pixel, or none that fp32 finds; names the data
+            and the fix.
+    """
+    landslides = reference["tp"] + reference["fn"]
+    fix = ("name held-out shards with landslides that the model finds (--data; e.g. the "
+           "test split of an export of an area with mapped landslides)")
+    if landslides == 0:
+        raise ConfigError(
+            f"the held-out data {described} ({n_patches} patches) holds no labelled landslide "
+            f"pixel: every precision's F1 is 0 there, so the drift from fp32 is 0 however "
+            f"wrong a precision is, and validating on it would pass any. Validation refused: "
+            f"{fix}")
+    if reference["tp"] == 0:
+        raise ConfigError(
+            f"at fp32 the model finds none of the {landslides} labelled landslide pixels of "
+            f"the held-out data {described} ({n_patches} patches) at its threshold "
+            f"{threshold:.3f}: its F1 there is 0, so a precision could lose nothing against "
+            f"it, and validating on it would pass any. Validation refused: {fix}, or "
+            f"validate a model that finds them")
 
 
 __all__ = ["held_out", "quantize_int8", "validate_precisions", "without_transposed_convolutions"]

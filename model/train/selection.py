@@ -28,12 +28,15 @@ MONITORS: dict[str, str] = {"val_f1_best": "max", "val_loss": "min"}
 
 
 class BestThresholdF1(keras.metrics.Metric):
-    """Landslide F1 at the best of ``bins + 1`` decision thresholds ``i / bins``.
+    """Landslide F1 at the best decision threshold ``i / bins`` strictly inside (0, 1).
 
     Keeps two histograms of the landslide probability (labelled landslide and background
     pixels; 255 ignored), so the confusion counts at every threshold are cumulative sums:
-    the same counts as :func:`model.metrics.best_threshold` at that resolution. Used for
-    model selection: independent of where the outputs' calibration currently puts 0.5.
+    the same counts as :func:`model.metrics.best_threshold` at that resolution, over the
+    same candidates (``i = 1..bins - 1``; both ends too when ``bins`` is 1): thresholds 0
+    and 1 only separate saturated outputs, and :func:`calibrate` never picks them, so an
+    epoch is not ranked by an F1 the artifact cannot have. Used for model selection:
+    independent of where the outputs' calibration currently puts 0.5.
     """
 
     def __init__(self, bins: int = 200, name: str = "f1_best", dtype: Any = None) -> None:
@@ -62,7 +65,10 @@ class BestThresholdF1(keras.metrics.Metric):
         tp = tf.cumsum(self.pos, reverse=True)
         fp = tf.cumsum(self.neg, reverse=True)
         fn = tf.reduce_sum(self.pos) - tp
-        return tf.reduce_max(tf.math.divide_no_nan(2.0 * tp, 2.0 * tp + fp + fn))
+        f1 = tf.math.divide_no_nan(2.0 * tp, 2.0 * tp + fp + fn)
+        if self.bins > 1:  # the candidates of best_threshold: not 0, not 1
+            f1 = f1[1:self.bins]
+        return tf.reduce_max(f1)
 
     def reset_state(self) -> None:
         for var in (self.pos, self.neg):

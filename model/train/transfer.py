@@ -22,9 +22,17 @@ from model.unet import STEM_PREFIX, encoder_layers
 
 logger = logging.getLogger(__name__)
 
+#: The settings :func:`architecture_of` reads from a U-Net: a run with ``init_from`` takes
+#: them from the artifact, whatever its config says.
+ARCHITECTURE = ("base_filters", "depth", "batch_norm", "bn_momentum", "dropout", "n_classes",
+                "stem")
+
 
 def architecture_of(model: keras.Model) -> dict[str, Any]:
     """The :func:`model.unet.build_unet` settings of a built U-Net, read from its layers.
+
+    Returns:
+        The settings named by :data:`ARCHITECTURE`.
 
     Raises:
         ArtifactError: when the model is not a U-Net built by :mod:`model.unet`.

@@ -1,7 +1,9 @@
 """``landslides tune``: a grid search, one trained artifact per trial, ranked by val F1.
 
 Trials whose artifact already exists with the same settings, trained on the same inputs,
-are kept, so an interrupted search resumes.
+are kept, so an interrupted search resumes. The settings compared are those the trial
+would train with, once :func:`~model.train.fit.train` has resolved what the config leaves
+to the data or to ``init_from`` (bands, classes, learning rate, architecture).
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ from typing import Any
 
 import tensorflow as tf
 
-from model.artifact import read_meta
+from model import data as data_mod
+from model.artifact import Artifact, read_meta
 from model.errors import ArtifactError, ConfigError
 from model.train.config import TrainConfig
 from model.train.files import copy_tree, join, write_text
 from model.train.fit import resolved_lr, train
-from model.train.inputs import changed_inputs, describe_inputs, read_inputs_record
+from model.train.inputs import (
+    changed_inputs,
+    describe_inputs,
+    read_inputs_record,
+    resolve_classes,
+)
+from model.train.transfer import (
+    ARCHITECTURE,
+    architecture_of,
+    init_bands,
+    init_classes,
+    load_init,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +78,11 @@ def tune(
         again, so an interrupted search resumes; one trained on other shards is.
 
     Raises:
-        ConfigError: an unknown or empty grid entry, or a trial with bad settings (every
-            trial is checked before the first one trains).
+        ConfigError: an unknown or empty grid entry, a trial with bad settings (every
+            trial is checked before the first one trains), or a grid over an architecture
+            setting (:data:`~model.train.transfer.ARCHITECTURE`) of a search with
+            ``init_from``: fine-tuning takes the artifact's architecture, so those trials
+            would all train it under other labels.
     """
     config = config or TrainConfig()
     grid = dict(grid or {"lr": [1e-3, 1e-4], "base_filters": [8, 16], "batch_size": [16, 32]})
@@ -78,10 +96,12 @@ def tune(
     trials = [(combo, config.replace(**combo)) for combo in combos]  # validates them all
     for _, trial_config in trials:
         resolved_lr(trial_config)
+    _check_architecture_grid(grid, [c for _, c in trials])
     logger.info("grid search of %d trials over %s", len(trials), grid)
     # what the trials read: found and fingerprinted once per label and init artifact (the
     # settings it depends on), not once per finished trial
     records: dict[tuple, dict] = {}
+    sources: dict[tuple, tuple[data_mod.ShardSet, Artifact | None]] = {}
 
     def inputs_of(c: TrainConfig) -> dict:
         key = (c.label, c.init_from)
@@ -89,11 +109,19 @@ def tune(
             records[key] = read_inputs_record(data, val_data, c)
         return records[key]
 
+    def settings_of(c: TrainConfig) -> dict:
+        key = (c.label, c.init_from)
+        if key not in sources:
+            sources[key] = (data_mod.find_shards(data, label=c.label),
+                            load_init(c.init_from) if c.init_from else None)
+        return resolved_settings(c, *sources[key])
+
     rows = []
     for i, (setting, trial_config) in enumerate(trials, 1):
         tid = _trial_id(setting)
         trial_out = join(out, "trials", tid)
-        meta = _finished_trial(trial_out, trial_config, data, val_data, inputs_of)
+        meta = _finished_trial(trial_out, trial_config, data, val_data, inputs_of,
+                               settings_of)
         if meta is None:
             logger.info("trial %d/%d %s", i, len(trials), tid)
             meta = train(data, trial_out, trial_config, val_data=val_data)
@@ -126,22 +154,78 @@ def tune(
     return rows
 
 
+def _check_architecture_grid(grid: Mapping[str, Sequence[Any]],
+                             configs: Sequence[TrainConfig]) -> None:
+    """Refuse a grid over architecture settings when a trial fine-tunes (``init_from``).
+
+    Raises:
+        ConfigError: naming the settings, the artifact and why.
+    """
+    keys = [k for k in grid if k in ARCHITECTURE]
+    init = next((c.init_from for c in configs if c.init_from), None)
+    if keys and init:
+        raise ConfigError(
+            f"cannot tune {keys} with init_from {init!r}: a fine-tuned model keeps the "
+            f"architecture of its --init-from artifact ({', '.join(ARCHITECTURE)}), and "
+            f"training replaces these settings with the artifact's, so the trials would all "
+            f"train that one architecture under other labels. Drop {keys} from the grid, or "
+            f"tune them without --init-from")
+
+
+def resolved_settings(config: TrainConfig, shards: data_mod.ShardSet,
+                      init: Artifact | None) -> dict[str, Any]:
+    """The settings a run of ``config`` on ``shards`` records (its ``training`` settings).
+
+    What the config leaves open is resolved as :func:`~model.train.fit.train` resolves it:
+    the learning rate (:func:`~model.train.fit.resolved_lr`), the bands (the shards' own,
+    or the ``init`` artifact's), the number of classes (from the shards' classes, or the
+    artifact's outputs) and, with ``init``, the artifact's architecture.
+
+    Args:
+        config: The run's settings.
+        shards: Its training shards.
+        init: Its loaded ``init_from`` artifact, or None.
+
+    Raises:
+        ConfigError: settings the shards or the artifact refuse (as training would).
+    """
+    lr = resolved_lr(config)
+    if init is not None:
+        arch = architecture_of(init.model)
+        init_classes(init, arch["n_classes"], shards, config.n_classes)  # refuses as train
+        resolved = config.replace(bands=init_bands(init, config.bands), lr=lr, **arch)
+    else:
+        resolved = config.replace(bands=shards.resolve_bands(config.bands), lr=lr,
+                                  n_classes=resolve_classes(shards, config.n_classes)[0])
+    return resolved.to_dict()
+
+
 def _finished_trial(path: str, config: TrainConfig, data: str, val_data: str | None,
-                    inputs_of: Callable[[TrainConfig], dict]) -> dict | None:
+                    inputs_of: Callable[[TrainConfig], dict],
+                    settings_of: Callable[[TrainConfig], dict]) -> dict | None:
     """The artifact of a trial trained before with ``config`` on the same inputs, or None.
 
-    An artifact written before the inputs were recorded is kept when it names the same
-    ``data`` and ``val_data``.
+    Its recorded settings must be those the trial would train with now
+    (:func:`resolved_settings`), every one of them: a setting the config leaves to the data
+    (None: bands, lr, n_classes, ...) is compared as resolved, and a setting that stays
+    None (steps_per_epoch, validation_steps, tpu, label) must have been None. A setting
+    added since the artifact was written had its default then. An artifact written before
+    the inputs were recorded is kept when it names the same ``data`` and ``val_data``.
     """
     try:
         meta = read_meta(path)
     except ArtifactError:
         return None
     training = meta.get("training", {})
-    saved = {k: v for k, v in training.items() if k in config.to_dict()}
-    wanted = config.to_dict()
-    same = all(saved.get(k) == v for k, v in wanted.items() if v is not None)
-    if not (same and "val" in meta.get("metrics", {})):
+    if "val" not in meta.get("metrics", {}):
+        return None
+    wanted = settings_of(config)
+    saved = {**TrainConfig().to_dict(), **{k: v for k, v in training.items() if k in wanted}}
+    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if differ:
+        logger.info("trial %s was trained with other settings (%s: %s then, %s now): "
+                    "training it again", path, differ, [saved.get(k) for k in differ],
+                    [wanted[k] for k in differ])
         return None
     current = inputs_of(config)
     recorded = training.get("inputs")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from model.precision import DEFAULT_MAX_DRIFT, PRECISIONS, REFERENCE
+from model.precision import DEFAULT_MAX_CHANGED, DEFAULT_MAX_DRIFT, PRECISIONS, REFERENCE
 from model.train.config import TrainConfig
 from pipelines.errors import ConfigError
 from pipelines.options.fields import nested, option
@@ -112,11 +112,16 @@ class ValidatePrecisionOptions:
     split: str | None = option(None, "Split of --data (default: test, else val).")
     max_drift: float = option(DEFAULT_MAX_DRIFT, "Held-out F1 a precision may lose against "
                               "fp32 and still be used by predict (%(default)s).")
+    max_changed: float = option(DEFAULT_MAX_CHANGED, "Share of the held-out labelled pixels "
+                                "a precision may decide otherwise than fp32 and still be "
+                                "used by predict (%(default)s).")
     calibration_data: str | None = option(None, "Shards whose train split calibrates int8 "
                                           "(default: the artifact's training data).")
     calibration_patches: int = option(256, "Training patches that calibrate int8 "
                                       "(%(default)s).")
     batch_size: int = option(16, "Patches per batch (%(default)s).")
+    allow_partial: bool = option(False, "Score held-out or calibration exports some of whose "
+                                 "chunks failed (refused by default).")
 
 
 __all__ = ["EvaluateOptions", "TrainOptions", "TuneOptions", "ValidatePrecisionOptions"]

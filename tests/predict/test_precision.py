@@ -115,6 +115,17 @@ def test_validate_precision_prints_and_records_each_precision(validated, tmp_pat
     assert float(rows["fp32"][1]) == pytest.approx(record["validated"]["fp32"]["f1"], abs=1e-4)
     assert record["validated"]["fp32"]["f1"] > 0.6  # a model that finds the discs
     assert rows["int8"][-1] == ("yes" if record["validated"]["int8"]["ok"] else "drifted")
+    # --max-changed reaches the record; a precision over it is refused, saying why
+    assert cli.main(["validate-precision", "--model", str(copy), "--precisions", "int8",
+                     "--calibration-patches", "16", "--max-changed", "0"]) == 0
+    out = capsys.readouterr().out
+    int8 = json.loads((copy / "artifact.json").read_text())["precisions"]["validated"]["int8"]
+    assert json.loads((copy / "artifact.json").read_text())["precisions"]["max_changed"] == 0
+    line = next(x for x in out.splitlines() if x.split() and x.split()[0] == "int8")
+    if int8["changed"]:
+        assert not int8["ok"] and line.endswith("decisions changed"), line
+    else:
+        assert int8["ok"] and line.endswith("yes"), line
 
 
 @pytest.mark.parametrize("precision,atol,mean_tol", [("bf16", 0.05, 0.005),
