@@ -87,8 +87,9 @@ def test_quick_demo_is_scored_on_held_out_blocks_with_temporal_context(demo_out)
         for split, patches in read_shards(demo_out / "shards" / shards).items():
             for p in patches:
                 a = Affine(*p.transform)
-                rows, cols = np.indices(p.mask.shape)
-                xs, ys = a * (cols.ravel() + 0.5, rows.ravel() + 0.5)
+                rows, cols = np.indices(p.mask.shape) + 0.5  # pixel centres
+                xs = (a.c + a.a * cols + a.b * rows).ravel()
+                ys = (a.f + a.d * cols + a.e * rows).ravel()
                 inside = shapely.contains_xy(held, xs, ys).reshape(p.mask.shape)
                 reached += bool(inside.any())
                 seen = (np.abs(p.image).sum(-1) > 0) | (p.mask != 255)
