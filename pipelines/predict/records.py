@@ -140,16 +140,9 @@ def remove_stac(folder: str) -> list[str]:
     """
     from pipelines.geo.stac import CATALOG
 
-    removed = []
-    for path in fsio.glob(fsio.join(fsio.glob_escape(folder), "*", "*.json")):
-        name = _name(path)
-        parent = path[:-len(name)].rstrip("/\\")
-        item_id = name.removesuffix(".json")
-        # predict's STAC items: the mosaic's and the chunks' (stac/<id>/<id>.json)
-        if _name(parent) == item_id and (item_id == "mosaic" or ChunkKey.is_key(item_id)):
-            fsio.delete(path)
-            fsio.remove_empty_dir(parent)
-            removed.append(path)
+    # predict's STAC items: the mosaic's and the chunks'
+    removed = _remove_items(folder, lambda item_id: item_id == "mosaic"
+                            or ChunkKey.is_key(item_id))
     catalog = fsio.join(folder, CATALOG)
     if fsio.exists(catalog):
         fsio.delete(catalog)
@@ -200,12 +193,24 @@ def remove_chunk_items(folder: str, keep: Container[str]) -> list[str]:
     Returns:
         The deleted paths.
     """
+    return _remove_items(folder, lambda item_id: ChunkKey.is_key(item_id)
+                         and item_id not in keep)
+
+
+def _remove_items(folder: str, stale: Callable[[str], bool]) -> list[str]:
+    """Delete the STAC items ``<id>/<id>.json`` in ``folder`` whose id is ``stale``.
+
+    Only files named after their folder are items; emptied local item folders go too.
+
+    Returns:
+        The deleted paths.
+    """
     removed = []
     for path in fsio.glob(fsio.join(fsio.glob_escape(folder), "*", "*.json")):
         name = _name(path)
         parent = path[:-len(name)].rstrip("/\\")
-        key = chunk_key_of(name, ".json")
-        if key is not None and _name(parent) == key and key not in keep:
+        item_id = name.removesuffix(".json")
+        if _name(parent) == item_id and stale(item_id):
             fsio.delete(path)
             fsio.remove_empty_dir(parent)
             removed.append(path)
