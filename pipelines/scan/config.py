@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import os
 import posixpath
 import re
@@ -456,17 +457,38 @@ class ScanConfig:
                             "region_digest": region_digest, "period": period.to_dict(),
                             "predict": self.predict})
 
-    def fingerprint(self, period: Period, model_id: str, region_digest: str = "") -> str:
+    def reference_digest(self, period: Period) -> str:
+        """SHA-256 of the period's resolved reference file, ``""`` without one.
+
+        ``""`` too when the file cannot be read (the comparison then reports it missing
+        and records nothing).
+        """
+        path = self.reference_for(period)
+        if path is None:
+            return ""
+        try:
+            return hashlib.sha256(fsio.read_bytes(path)).hexdigest()
+        except Exception:  # missing or unreadable: the comparison says why
+            return ""
+
+    def fingerprint(self, period: Period, model_id: str, region_digest: str = "",
+                    reference_digest: str = "") -> str:
         """Hash of everything a period's outputs depend on (not the output folder).
 
-        The sweep's part (:meth:`sweep_fingerprint`) and the comparison's (reference,
-        compare options). Hashed as one mapping, as before the sweep's part had a hash of
-        its own, so periods done by earlier versions stay done.
+        The sweep's part (:meth:`sweep_fingerprint`) and the comparison's (reference
+        path and, when given, its content's digest (:meth:`reference_digest`), compare
+        options). Hashed as one mapping, as before the sweep's part had a hash of its
+        own; the reference digest is a key only when given, so records of scans without
+        a reference stay done. Only the comparison depends on it: a changed reference
+        file makes its periods compared again, their sweeps are kept.
         """
-        return fsio.digest({"format": FORMAT, "model_id": model_id, "source": self.source,
-                            "region": self.region, "region_digest": region_digest,
-                            "period": period.to_dict(), "reference": self.reference,
-                            "predict": self.predict, "compare": self.compare})
+        parts = {"format": FORMAT, "model_id": model_id, "source": self.source,
+                 "region": self.region, "region_digest": region_digest,
+                 "period": period.to_dict(), "reference": self.reference,
+                 "predict": self.predict, "compare": self.compare}
+        if reference_digest:
+            parts["reference_digest"] = reference_digest
+        return fsio.digest(parts)
 
 
 #: Keys of the scan YAML (the fields of ScanConfig), in the order they are documented.

@@ -98,14 +98,39 @@ def select_periods(config: ScanConfig, names: str | Sequence[str] | None) -> lis
 
 # ----------------------------------------------------------------------------- state
 def load_record(config: ScanConfig, period: Period, fingerprint: str) -> dict | None:
-    """The period's done-record when it matches ``fingerprint`` and its files exist."""
+    """The period's done-record when it matches ``fingerprint`` and its files exist.
+
+    The sweep's ``run.json`` must still be the run the record compared (its start time,
+    recorded in ``period.json``; for older records, its model and predict configuration
+    must be this scan's), not one a stale job wrote over it since; and the record must
+    have been made after the period's window ended.
+    """
     path = config.period_path(period, RECORD)
     rec = fsio.read_record(path)
     if rec is None or rec.get("fingerprint") != fingerprint:
         return None
-    if not fsio.exists(config.period_path(period, "sweep", "run.json")):
+    if str(rec.get("completed", ""))[:10] < period.end:  # swept before its imagery was all in
+        log.info("Period %s: done on %s, before its window ended (%s); redoing it",
+                 period.name, rec.get("completed"), period.end)
+        return None
+    run_path = config.period_path(period, "sweep", "run.json")
+    if not fsio.exists(run_path):
         log.warning("Period %s: %s exists but the sweep's run.json is gone; redoing it",
                     period.name, path)
+        return None
+    try:
+        run = fsio.read_json(run_path)
+    except (ValueError, OSError):
+        return None
+    started = str((run.get("timings") or {}).get("started", ""))
+    recorded = (rec.get("sweep") or {}).get("started")
+    same = (started == str(recorded)) if recorded is not None else (
+        (run.get("model") or {}).get("model_id") == rec.get("model_id")
+        and _norm(_with_defaults(run.get("config")))
+        == _norm(config.predict_config(period).to_dict()))
+    if not same:  # another sweep (e.g. an older job) overwrote the one compared
+        log.warning("Period %s: the sweep's run.json is not the one compared; redoing it",
+                    period.name)
         return None
     return rec
 
@@ -246,19 +271,39 @@ class PlanEntry:
 
     period: Period
     fingerprint: str
-    action: str  # skip | run | compare | wait | not_selected
+    action: str  # skip | run | compare | wait | not_selected | not_ended
     note: str = ""
 
 
+def period_fingerprint(config: ScanConfig, period: Period, inputs: ScanInputs) -> str:
+    """The fingerprint a period's done-record must hold: inputs and reference content."""
+    return config.fingerprint(period, inputs.model_id, inputs.region_digest,
+                              config.reference_digest(period))
+
+
+def ended(period: Period, today: dt.date | None = None) -> bool:
+    """Whether the period's window has ended (its exclusive end is today or earlier)."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    return dt.date.fromisoformat(period.end) <= today
+
+
 def plan_scan(config: ScanConfig, inputs: ScanInputs, selected: Sequence[Period],
-              submit_only: bool = False) -> list[PlanEntry]:
-    """Decide, for every period of the scan, whether this run skips or runs it."""
+              submit_only: bool = False, today: dt.date | None = None) -> list[PlanEntry]:
+    """Decide, for every period of the scan, whether this run skips or runs it.
+
+    A selected period whose window has not ended yet (``today`` before its exclusive
+    end, UTC) is ``not_ended``: its imagery is incomplete, so it is neither swept nor
+    failed; a later run does it once it has ended.
+    """
     chosen = {p.name for p in selected}
     plan = []
     for p in config.periods:
-        fp = config.fingerprint(p, inputs.model_id, inputs.region_digest)
+        fp = period_fingerprint(config, p, inputs)
         if p.name not in chosen:
             plan.append(PlanEntry(p, fp, "not_selected"))
+            continue
+        if not ended(p, today):
+            plan.append(PlanEntry(p, fp, "not_ended", f"the window ends on {p.end}"))
             continue
         if load_record(config, p, fp) is not None:
             plan.append(PlanEntry(p, fp, "skip", "done"))
@@ -267,12 +312,16 @@ def plan_scan(config: ScanConfig, inputs: ScanInputs, selected: Sequence[Period]
         if run is not None and run.get("status") == "ok":
             plan.append(PlanEntry(p, fp, "compare", "sweep finished"))
             continue
-        sub = _in_flight(config, p, inputs) if submit_only else None
+        # a submitted sweep that ended (not ok) is no longer in flight: it is reported
+        sub = _in_flight(config, p, inputs) if submit_only and run is None else None
         if sub is not None:
             plan.append(PlanEntry(p, fp, "wait", f"sweep submitted at {sub.get('submitted')}"))
             continue
-        plan.append(PlanEntry(p, fp, "run", "submit the sweep" if submit_only
-                              else "predict + compare"))
+        if submit_only and run is not None:
+            note = f"the submitted sweep ended with status {run.get('status')!r}"
+        else:
+            note = "submit the sweep" if submit_only else "predict + compare"
+        plan.append(PlanEntry(p, fp, "run", note))
     return plan
 
 
@@ -307,7 +356,7 @@ def check_periods(config: ScanConfig, inputs: ScanInputs, plan: Sequence[PlanEnt
 def plan_lines(config: ScanConfig, plan: Sequence[PlanEntry]) -> list[str]:
     """A readable plan, one line per period."""
     words = {"skip": "skip", "run": "run", "compare": "compare only", "wait": "wait",
-             "not_selected": "not selected"}
+             "not_selected": "not selected", "not_ended": "not ended yet"}
     todo = sum(e.action in ("run", "compare") for e in plan)
     lines = [f"Scan {config.name}: {len(plan)} period(s), {todo} to do, "
              f"{sum(e.action == 'skip' for e in plan)} done; output {config.out}"]
@@ -323,8 +372,10 @@ __all__ = [
     "ScanInputs",
     "check_inputs",
     "check_periods",
+    "ended",
     "finished_sweep",
     "load_record",
+    "period_fingerprint",
     "plan_lines",
     "plan_scan",
     "record_launch",

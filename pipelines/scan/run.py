@@ -33,6 +33,7 @@ from pipelines.scan.config import (
 )
 from pipelines.scan.plan import (
     ScanInputs,
+    _submitted,
     check_inputs,
     check_periods,
     finished_sweep,
@@ -44,6 +45,10 @@ from pipelines.scan.plan import (
 from pipelines.scan.summary import update_summary
 
 log = logging.getLogger(__name__)
+
+#: With ``--submit-only``: submissions of one sweep (same inputs) that may end without
+#: status ``ok`` (or outlive ``resubmit_after_hours``) before its period is failed for good
+MAX_SUBMISSIONS = 3
 
 
 def sweep_problem(run: dict) -> str | None:
@@ -134,15 +139,79 @@ def submit_sweep(config: ScanConfig, period: Period, inputs: ScanInputs, fingerp
     if callable(get_id):
         with contextlib.suppress(Exception):
             job_id = get_id()
+    before = _same_submission(config, period, inputs) or {}
+    attempts = _attempts(before) + 1
     rec = {"format": FORMAT, "period": period.to_dict(), "fingerprint": fingerprint,
            "sweep_fingerprint": config.sweep_fingerprint(period, inputs.model_id,
                                                          inputs.region_digest),
            "started": sweep.started, "submitted": _now(), "chunks": len(elements),
-           "job_id": job_id}
+           "job_id": job_id, "attempts": attempts}
+    if before.get("failure_reported"):  # an old run.json of the same second is not news
+        rec["failure_reported"] = before["failure_reported"]
     fsio.write_json(config.period_path(period, SUBMITTED), rec)
     log.info("Period %s: sweep of %d chunk(s) submitted%s", period.name, len(elements),
              f" as job {job_id}" if job_id else "")
     return rec
+
+
+def _attempts(sub: dict | None) -> int:
+    """How many times the sweep of a submission record has been submitted."""
+    if not sub:
+        return 0
+    try:
+        return max(1, int(sub.get("attempts") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def check_submission(config: ScanConfig, period: Period, inputs: ScanInputs,
+                     run: dict | None, resubmit: bool = True) -> None:
+    """With ``--submit-only``: fail a period whose submitted sweep ended, or gave up.
+
+    A submitted sweep whose ``run.json`` (started no earlier than the submission, see
+    :func:`~pipelines.scan.plan.finished_sweep`) ended with another status than ``ok``
+    fails the period once, as in a waiting run; the next run submits it again. A sweep
+    submitted :data:`MAX_SUBMISSIONS` times (same sweep inputs) without ending ``ok`` is
+    not submitted again: the period fails until ``submitted.json`` is removed or the
+    sweep's inputs change.
+
+    Args:
+        config: The scan.
+        period: The period about to be (re)submitted.
+        inputs: The scan's inputs.
+        run: The period's finished sweep of these inputs (``None`` when none ended).
+        resubmit: Whether the sweep is about to be submitted again (the bound applies);
+            ``False`` right after a submission a local runner finished.
+
+    Raises:
+        PeriodError: the submitted sweep ended not ``ok`` (first report), or the sweep was
+            submitted :data:`MAX_SUBMISSIONS` times already.
+    """
+    sub = _same_submission(config, period, inputs)
+    attempts = _attempts(sub)
+    if sub is not None and run is not None and run.get("status") != "ok":
+        started = str((run.get("timings") or {}).get("started", ""))
+        if sub.get("failure_reported") != started:
+            fsio.write_json(config.period_path(period, SUBMITTED),
+                            {**sub, "failure_reported": started})
+            again = ("it is submitted again on the next run" if attempts < MAX_SUBMISSIONS
+                     else "it is not submitted again")
+            raise PeriodError(f"{sweep_problem(run)} (submitted sweep, attempt {attempts} "
+                              f"of {MAX_SUBMISSIONS}; {again})")
+    if resubmit and attempts >= MAX_SUBMISSIONS:
+        raise PeriodError(f"the sweep was submitted {attempts} times (the last at "
+                          f"{sub.get('submitted') if sub else '?'}) without ending ok; it is "
+                          f"not submitted again. Fix the cause, then remove "
+                          f"{config.period_path(period, SUBMITTED)} to retry.")
+
+
+def _same_submission(config: ScanConfig, period: Period, inputs: ScanInputs) -> dict | None:
+    """The period's submission record when it is of this sweep's inputs, else ``None``."""
+    sub = _submitted(config, period)
+    if sub is None or sub.get("sweep_fingerprint") != config.sweep_fingerprint(
+            period, inputs.model_id, inputs.region_digest):
+        return None
+    return sub
 
 
 def complete_period(config: ScanConfig, period: Period, inputs: ScanInputs,
@@ -184,6 +253,7 @@ def complete_period(config: ScanConfig, period: Period, inputs: ScanInputs,
         "model_id": inputs.model_id,
         "completed": _now(),
         "sweep": {"status": run.get("status"), "counts": run.get("counts"),
+                  "started": (run.get("timings") or {}).get("started"),
                   "km2": run.get("km2"), "epsg": (run.get("aoi") or {}).get("epsg"),
                   "run": config.period_path(period, "sweep", "run.json"),
                   "stac": (run.get("outputs") or {}).get("stac")},
@@ -250,6 +320,7 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
             run = finished_sweep(config, p, inputs)
             if run is None or run.get("status") != "ok":
                 if submit_only:
+                    check_submission(config, p, inputs, run)
                     if template and submitted >= 1:
                         res.update(action="queued", note="one sweep per Flex Template launch")
                         results.append(res)
@@ -259,7 +330,10 @@ def run_scan(config: ScanConfig, periods: str | Sequence[str] | None = None,
                     submitted += 1
                     res.update(action="submitted", job_id=sub.get("job_id"))
                     run = finished_sweep(config, p, inputs)  # local runners: done now
-                    if run is None or run.get("status") != "ok":
+                    if run is not None and run.get("status") != "ok":
+                        check_submission(config, p, inputs, run, resubmit=False)
+                        run = None  # a failure reported before: the new sweep runs on
+                    if run is None:
                         results.append(res)
                         continue
                 else:
@@ -331,7 +405,9 @@ def scan_command(options: ScanOptions, beam_args: Sequence[str] | None = None) -
 
 
 __all__ = [
+    "MAX_SUBMISSIONS",
     "PeriodError",
+    "check_submission",
     "complete_period",
     "period_beam_args",
     "run_scan",

@@ -20,7 +20,7 @@ from typing import Any
 from pipelines import fsio
 from pipelines.geo.stac import link_href
 from pipelines.scan.config import FORMAT, RECORD, Period, ScanConfig, _now, _period_of
-from pipelines.scan.plan import ScanInputs, load_record
+from pipelines.scan.plan import ScanInputs, load_record, period_fingerprint
 from pipelines.scan.stac import write_scan_stac
 from pipelines.scan.trends import TREND_COLUMNS, _finite, trend_table
 
@@ -38,8 +38,7 @@ def update_summary(config: ScanConfig, inputs: ScanInputs) -> dict:
     records: list[dict] = []
     pending: list[Period] = []
     for p in sorted(config.periods, key=lambda p: (p.start, p.name)):
-        rec = load_record(config, p, config.fingerprint(p, inputs.model_id,
-                                                        inputs.region_digest))
+        rec = load_record(config, p, period_fingerprint(config, p, inputs))
         if rec:
             records.append(rec)
         else:
