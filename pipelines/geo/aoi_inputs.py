@@ -109,16 +109,110 @@ def _unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+#: Dates without a day: a year, a year and month (either order), or a time of day alone.
+_PARTIAL_DATE = re.compile(
+    r"^(\d{4}|\d{4}[-/.]\d{1,2}|\d{1,2}[-/.]\d{4}|\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?)$")
+_DATE_HINT = "write dates as YYYY-MM-DD, e.g. 2015-04-25 or 2015-04-25 06:11:00"
+
+
+def _event_days(values: Sequence[str], path: str) -> list[dt.date]:
+    """The UTC calendar day of every date of a catalogue's date column.
+
+    The column is read with one format: ISO 8601 (``2015-04-25``, ``2015/04/25 06:11``,
+    ``2015-04-25T23:30:00-05:00``) if every row is one, else the one format inferred from
+    the rows (``%d/%m/%Y``...) that reads every row. A column whose rows all read in both
+    day orders is read month-first (with a warning). Times with a zone are converted to
+    UTC before their day is taken.
+
+    Args:
+        values: The column's text, one per row (the first is the file's row 2).
+        path: The catalogue, for the messages.
+
+    Returns:
+        The days, in row order.
+
+    Raises:
+        InputError: a partial date (a year, a year and month, a time alone), a row that
+            reads in no format or only in another format than the others (e.g. another
+            day/month order), naming the row.
+    """
+    import warnings
+
+    import pandas as pd
+    from pandas.tseries.api import guess_datetime_format
+
+    texts = pd.Series([str(v).strip() for v in values], dtype=object)
+    for i, text in enumerate(texts, start=2):
+        if not text or _PARTIAL_DATE.match(text):
+            raise InputError(f"{path!r} row {i}: the date {text!r} is not a full date (a "
+                             f"year, month and day); {_DATE_HINT}.")
+
+    def parse(fmt: str) -> pd.Series:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pd.to_datetime(texts, format=fmt, utc=True, errors="coerce")
+
+    def days_of(when: pd.Series) -> list[dt.date]:
+        return [t.date() for t in when]
+
+    iso = parse("ISO8601")
+    if iso.notna().all():
+        return days_of(iso)
+    formats: list[str] = []
+    for text in texts:
+        for dayfirst in (False, True):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fmt = guess_datetime_format(text, dayfirst=dayfirst)
+            if fmt and fmt not in formats:
+                formats.append(fmt)
+    parsed = {fmt: parse(fmt) for fmt in formats}
+    fits = [fmt for fmt, when in parsed.items() if when.notna().all()]
+    if fits:
+        fmt = fits[0]
+        if any(not parsed[f].equals(parsed[fmt]) for f in fits[1:]):
+            log.warning("%s: every date reads as %s and as %s; reading them as %s (%s).",
+                        path, fmt, " or ".join(fits[1:]), fmt, _DATE_HINT)
+        return days_of(parsed[fmt])
+    # no one format reads every row: name a row that breaks the format most rows have
+    candidates = {"ISO 8601": iso, **parsed}
+    best, best_when = max(candidates.items(), key=lambda kv: int(kv[1].notna().sum()))
+    row = int(best_when.isna().to_numpy().argmax())
+    text = texts.iloc[row]
+    others = [f for f, when in candidates.items() if f != best and pd.notna(when.iloc[row])]
+    first_ok = int(best_when.notna().to_numpy().argmax())
+    why = (f"it reads only as {others[0]}, while row {first_ok + 2} "
+           f"({texts.iloc[first_ok]!r}) and the others read as {best}" if others
+           else "it reads in no date format")
+    raise InputError(f"{path!r} row {row + 2}: cannot read the date {text!r}: {why}. "
+                     f"Every row must have the same format (the same day/month order); "
+                     f"{_DATE_HINT}.")
+
+
 def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: int = 90,
                 limit: int | None = None) -> list[AOI]:
     """One AOI per event of a CSV catalogue.
 
     Each event gets a square of half-side ``buffer_m`` around its point and the date
-    window ``[date - days_before, date + days_after]``.
+    window ``[date - days_before, date + days_after)``: the end is exclusive, as
+    ``--end`` is, so ``days_after=1`` reads the event's day alone and the day
+    ``date + days_after`` is not read. The dates are read as :func:`_event_days` says
+    (one format for the whole column; zoned times taken in UTC).
+
+    Args:
+        path: The CSV catalogue (local or gs://).
+        buffer_m: Half-side of each event's square, in metres.
+        days_before: Days of the window before each event's date.
+        days_after: Days of the window from each event's date on (end exclusive).
+        limit: Read at most this many events.
+
+    Returns:
+        One AOI per event, in file order.
 
     Raises:
         DataNotFoundError: no such file.
-        InputError: missing columns, unparseable rows (naming the row), or no events.
+        InputError: missing columns, unparseable rows or dates (naming the row), partial
+            or mixed-format dates, or no events.
         ConfigError: a window that would be empty.
     """
     import pandas as pd
@@ -146,6 +240,7 @@ def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: in
     raw_ids = [rec[id_c] if id_c and str(rec[id_c]).strip() else f"event-{i}"
                for i, rec in enumerate(rows, start=1)]
     names = _unique_names([safe_name(r) for r in raw_ids])
+    days = _event_days([str(rec[date_c]) for rec in rows], path)
     aois: list[AOI] = []
     for i, (rec, raw_id, name) in enumerate(zip(rows, raw_ids, names), start=2):  # 1: header
         try:
@@ -153,11 +248,7 @@ def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: in
         except ValueError:
             raise InputError(f"{path!r} row {i}: latitude {rec[lat_c]!r} / longitude "
                              f"{rec[lon_c]!r} are not numbers.") from None
-        when = pd.to_datetime(rec[date_c], errors="coerce", format="mixed")
-        if pd.isna(when):
-            raise InputError(f"{path!r} row {i}: cannot read the date {rec[date_c]!r} "
-                             f"(use e.g. 2015-04-25 or 2015/04/25 06:11:00).")
-        day = when.date()
+        day = days[i - 2]
         try:
             region = point_region(lat, lon, buffer_m)
         except InputError as exc:

@@ -33,6 +33,13 @@ from pipelines.errors import ConfigError, CRSError, DataNotFoundError, RegionErr
 ORIGIN_X = 0.0
 ORIGIN_Y = 10_000_000.0
 WGS84 = "EPSG:4326"
+#: Latitude limits of the UTM zones (degrees north and south).
+UTM_MAX_LAT = 84.0
+#: The smallest --buffer-m / point_region half-side, one 10 m pixel (metres).
+MIN_BUFFER_M = 10.0
+#: The widest longitude span of one polygon of a region: wider is a polygon crossing the
+#: antimeridian written unsplit, read the long way round the world (degrees).
+MAX_LON_SPAN = 180.0
 
 _KEY_RE = re.compile(r"^(\d+)_r(-?\d+)_c(-?\d+)$")
 
@@ -391,6 +398,17 @@ def _check_region(name: str, geom: BaseGeometry) -> BaseGeometry:
             f"The area of interest {name!r} has bounds {geom.bounds}, outside longitude/latitude "
             f"ranges: is it in a projected CRS without a .prj, or are lon/lat swapped?"
         )
+    for part in shapely.get_parts(geom):
+        west, _, east, _ = part.bounds
+        if east - west > MAX_LON_SPAN:
+            raise RegionError(
+                f"The area of interest {name!r} has a polygon spanning {east - west:.1f} "
+                f"degrees of longitude ({west:g} to {east:g}), more than {MAX_LON_SPAN:g}: "
+                f"a polygon crossing the antimeridian (180 degrees) read the long way round "
+                f"the world. Split it at the antimeridian into a MultiPolygon with one part "
+                f"up to 180 and one from -180 (as GeoJSON requires, e.g. `ogr2ogr "
+                f"-wrapdateline`)."
+            )
     return geom
 
 
@@ -411,26 +429,82 @@ def parse_bbox(text: str) -> Region:
 
 
 def point_region(lat: float, lon: float, buffer_m: float) -> Region:
-    """A square region of half-side ``buffer_m`` metres around a point."""
-    if buffer_m <= 0:
-        raise RegionError(f"buffer_m must be positive, got {buffer_m}.")
+    """A square region of half-side ``buffer_m`` metres around a point.
+
+    The square is drawn in the point's UTM zone. A square crossing the antimeridian
+    (180 degrees) is split there into a MultiPolygon, one part on each side, as GeoJSON
+    does; each part is then swept in its own UTM zone.
+
+    Args:
+        lat: Latitude in decimal degrees, within the UTM limits (-84 to 84).
+        lon: Longitude in decimal degrees (-180 to 180).
+        buffer_m: Half-side of the square in metres, at least one 10 m pixel.
+
+    Raises:
+        RegionError: a buffer under :data:`MIN_BUFFER_M` metres, or a latitude beyond the
+            UTM limits.
+    """
+    if not buffer_m >= MIN_BUFFER_M:
+        raise RegionError(
+            f"buffer_m {buffer_m:g} is under {MIN_BUFFER_M:g} m, one 10 m pixel: the "
+            f"buffer is in metres, not degrees (0.01 degrees is about 1100 m)."
+        )
+    if not -UTM_MAX_LAT <= lat <= UTM_MAX_LAT:
+        raise RegionError(
+            f"Latitude {lat:g} is beyond the UTM limits (-{UTM_MAX_LAT:g} to "
+            f"{UTM_MAX_LAT:g}): no UTM zone holds a square there. Are latitude and "
+            f"longitude swapped (the order is LAT,LON)?"
+        )
     epsg = utm_epsg(lon, lat)
     tr = Transformer.from_crs(WGS84, f"EPSG:{epsg}", always_xy=True)
     x, y = tr.transform(lon, lat)
     sq = box(x - buffer_m, y - buffer_m, x + buffer_m, y + buffer_m)
-    geom = to_crs(sq, f"EPSG:{epsg}", WGS84)
+    geom = _unwrap_lon(to_crs(sq, f"EPSG:{epsg}", WGS84), lon)
+    geom = _split_at_antimeridian(geom)
     return Region.from_geometry(f"point({lat},{lon})+{buffer_m:g}m", _check_region("point", geom))
+
+
+def _unwrap_lon(geom: BaseGeometry, lon0: float) -> BaseGeometry:
+    """``geom`` with its longitudes moved by 360 degrees to lie within 180 of ``lon0``."""
+    def unwrap(xy: np.ndarray) -> np.ndarray:
+        x = xy[:, 0] - 360.0 * np.round((xy[:, 0] - lon0) / 360.0)
+        return np.column_stack([x, xy[:, 1]])
+    return shapely.transform(geom, unwrap)
+
+
+def _split_at_antimeridian(geom: BaseGeometry) -> BaseGeometry:
+    """A geometry whose longitudes may run past +-180, cut there and folded back."""
+    minx, _, maxx, _ = geom.bounds
+    if minx >= -180.0 and maxx <= 180.0:
+        return geom
+    parts = [geom.intersection(box(-180.0, -90.0, 180.0, 90.0))]
+    for west, shift in ((180.0, -360.0), (-540.0, 360.0)):
+        side = geom.intersection(box(west, -90.0, west + 360.0, 90.0))
+        if not side.is_empty:
+            parts.append(shapely.transform(side, lambda xy, d=shift: xy + np.array([d, 0.0])))
+    polys = [p for g in parts for p in shapely.get_parts(g)
+             if p.geom_type == "Polygon" and p.area > 0]
+    return shapely.MultiPolygon(polys) if len(polys) > 1 else polys[0]
 
 
 def load_region(spec: str | Path) -> Region:
     """Load an area of interest from a vector file (any format geopandas reads) or a bbox.
 
-    Every feature of the file is unioned; the result is in WGS 84.
+    Every feature of the file's layer is unioned; the result is in WGS 84. A file with
+    several layers (a GeoPackage, a KML with folders...) is refused rather than swept in
+    part: which layers make the area is not for this function to guess. A region
+    crossing the antimeridian must be split there (a MultiPolygon with a part on each
+    side, as GeoJSON requires); a polygon spanning more than 180 degrees of longitude is
+    refused.
+
+    Args:
+        spec: A vector file (local or gs://) or a bbox ``minlon,minlat,maxlon,maxlat``.
 
     Raises:
         DataNotFoundError: the file does not exist.
         CRSError: the file has no CRS.
-        RegionError: the geometry is empty, has no area or is out of range.
+        RegionError: the geometry is empty, has no area or is out of range, a polygon
+            spans more than 180 degrees of longitude, or the file has several layers.
     """
     text = str(spec)
     if re.fullmatch(r"\s*-?[\d.]+\s*(,\s*-?[\d.]+\s*){3}", text):
@@ -446,7 +520,16 @@ def load_region(spec: str | Path) -> Region:
         )
     try:
         with fsio.local_copy(text) as local:
-            gdf = gpd.read_file(local)
+            layers = _vector_layers(local)
+            if len(layers) > 1:
+                raise RegionError(
+                    f"The area of interest {text!r} holds {len(layers)} layers "
+                    f"({', '.join(layers)}); give a file with one layer, e.g. `ogr2ogr "
+                    f"aoi.gpkg {Path(text).name} {layers[0]}` to keep one, or merge them."
+                )
+            gdf = gpd.read_file(local, layer=layers[0] if layers else None)
+    except RegionError:
+        raise
     except Exception as exc:  # pyogrio raises several types for unreadable files
         raise RegionError(f"Cannot read the area of interest {text!r}: {exc}") from exc
     if gdf.crs is None:
@@ -457,6 +540,17 @@ def load_region(spec: str | Path) -> Region:
     gdf = gdf.to_crs(WGS84)
     geom = shapely.union_all(shapely.make_valid(gdf.geometry.values))
     return Region.from_geometry(Path(text).stem, _check_region(text, geom))
+
+
+def _vector_layers(path: str) -> list[str]:
+    """The names of the layers of a vector file that hold geometries (``[]``: unknown)."""
+    import pyogrio
+
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception:  # not a format pyogrio lists: let read_file say what is wrong
+        return []
+    return [str(name) for name, gtype in layers if gtype is not None]
 
 
 def region_from_geojson(obj: dict | str, name: str = "geojson") -> Region:

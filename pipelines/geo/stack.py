@@ -146,6 +146,21 @@ class Reference:
     def window(self, start: str | None, end: str | None) -> tuple[str, str]:
         """The reference's date window for a target window ``start``..``end``.
 
+        Both windows are end-exclusive. With a month offset an end that is not a 1st is
+        mapped through its last day read (``end - 1 day``): shifted, clamped to its month,
+        then the day added back (-1m of 2015-03-01..2015-03-31, read through
+        30 March, is 2015-02-01..2015-03-01, read through 28 February, where clamping the
+        end itself stopped on 27 February); an end on a 1st shifts as it is (-1m of
+        ..2020-07-01 is ..2020-06-01).
+        Year and day offsets shift both dates as :func:`shift_date` does.
+
+        Args:
+            start: The target window's start (YYYY-MM-DD).
+            end: The target window's end, exclusive (YYYY-MM-DD).
+
+        Returns:
+            ``(start, end)`` of the reference's window, end exclusive.
+
         Raises:
             ConfigError: an offset reference without a target window.
         """
@@ -156,10 +171,19 @@ class Reference:
                               f"date window: give --start and --end.")
         first, _, last = self.offset.partition("..")
         shifted = []
-        for date, text in ((start, first), (end, last or first)):
+        for date, text, is_end in ((start, first, False), (end, last or first, True)):
             m = _OFFSET.match(text)
             assert m is not None  # checked in __post_init__
-            shifted.append(shift_date(_date(date, "date"), int(m.group(1)), m.group(2)))
+            amount, unit = int(m.group(1)), m.group(2)
+            day = _date(date, "date")
+            if is_end and unit == "m" and day.day != 1:
+                # the end is exclusive: shift the last day read, clamp it, and add the day
+                # back, so -1m of 03-01..03-31 reads through 02-28 (not 02-27); an end on
+                # a 1st (a window through a month's last day) shifts as it is
+                day = shift_date(day - dt.timedelta(days=1), amount, unit)
+                shifted.append(day + dt.timedelta(days=1))
+            else:
+                shifted.append(shift_date(day, amount, unit))
         if shifted[1] <= shifted[0]:
             raise ConfigError(f"Reference {self.name!r} ({self.offset}) of {start}..{end} is "
                               f"the empty window {shifted[0]}..{shifted[1]}.")

@@ -83,7 +83,8 @@ class ExportOptions:
                             "classes (default %(default)s); ignored pixels are never scored.")
     start: str | None = option(None, "Date window start, YYYY-MM-DD.", regex=DATE,
                                label="Start date")
-    end: str | None = option(None, "Date window end, YYYY-MM-DD.", regex=DATE,
+    end: str | None = option(None, "Date window end, YYYY-MM-DD, exclusive: the day "
+                             "itself is not read.", regex=DATE,
                              label="End date")
     bands: tuple[str, ...] = option(DEFAULT_BANDS, "Comma-separated bands (default "
                                     "%(default)s).", parse=_names,

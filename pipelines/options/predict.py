@@ -77,18 +77,23 @@ class PredictConfig:
     point: str | None = option(None, "LAT,LON: map a square around a place (see --buffer-m).",
                                group=AOI, yaml=False, regex=r"^-?[0-9.]+,-?[0-9.]+$")
     buffer_m: float = option(1000.0, "Half-side in metres of the square around --point or "
-                             "each event (%(default)s).", units="m", yaml=False)
+                             "each event (%(default)s). At least 10: metres, not degrees.",
+                             units="m", yaml=False)
     events: str | None = option(None, "CSV event catalogue (e.g. NASA GLC: event_id, "
                                 "event_date, latitude, longitude): one AOI per event in "
                                 "out/<id>/.", group=AOI, yaml=False, path=True,
                                 label="Event catalogue")
     days_before: int = option(0, "Event window start, days before each event date "
-                              "(%(default)s).", yaml=False)
+                              "(%(default)s): the window is [date - days_before, date + "
+                              "days_after).", yaml=False)
     days_after: int = option(90, "Event window end, days after each event date "
-                             "(%(default)s).", yaml=False)
+                             "(%(default)s), exclusive: the window is [date - days_before, "
+                             "date + days_after), so 1 reads the event's day alone.",
+                             yaml=False)
     start: str | None = option(None, "Date window start, YYYY-MM-DD.", yaml=False, regex=DATE,
                                label="Start date")
-    end: str | None = option(None, "Date window end, YYYY-MM-DD.", yaml=False, regex=DATE,
+    end: str | None = option(None, "Date window end, YYYY-MM-DD, exclusive: the day "
+                             "itself is not read.", yaml=False, regex=DATE,
                              label="End date")
     window: int | None = option(None, "Window side in pixels (default: the model's).",
                                 units="px")

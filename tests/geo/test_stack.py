@@ -126,13 +126,14 @@ def test_windows_and_date_shifts():
 
     assert windows(*T16) == {"prev": ("2015-01-01", "2015-12-31"),
                              "pre": ("2014-03-01", "2014-10-31"),
-                             "h": ("2015-07-01", "2016-06-30"),
+                             # -6m of ..2016-12-31 (read through 12-30): through 06-30
+                             "h": ("2015-07-01", "2016-07-01"),
                              "m": ("2015-12-02", "2016-12-01")}
     with pytest.raises(ConfigError, match="'h' .* overlaps"):  # h and m overlap the target
         spec.windows(*T16)
     leap = windows("2016-02-29", "2016-08-31")
     assert leap["prev"] == ("2015-02-28", "2015-08-31")
-    assert leap["h"] == ("2015-08-29", "2016-02-29")
+    assert leap["h"] == ("2015-08-29", "2016-03-01")  # read through 08-30 -> 02-29
     import datetime as dt
 
     assert shift_date(dt.date(2016, 2, 29), -1, "y") == dt.date(2015, 2, 28)
@@ -643,3 +644,39 @@ def test_a_reference_window_overlapping_the_target_is_refused():
         fixed.windows("2020-01-01", "2021-01-01")
     # ends are exclusive: a reference ending on the target's first day does not overlap
     assert fixed.windows("2020-03-01", "2021-01-01") == {"pre": ("2019-01-01", "2020-03-01")}
+
+
+@pytest.mark.parametrize("offset, start, end, expected", [
+    ("-1m", "2015-03-01", "2015-03-31", ("2015-02-01", "2015-03-01")),  # through 02-28
+    ("-1m", "2016-03-30", "2016-03-31", ("2016-02-29", "2016-03-01")),  # was empty
+    ("-1m", "2016-03-29", "2016-03-31", ("2016-02-29", "2016-03-01")),  # was empty
+    ("-1m", "2015-02-28", "2015-03-31", ("2015-01-28", "2015-03-01")),
+    ("-1m", "2020-06-01", "2020-07-01", ("2020-05-01", "2020-06-01")),  # an end on a 1st
+    ("-2m", "2015-05-01", "2015-05-31", ("2015-03-01", "2015-03-31")),  # no clamp: same
+])
+def test_month_offsets_keep_the_last_day_read(offset, start, end, expected):
+    """The end is exclusive: a month offset moves the last day read (end - 1), clamped to
+    its month, so -1m of 03-01..03-31 (read through 03-30) reads through 02-28; clamping
+    the end itself gave ..02-28 (read through 02-27) or an empty window."""
+    assert Reference("prev", offset=offset).window(start, end) == expected
+
+
+@pytest.mark.parametrize("offset, start, end, expected", [
+    ("-1y", "2016-02-29", "2016-03-01", ("2015-02-28", "2015-03-01")),
+    ("-1y", "2016-02-01", "2016-03-01", ("2015-02-01", "2015-03-01")),
+    ("-1y", "2016-01-01", "2016-12-31", ("2015-01-01", "2015-12-31")),
+    ("-1y", "2016-03-01", "2016-02-29", None),
+    ("-4y..-1y", "2016-02-29", "2016-03-01", ("2012-02-29", "2015-03-01")),
+    ("-4y..-1y", "2016-01-01", "2016-12-31", ("2012-01-01", "2015-12-31")),
+    ("-1y", "2017-01-01", "2018-01-01", ("2016-01-01", "2017-01-01")),
+    ("+1y", "2016-02-29", "2016-08-31", ("2017-02-28", "2017-08-31")),
+    ("-12m", "2016-02-29", "2016-03-01", ("2015-02-28", "2015-03-01")),
+])
+def test_year_offset_windows_are_unchanged(offset, start, end, expected):
+    """Year offsets shift both dates with shift_date's clamp (the demo's figures depend on
+    these windows); only month offsets map the end through the last day read."""
+    if expected is None:  # an empty target window stays refused as an empty reference
+        with pytest.raises(ConfigError, match="empty window"):
+            Reference("prev", offset=offset).window(start, end)
+        return
+    assert Reference("prev", offset=offset).window(start, end) == expected
