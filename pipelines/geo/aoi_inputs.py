@@ -118,10 +118,10 @@ _DATE_HINT = "write dates as YYYY-MM-DD, e.g. 2015-04-25 or 2015-04-25 06:11:00"
 def _event_days(values: Sequence[str], path: str) -> list[dt.date]:
     """The UTC calendar day of every date of a catalogue's date column.
 
-    The column is read with one format: ISO 8601 (``2015-04-25``, ``2015/04/25 06:11``,
-    ``2015-04-25T23:30:00-05:00``) if every row is one, else the one format inferred from
-    the rows (``%d/%m/%Y``...) that reads every row. A column whose rows all read in both
-    day orders is read month-first (with a warning). Times with a zone are converted to
+    ISO 8601 rows (``2015-04-25``, ``2015/04/25 06:11``, ``2015-04-25T23:30:00-05:00``)
+    are read as such; the other rows with one format inferred from them (``%d/%m/%Y``...)
+    that reads every one of them (catalogues such as NASA's mix both). Rows that all read
+    in both day orders are read month-first (with a warning). Times with a zone are converted to
     UTC before their day is taken.
 
     Args:
@@ -147,46 +147,52 @@ def _event_days(values: Sequence[str], path: str) -> list[dt.date]:
             raise InputError(f"{path!r} row {i}: the date {text!r} is not a full date (a "
                              f"year, month and day); {_DATE_HINT}.")
 
-    def parse(fmt: str) -> pd.Series:
+    def parse(fmt: str, rows: pd.Series) -> pd.Series:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pd.to_datetime(texts, format=fmt, utc=True, errors="coerce")
+            return pd.to_datetime(rows, format=fmt, utc=True, errors="coerce")
 
-    def days_of(when: pd.Series) -> list[dt.date]:
-        return [t.date() for t in when]
-
-    iso = parse("ISO8601")
+    iso = parse("ISO8601", texts)
     if iso.notna().all():
-        return days_of(iso)
+        return [t.date() for t in iso]
+    # ISO rows are unambiguous; the others must share one format (one day/month order)
+    rest = texts[iso.isna()]
     formats: list[str] = []
-    for text in texts:
+    for text in rest:
         for dayfirst in (False, True):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fmt = guess_datetime_format(text, dayfirst=dayfirst)
             if fmt and fmt not in formats:
                 formats.append(fmt)
-    parsed = {fmt: parse(fmt) for fmt in formats}
+    # 12-hour clocks, which pandas does not guess (NASA's "04/26/2015 12:00:00 AM")
+    formats += [f"{d} {t}" for d in ("%m/%d/%Y", "%d/%m/%Y") for t in ("%I:%M:%S %p", "%I:%M %p")
+                if f"{d} {t}" not in formats]
+    parsed = {fmt: parse(fmt, rest) for fmt in formats}
     fits = [fmt for fmt, when in parsed.items() if when.notna().all()]
     if fits:
         fmt = fits[0]
         if any(not parsed[f].equals(parsed[fmt]) for f in fits[1:]):
-            log.warning("%s: every date reads as %s and as %s; reading them as %s (%s).",
-                        path, fmt, " or ".join(fits[1:]), fmt, _DATE_HINT)
-        return days_of(parsed[fmt])
-    # no one format reads every row: name a row that breaks the format most rows have
-    candidates = {"ISO 8601": iso, **parsed}
-    best, best_when = max(candidates.items(), key=lambda kv: int(kv[1].notna().sum()))
-    row = int(best_when.isna().to_numpy().argmax())
-    text = texts.iloc[row]
-    others = [f for f, when in candidates.items() if f != best and pd.notna(when.iloc[row])]
-    first_ok = int(best_when.notna().to_numpy().argmax())
+            log.warning("%s: every non-ISO date reads as %s and as %s; reading them as %s "
+                        "(%s).", path, fmt, " or ".join(fits[1:]), fmt, _DATE_HINT)
+        days = iso.copy()
+        days[rest.index] = parsed[fmt]
+        return [t.date() for t in days]
+    # no one format reads every non-ISO row: name a row that breaks the format most have
+    if not parsed:
+        row = int(rest.index[0])
+        raise InputError(f"{path!r} row {row + 2}: cannot read the date {texts[row]!r}: it "
+                         f"reads in no date format; {_DATE_HINT}.")
+    best, best_when = max(parsed.items(), key=lambda kv: int(kv[1].notna().sum()))
+    row = int(best_when.index[best_when.isna().to_numpy().argmax()])
+    others = [f for f, when in parsed.items() if f != best and pd.notna(when[row])]
+    first_ok = int(best_when.index[best_when.notna().to_numpy().argmax()])
     why = (f"it reads only as {others[0]}, while row {first_ok + 2} "
-           f"({texts.iloc[first_ok]!r}) and the others read as {best}" if others
+           f"({texts[first_ok]!r}) and the others read as {best}" if others
            else "it reads in no date format")
-    raise InputError(f"{path!r} row {row + 2}: cannot read the date {text!r}: {why}. "
-                     f"Every row must have the same format (the same day/month order); "
-                     f"{_DATE_HINT}.")
+    raise InputError(f"{path!r} row {row + 2}: cannot read the date {texts[row]!r}: {why}. "
+                     f"Every row that is not ISO 8601 must have the same format (the same "
+                     f"day/month order); {_DATE_HINT}.")
 
 
 def read_events(path: str, buffer_m: float, days_before: int = 0, days_after: int = 90,

@@ -37,8 +37,7 @@ WGS84 = "EPSG:4326"
 UTM_MAX_LAT = 84.0
 #: The smallest --buffer-m / point_region half-side, one 10 m pixel (metres).
 MIN_BUFFER_M = 10.0
-#: The widest longitude span of one polygon of a region: wider is a polygon crossing the
-#: antimeridian written unsplit, read the long way round the world (degrees).
+#: The widest longitude span of a region's polygon (wider: an unsplit antimeridian ring).
 MAX_LON_SPAN = 180.0
 
 _KEY_RE = re.compile(r"^(\d+)_r(-?\d+)_c(-?\d+)$")
@@ -466,10 +465,8 @@ def point_region(lat: float, lon: float, buffer_m: float) -> Region:
 
 def _unwrap_lon(geom: BaseGeometry, lon0: float) -> BaseGeometry:
     """``geom`` with its longitudes moved by 360 degrees to lie within 180 of ``lon0``."""
-    def unwrap(xy: np.ndarray) -> np.ndarray:
-        x = xy[:, 0] - 360.0 * np.round((xy[:, 0] - lon0) / 360.0)
-        return np.column_stack([x, xy[:, 1]])
-    return shapely.transform(geom, unwrap)
+    return shapely.transform(geom, lambda xy: np.column_stack(
+        [xy[:, 0] - 360.0 * np.round((xy[:, 0] - lon0) / 360.0), xy[:, 1]]))
 
 
 def _split_at_antimeridian(geom: BaseGeometry) -> BaseGeometry:

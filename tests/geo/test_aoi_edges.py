@@ -111,8 +111,13 @@ def test_one_date_format_reads_the_whole_column(tmp_path):
 def test_a_row_in_another_day_order_is_refused_naming_it(tmp_path):
     with pytest.raises(InputError, match=r"row 3: .*'25/04/2015'.*reads only as %d/%m/%Y"):
         _days(tmp_path, ["05/13/2015", "25/04/2015"])
-    with pytest.raises(InputError, match=r"row 3: .*'25/04/2015'.*ISO 8601"):
-        _days(tmp_path, ["2015-04-25", "25/04/2015"])
+    # ISO rows are unambiguous beside the others (NASA's catalogue mixes both); the other
+    # rows must still agree on one day/month order
+    assert _days(tmp_path, ["2015-04-25", "25/04/2015"]) == ["2015-04-25", "2015-04-25"]
+    assert _days(tmp_path, ["2015/04/25 06:11:00", "04/26/2015 12:00:00 AM"]) == [
+        "2015-04-25", "2015-04-26"]
+    with pytest.raises(InputError, match=r"row 4: .*'25/04/2015'.*reads only as %d/%m/%Y"):
+        _days(tmp_path, ["2015-04-25", "05/13/2015", "25/04/2015"])
 
 
 def test_zoned_times_take_their_utc_day(tmp_path):
