@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from model import data as data_mod
-from model.artifact import save_artifact
+from model.artifact import Artifact, save_artifact
 from model.distribute import choose_strategy, dtype_policy, is_chief, precision_policy
 from model.errors import ArtifactError, ConfigError
 from model.losses import get_loss
@@ -41,6 +41,7 @@ from model.train.inputs import (
 from model.train.resume import Checkpointer, epochs_in_history, read_state, trim_history
 from model.train.selection import MONITORS, BestThresholdF1, calibrate
 from model.train.transfer import (
+    ARCHITECTURE,
     architecture_of,
     copy_weights,
     init_bands,
@@ -91,6 +92,38 @@ def resolved_lr(config: TrainConfig) -> float:
     return lr
 
 
+def resolved_config(config: TrainConfig, shards: data_mod.ShardSet,
+                    init: Artifact | None) -> tuple[TrainConfig, dict[str, int]]:
+    """The settings a run of ``config`` on ``shards`` trains with (and records), its classes.
+
+    What the config leaves open is resolved: the learning rate (:func:`resolved_lr`), the
+    bands (the shards' own, or the ``init`` artifact's, which the shards must hold), the
+    number of classes (from the shards' classes, or the artifact's outputs) and, with
+    ``init``, the artifact's architecture, which replaces the config's.
+
+    Args:
+        config: The run's settings.
+        shards: Its training shards.
+        init: Its loaded ``init_from`` artifact, or None.
+
+    Returns:
+        ``(resolved config, class names -> ids)``.
+
+    Raises:
+        ConfigError: settings the shards or the artifact refuse.
+    """
+    lr = resolved_lr(config)
+    if init is not None:
+        bands = init_bands(init, config.bands)
+        shards.resolve_bands(bands)  # the shards must hold the artifact's bands
+        arch = architecture_of(init.model)
+        classes = init_classes(init, arch["n_classes"], shards, config.n_classes)
+        return config.replace(bands=bands, lr=lr, **arch), classes
+    bands = shards.resolve_bands(config.bands)
+    n_classes, classes = resolve_classes(shards, config.n_classes)
+    return config.replace(bands=bands, lr=lr, n_classes=n_classes), classes
+
+
 def train(
     data: str,
     out: str,
@@ -122,7 +155,7 @@ def train(
     """
     config = config or TrainConfig()
     started = time.perf_counter()
-    lr = resolved_lr(config)
+    resolved_lr(config)  # a min_lr at or above the default rate fails before any read
     shards = data_mod.find_shards(data, label=config.label)
     val_shards = data_mod.find_shards(val_data, label=config.label) if val_data else shards
     for s in {id(shards): shards, id(val_shards): val_shards}.values():
@@ -131,11 +164,9 @@ def train(
         raise ConfigError(f"the manifest of {shards.source!r} counts 0 training patches: "
                           f"export with a train fraction (and check its dropped counts)")
     init = load_init(config.init_from) if config.init_from else None
-    if init is not None:
-        bands = init_bands(init, config.bands)
-        shards.resolve_bands(bands)  # the shards must hold the artifact's bands
-    else:
-        bands = shards.resolve_bands(config.bands)
+    resolved, classes = resolved_config(config, shards, init)
+    assert resolved.bands is not None and resolved.n_classes is not None
+    bands, n_classes = resolved.bands, resolved.n_classes
     val_shards.resolve_bands(bands)
     # the input stack the artifact will record; a selection of bands that is not a stack
     # fails here, before any epoch runs or any file is written
@@ -152,26 +183,18 @@ def train(
                           "export with a val fraction, or pass --val-data")
 
     if init is not None:
-        arch = architecture_of(init.model)
         norm = init.meta.get("normalization") or {}
         mean, std, norm_origin = norm.get("mean"), norm.get("std"), f"artifact {init.path}"
         if mean is None or std is None:
             raise ArtifactError(f"--init-from {init.path!r}: artifact.json has no normalization")
-        n_classes = arch["n_classes"]
-        classes = init_classes(init, n_classes, shards, config.n_classes)
-        changed = {k: (getattr(config, k), v) for k, v in arch.items()
-                   if getattr(config, k) != v and k != "n_classes"}
+        changed = {k: getattr(resolved, k) for k in ARCHITECTURE
+                   if k != "n_classes" and getattr(config, k) != getattr(resolved, k)}
         if changed:
             logger.info("architecture from %s: %s (config values replaced)", init.path,
-                        {k: v for k, (_, v) in changed.items()})
-        resolved = config.replace(bands=bands, lr=lr,
-                                  n_classes=n_classes, **{k: v for k, v in arch.items()
-                                                          if k != "n_classes"})
+                        changed)
     else:
-        n_classes, classes = resolve_classes(shards, config.n_classes)
         mean, std, norm_origin = data_mod.normalisation_stats(shards, bands,
                                                               config.stats_patches)
-        resolved = config.replace(bands=bands, lr=lr, n_classes=n_classes)
     patch_size = shards.patch_size
     multiple = size_multiple(resolved.depth)
     if patch_size % multiple:

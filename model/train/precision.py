@@ -89,14 +89,17 @@ def held_out(meta: dict, data: str | None = None, split: str | None = None
         return shards, shards.split_files(split or "test"), data  # raises, naming the splits
     source, val_source = training.get("data"), training.get("val_data")
     label = training.get("label")
+    trained_on: data_mod.ShardSet | None = None
     if source:
-        shards = _shards(source, "training record's data", label)
-        if shards.files.get("test"):
-            return shards, tuple(shards.files["test"]), f"{source} (test)"
+        trained_on = _shards(source, "training record's data", label)
+        if trained_on.files.get("test"):
+            return trained_on, tuple(trained_on.files["test"]), f"{source} (test)"
     validated_on = val_source or source
     if validated_on:
         # the files the training validated on, as it chose them (run_files)
-        val_shards = _shards(validated_on, "training record's data", label)
+        val_shards = (_shards(val_source, "training record's data", label) if val_source
+                      else trained_on)
+        assert val_shards is not None
         try:
             files = validation_files(val_shards, separate_val=bool(val_source))
         except ConfigError:

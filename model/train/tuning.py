@@ -23,20 +23,9 @@ from model.artifact import Artifact, read_meta
 from model.errors import ArtifactError, ConfigError
 from model.train.config import TrainConfig
 from model.train.files import copy_tree, join, write_text
-from model.train.fit import resolved_lr, train
-from model.train.inputs import (
-    changed_inputs,
-    describe_inputs,
-    read_inputs_record,
-    resolve_classes,
-)
-from model.train.transfer import (
-    ARCHITECTURE,
-    architecture_of,
-    init_bands,
-    init_classes,
-    load_init,
-)
+from model.train.fit import resolved_config, resolved_lr, train
+from model.train.inputs import changed_inputs, describe_inputs, read_inputs_record
+from model.train.transfer import ARCHITECTURE, load_init
 
 logger = logging.getLogger(__name__)
 
@@ -176,28 +165,12 @@ def resolved_settings(config: TrainConfig, shards: data_mod.ShardSet,
                       init: Artifact | None) -> dict[str, Any]:
     """The settings a run of ``config`` on ``shards`` records (its ``training`` settings).
 
-    What the config leaves open is resolved as :func:`~model.train.fit.train` resolves it:
-    the learning rate (:func:`~model.train.fit.resolved_lr`), the bands (the shards' own,
-    or the ``init`` artifact's), the number of classes (from the shards' classes, or the
-    artifact's outputs) and, with ``init``, the artifact's architecture.
-
-    Args:
-        config: The run's settings.
-        shards: Its training shards.
-        init: Its loaded ``init_from`` artifact, or None.
+    Resolved as training resolves them (:func:`~model.train.fit.resolved_config`).
 
     Raises:
         ConfigError: settings the shards or the artifact refuse (as training would).
     """
-    lr = resolved_lr(config)
-    if init is not None:
-        arch = architecture_of(init.model)
-        init_classes(init, arch["n_classes"], shards, config.n_classes)  # refuses as train
-        resolved = config.replace(bands=init_bands(init, config.bands), lr=lr, **arch)
-    else:
-        resolved = config.replace(bands=shards.resolve_bands(config.bands), lr=lr,
-                                  n_classes=resolve_classes(shards, config.n_classes)[0])
-    return resolved.to_dict()
+    return resolved_config(config, shards, init)[0].to_dict()
 
 
 def _finished_trial(path: str, config: TrainConfig, data: str, val_data: str | None,
