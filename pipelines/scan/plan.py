@@ -113,21 +113,16 @@ def load_record(config: ScanConfig, period: Period, fingerprint: str) -> dict | 
         log.info("Period %s: done on %s, before its window ended (%s); redoing it",
                  period.name, rec.get("completed"), period.end)
         return None
-    run_path = config.period_path(period, "sweep", "run.json")
-    if not fsio.exists(run_path):
+    if not fsio.exists(config.period_path(period, "sweep", "run.json")):
         log.warning("Period %s: %s exists but the sweep's run.json is gone; redoing it",
                     period.name, path)
         return None
-    try:
-        run = fsio.read_json(run_path)
-    except (ValueError, OSError):
+    run = _sweep_run(config, period)
+    if run is None:
         return None
-    started = str((run.get("timings") or {}).get("started", ""))
     recorded = (rec.get("sweep") or {}).get("started")
-    same = (started == str(recorded)) if recorded is not None else (
-        (run.get("model") or {}).get("model_id") == rec.get("model_id")
-        and _norm(_with_defaults(run.get("config")))
-        == _norm(config.predict_config(period).to_dict()))
+    same = (run_started(run) == str(recorded) if recorded is not None
+            else _same_sweep(config, period, run, rec.get("model_id")))
     if not same:  # another sweep (e.g. an older job) overwrote the one compared
         log.warning("Period %s: the sweep's run.json is not the one compared; redoing it",
                     period.name)
@@ -162,18 +157,10 @@ def finished_sweep(config: ScanConfig, period: Period, inputs: ScanInputs) -> di
     configuration's (e.g. of the region before its file was edited), or it is older than
     a pending submission.
     """
-    path = config.period_path(period, "sweep", "run.json")
-    if not fsio.exists(path):
+    run = _sweep_run(config, period)
+    if run is None or not _same_sweep(config, period, run, inputs.model_id):
         return None
-    try:
-        run = fsio.read_json(path)
-    except (ValueError, OSError):
-        return None
-    if (run.get("model") or {}).get("model_id") != inputs.model_id:
-        return None
-    if _norm(_with_defaults(run.get("config"))) != _norm(config.predict_config(period).to_dict()):
-        return None
-    started = str((run.get("timings") or {}).get("started", ""))
+    started = run_started(run)
     launched = _launched(config, period, inputs)
     if launched is None or not _not_before(started, launched):
         return None  # another sweep's inputs, or a run from before the last launch
@@ -181,6 +168,29 @@ def finished_sweep(config: ScanConfig, period: Period, inputs: ScanInputs) -> di
     if sub and not _not_before(started, str(sub.get("started"))):
         return None  # an older run; the submitted sweep has not finished yet
     return run
+
+
+def _sweep_run(config: ScanConfig, period: Period) -> dict | None:
+    """The period's sweep ``run.json``, or ``None`` when it is missing or unreadable."""
+    path = config.period_path(period, "sweep", "run.json")
+    if not fsio.exists(path):
+        return None
+    try:
+        return fsio.read_json(path)
+    except (ValueError, OSError):
+        return None
+
+
+def _same_sweep(config: ScanConfig, period: Period, run: dict, model_id: Any) -> bool:
+    """Whether ``run`` is a sweep of model ``model_id`` with this scan's predict config."""
+    return ((run.get("model") or {}).get("model_id") == model_id
+            and _norm(_with_defaults(run.get("config")))
+            == _norm(config.predict_config(period).to_dict()))
+
+
+def run_started(run: dict) -> str:
+    """When a sweep run started (``run.json``'s ``timings.started``; ``""`` if unknown)."""
+    return str((run.get("timings") or {}).get("started", ""))
 
 
 def _not_before(when: str, then: str) -> bool:
@@ -379,5 +389,6 @@ __all__ = [
     "plan_lines",
     "plan_scan",
     "record_launch",
+    "run_started",
     "select_periods",
 ]

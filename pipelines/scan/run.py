@@ -40,6 +40,7 @@ from pipelines.scan.plan import (
     plan_lines,
     plan_scan,
     record_launch,
+    run_started,
     select_periods,
 )
 from pipelines.scan.summary import update_summary
@@ -190,7 +191,7 @@ def check_submission(config: ScanConfig, period: Period, inputs: ScanInputs,
     sub = _same_submission(config, period, inputs)
     attempts = _attempts(sub)
     if sub is not None and run is not None and run.get("status") != "ok":
-        started = str((run.get("timings") or {}).get("started", ""))
+        started = run_started(run)
         if sub.get("failure_reported") != started:
             fsio.write_json(config.period_path(period, SUBMITTED),
                             {**sub, "failure_reported": started})
