@@ -214,9 +214,9 @@ def _default_dask_partitions(opts) -> None:
     """
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
-    from pipelines.workers import dask_client, dask_where
+    from pipelines.workers import dask_client, dask_options, dask_where
 
-    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    dask = dask_options(opts)
     if dask.get("npartitions") or dask.get("partition_size"):
         return  # chosen by the user
     with dask_client(opts) as client:
@@ -257,11 +257,9 @@ def submit(p, opts):  # -> apache_beam.runners.runner.PipelineResult
     """
     result = p.run()
     if is_dask(opts):
-        from apache_beam.runners.dask.dask_runner import DaskOptions
+        from pipelines.workers import dask_cluster_given
 
-        dask = opts.view_as(DaskOptions).get_all_options(drop_default=True,
-                                                         current_only=True)
-        if not dask.get("address") and not dask.get("scheduler_file"):
+        if not dask_cluster_given(opts):
             result.wait_until_finish()
             result.client.close()
             return result

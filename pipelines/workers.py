@@ -41,8 +41,9 @@ from pipelines.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATAFLOW_DEFAULT_MACHINE", "WorkerLayout", "dask_client", "dask_where",
-           "for_workers", "machine_memory_gb", "machine_vcpus", "worker_layout"]
+__all__ = ["DATAFLOW_DEFAULT_MACHINE", "WorkerLayout", "dask_client", "dask_cluster_given",
+           "dask_options", "dask_where", "for_workers", "machine_memory_gb", "machine_vcpus",
+           "worker_layout"]
 
 #: The machine type Dataflow gives batch workers when none is asked for.
 DATAFLOW_DEFAULT_MACHINE = "n1-standard-1"
@@ -232,6 +233,19 @@ def _dataflow(opts: Any, name: str) -> WorkerLayout:
                         "; ".join(notes))
 
 
+def dask_options(opts: Any) -> dict[str, Any]:
+    """The Dask runner options given in ``opts`` (``address``, ``scheduler_file``, ...)."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    return opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+
+
+def dask_cluster_given(opts: Any) -> bool:
+    """Whether ``opts`` name a running cluster (else Beam starts one in the launcher)."""
+    dask = dask_options(opts)
+    return bool(dask.get("address") or dask.get("scheduler_file"))
+
+
 @contextlib.contextmanager
 def dask_client(opts: Any) -> Iterator[Any]:
     """A ``distributed.Client`` of the cluster Beam's DaskRunner will run ``opts`` on.
@@ -245,15 +259,13 @@ def dask_client(opts: Any) -> Iterator[Any]:
         DataNotFoundError: a ``--dask_scheduler_file`` that does not exist (the client
             would wait for it forever).
     """
-    from apache_beam.runners.dask.dask_runner import DaskOptions
-
-    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    dask = dask_options(opts)
     address = dask.get("address")
     scheduler_file = dask.get("scheduler_file")
     if not address and not scheduler_file:
         yield None
         return
-    if not address and not os.path.isfile(scheduler_file):
+    if not address and not os.path.isfile(str(scheduler_file)):
         raise DataNotFoundError(
             f"--dask_scheduler_file {scheduler_file!r} does not exist: give the file the "
             f"Dask scheduler wrote (dask scheduler --scheduler-file PATH), or "
@@ -267,9 +279,7 @@ def dask_client(opts: Any) -> Iterator[Any]:
 
 def dask_where(opts: Any) -> str:
     """The cluster of ``opts`` in words, for messages (its address or scheduler file)."""
-    from apache_beam.runners.dask.dask_runner import DaskOptions
-
-    dask = opts.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    dask = dask_options(opts)
     if dask.get("address"):
         return str(dask["address"])
     if dask.get("scheduler_file"):
