@@ -5,7 +5,7 @@ from it:
 
 * **chunks**: the predict planner's window lattice, halo and pixel size
   (:func:`pipelines.predict.plan.sweep_geometry`) and its chunk cover per UTM zone
-  (:func:`pipelines.geo.grid.count_chunks`, the keys of :func:`~pipelines.geo.grid.
+  (:func:`pipelines.geo.grid.chunk_keys`, the keys of :func:`~pipelines.geo.grid.
   plan_chunks`), times the periods (``--years``);
 * **Earth Engine**: per chunk and period, one read per date of the model's input stack
   (:meth:`pipelines.geo.stack.StackSpec.needed`), each cut into computePixels requests by
@@ -189,21 +189,16 @@ def windows_per_index(lattice: Any, chunk_size: int, index: np.ndarray) -> np.nd
     return last - first + 1
 
 
-def sweep_windows(lattice: Any, region: Any, pixel_size: float, chunk_size: int,
-                  epsg: int | None) -> int:
-    """Every lattice window the sweep infers over ``region``'s chunks (one period).
+def sweep_windows(lattice: Any, covers: dict[int, tuple[list[Any], Any]],
+                  chunk_size: int) -> int:
+    """Every lattice window the sweep infers over a region's chunks (one period).
 
-    The chunks are :func:`pipelines.geo.grid.count_chunks`'s (those of
+    The chunks are those of ``covers`` (:func:`pipelines.geo.grid.chunk_keys`, the keys of
     :func:`~pipelines.geo.grid.plan_chunks`); a chunk infers the windows of its rows
     times those of its columns (:func:`windows_per_index`).
     """
-    from pipelines.geo.grid import GridSpec, zone_parts
-
     total = 0
-    for code, part in sorted(zone_parts(region, epsg).items()):
-        keys = GridSpec(code, pixel_size, chunk_size, 0).keys_covering(part)
-        if not keys:
-            continue
+    for keys, _ in covers.values():
         rows = windows_per_index(lattice, chunk_size, np.array([k.row for k in keys]))
         cols = windows_per_index(lattice, chunk_size, np.array([k.col for k in keys]))
         total += int(np.sum(rows * cols))
@@ -251,7 +246,7 @@ def make_plan(opts: PlanOptions) -> dict[str, Any]:
         InputError: bad AOI or artifact; ConfigError: bad options (e.g. an unknown machine
             type without --worker-memory-gb).
     """
-    from pipelines.geo.grid import count_chunks, load_region
+    from pipelines.geo.grid import chunk_keys, load_region
     from pipelines.geo.stack import StackSpec
     from pipelines.predict.plan import sweep_geometry
     from pipelines.sources.earthengine.config import BYTES_PER_VALUE, DEFAULT_REQUEST_BYTES
@@ -268,7 +263,9 @@ def make_plan(opts: PlanOptions) -> dict[str, Any]:
     lattice, halo, pixel_size = sweep_geometry(meta, opts.window, opts.overlap,
                                                opts.chunk_size, opts.pixel_size)
     region = load_region(opts.aoi)
-    zones = count_chunks(region, pixel_size, opts.chunk_size, opts.epsg)
+    covers = chunk_keys(region, pixel_size, opts.chunk_size, opts.epsg)
+    # per UTM zone: chunks, and km2 of the region's part
+    zones = {code: (len(keys), float(part.area) / 1e6) for code, (keys, part) in covers.items()}
     chunks = sum(n for n, _ in zones.values())
     periods = max(1, len(opts.years))
     reads = chunks * periods
@@ -297,7 +294,7 @@ def make_plan(opts: PlanOptions) -> dict[str, Any]:
     # SDK processes per worker: one per vCPU, or one on a GPU worker
     # (--experiments no_use_multiple_sdk_containers: infra/README's GPU setup)
     per_worker = 1 if gpus else vcpus
-    windows = sweep_windows(lattice, region, pixel_size, opts.chunk_size, opts.epsg)
+    windows = sweep_windows(lattice, covers, opts.chunk_size)
     megapixels = periods * windows * lattice.window ** 2 / 1e6
     unit_s = megapixels / rate  # vCPU- or GPU-seconds
 

@@ -599,18 +599,18 @@ def zone_parts(region: Region, epsg: int | None = None) -> dict[int, BaseGeometr
     return {epsg: to_crs(geom, WGS84, f"EPSG:{epsg}")} if epsg else split_by_utm_zone(geom)
 
 
-def count_chunks(region: Region, pixel_size: float = 10.0, chunk_size: int = 512,
-                 epsg: int | None = None) -> dict[int, tuple[int, float]]:
-    """``{epsg: (chunks, km2)}`` of :func:`plan_chunks`'s cover, without cutting the region.
+def chunk_keys(region: Region, pixel_size: float = 10.0, chunk_size: int = 512,
+               epsg: int | None = None) -> dict[int, tuple[list[ChunkKey], BaseGeometry]]:
+    """``{epsg: (keys, the region's part)}``: :func:`plan_chunks`'s keys, the region uncut.
 
-    The same keys as :func:`plan_chunks` (the halo does not change them), and the area of
-    the region's part in each CRS; for estimates over large regions (``landslides plan``).
+    Raises:
+        RegionError: the region covers no chunk.
     """
-    out: dict[int, tuple[int, float]] = {}
+    out: dict[int, tuple[list[ChunkKey], BaseGeometry]] = {}
     for code, part in sorted(zone_parts(region, epsg).items()):
         keys = GridSpec(code, pixel_size, chunk_size, 0).keys_covering(part)
         if keys:
-            out[code] = (len(keys), float(part.area) / 1e6)
+            out[code] = (keys, part)
     if not out:
         raise RegionError(f"The area of interest {region.name!r} covers no chunk.")
     return out

@@ -97,13 +97,10 @@ def job_keys(plan: SweepPlan, job: SweepJob) -> set[str]:
     The same cover as :func:`~pipelines.geo.grid.plan_chunks` (the keys, without cutting
     the region into them): for a finalize that must know chunks the runner never returned.
     """
-    from pipelines.geo.grid import GridSpec, zone_parts
+    from pipelines.geo.grid import chunk_keys
 
-    keys: set[str] = set()
-    for code, part in zone_parts(job.region, plan.config.epsg).items():
-        spec = GridSpec(code, plan.pixel_size, plan.config.chunk_size, 0)
-        keys.update(str(k) for k in spec.keys_covering(part))
-    return keys
+    covers = chunk_keys(job.region, plan.pixel_size, plan.config.chunk_size, plan.config.epsg)
+    return {str(k) for keys, _ in covers.values() for k in keys}
 
 
 def _precision_key(meta: dict) -> dict:
