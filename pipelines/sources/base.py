@@ -115,3 +115,8 @@ class Source(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def format_bounds(bounds: Sequence[float]) -> str:
+    """``(minx, miny, maxx, maxy)`` rounded for messages (six significant digits)."""
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"

@@ -124,7 +124,7 @@ def test_region_outside_the_bbox_is_refused_before_any_read(server, tmp_path):
     src = make_source(server, bbox=NEPAL)
     far = Region.from_geometry("alps", box(10.0, 46.0, 10.1, 46.1))
     with pytest.raises(RegionError, match=r"'alps'.*outside the Earth Engine source's bbox "
-                                          r"\(85\.0000, 27\.5000, 86\.0000, 28\.5000\).*bbox"):
+                                          r"\(85, 27\.5, 86, 28\.5\).*bbox"):
         src.check_covers(far)
     # touching the bbox along an edge is not overlapping it: no scene there either
     with pytest.raises(RegionError, match="touching"):

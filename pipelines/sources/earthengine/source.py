@@ -31,7 +31,7 @@ from apache_beam.utils.retry import FuzzedExponentialIntervals
 from pipelines.errors import ConfigError, RegionError, SourceError, TransientSourceError
 from pipelines.geo import bands as bandreg
 from pipelines.geo.grid import WGS84, PixelGrid, Region
-from pipelines.sources.base import Raster, Source
+from pipelines.sources.base import Raster, Source, format_bounds
 from pipelines.sources.earthengine.budget import BudgetShare, process_budget, split_budget
 from pipelines.sources.earthengine.client import (
     client_is_for,
@@ -195,12 +195,12 @@ class EarthEngineSource(Source):
                     "%.0f%% of the area of interest %r (lon/lat bounds %s) lies outside the "
                     "Earth Engine bbox %s: only scenes that intersect the bbox are used, so "
                     "chunks there may be nodata. Widen the bbox to cover the region.",
-                    100 * outside, region.name, _fmt_bounds(geom.bounds), _fmt_bounds(bbox))
+                    100 * outside, region.name, format_bounds(geom.bounds), format_bounds(bbox))
             return
         raise RegionError(
             f"The area of interest {region.name!r} (lon/lat bounds "
-            f"{_fmt_bounds(geom.bounds)}) lies outside the Earth Engine source's bbox "
-            f"{_fmt_bounds(bbox)} (minlon, minlat, maxlon, maxlat), which limits the scenes "
+            f"{format_bounds(geom.bounds)}) lies outside the Earth Engine source's bbox "
+            f"{format_bounds(bbox)} (minlon, minlat, maxlon, maxlat), which limits the scenes "
             f"read: every chunk would be empty. Widen or drop the bbox (source spec key "
             f"'bbox') to cover the region, or choose a region inside it.")
 
@@ -284,8 +284,3 @@ class EarthEngineSource(Source):
                 logger.warning("Earth Engine %s on %s (attempt %d of %d); retrying in %.2f s",
                                reason, where, attempt, cfg.max_retries + 1, delay)
                 budget.wait(delay)
-
-
-def _fmt_bounds(bounds: Sequence[float]) -> str:
-    """``(minx, miny, maxx, maxy)`` rounded for messages."""
-    return "(" + ", ".join(f"{v:.4f}" for v in bounds) + ")"

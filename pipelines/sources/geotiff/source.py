@@ -63,7 +63,7 @@ from pipelines.errors import (
 from pipelines.geo import bands as bandreg
 from pipelines.geo.cog import band_scaling, gdal_error_text, is_gdal_error, open_dataset
 from pipelines.geo.grid import WGS84, PixelGrid, Region
-from pipelines.sources.base import Raster, Source
+from pipelines.sources.base import Raster, Source, format_bounds
 from pipelines.sources.geotiff.band_map import band_index, normalise_band_map
 from pipelines.sources.geotiff.cache import READS
 from pipelines.sources.geotiff.files import (
@@ -430,9 +430,9 @@ class GeoTIFFSource(Source):
                    float(finite[:, 2].max()), float(finite[:, 3].max()))
         raise RegionError(
             f"The area of interest {region.name!r} (lon/lat bounds "
-            f"{_fmt_bounds(geom.bounds)}) lies outside the data of {self.kind} source "
-            f"({len(b)} file(s), lon/lat bounds {_fmt_bounds(data_ll)}; "
-            f"{_fmt_bounds(native)} in {crs}). Choose a region inside the data or add files "
+            f"{format_bounds(geom.bounds)}) lies outside the data of {self.kind} source "
+            f"({len(b)} file(s), lon/lat bounds {format_bounds(data_ll)}; "
+            f"{format_bounds(native)} in {crs}). Choose a region inside the data or add files "
             f"that cover it.")
 
     # ---- reading
@@ -581,8 +581,3 @@ class GeoTIFFSource(Source):
                 "Band %s of %s is float with values up to %g, far above reflectance; "
                 "scale='auto' keeps float values as they are. If these are digital numbers, "
                 "pass scale=1e-4 (CLI: --scale 1e-4).", band, info.path, vmax)
-
-
-
-def _fmt_bounds(b: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
