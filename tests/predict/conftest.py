@@ -16,6 +16,16 @@ TINY_GRID = PixelGrid("EPSG:32645", (10.0, 0.0, TINY_LEFT, 0.0, -10.0, TINY_TOP)
 TINY_BANDS = ("B4", "B8")
 
 
+def write_tiny_image(path, b4: np.ndarray, b8: np.ndarray) -> str:
+    """Write B4/B8 digital numbers on :data:`TINY_GRID` as a 2-band uint16 GeoTIFF."""
+    with rasterio.open(path, "w", driver="GTiff", width=TINY_N, height=TINY_N, count=2,
+                       dtype="uint16", crs=TINY_GRID.crs, transform=TINY_GRID.affine,
+                       nodata=0) as dst:
+        dst.write(np.stack([b4, b8]).astype("uint16"))
+        dst.descriptions = TINY_BANDS
+    return str(path)
+
+
 def _model(path: str, inner: bool) -> str:
     """``p = sigmoid(40 * (B8 - 0.3))`` per pixel; with ``inner``, through an identity
     layer that Grad-CAM can weigh (a different model id)."""
@@ -44,11 +54,7 @@ def tiny_scene(tmp_path_factory) -> dict:
     b4 = 900 + rng.integers(0, 300, (TINY_N, TINY_N))
     b8 = 1500 + rng.integers(0, 900, (TINY_N, TINY_N))
     b8[20:30, 26:40] = 5000
-    with rasterio.open(d / "s2.tif", "w", driver="GTiff", width=TINY_N, height=TINY_N,
-                       count=2, dtype="uint16", crs=TINY_GRID.crs,
-                       transform=TINY_GRID.affine, nodata=0) as dst:
-        dst.write(np.stack([b4, b8]).astype("uint16"))
-        dst.descriptions = TINY_BANDS
+    write_tiny_image(d / "s2.tif", b4, b8)
     side = TINY_N * 10.0
     gpd.GeoDataFrame(geometry=[box(TINY_LEFT + 1, TINY_TOP - side + 1, TINY_LEFT + side - 1,
                                    TINY_TOP - 1)], crs=TINY_GRID.crs).to_crs(4326).to_file(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import rasterio
 
 from pipelines.predict import PredictConfig, run_predict
-from tests.predict.conftest import TINY_BANDS, TINY_GRID, TINY_N
+from tests.predict.conftest import TINY_N, write_tiny_image
 
 
 def test_an_inventory_of_many_batches_with_multipolygons_declares_a_type_they_conform_to(
@@ -26,12 +25,7 @@ def test_an_inventory_of_many_batches_with_multipolygons_declares_a_type_they_co
     b8[4:10, 4:10] = 5000  # a plain square in the first chunk
     b8[40:45, 40:45] = 5000  # two squares meeting at a corner, in the last chunk
     b8[45:50, 45:50] = 5000
-    tif = tmp_path / "s2.tif"
-    with rasterio.open(tif, "w", driver="GTiff", width=TINY_N, height=TINY_N, count=2,
-                       dtype="uint16", crs=TINY_GRID.crs, transform=TINY_GRID.affine,
-                       nodata=0) as dst:
-        dst.write(np.stack([b4, b8]).astype("uint16"))
-        dst.descriptions = TINY_BANDS
+    tif = write_tiny_image(tmp_path / "s2.tif", b4, b8)
     out = tmp_path / "out"
     run = run_predict(PredictConfig(
         model=tiny_scene["thr"], out=str(out), aoi=tiny_scene["aoi"],

@@ -14,7 +14,7 @@ import rasterio
 from pipelines.predict import PredictConfig, run_predict
 from pipelines.predict.chunk import quantize_prob, threshold_codes
 from pipelines.predict.config import NODATA_U8, PROB_SCALE
-from tests.predict.conftest import TINY_BANDS, TINY_GRID, TINY_N
+from tests.predict.conftest import TINY_N, write_tiny_image
 
 THRESHOLDS = (0.5, 0.6, 0.3, 0.7, 0.123, 0.35, 0.999, 0.001, 0.5021)
 
@@ -55,12 +55,7 @@ def test_the_probability_cog_read_with_its_scale_gives_the_mask_cog(tiny_scene, 
     b4 = 900 + rng.integers(0, 300, (TINY_N, TINY_N))
     b8 = np.full((TINY_N, TINY_N), 1500)
     b8[8:56, 8:56] = (2995 + np.arange(48) % 8)[None, :]  # DN 3000: p = 0.5
-    tif = tmp_path / "s2.tif"
-    with rasterio.open(tif, "w", driver="GTiff", width=TINY_N, height=TINY_N, count=2,
-                       dtype="uint16", crs=TINY_GRID.crs, transform=TINY_GRID.affine,
-                       nodata=0) as dst:
-        dst.write(np.stack([b4, b8]).astype("uint16"))
-        dst.descriptions = TINY_BANDS
+    tif = write_tiny_image(tmp_path / "s2.tif", b4, b8)
     out = tmp_path / "out"
     run = run_predict(PredictConfig(
         model=tiny_scene["thr"], out=str(out), aoi=tiny_scene["aoi"],
